@@ -1,0 +1,2 @@
+//! unionfs: a union filesystem on FUSE.
+pub fn placeholder() {}
