@@ -1,1 +1,35 @@
-fn main() {}
+//! The `unionfs` binary: parse, validate, run; one line on failure.
+
+use std::process::ExitCode;
+
+use unionfs::cli::{self, Command};
+use unionfs::daemon;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse(std::env::args_os().collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and errors to stderr.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let res = match cli.command {
+        Command::Mount(m) => match m.into_config() {
+            Ok(cfg) => daemon::run_mount(cfg),
+            Err(e) => Err(e.into()),
+        },
+        Command::Umount { mountpoint, lazy } => daemon::run_umount(&mountpoint, lazy),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unionfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The branch stack: the upper (if any) and the lowers, topmost first, each
+//! opened once as an O_PATH directory fd; and the inode-number folding that
+//! makes st_ino unique across branches.
+//!
+//! Invariant: a `BranchStack` is immutable once built and shared as
+//! `Arc<BranchStack>`; a `BranchId` names a branch for the life of the stack
+//! (it is never a position that can shift under a running request).
+//! Locks: the device table is a `DashMap` (one shard lock per access).
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use dashmap::DashMap;
+
+use crate::error::Result;
+use crate::sys;
+use crate::whiteout;
+
+/// Stable identifier of a branch within a stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BranchId(pub u16);
+
+/// Whether the union may write to a branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchMode {
+    /// The writable upper branch.
+    ReadWrite,
+    /// A read-only lower branch.
+    ReadOnly,
+}
+
+/// How a branch was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchView {
+    /// A detached clone of the branch's mount without submounts (root):
+    /// lookups see what lies under mount points, as overlayfs does.
+    Clone,
+    /// The directory itself (no privilege for clones): submounts show through.
+    Direct,
+}
+
+/// One branch of the union.
+#[derive(Debug)]
+pub struct Branch {
+    /// Stable id.
+    pub id: BranchId,
+    /// The path the user gave, canonicalized (for messages only).
+    pub path: PathBuf,
+    /// O_PATH fd of the branch root.
+    pub root: OwnedFd,
+    /// Writable or not.
+    pub mode: BranchMode,
+    /// st_dev of the branch root.
+    pub dev: u64,
+    /// How it was opened.
+    pub view: BranchView,
+    /// unionfs-fuse whiteout tree (`.unionfs/` or `.unionfs-fuse/`), if present.
+    pub hidden: Option<OwnedFd>,
+    /// Whether a char 0:0 device in this branch is a whiteout. False only for
+    /// an upper recorded in AUFS format, where such a device is a user's device.
+    pub char_whiteouts: bool,
+}
+
+impl Branch {
+    /// Opens the branch at `path`.
+    pub fn open(id: BranchId, path: &Path, mode: BranchMode, clone: bool) -> Result<Self> {
+        let (root, view) = if clone {
+            match sys::mount::clone_tree(path) {
+                Ok(fd) => (fd, BranchView::Clone),
+                Err(_) => (sys::fs::open_path_abs(path)?, BranchView::Direct),
+            }
+        } else {
+            (sys::fs::open_path_abs(path)?, BranchView::Direct)
+        };
+        let st = sys::fs::fstat(root.as_fd())?;
+        let mut hidden = None;
+        for name in whiteout::UNIONFS_FUSE_DIRS {
+            if let Ok(fd) = sys::fs::open_path_at(root.as_fd(), OsStr::new(name)) {
+                if sys::fs::fstat(fd.as_fd())
+                    .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                    .unwrap_or(false)
+                {
+                    hidden = Some(fd);
+                    break;
+                }
+            }
+        }
+        Ok(Branch {
+            id,
+            path: path.to_path_buf(),
+            root,
+            mode,
+            dev: st.st_dev,
+            view,
+            hidden,
+            char_whiteouts: true,
+        })
+    }
+
+    /// The root fd.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+/// The branches of a union, topmost first (upper, then lowers left to right).
+#[derive(Debug)]
+pub struct BranchStack {
+    branches: Vec<Branch>,
+    inos: InoFolder,
+}
+
+impl BranchStack {
+    /// Builds a stack from opened branches (topmost first).
+    pub fn new(branches: Vec<Branch>) -> Self {
+        let inos = InoFolder::default();
+        // Devices are numbered in branch order, so the numbering (and with it
+        // every st_ino) is the same at every mount of the same branches.
+        for b in &branches {
+            inos.index(b.dev);
+        }
+        BranchStack { branches, inos }
+    }
+
+    /// All branches, topmost first.
+    pub fn iter(&self) -> impl Iterator<Item = &Branch> {
+        self.branches.iter()
+    }
+
+    /// The branch with this id.
+    pub fn get(&self, id: BranchId) -> Option<&Branch> {
+        self.branches.iter().find(|b| b.id == id)
+    }
+
+    /// Branches strictly below `id`, topmost first.
+    pub fn below(&self, id: BranchId) -> impl Iterator<Item = &Branch> {
+        self.branches.iter().skip_while(move |b| b.id != id).skip(1)
+    }
+
+    /// The writable upper branch, if any.
+    pub fn upper(&self) -> Option<&Branch> {
+        self.branches
+            .first()
+            .filter(|b| b.mode == BranchMode::ReadWrite)
+    }
+
+    /// The st_ino the union reports for backing object (dev, ino).
+    pub fn fold_ino(&self, dev: u64, ino: u64) -> u64 {
+        self.inos.fold(dev, ino)
+    }
+}
+
+/// Maps backing (st_dev, st_ino) to one 64-bit inode number, as overlayfs
+/// `xino` does: objects on the first device keep their own st_ino; objects on
+/// the n-th device seen get n in the top 8 bits. Inode 1 is the union root.
+#[derive(Debug, Default)]
+pub struct InoFolder {
+    devs: DashMap<u64, u64>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Bits of st_ino kept from the backing inode.
+const INO_BITS: u32 = 56;
+
+impl InoFolder {
+    fn index(&self, dev: u64) -> u64 {
+        if let Some(i) = self.devs.get(&dev) {
+            return *i;
+        }
+        // The shard lock of `entry` makes the counter bump happen once per device.
+        *self
+            .devs
+            .entry(dev)
+            .or_insert_with(|| self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Folds (dev, ino) into one union inode number (never 0 or 1).
+    pub fn fold(&self, dev: u64, ino: u64) -> u64 {
+        let idx = self.index(dev);
+        let low = ino & ((1u64 << INO_BITS) - 1);
+        let folded = low | (idx << INO_BITS);
+        // 0 is invalid and 1 is the union root: move them out of the way
+        // into a range backing filesystems do not hand out.
+        if folded <= 1 {
+            folded | (0xffu64 << INO_BITS)
+        } else {
+            folded
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_keeps_first_device_inos_and_separates_others() {
+        let f = InoFolder::default();
+        assert_eq!(f.fold(10, 1234), 1234);
+        let other = f.fold(20, 1234);
+        assert_ne!(other, 1234);
+        assert_eq!(other & ((1 << INO_BITS) - 1), 1234);
+        assert_eq!(f.fold(20, 1234), other, "stable");
+        assert_ne!(f.fold(10, 1), 1, "1 is the root");
+        assert_ne!(f.fold(10, 0), 0);
+    }
+}

@@ -1,0 +1,266 @@
+//! Running a mount: open the branches, mount, go to the background once the
+//! mount serves, run the event loops until the mount goes away.
+//!
+//! Invariant: the parent process exits 0 only after the kernel's INIT was
+//! answered (the mount is live); on any failure before that, nothing stays
+//! mounted and nothing the daemon created stays in the upper.
+//! Takes no locks.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::mount::MsFlags;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
+use crate::config::{join_branches, MountConfig, WhiteoutFormat};
+use crate::fuse::FuseAdapter;
+use crate::ops::{CoreOptions, UnionFs};
+use crate::sys;
+use crate::whiteout;
+
+/// Default kernel cache lifetime: lower branches never change under us and
+/// the union invalidates what it changes itself.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Sets up logging: `-d` logs every request, `RUST_LOG` works too.
+pub fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_log::LogTracer::init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Makes the staging directory inside the upper when no workdir is given;
+/// returns whether it was created by us (to remove it on failure).
+fn prepare_staging(cfg: &MountConfig) -> Result<Option<std::path::PathBuf>> {
+    let (Some(upper), None) = (&cfg.upper, &cfg.workdir) else {
+        return Ok(None);
+    };
+    let staging = upper.join(whiteout::STAGING_NAME);
+    match std::fs::create_dir(&staging) {
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
+            Ok(Some(staging))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", staging.display())),
+    }
+}
+
+fn open_stack(cfg: &MountConfig) -> Result<BranchStack> {
+    let clone = is_root();
+    let mut branches = Vec::new();
+    let mut id = 0u16;
+    if let (Some(u), false) = (&cfg.upper, cfg.options.read_only) {
+        branches.push(
+            Branch::open(BranchId(id), u, BranchMode::ReadWrite, clone)
+                .with_context(|| format!("cannot open upper branch {}", u.display()))?,
+        );
+        id += 1;
+    }
+    for l in &cfg.lowers {
+        branches.push(
+            Branch::open(BranchId(id), l, BranchMode::ReadOnly, clone)
+                .with_context(|| format!("cannot open lower branch {}", l.display()))?,
+        );
+        id += 1;
+    }
+    // A read-only mount of an upper still shows it, as the topmost lower.
+    if let (Some(u), true) = (&cfg.upper, cfg.options.read_only) {
+        branches.insert(
+            0,
+            Branch::open(BranchId(id), u, BranchMode::ReadOnly, clone)
+                .with_context(|| format!("cannot open upper branch {}", u.display()))?,
+        );
+    }
+    Ok(BranchStack::new(branches))
+}
+
+fn mount_flags(cfg: &MountConfig) -> MsFlags {
+    let mut f = MsFlags::empty();
+    for w in &cfg.options.flags {
+        match w.as_str() {
+            "nosuid" => f |= MsFlags::MS_NOSUID,
+            "nodev" => f |= MsFlags::MS_NODEV,
+            "noexec" => f |= MsFlags::MS_NOEXEC,
+            "noatime" => f |= MsFlags::MS_NOATIME,
+            "sync" => f |= MsFlags::MS_SYNCHRONOUS,
+            "dirsync" => f |= MsFlags::MS_DIRSYNC,
+            "norelatime" => f &= !MsFlags::MS_RELATIME,
+            "relatime" => f |= MsFlags::MS_RELATIME,
+            _ => {}
+        }
+    }
+    if cfg.upper.is_none() || cfg.options.read_only {
+        f |= MsFlags::MS_RDONLY;
+    }
+    f
+}
+
+fn source_name(cfg: &MountConfig) -> String {
+    cfg.options
+        .fsname
+        .clone()
+        .unwrap_or_else(|| "unionfs".into())
+}
+
+/// Mounts and serves `cfg`. Returns when the mount is gone (foreground) or,
+/// in the parent, as soon as it is live (background).
+pub fn run_mount(cfg: MountConfig) -> Result<()> {
+    init_logging(cfg.debug);
+    for w in &cfg.options.ignored {
+        tracing::warn!("ignoring mount option '{w}'");
+        if cfg.dialect == crate::config::Dialect::Overlay {
+            eprintln!("unionfs: warning: ignoring mount option '{w}'");
+        }
+    }
+    sys::process::raise_nofile();
+    let created = prepare_staging(&cfg)?;
+    let res = mount_and_serve(&cfg);
+    if res.is_err() {
+        if let Some(s) = created {
+            let _ = std::fs::remove_dir(s);
+        }
+    }
+    res
+}
+
+fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
+    let stack = Arc::new(open_stack(cfg)?);
+    let writes_aufs =
+        stack.upper().is_some() && cfg.options.whiteout.unwrap_or_default() == WhiteoutFormat::Aufs;
+    let core = UnionFs::new(
+        Arc::clone(&stack),
+        CoreOptions {
+            // Any name must be whiteable with a `.wh.` prefix.
+            name_max: if writes_aufs { 251 } else { 255 },
+        },
+    )
+    .context("cannot read the branch roots")?;
+    let fs = FuseAdapter::new(Arc::new(core), cfg.options.ttl.unwrap_or(DEFAULT_TTL));
+    let root = is_root();
+    let allow_other = cfg.options.allow_other.unwrap_or(root);
+    let default_permissions = cfg.options.default_permissions.unwrap_or(root);
+    let threads = cfg
+        .options
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut fconf = Config::default();
+    fconf.acl = acl;
+    fconf.n_threads = Some(threads);
+    fconf.clone_fd = true;
+    let mnt = cfg.mountpoint.clone();
+    let session = if root {
+        let mut data = Vec::new();
+        if allow_other {
+            data.push("allow_other");
+        }
+        if default_permissions {
+            data.push("default_permissions");
+        }
+        let dev =
+            sys::mount::fuse_mount(&mnt, &source_name(cfg), &data.join(","), mount_flags(cfg))
+                .with_context(|| format!("cannot mount on {}", mnt.display()))?;
+        match Session::from_fd(fs, dev, acl, fconf) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = sys::mount::umount(&mnt, true);
+                return Err(e).context("FUSE handshake failed");
+            }
+        }
+    } else {
+        fconf.mount_options = vec![
+            MountOption::FSName(source_name(cfg)),
+            MountOption::Subtype("unionfs".into()),
+        ];
+        if default_permissions {
+            fconf.mount_options.push(MountOption::DefaultPermissions);
+        }
+        if mount_flags(cfg).contains(MsFlags::MS_RDONLY) {
+            fconf.mount_options.push(MountOption::RO);
+        }
+        Session::new(fs, &mnt, &fconf)
+            .with_context(|| format!("cannot mount on {}", mnt.display()))?
+    };
+    tracing::info!(
+        "mounted {} (upper {}) on {}",
+        join_branches(&cfg.lowers),
+        cfg.upper
+            .as_ref()
+            .map_or("-".into(), |u| u.display().to_string()),
+        mnt.display()
+    );
+    if !cfg.foreground {
+        match sys::process::fork().context("cannot fork the daemon")? {
+            // Exit without running destructors: the daemon owns the mount now.
+            sys::process::Forked::Parent(_) => std::process::exit(0),
+            sys::process::Forked::Child => {
+                sys::process::detach().context("cannot detach the daemon")?;
+            }
+        }
+    }
+    spawn_signal_unmounter(&mnt);
+    session.run().context("FUSE session failed")?;
+    Ok(())
+}
+
+/// On SIGINT/SIGTERM/SIGHUP, detach the mount so the event loops end and
+/// the daemon exits cleanly instead of leaving a dead mount behind.
+fn spawn_signal_unmounter(mnt: &Path) {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    // Block in this thread before the event loops are spawned, so every
+    // thread inherits the mask and only the waiter below sees the signals.
+    if set.thread_block().is_err() {
+        return;
+    }
+    let mnt = mnt.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                tracing::info!("{sig:?}: unmounting {}", mnt.display());
+                if sys::mount::umount(&mnt, true).is_err() {
+                    let _ = std::process::Command::new("fusermount3")
+                        .arg("-uz")
+                        .arg(&mnt)
+                        .status();
+                }
+            }
+        });
+}
+
+/// `unionfs umount MNT`.
+pub fn run_umount(mnt: &Path, lazy: bool) -> Result<()> {
+    if is_root() {
+        sys::mount::umount(mnt, lazy).with_context(|| format!("cannot unmount {}", mnt.display()))
+    } else {
+        let st = std::process::Command::new("fusermount3")
+            .arg(if lazy { "-uz" } else { "-u" })
+            .arg(mnt)
+            .status()
+            .context("cannot run fusermount3")?;
+        anyhow::ensure!(st.success(), "cannot unmount {}", mnt.display());
+        Ok(())
+    }
+}

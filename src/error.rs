@@ -1,0 +1,120 @@
+//! The one error type of the filesystem core.
+//!
+//! Invariant: every variant maps to exactly one errno ([`Error::errno`] has no
+//! catch-all arm), and syscall failures keep their raw errno end to end — they
+//! are never routed through `io::ErrorKind`, which would lose EXDEV, ENOTEMPTY
+//! and friends. Takes no locks.
+
+use nix::errno::Errno;
+
+/// Result of every core operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What went wrong in a core operation; `errno()` is what the caller sees.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A syscall on a branch failed; its errno is passed through unchanged.
+    #[error("{op}: {errno}")]
+    Sys {
+        /// The syscall wrapper that failed.
+        op: &'static str,
+        /// The raw errno it returned.
+        errno: Errno,
+    },
+    /// The name does not exist in the merged view (absent or whited out).
+    #[error("no such file or directory")]
+    NotFound,
+    /// The inode number is not (or no longer) known to the inode table.
+    #[error("stale inode")]
+    StaleInode,
+    /// The file handle is not open.
+    #[error("bad file handle")]
+    BadHandle,
+    /// The operation needs a directory.
+    #[error("not a directory")]
+    NotDir,
+    /// The operation does not apply to a directory.
+    #[error("is a directory")]
+    IsDir,
+    /// The mount has no writable upper branch.
+    #[error("read-only union")]
+    ReadOnly,
+    /// The name is reserved for the union's own bookkeeping (`.wh.*`).
+    #[error("name is reserved")]
+    Reserved,
+    /// The extended attribute does not exist (or is private to the union).
+    #[error("no such attribute")]
+    NoXattr,
+    /// The caller's buffer is too small.
+    #[error("result too large for the buffer")]
+    Range,
+    /// An argument is invalid for this object.
+    #[error("invalid argument")]
+    Invalid,
+    /// The caller lacks permission.
+    #[error("permission denied")]
+    Access,
+    /// The union does not support this operation.
+    #[error("operation not supported")]
+    NotSupported,
+}
+
+impl Error {
+    /// The errno reported to the kernel for this error.
+    pub fn errno(&self) -> Errno {
+        match self {
+            Error::Sys { errno, .. } => *errno,
+            Error::NotFound => Errno::ENOENT,
+            Error::StaleInode => Errno::ESTALE,
+            Error::BadHandle => Errno::EBADF,
+            Error::NotDir => Errno::ENOTDIR,
+            Error::IsDir => Errno::EISDIR,
+            Error::ReadOnly => Errno::EROFS,
+            Error::Reserved => Errno::EPERM,
+            Error::NoXattr => Errno::ENODATA,
+            Error::Range => Errno::ERANGE,
+            Error::Invalid => Errno::EINVAL,
+            Error::Access => Errno::EACCES,
+            Error::NotSupported => Errno::EOPNOTSUPP,
+        }
+    }
+
+    /// Wraps a raw errno from the syscall wrapper `op`.
+    pub fn sys(op: &'static str, errno: Errno) -> Self {
+        Error::Sys { op, errno }
+    }
+
+    /// True when this error means "the name is not there".
+    pub fn is_not_found(&self) -> bool {
+        self.errno() == Errno::ENOENT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_table_is_one_to_one() {
+        let all = [
+            Error::NotFound,
+            Error::StaleInode,
+            Error::BadHandle,
+            Error::NotDir,
+            Error::IsDir,
+            Error::ReadOnly,
+            Error::Reserved,
+            Error::NoXattr,
+            Error::Range,
+            Error::Invalid,
+            Error::Access,
+            Error::NotSupported,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for e in &all {
+            assert!(seen.insert(e.errno() as i32), "{e:?} shares errno {}", e.errno());
+        }
+        assert_eq!(Error::sys("openat", Errno::EXDEV).errno(), Errno::EXDEV);
+        assert!(Error::sys("x", Errno::ENOENT).is_not_found());
+    }
+}

@@ -1,0 +1,109 @@
+//! Open file and directory handles: Fh -> Handle.
+//!
+//! Invariant: a directory handle's listing is a snapshot taken at opendir
+//! (and retaken only when the listing is restarted from offset 0 after it
+//! was read), so offsets are stable while the directory changes.
+//! Locks: the table is a `DashMap` (shard lock only for insert/get/remove);
+//! a directory handle's snapshot sits behind its own `Mutex`.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::branch::BranchId;
+use crate::error::{Error, Result};
+use crate::inode::Ino;
+use crate::readdir::MergedEntry;
+
+/// A file handle number handed to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
+
+/// An open regular file (or other non-directory).
+#[derive(Debug)]
+pub struct FileHandle {
+    /// The node it was opened on.
+    pub ino: Ino,
+    /// The branch the fd belongs to.
+    pub branch: BranchId,
+    /// The open fd on the backing object.
+    pub fd: OwnedFd,
+}
+
+/// The listing state of an open directory.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The snapshot; `None` until first read.
+    pub entries: Option<Arc<Vec<MergedEntry>>>,
+    /// Whether entries were handed out since the snapshot was taken.
+    pub consumed: bool,
+}
+
+/// An open directory.
+#[derive(Debug)]
+pub struct DirHandle {
+    /// The directory's node.
+    pub ino: Ino,
+    /// Its listing.
+    pub listing: Mutex<Listing>,
+}
+
+/// Any open handle.
+#[derive(Debug)]
+pub enum Handle {
+    /// A file.
+    File(FileHandle),
+    /// A directory.
+    Dir(DirHandle),
+}
+
+/// Fh -> Handle.
+#[derive(Debug, Default)]
+pub struct HandleTable {
+    map: DashMap<Fh, Arc<Handle>>,
+    next: AtomicU64,
+}
+
+impl HandleTable {
+    /// Stores a handle and returns its number.
+    pub fn insert(&self, h: Handle) -> Fh {
+        let fh = Fh(self.next.fetch_add(1, Ordering::Relaxed) + 1);
+        self.map.insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// The handle `fh`.
+    pub fn get(&self, fh: Fh) -> Result<Arc<Handle>> {
+        self.map
+            .get(&fh)
+            .map(|h| Arc::clone(h.value()))
+            .ok_or(Error::BadHandle)
+    }
+
+    /// The file handle `fh`.
+    pub fn file(&self, fh: Fh) -> Result<Arc<Handle>> {
+        let h = self.get(fh)?;
+        match &*h {
+            Handle::File(_) => Ok(h),
+            Handle::Dir(_) => Err(Error::IsDir),
+        }
+    }
+
+    /// Forgets `fh`.
+    pub fn remove(&self, fh: Fh) -> Option<Arc<Handle>> {
+        self.map.remove(&fh).map(|(_, h)| h)
+    }
+
+    /// Number of open handles.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no handle is open.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

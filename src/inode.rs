@@ -1,0 +1,220 @@
+//! The inode table: union inode number -> `Node`.
+//!
+//! Invariant: a node's number is derived from its backing object (see
+//! `BranchStack::fold_ino`), so hard links of one backing file are one node
+//! and numbers survive a remount; the node stays in the table exactly while
+//! the kernel holds lookups on it (root excepted).
+//! Locks: the table is a `DashMap` (shard lock held only for insert/remove
+//! and the lookup-count update that goes with it); each node's `state` is an
+//! `RwLock` taken after the shard lock is released, never the other way round.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use crate::branch::BranchId;
+use crate::error::{Error, Result};
+use crate::whiteout::Opacity;
+
+/// A union inode number (also the FUSE node id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+/// The union root's inode number (FUSE_ROOT_ID).
+pub const ROOT_INO: Ino = Ino(1);
+
+/// File type of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Directory.
+    Dir,
+    /// Regular file.
+    File,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+}
+
+impl Kind {
+    /// The kind of an `st_mode`.
+    pub fn from_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => Kind::File,
+        }
+    }
+}
+
+/// One branch's instance of a node.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The branch holding it.
+    pub branch: BranchId,
+    /// O_PATH fd of the object in that branch.
+    pub fd: Arc<OwnedFd>,
+    /// For directories: whether lower branches show through.
+    pub opacity: Opacity,
+}
+
+/// Where a node lives in the branches; replaced on every fresh lookup.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The directory this node was last looked up in (itself for the root).
+    pub parent: Ino,
+    /// Path from the union root (a hard-linked file keeps the last name seen).
+    pub path: PathBuf,
+    /// Instances, topmost first. A directory may have several; anything
+    /// else has exactly one.
+    pub layers: Vec<Layer>,
+}
+
+impl NodeState {
+    /// The topmost instance.
+    pub fn top(&self) -> Result<&Layer> {
+        self.layers.first().ok_or(Error::StaleInode)
+    }
+
+    /// True when the object exists in more than one branch.
+    pub fn is_merged(&self) -> bool {
+        self.layers.len() > 1
+    }
+}
+
+/// An inode known to the kernel.
+#[derive(Debug)]
+pub struct Node {
+    /// Its number.
+    pub ino: Ino,
+    /// Its type (fixed for the life of the node).
+    pub kind: Kind,
+    lookups: AtomicU64,
+    /// Where it lives.
+    pub state: RwLock<NodeState>,
+}
+
+impl Node {
+    /// The node's current state (a cheap clone of fds and path).
+    pub fn snapshot(&self) -> NodeState {
+        self.state.read().clone()
+    }
+
+    /// The last name component of the node's path.
+    pub fn name(&self) -> Option<OsString> {
+        self.state.read().path.file_name().map(|n| n.to_os_string())
+    }
+}
+
+/// Ino -> Node.
+#[derive(Debug, Default)]
+pub struct InodeTable {
+    nodes: DashMap<Ino, Arc<Node>>,
+}
+
+impl InodeTable {
+    /// Installs the root node (never forgotten).
+    pub fn insert_root(&self, state: NodeState) {
+        self.nodes.insert(
+            ROOT_INO,
+            Arc::new(Node {
+                ino: ROOT_INO,
+                kind: Kind::Dir,
+                lookups: AtomicU64::new(1),
+                state: RwLock::new(state),
+            }),
+        );
+    }
+
+    /// The node for `ino`.
+    pub fn get(&self, ino: Ino) -> Result<Arc<Node>> {
+        self.nodes
+            .get(&ino)
+            .map(|n| Arc::clone(n.value()))
+            .ok_or(Error::StaleInode)
+    }
+
+    /// Records one kernel lookup of the object `ino` found at `state`,
+    /// creating the node or refreshing where an existing one lives.
+    pub fn remember(&self, ino: Ino, kind: Kind, state: NodeState) -> Arc<Node> {
+        match self.nodes.entry(ino) {
+            Entry::Occupied(mut e) => {
+                if e.get().kind == kind {
+                    let node = Arc::clone(e.get());
+                    node.lookups.fetch_add(1, Ordering::Relaxed);
+                    drop(e);
+                    *node.state.write() = state;
+                    node
+                } else {
+                    // The backing inode number was reused for an object of
+                    // another type: the kernel marks its old inode bad, and
+                    // the lookups it still holds carry over to the new node.
+                    let held = e.get().lookups.load(Ordering::Relaxed);
+                    let fresh = Arc::new(Node {
+                        ino,
+                        kind,
+                        lookups: AtomicU64::new(held + 1),
+                        state: RwLock::new(state),
+                    });
+                    e.insert(Arc::clone(&fresh));
+                    fresh
+                }
+            }
+            Entry::Vacant(e) => {
+                let node = Arc::new(Node {
+                    ino,
+                    kind,
+                    lookups: AtomicU64::new(1),
+                    state: RwLock::new(state),
+                });
+                e.insert(Arc::clone(&node));
+                node
+            }
+        }
+    }
+
+    /// Drops `n` kernel lookups; removes the node when none are left.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Entry::Occupied(e) = self.nodes.entry(ino) {
+            let left = e
+                .get()
+                .lookups
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                    Some(c.saturating_sub(n))
+                })
+                .map_or(0, |before| before.saturating_sub(n));
+            if left == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Number of live nodes (root included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when the table holds no node at all (not even the root).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}

@@ -1,0 +1,286 @@
+//! Union lookup: find a name in the branches of its parent directory.
+//!
+//! Invariant: the walk goes top-down through the parent's layers; a
+//! whiteout ends it with ENOENT (or ends a merge), a non-directory ends it,
+//! a directory continues downward unless opaque, and a redirect moves the
+//! rest of the walk to another path. Every whiteout and opaque format of
+//! FORMATS.md is recognised in every branch. Takes no locks (it works on a
+//! snapshot of the parent's state).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::stat::FileStat;
+
+use crate::branch::{Branch, BranchStack};
+use crate::error::{Error, Result};
+use crate::inode::{Ino, Kind, Layer, NodeState, ROOT_INO};
+use crate::sys;
+use crate::whiteout::{self, Opacity, Redirect};
+
+/// A name found in the union.
+#[derive(Debug)]
+pub struct Found {
+    /// Where it lives.
+    pub state: NodeState,
+    /// stat of the topmost instance.
+    pub stat: FileStat,
+    /// Its type.
+    pub kind: Kind,
+}
+
+/// What one branch directory says about a name.
+enum Probe {
+    /// Nothing here: keep looking below.
+    Absent,
+    /// A whiteout here: the name is deleted for all branches below.
+    Whiteout,
+    /// An object.
+    Object(OwnedFd, FileStat),
+}
+
+/// A directory in one branch in which to look a name up.
+struct Candidate<'a> {
+    branch: &'a Branch,
+    dir: Arc<OwnedFd>,
+    /// Empty regular files here may be xattr whiteouts.
+    xwhiteouts: bool,
+}
+
+/// What one branch's instance of a directory says about the branches below.
+#[derive(Debug, Default)]
+pub struct DirInfo {
+    /// Opaque or not.
+    pub opacity: Opacity,
+    /// Where the lower content comes from, if elsewhere.
+    pub redirect: Option<Redirect>,
+}
+
+fn not_found_is_none<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() || e.errno() == nix::errno::Errno::ENAMETOOLONG => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the opacity and redirect of a directory instance `fd` in `branch`,
+/// at union path `path`.
+pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
+    let mut info = DirInfo::default();
+    let names = sys::xattr::list(fd.as_fd())?;
+    for n in &names {
+        if whiteout::OPAQUE_XATTRS.iter().any(|x| n == OsStr::new(x)) {
+            if let Some(v) = sys::xattr::get(fd.as_fd(), n)? {
+                match whiteout::opacity_from_xattr(&v) {
+                    Opacity::Opaque => info.opacity = Opacity::Opaque,
+                    Opacity::HasXattrWhiteouts if info.opacity != Opacity::Opaque => {
+                        info.opacity = Opacity::HasXattrWhiteouts
+                    }
+                    _ => {}
+                }
+            }
+        } else if info.redirect.is_none()
+            && whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x))
+        {
+            if let Some(v) = sys::xattr::get(fd.as_fd(), n)? {
+                info.redirect = whiteout::parse_redirect(&v);
+            }
+        }
+    }
+    if info.opacity != Opacity::Opaque
+        && (not_found_is_none(sys::fs::stat_at(
+            fd.as_fd(),
+            OsStr::new(whiteout::OPAQUE_MARKER),
+        ))?
+        .is_some()
+            || hidden_in(branch, path)?)
+    {
+        info.opacity = Opacity::Opaque;
+    }
+    Ok(info)
+}
+
+/// True when the unionfs-fuse whiteout tree of `branch` hides `path`.
+fn hidden_in(branch: &Branch, path: &Path) -> Result<bool> {
+    let (Some(hidden), Some(name)) = (&branch.hidden, path.file_name()) else {
+        return Ok(false);
+    };
+    let marker = path.with_file_name(whiteout::hidden_name(name));
+    Ok(not_found_is_none(sys::fs::open_path_beneath(hidden.as_fd(), &marker))?.is_some())
+}
+
+/// Looks `name` up in one branch directory.
+fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path) -> Result<Probe> {
+    let Some(fd) = not_found_is_none(sys::fs::open_path_at(c.dir.as_fd(), name))? else {
+        let wh = whiteout::whiteout_name(name);
+        if not_found_is_none(sys::fs::stat_at(c.dir.as_fd(), &wh))?.is_some()
+            || hidden_in(c.branch, path)?
+        {
+            return Ok(Probe::Whiteout);
+        }
+        return Ok(Probe::Absent);
+    };
+    let st = sys::fs::fstat(fd.as_fd())?;
+    if c.branch.char_whiteouts && whiteout::is_char_whiteout(st.st_mode, st.st_rdev) {
+        return Ok(Probe::Whiteout);
+    }
+    if c.xwhiteouts && is_xattr_whiteout(&fd, &st)? {
+        return Ok(Probe::Whiteout);
+    }
+    Ok(Probe::Object(fd, st))
+}
+
+/// True for an empty regular file carrying an overlay whiteout xattr.
+pub fn is_xattr_whiteout(fd: &OwnedFd, st: &FileStat) -> Result<bool> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+        return Ok(false);
+    }
+    for x in whiteout::WHITEOUT_XATTRS {
+        if sys::xattr::get(fd.as_fd(), OsStr::new(x))?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The directories `path`'s parent in every branch below `below`.
+fn redirect_candidates<'a>(
+    stack: &'a BranchStack,
+    below: &Branch,
+    path: &Path,
+) -> Result<Vec<Candidate<'a>>> {
+    let parent = path.parent().unwrap_or(Path::new(""));
+    let mut out = Vec::new();
+    for b in stack.below(below.id) {
+        let dir = if parent.as_os_str().is_empty() {
+            Some(sys::fs::dup(b.root())?)
+        } else {
+            not_found_is_none(sys::fs::open_path_beneath(b.root(), parent))?
+        };
+        if let Some(dir) = dir {
+            out.push(Candidate {
+                branch: b,
+                dir: Arc::new(dir),
+                xwhiteouts: true,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Looks `name` up in the directory whose state is `parent`.
+pub fn lookup(
+    stack: &BranchStack,
+    parent_ino: Ino,
+    parent: &NodeState,
+    name: &OsStr,
+) -> Result<Found> {
+    let child_path = parent.path.join(name);
+    let mut cands: Vec<Candidate<'_>> = parent
+        .layers
+        .iter()
+        .filter_map(|l| {
+            Some(Candidate {
+                branch: stack.get(l.branch)?,
+                dir: Arc::clone(&l.fd),
+                xwhiteouts: l.opacity == Opacity::HasXattrWhiteouts,
+            })
+        })
+        .collect();
+    let mut cur_name: OsString = name.to_os_string();
+    let mut cur_path: PathBuf = child_path.clone();
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut top: Option<(FileStat, Kind)> = None;
+    let mut i = 0;
+    while i < cands.len() {
+        let probe_res = probe(&cands[i], &cur_name, &cur_path)?;
+        let branch = cands[i].branch;
+        i += 1;
+        let (fd, st) = match probe_res {
+            Probe::Absent => continue,
+            Probe::Whiteout => break,
+            Probe::Object(fd, st) => (fd, st),
+        };
+        let kind = Kind::from_mode(st.st_mode);
+        if kind != Kind::Dir {
+            // A non-directory ends the walk; below a directory it is hidden.
+            if top.is_none() {
+                layers.push(Layer {
+                    branch: branch.id,
+                    fd: Arc::new(fd),
+                    opacity: Opacity::Transparent,
+                });
+                top = Some((st, kind));
+            }
+            break;
+        }
+        let info = dir_info(branch, &fd, &cur_path)?;
+        layers.push(Layer {
+            branch: branch.id,
+            fd: Arc::new(fd),
+            opacity: info.opacity,
+        });
+        if top.is_none() {
+            top = Some((st, kind));
+        }
+        if info.opacity == Opacity::Opaque {
+            break;
+        }
+        match info.redirect {
+            Some(Redirect::Absolute(p)) => {
+                let Some(n) = p.file_name() else { continue };
+                cur_name = n.to_os_string();
+                cands = redirect_candidates(stack, branch, &p)?;
+                cur_path = p;
+                i = 0;
+            }
+            Some(Redirect::Relative(n)) => {
+                cur_path = parent.path.join(&n);
+                cur_name = n;
+            }
+            None => {}
+        }
+    }
+    let (stat, kind) = top.ok_or(Error::NotFound)?;
+    Ok(Found {
+        state: NodeState {
+            parent: parent_ino,
+            path: child_path,
+            layers,
+        },
+        stat,
+        kind,
+    })
+}
+
+/// The root directory: every branch root down to the first opaque one.
+pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
+    let mut layers = Vec::new();
+    let mut top = None;
+    for b in stack.iter() {
+        let fd = sys::fs::dup(b.root())?;
+        let st = sys::fs::fstat(fd.as_fd())?;
+        let info = dir_info(b, &fd, Path::new(""))?;
+        top.get_or_insert(st);
+        layers.push(Layer {
+            branch: b.id,
+            fd: Arc::new(fd),
+            opacity: info.opacity,
+        });
+        if info.opacity == Opacity::Opaque {
+            break;
+        }
+    }
+    let st = top.ok_or(Error::NotFound)?;
+    Ok((
+        NodeState {
+            parent: ROOT_INO,
+            path: PathBuf::new(),
+            layers,
+        },
+        st,
+    ))
+}

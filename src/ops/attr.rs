@@ -1,0 +1,104 @@
+//! Attribute operations of the read path: getattr, readlink, access, statfs.
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+
+use super::{Attr, Caller, UnionFs};
+use crate::error::{Error, Result};
+use crate::inode::{Ino, Kind};
+use crate::sys;
+
+/// Filesystem statistics as the union reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Maximum name length.
+    pub namelen: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
+
+/// `access(2)` write bit.
+pub const W_OK: u32 = 2;
+/// Execute/search permission.
+pub const X_OK: u32 = 1;
+
+impl UnionFs {
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let node = self.inodes.get(ino)?;
+        let state = node.snapshot();
+        let st = sys::fs::fstat(state.top()?.fd.as_fd())?;
+        Ok(self.attr_of(ino, &st, &state))
+    }
+
+    /// Target of symlink `ino`.
+    pub fn readlink(&self, ino: Ino) -> Result<OsString> {
+        let node = self.inodes.get(ino)?;
+        if node.kind != Kind::Symlink {
+            return Err(Error::Invalid);
+        }
+        let state = node.snapshot();
+        sys::fs::readlink(state.top()?.fd.as_fd())
+    }
+
+    /// `access(2)` by the classic owner/group/other rules (used when the
+    /// kernel does not check permissions itself).
+    pub fn access(&self, ino: Ino, mask: u32, caller: Caller) -> Result<()> {
+        let attr = self.getattr(ino)?;
+        if mask & W_OK != 0 && self.stack.upper().is_none() {
+            return Err(Error::ReadOnly);
+        }
+        let perm = u32::from(attr.perm);
+        if caller.uid == 0 {
+            // root may do anything but execute a file nobody may execute.
+            if mask & X_OK != 0 && attr.kind != Kind::Dir && perm & 0o111 == 0 {
+                return Err(Error::Access);
+            }
+            return Ok(());
+        }
+        let bits = if caller.uid == attr.uid {
+            (perm >> 6) & 7
+        } else if caller.gid == attr.gid {
+            (perm >> 3) & 7
+        } else {
+            perm & 7
+        };
+        if mask & 7 & !bits != 0 {
+            return Err(Error::Access);
+        }
+        Ok(())
+    }
+
+    /// Statistics of the filesystem new objects land on (the upper, else the
+    /// topmost lower).
+    pub fn statfs(&self) -> Result<StatFs> {
+        let b = self
+            .stack
+            .upper()
+            .or_else(|| self.stack.iter().next())
+            .ok_or(Error::StaleInode)?;
+        let s = sys::fs::statvfs(b.root())?;
+        Ok(StatFs {
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+            bsize: u32::try_from(s.block_size()).unwrap_or(4096),
+            namelen: u32::try_from(self.opts.name_max.min(s.name_max())).unwrap_or(255),
+            frsize: u32::try_from(s.fragment_size()).unwrap_or(4096),
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! Directory operations of the read path: opendir, readdir(plus), releasedir.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{DirEntryOut, Entry, UnionFs};
+use crate::error::{Error, Result};
+use crate::handle::{DirHandle, Fh, Handle, Listing};
+use crate::inode::{Ino, Kind};
+use crate::readdir::{self, MergedEntry};
+
+impl UnionFs {
+    /// Opens directory `ino` for listing.
+    pub fn opendir(&self, ino: Ino) -> Result<Fh> {
+        let node = self.inodes.get(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        Ok(self.handles.insert(Handle::Dir(DirHandle {
+            ino,
+            listing: Mutex::new(Listing::default()),
+        })))
+    }
+
+    /// Closes a directory handle.
+    pub fn releasedir(&self, fh: Fh) {
+        self.handles.remove(fh);
+    }
+
+    /// The merged listing of directory `ino`, `.` and `..` first.
+    fn snapshot_dir(&self, ino: Ino) -> Result<Vec<MergedEntry>> {
+        let node = self.inodes.get(ino)?;
+        let state = node.snapshot();
+        let mut layers = Vec::with_capacity(state.layers.len());
+        for l in &state.layers {
+            let Some(b) = self.stack.get(l.branch) else {
+                continue;
+            };
+            layers.push(readdir::list_layer(&self.stack, b, l, &state.path)?);
+        }
+        let merged = readdir::merge(&layers);
+        let mut out = Vec::with_capacity(merged.len() + 2);
+        out.push(MergedEntry {
+            name: ".".into(),
+            kind: Kind::Dir,
+            ino: ino.0,
+        });
+        out.push(MergedEntry {
+            name: "..".into(),
+            kind: Kind::Dir,
+            ino: state.parent.0,
+        });
+        out.extend(merged);
+        Ok(out)
+    }
+
+    /// The entries of handle `fh` from `offset` on (a snapshot per handle).
+    fn listing(&self, fh: Fh, offset: u64) -> Result<Arc<Vec<MergedEntry>>> {
+        let h = self.handles.get(fh)?;
+        let Handle::Dir(d) = &*h else {
+            return Err(Error::NotDir);
+        };
+        let mut l = d.listing.lock();
+        // A restart from 0 after entries were handed out (rewinddir) sees
+        // the directory as it is now, as POSIX asks.
+        let stale = offset == 0 && l.consumed;
+        let entries = match &l.entries {
+            Some(e) if !stale => Arc::clone(e),
+            _ => {
+                let e = Arc::new(self.snapshot_dir(d.ino)?);
+                l.entries = Some(Arc::clone(&e));
+                e
+            }
+        };
+        l.consumed = true;
+        Ok(entries)
+    }
+
+    /// Feeds entries from `offset` to `add` until it reports a full buffer.
+    pub fn readdir(
+        &self,
+        fh: Fh,
+        offset: u64,
+        mut add: impl FnMut(&DirEntryOut) -> bool,
+    ) -> Result<()> {
+        let entries = self.listing(fh, offset)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, e) in entries.iter().enumerate().skip(start) {
+            let out = DirEntryOut {
+                name: e.name.clone(),
+                ino: Ino(e.ino),
+                kind: e.kind,
+                next_offset: i as u64 + 1,
+            };
+            if add(&out) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Like `readdir`, with a full lookup of each entry (`.` and `..` are
+    /// not counted as lookups, as the kernel does not link them). An entry
+    /// the buffer had no room for has its lookup undone.
+    pub fn readdirplus(
+        &self,
+        ino: Ino,
+        fh: Fh,
+        offset: u64,
+        mut add: impl FnMut(&DirEntryOut, &Entry) -> bool,
+    ) -> Result<()> {
+        let entries = self.listing(fh, offset)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, e) in entries.iter().enumerate().skip(start) {
+            let dots = i < 2;
+            let entry = if dots {
+                let target = if i == 0 { ino } else { Ino(e.ino) };
+                match self.getattr(target) {
+                    Ok(attr) => Entry { attr },
+                    // The parent may be forgotten already: fall back to self.
+                    Err(_) => Entry {
+                        attr: self.getattr(ino)?,
+                    },
+                }
+            } else {
+                match self.lookup(ino, &e.name) {
+                    Ok(entry) => entry,
+                    // Removed since the snapshot: skip it.
+                    Err(err) if err.is_not_found() => continue,
+                    Err(err) => return Err(err),
+                }
+            };
+            let out = DirEntryOut {
+                name: OsString::from(&e.name),
+                ino: entry.attr.ino,
+                kind: entry.attr.kind,
+                next_offset: i as u64 + 1,
+            };
+            if add(&out, &entry) {
+                if !dots {
+                    self.forget(entry.attr.ino, 1);
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The union filesystem core: plain Rust operations returning `Result`,
+//! called by the FUSE adapter (`fuse.rs`) and by tests and benches
+//! directly. Nothing here knows about fuser's replies.
+//!
+//! Invariant: every operation works on an `Arc<BranchStack>` snapshot and on
+//! node state snapshots, so no lock is held across a syscall on a branch.
+//! Locks: see `inode` (table shard, then node state) and `handle`.
+
+mod attr;
+mod dir;
+mod file;
+mod namei;
+mod xattr;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::stat::FileStat;
+
+pub use attr::StatFs;
+pub use file::CachePolicy;
+
+use crate::branch::BranchStack;
+use crate::error::Result;
+use crate::handle::HandleTable;
+use crate::inode::{Ino, InodeTable, Kind, NodeState};
+use crate::lookup;
+
+/// Attributes of a node as the union reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Union inode number.
+    pub ino: Ino,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Status change time.
+    pub ctime: SystemTime,
+    /// Type.
+    pub kind: Kind,
+    /// Permission bits (incl. suid/sgid/sticky).
+    pub perm: u16,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number for device nodes.
+    pub rdev: u32,
+    /// Preferred I/O size.
+    pub blksize: u32,
+}
+
+/// A lookup result handed to the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// The object's attributes (ino included).
+    pub attr: Attr,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+    /// Process id.
+    pub pid: u32,
+}
+
+/// One entry of a directory read.
+#[derive(Debug, Clone)]
+pub struct DirEntryOut {
+    /// Name.
+    pub name: OsString,
+    /// Inode number.
+    pub ino: Ino,
+    /// Type.
+    pub kind: Kind,
+    /// Offset of the entry after this one.
+    pub next_offset: u64,
+}
+
+/// Options of the core that do not come from the branches.
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    /// Name length the union reports in statfs.
+    pub name_max: u64,
+}
+
+/// The union filesystem.
+#[derive(Debug)]
+pub struct UnionFs {
+    stack: Arc<BranchStack>,
+    inodes: InodeTable,
+    handles: HandleTable,
+    opts: CoreOptions,
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    let nsecs = u32::try_from(nsecs.clamp(0, 999_999_999)).unwrap_or(0);
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nsecs)
+    } else {
+        UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nsecs)
+    }
+}
+
+impl UnionFs {
+    /// Builds the union over `stack`.
+    pub fn new(stack: Arc<BranchStack>, opts: CoreOptions) -> Result<Self> {
+        let (root, _) = lookup::root(&stack)?;
+        let inodes = InodeTable::default();
+        inodes.insert_root(root);
+        Ok(UnionFs {
+            stack,
+            inodes,
+            handles: HandleTable::default(),
+            opts,
+        })
+    }
+
+    /// The branch stack.
+    pub fn stack(&self) -> &Arc<BranchStack> {
+        &self.stack
+    }
+
+    /// Number of inodes the kernel currently holds.
+    pub fn live_inodes(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Number of open handles.
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// The union attributes of node `ino` whose topmost instance has `st`.
+    fn attr_of(&self, ino: Ino, st: &FileStat, state: &NodeState) -> Attr {
+        let kind = Kind::from_mode(st.st_mode);
+        // Counting a merged directory's subdirectories across branches is
+        // costly; like overlayfs we report 1 ("unknown") for merged dirs.
+        let nlink = if kind == Kind::Dir && state.is_merged() {
+            1
+        } else {
+            u32::try_from(st.st_nlink).unwrap_or(u32::MAX)
+        };
+        Attr {
+            ino,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            blocks: u64::try_from(st.st_blocks).unwrap_or(0),
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            kind,
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: u32::try_from(st.st_rdev).unwrap_or(0),
+            blksize: u32::try_from(st.st_blksize).unwrap_or(4096),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Merged directory listings.
+//!
+//! Invariant: `merge` is pure — given each layer's classified entries
+//! (topmost first, already cut at the first opaque layer) it lists each
+//! visible name once, topmost instance winning, with whiteouts hiding names
+//! only in the layers below the one holding them. `list_layer` turns one
+//! branch directory into classified entries. Takes no locks.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::dir::Type;
+
+use crate::branch::{Branch, BranchStack};
+use crate::error::Result;
+use crate::inode::{Kind, Layer};
+use crate::sys;
+use crate::whiteout::{self, NameClass, Opacity};
+
+/// One name of one branch directory, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerEntry {
+    /// A real object.
+    Object {
+        /// Its name.
+        name: OsString,
+        /// Its type.
+        kind: Kind,
+        /// The union inode number of this instance.
+        ino: u64,
+    },
+    /// A whiteout of `name` for the layers below.
+    Whiteout(OsString),
+}
+
+/// One entry of a merged listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedEntry {
+    /// Its name.
+    pub name: OsString,
+    /// Type of the topmost instance.
+    pub kind: Kind,
+    /// Union inode number of the topmost instance.
+    pub ino: u64,
+}
+
+/// Merges the layers of one directory, topmost first.
+pub fn merge(layers: &[Vec<LayerEntry>]) -> Vec<MergedEntry> {
+    let mut decided: HashSet<&OsStr> = HashSet::new();
+    let mut out = Vec::new();
+    for layer in layers {
+        for e in layer {
+            if let LayerEntry::Object { name, kind, ino } = e {
+                if decided.insert(name.as_os_str()) {
+                    out.push(MergedEntry {
+                        name: name.clone(),
+                        kind: *kind,
+                        ino: *ino,
+                    });
+                }
+            }
+        }
+        // Whiteouts hide names of the layers below only.
+        for e in layer {
+            if let LayerEntry::Whiteout(name) = e {
+                decided.insert(name.as_os_str());
+            }
+        }
+    }
+    out
+}
+
+fn kind_of_type(t: Type) -> Option<Kind> {
+    Some(match t {
+        Type::Directory => Kind::Dir,
+        Type::File => Kind::File,
+        Type::Symlink => Kind::Symlink,
+        Type::Fifo => Kind::Fifo,
+        Type::Socket => Kind::Socket,
+        Type::BlockDevice => Kind::BlockDev,
+        // Character devices may be whiteouts: look at rdev.
+        Type::CharacterDevice => return None,
+    })
+}
+
+/// Classifies every entry of one branch's instance of a directory at
+/// union path `path`.
+pub fn list_layer(
+    stack: &BranchStack,
+    branch: &Branch,
+    layer: &Layer,
+    path: &Path,
+) -> Result<Vec<LayerEntry>> {
+    let raw = sys::fs::read_dir(layer.fd.as_fd())?;
+    let at_root = path.as_os_str().is_empty();
+    let mut out = Vec::with_capacity(raw.len());
+    for r in raw {
+        match whiteout::classify_name(&r.name) {
+            NameClass::Whiteout(target) => {
+                out.push(LayerEntry::Whiteout(target.to_os_string()));
+                continue;
+            }
+            NameClass::OpaqueMarker | NameClass::Internal => continue,
+            NameClass::Plain => {}
+        }
+        if at_root
+            && branch.hidden.is_some()
+            && whiteout::UNIONFS_FUSE_DIRS
+                .iter()
+                .any(|d| r.name == OsStr::new(d))
+        {
+            continue;
+        }
+        let known = r.kind.and_then(kind_of_type);
+        let may_be_xwhiteout =
+            layer.opacity == Opacity::HasXattrWhiteouts && matches!(known, None | Some(Kind::File));
+        let kind = match known {
+            Some(k) if !may_be_xwhiteout => k,
+            _ => {
+                let fd = match sys::fs::open_path_at(layer.fd.as_fd(), &r.name) {
+                    Ok(fd) => fd,
+                    // Gone since getdents: not part of this snapshot.
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                };
+                let st = sys::fs::fstat(fd.as_fd())?;
+                if branch.char_whiteouts && whiteout::is_char_whiteout(st.st_mode, st.st_rdev) {
+                    out.push(LayerEntry::Whiteout(r.name));
+                    continue;
+                }
+                if may_be_xwhiteout && crate::lookup::is_xattr_whiteout(&fd, &st)? {
+                    out.push(LayerEntry::Whiteout(r.name));
+                    continue;
+                }
+                Kind::from_mode(st.st_mode)
+            }
+        };
+        out.push(LayerEntry::Object {
+            ino: stack.fold_ino(branch.dev, r.ino),
+            name: r.name,
+            kind,
+        });
+    }
+    if let Some(hidden) = &branch.hidden {
+        out.extend(hidden_whiteouts(hidden, path)?);
+    }
+    Ok(out)
+}
+
+/// unionfs-fuse whiteouts recorded for the entries of directory `path`.
+fn hidden_whiteouts(hidden: &std::os::fd::OwnedFd, path: &Path) -> Result<Vec<LayerEntry>> {
+    let dir = if path.as_os_str().is_empty() {
+        sys::fs::dup(hidden.as_fd())
+    } else {
+        sys::fs::open_path_beneath(hidden.as_fd(), path)
+    };
+    let dir = match dir {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() || e.errno() == nix::errno::Errno::ENOTDIR => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(sys::fs::read_dir(dir.as_fd())?
+        .into_iter()
+        .filter_map(|r| whiteout::strip_hidden(&r.name).map(|n| LayerEntry::Whiteout(n.into())))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(name: &str, ino: u64) -> LayerEntry {
+        LayerEntry::Object {
+            name: name.into(),
+            kind: Kind::File,
+            ino,
+        }
+    }
+    fn wh(name: &str) -> LayerEntry {
+        LayerEntry::Whiteout(name.into())
+    }
+    fn names(m: &[MergedEntry]) -> Vec<(&str, u64)> {
+        m.iter()
+            .map(|e| (e.name.to_str().unwrap_or("?"), e.ino))
+            .collect()
+    }
+
+    #[test]
+    fn topmost_wins_and_names_are_listed_once() {
+        let m = merge(&[
+            vec![obj("a", 1), obj("b", 2)],
+            vec![obj("b", 20), obj("c", 30)],
+            vec![obj("c", 300), obj("d", 400)],
+        ]);
+        assert_eq!(names(&m), vec![("a", 1), ("b", 2), ("c", 30), ("d", 400)]);
+    }
+
+    #[test]
+    fn whiteouts_hide_only_below() {
+        let m = merge(&[
+            vec![obj("x", 1), wh("x"), wh("y")],
+            vec![obj("y", 2), obj("z", 3), wh("z")],
+            vec![obj("z", 4), obj("w", 5)],
+        ]);
+        // x: object and whiteout in one layer -> visible; y hidden by the layer above;
+        // z visible from layer 1, its whiteout hides only layer 2's z.
+        assert_eq!(names(&m), vec![("x", 1), ("z", 3), ("w", 5)]);
+    }
+
+    #[test]
+    fn empty_layers() {
+        assert!(merge(&[]).is_empty());
+        assert!(merge(&[vec![], vec![wh("a")]]).is_empty());
+    }
+}

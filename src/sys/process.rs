@@ -1,0 +1,55 @@
+//! Process-level syscalls for daemonizing. Takes no locks.
+
+use std::os::fd::AsFd;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use nix::unistd::{ForkResult, Pid};
+
+use super::traced;
+use crate::error::Result;
+
+/// Which side of a fork we are on.
+pub enum Forked {
+    /// The original process; the child has this pid.
+    Parent(Pid),
+    /// The new process.
+    Child,
+}
+
+/// Forks the process.
+///
+/// Only call this while the process has a single thread (before the FUSE
+/// event loops start): the child gets a copy of the calling thread alone.
+pub fn fork() -> Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded here, so
+    // the child cannot inherit locks held by other threads.
+    let r = unsafe { nix::unistd::fork() };
+    traced!("fork", (), r).map(|r| match r {
+        ForkResult::Parent { child } => Forked::Parent(child),
+        ForkResult::Child => Forked::Child,
+    })
+}
+
+/// Detaches the daemon from its terminal and session, with stdio on /dev/null.
+pub fn detach() -> Result<()> {
+    traced!("setsid", (), nix::unistd::setsid())?;
+    let null = traced!(
+        "open",
+        "/dev/null",
+        nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+    )?;
+    traced!("dup2", 0, nix::unistd::dup2_stdin(null.as_fd()))?;
+    traced!("dup2", 1, nix::unistd::dup2_stdout(null.as_fd()))?;
+    traced!("dup2", 2, nix::unistd::dup2_stderr(null.as_fd()))?;
+    traced!("chdir", "/", nix::unistd::chdir("/"))?;
+    Ok(())
+}
+
+/// Raises the soft fd limit to the hard limit (never above it).
+pub fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

@@ -1,0 +1,177 @@
+//! Extended attributes of objects behind O_PATH fds.
+//!
+//! Uses `getxattrat`/`listxattrat` (Linux 6.13+) with `AT_EMPTY_PATH`, which
+//! work on O_PATH fds of every file type, symlinks included; on older kernels
+//! falls back to the `/proc/self/fd/N` path. Takes no locks.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+
+// The *xattrat syscalls have the same number on every architecture.
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// Set once the kernel answered ENOSYS, so we stop trying the new syscalls.
+static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+fn cstr(s: &OsStr) -> Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| Error::Invalid)
+}
+
+fn proc_path(fd: BorrowedFd<'_>) -> Result<CString> {
+    cstr(OsStr::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))
+}
+
+/// One raw call: fills `buf` (or asks the size when `buf` is empty).
+fn get_raw(
+    fd: BorrowedFd<'_>,
+    name: &CString,
+    buf: &mut [u8],
+) -> std::result::Result<usize, Errno> {
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+            flags: 0,
+        };
+        // SAFETY: fd is a valid borrowed fd; the path is a NUL-terminated empty
+        // string; `name` is NUL-terminated; `args` points to a live struct whose
+        // value pointer covers `buf.len()` writable bytes for the call.
+        let r = unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                name.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = Errno::last();
+        if e != Errno::ENOSYS && e != Errno::EBADF {
+            return Err(e);
+        }
+        NO_XATTRAT.store(true, Ordering::Relaxed);
+    }
+    let path = proc_path(fd).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: path and name are NUL-terminated; buf is valid for buf.len() bytes.
+    let r = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if r >= 0 {
+        Ok(r as usize)
+    } else {
+        Err(Errno::last())
+    }
+}
+
+fn list_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::result::Result<usize, Errno> {
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        // SAFETY: fd is valid; the empty path is NUL-terminated; buf is valid
+        // for buf.len() writable bytes.
+        let r = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = Errno::last();
+        if e != Errno::ENOSYS && e != Errno::EBADF {
+            return Err(e);
+        }
+        NO_XATTRAT.store(true, Ordering::Relaxed);
+    }
+    let path = proc_path(fd).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: path is NUL-terminated; buf is valid for buf.len() bytes.
+    let r = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r >= 0 {
+        Ok(r as usize)
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// Calls `f` with a growing buffer until the value fits.
+fn sized(
+    mut f: impl FnMut(&mut [u8]) -> std::result::Result<usize, Errno>,
+) -> std::result::Result<Vec<u8>, Errno> {
+    let mut len = f(&mut [])?;
+    loop {
+        let mut buf = vec![0u8; len.max(1)];
+        match f(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            // The value grew between the two calls: ask again.
+            Err(Errno::ERANGE) => len = f(&mut [])?,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The value of xattr `name`, or `None` when the object does not have it
+/// (or the filesystem does not support xattrs).
+pub fn get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let cname = cstr(name)?;
+    let res = sized(|buf| get_raw(fd, &cname, buf));
+    tracing::trace!(
+        "getxattrat({}, {:?}) = {:?}",
+        fd.as_raw_fd(),
+        name,
+        res.as_ref().map(|v| v.len())
+    );
+    match res {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(Error::sys("getxattrat", e)),
+    }
+}
+
+/// Every xattr name of the object (empty when xattrs are unsupported).
+pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
+    let res = sized(|buf| list_raw(fd, buf));
+    tracing::trace!(
+        "listxattrat({}) = {:?}",
+        fd.as_raw_fd(),
+        res.as_ref().map(|v| v.len())
+    );
+    match res {
+        Ok(raw) => Ok(raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsString::from_vec(s.to_vec()))
+            .collect()),
+        Err(Errno::EOPNOTSUPP) => Ok(Vec::new()),
+        Err(e) => Err(Error::sys("listxattrat", e)),
+    }
+}
