@@ -20,6 +20,7 @@ use crate::config::{join_branches, MountConfig, WhiteoutFormat};
 use crate::fuse::FuseAdapter;
 use crate::ops::{CoreOptions, UnionFs};
 use crate::sys;
+use crate::upper::{Upper, XattrNs};
 use crate::whiteout;
 
 /// Default kernel cache lifetime: lower branches never change under us and
@@ -60,15 +61,51 @@ fn prepare_staging(cfg: &MountConfig) -> Result<Option<std::path::PathBuf>> {
     }
 }
 
-fn open_stack(cfg: &MountConfig) -> Result<BranchStack> {
+/// The whiteout format of the upper: what it recorded, else the option,
+/// else AUFS. A recorded format that contradicts the option is an error:
+/// one upper never mixes formats.
+fn upper_format(cfg: &MountConfig, upper: &Branch) -> Result<WhiteoutFormat> {
+    let recorded = crate::upper::recorded_format(upper.root())
+        .with_context(|| format!("cannot read upper branch {}", upper.path.display()))?;
+    match (recorded, cfg.options.whiteout) {
+        (Some(r), Some(o)) if r != o => anyhow::bail!(
+            "upper branch {} holds {:?} whiteouts; it cannot be mounted with whiteout={:?}",
+            upper.path.display(),
+            r,
+            o
+        ),
+        (Some(r), _) => Ok(r),
+        (None, o) => Ok(o.unwrap_or_default()),
+    }
+}
+
+/// Opens the branches (upper first) and the upper's staging area.
+fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
     let clone = is_root();
     let mut branches = Vec::new();
     let mut id = 0u16;
-    if let (Some(u), false) = (&cfg.upper, cfg.options.read_only) {
-        branches.push(
-            Branch::open(BranchId(id), u, BranchMode::ReadWrite, clone)
-                .with_context(|| format!("cannot open upper branch {}", u.display()))?,
-        );
+    let mut upper = None;
+    if let Some(u) = &cfg.upper {
+        let mode = if cfg.options.read_only {
+            BranchMode::ReadOnly
+        } else {
+            BranchMode::ReadWrite
+        };
+        // The upper is opened directly, not as a clone: copy-up renames
+        // between it and the workdir, which must be on one mount.
+        let mut b = Branch::open(BranchId(id), u, mode, false)
+            .with_context(|| format!("cannot open upper branch {}", u.display()))?;
+        let format = upper_format(cfg, &b)?;
+        // In an AUFS-format upper a char 0:0 device is a user's device.
+        b.char_whiteouts = format == WhiteoutFormat::Overlay;
+        if mode == BranchMode::ReadWrite {
+            let ns = if is_root() { XattrNs::Trusted } else { XattrNs::User };
+            upper = Some(
+                Upper::open(&b, cfg.workdir.as_deref(), format, ns)
+                    .with_context(|| format!("cannot prepare the workdir of {}", u.display()))?,
+            );
+        }
+        branches.push(b);
         id += 1;
     }
     for l in &cfg.lowers {
@@ -78,15 +115,7 @@ fn open_stack(cfg: &MountConfig) -> Result<BranchStack> {
         );
         id += 1;
     }
-    // A read-only mount of an upper still shows it, as the topmost lower.
-    if let (Some(u), true) = (&cfg.upper, cfg.options.read_only) {
-        branches.insert(
-            0,
-            Branch::open(BranchId(id), u, BranchMode::ReadOnly, clone)
-                .with_context(|| format!("cannot open upper branch {}", u.display()))?,
-        );
-    }
-    Ok(BranchStack::new(branches))
+    Ok((BranchStack::new(branches), upper))
 }
 
 fn mount_flags(cfg: &MountConfig) -> MsFlags {
@@ -128,6 +157,9 @@ pub fn run_mount(cfg: MountConfig) -> Result<()> {
         }
     }
     sys::process::raise_nofile();
+    // Modes of created objects are exactly what the caller asked for (the
+    // kernel applied the caller's umask already).
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let created = prepare_staging(&cfg)?;
     let res = mount_and_serve(&cfg);
     if res.is_err() {
@@ -139,11 +171,14 @@ pub fn run_mount(cfg: MountConfig) -> Result<()> {
 }
 
 fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
-    let stack = Arc::new(open_stack(cfg)?);
-    let writes_aufs =
-        stack.upper().is_some() && cfg.options.whiteout.unwrap_or_default() == WhiteoutFormat::Aufs;
+    let (stack, upper) = open_stack(cfg)?;
+    let stack = Arc::new(stack);
+    let writes_aufs = upper
+        .as_ref()
+        .is_some_and(|u| u.format == WhiteoutFormat::Aufs);
     let core = UnionFs::new(
         Arc::clone(&stack),
+        upper,
         CoreOptions {
             // Any name must be whiteable with a `.wh.` prefix.
             name_max: if writes_aufs { 251 } else { 255 },

@@ -9,17 +9,22 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use crate::error::Error;
 use crate::handle::Fh;
 use crate::inode::{Ino, Kind};
-use crate::ops::{Attr, CachePolicy, Caller, UnionFs};
+use crate::ops::{Attr, CachePolicy, Caller, Entry, NewObject, RenameHow, SetAttr, UnionFs};
+use crate::sys::fs::SetTime;
 
 /// fuser's view of the union.
 #[derive(Debug)]
@@ -87,6 +92,45 @@ fn fh(h: FileHandle) -> Fh {
     Fh(h.0)
 }
 
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(
+                i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                i64::from(d.subsec_nanos()),
+            ),
+            Err(e) => {
+                // Before the epoch: whole seconds down, nanoseconds up.
+                let d = e.duration();
+                let mut secs = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                let mut nanos = i64::from(d.subsec_nanos());
+                if nanos > 0 {
+                    secs -= 1;
+                    nanos = 1_000_000_000 - nanos;
+                }
+                SetTime::At(secs, nanos)
+            }
+        },
+    }
+}
+
+impl FuseAdapter {
+    fn reply_entry(&self, reply: ReplyEntry, res: Result<Entry, Error>) {
+        match res {
+            Ok(e) => reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, res: Result<(), Error>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 /// Replies to an xattr request: the size when `size` is 0, else the data.
 fn reply_xattr(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, Error>) {
     match data {
@@ -106,6 +150,8 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_BIG_WRITES,
         ] {
             // A capability the kernel lacks is simply not used.
             let _ = config.add_capabilities(cap);
@@ -290,6 +336,264 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.lseek(fh(h), offset, whence) {
             Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        h: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            fh: h.map(fh),
+        };
+        match self.fs.setattr(ino(i), set) {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = self
+            .fs
+            .create_object(
+                ino(parent),
+                name,
+                NewObject::Node {
+                    rdev: u64::from(rdev),
+                },
+                mode & !umask,
+                caller(req),
+            )
+            .map(|(e, _)| e);
+        self.reply_entry(reply, res);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = self
+            .fs
+            .create_object(ino(parent), name, NewObject::Dir, mode & !umask, caller(req))
+            .map(|(e, _)| e);
+        self.reply_entry(reply, res);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let res = self
+            .fs
+            .create_object(
+                ino(parent),
+                link_name,
+                NewObject::Symlink {
+                    target: target.as_os_str(),
+                },
+                0o777,
+                caller(req),
+            )
+            .map(|(e, _)| e);
+        self.reply_entry(reply, res);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(reply, self.fs.link(ino(i), ino(newparent), newname));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.unlink(ino(parent), name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.rmdir(ino(parent), name));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let how = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameHow::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameHow::NoReplace
+        } else if flags.is_empty() {
+            RenameHow::Replace
+        } else {
+            // RENAME_WHITEOUT is for filesystems stacked on us, not users.
+            reply.error(errno(&Error::Invalid));
+            return;
+        };
+        reply_empty(
+            reply,
+            self.fs
+                .rename(ino(parent), name, ino(newparent), newname, how),
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.create_object(
+            ino(parent),
+            name,
+            NewObject::File { flags },
+            libc::S_IFREG | (mode & !umask & 0o7777),
+            caller(req),
+        ) {
+            Ok((e, Some(h))) => reply.created(
+                &self.ttl,
+                &file_attr(&e.attr),
+                Generation(0),
+                FileHandle(h.0),
+                FopenFlags::empty(),
+            ),
+            Ok((_, None)) => reply.error(errno(&Error::Invalid)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh(h), offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _i: INodeNo, h: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.fsync(fh(h), datasync));
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _h: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fsyncdir(ino(i), datasync));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.setxattr(ino(i), name, value, flags));
+    }
+
+    fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.removexattr(ino(i), name));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fallocate(fh(h), offset, length, mode));
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .fs
+            .copy_file_range(fh(fh_in), offset_in, fh(fh_out), offset_out, len)
+        {
+            Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -72,6 +72,8 @@ pub struct Layer {
     pub fd: Arc<OwnedFd>,
     /// For directories: whether lower branches show through.
     pub opacity: Opacity,
+    /// For upper directories: entries may carry a recorded union inode number.
+    pub impure: bool,
 }
 
 /// Where a node lives in the branches; replaced on every fresh lookup.
@@ -79,8 +81,9 @@ pub struct Layer {
 pub struct NodeState {
     /// The directory this node was last looked up in (itself for the root).
     pub parent: Ino,
-    /// Path from the union root (a hard-linked file keeps the last name seen).
-    pub path: PathBuf,
+    /// Its name in `parent` (empty for the root). Paths are derived from
+    /// (parent, name) links so that renaming a directory needs one update.
+    pub name: OsString,
     /// Instances, topmost first. A directory may have several; anything
     /// else has exactly one.
     pub layers: Vec<Layer>,
@@ -116,9 +119,9 @@ impl Node {
         self.state.read().clone()
     }
 
-    /// The last name component of the node's path.
-    pub fn name(&self) -> Option<OsString> {
-        self.state.read().path.file_name().map(|n| n.to_os_string())
+    /// The node's name in its parent.
+    pub fn name(&self) -> OsString {
+        self.state.read().name.clone()
     }
 }
 
@@ -189,6 +192,16 @@ impl InodeTable {
         }
     }
 
+    /// Replaces where node `ino` lives without counting a lookup (after the
+    /// union itself moved it: copy-up, rename).
+    pub fn refresh(&self, ino: Ino, kind: Kind, state: NodeState) {
+        if let Some(node) = self.nodes.get(&ino).map(|n| Arc::clone(n.value())) {
+            if node.kind == kind {
+                *node.state.write() = state;
+            }
+        }
+    }
+
     /// Drops `n` kernel lookups; removes the node when none are left.
     pub fn forget(&self, ino: Ino, n: u64) {
         if ino == ROOT_INO {
@@ -206,6 +219,23 @@ impl InodeTable {
                 e.remove();
             }
         }
+    }
+
+    /// The path of `ino` from the union root, following parent links.
+    pub fn path_of(&self, ino: Ino) -> Result<PathBuf> {
+        let mut names = Vec::new();
+        let mut cur = ino;
+        // Directory trees deeper than this are not real; stop a corrupt loop.
+        for _ in 0..4096 {
+            if cur == ROOT_INO {
+                return Ok(names.iter().rev().collect());
+            }
+            let node = self.get(cur)?;
+            let st = node.state.read();
+            names.push(st.name.clone());
+            cur = st.parent;
+        }
+        Err(Error::StaleInode)
     }
 
     /// Number of live nodes (root included).

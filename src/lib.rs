@@ -10,6 +10,7 @@
 pub mod branch;
 pub mod cli;
 pub mod config;
+pub mod copy_up;
 pub mod daemon;
 pub mod error;
 pub mod fuse;
@@ -20,4 +21,5 @@ pub mod ops;
 pub mod readdir;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod upper;
 pub mod whiteout;

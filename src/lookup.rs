@@ -29,6 +29,11 @@ pub struct Found {
     pub stat: FileStat,
     /// Its type.
     pub kind: Kind,
+    /// The union inode number recorded at copy-up, if any.
+    pub recorded_ino: Option<u64>,
+    /// For each layer, the path (from its branch root) it was found at;
+    /// differs from the union path below a redirect.
+    pub layer_paths: Vec<PathBuf>,
 }
 
 /// What one branch directory says about a name.
@@ -47,6 +52,8 @@ struct Candidate<'a> {
     dir: Arc<OwnedFd>,
     /// Empty regular files here may be xattr whiteouts.
     xwhiteouts: bool,
+    /// Entries here may carry a recorded union inode number.
+    impure: bool,
 }
 
 /// What one branch's instance of a directory says about the branches below.
@@ -56,6 +63,8 @@ pub struct DirInfo {
     pub opacity: Opacity,
     /// Where the lower content comes from, if elsewhere.
     pub redirect: Option<Redirect>,
+    /// Entries may carry a recorded union inode number (see `INO_XATTRS`).
+    pub impure: bool,
 }
 
 fn not_found_is_none<T>(r: Result<T>) -> Result<Option<T>> {
@@ -82,6 +91,8 @@ pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
                     _ => {}
                 }
             }
+        } else if whiteout::IMPURE_XATTRS.iter().any(|x| n == OsStr::new(x)) {
+            info.impure = true;
         } else if info.redirect.is_none()
             && whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x))
         {
@@ -165,6 +176,7 @@ fn redirect_candidates<'a>(
                 branch: b,
                 dir: Arc::new(dir),
                 xwhiteouts: true,
+                impure: false,
             });
         }
     }
@@ -176,9 +188,10 @@ pub fn lookup(
     stack: &BranchStack,
     parent_ino: Ino,
     parent: &NodeState,
+    parent_path: &Path,
     name: &OsStr,
 ) -> Result<Found> {
-    let child_path = parent.path.join(name);
+    let child_path = parent_path.join(name);
     let mut cands: Vec<Candidate<'_>> = parent
         .layers
         .iter()
@@ -187,6 +200,7 @@ pub fn lookup(
                 branch: stack.get(l.branch)?,
                 dir: Arc::clone(&l.fd),
                 xwhiteouts: l.opacity == Opacity::HasXattrWhiteouts,
+                impure: l.impure,
             })
         })
         .collect();
@@ -194,6 +208,8 @@ pub fn lookup(
     let mut cur_path: PathBuf = child_path.clone();
     let mut layers: Vec<Layer> = Vec::new();
     let mut top: Option<(FileStat, Kind)> = None;
+    let mut recorded_ino = None;
+    let mut layer_paths = Vec::new();
     let mut i = 0;
     while i < cands.len() {
         let probe_res = probe(&cands[i], &cur_name, &cur_path)?;
@@ -205,6 +221,9 @@ pub fn lookup(
             Probe::Object(fd, st) => (fd, st),
         };
         let kind = Kind::from_mode(st.st_mode);
+        if top.is_none() && cands[i - 1].impure {
+            recorded_ino = recorded_ino_of(&fd)?;
+        }
         if kind != Kind::Dir {
             // A non-directory ends the walk; below a directory it is hidden.
             if top.is_none() {
@@ -212,7 +231,9 @@ pub fn lookup(
                     branch: branch.id,
                     fd: Arc::new(fd),
                     opacity: Opacity::Transparent,
+                    impure: false,
                 });
+                layer_paths.push(cur_path.clone());
                 top = Some((st, kind));
             }
             break;
@@ -222,7 +243,9 @@ pub fn lookup(
             branch: branch.id,
             fd: Arc::new(fd),
             opacity: info.opacity,
+            impure: info.impure,
         });
+        layer_paths.push(cur_path.clone());
         if top.is_none() {
             top = Some((st, kind));
         }
@@ -238,7 +261,7 @@ pub fn lookup(
                 i = 0;
             }
             Some(Redirect::Relative(n)) => {
-                cur_path = parent.path.join(&n);
+                cur_path = parent_path.join(&n);
                 cur_name = n;
             }
             None => {}
@@ -248,12 +271,24 @@ pub fn lookup(
     Ok(Found {
         state: NodeState {
             parent: parent_ino,
-            path: child_path,
+            name: name.to_os_string(),
             layers,
         },
         stat,
         kind,
+        recorded_ino,
+        layer_paths,
     })
+}
+
+/// The union inode number recorded on a copied-up object.
+pub fn recorded_ino_of(fd: &OwnedFd) -> Result<Option<u64>> {
+    for x in whiteout::INO_XATTRS {
+        if let Some(v) = sys::xattr::get_u64(fd.as_fd(), OsStr::new(x))? {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
 }
 
 /// The root directory: every branch root down to the first opaque one.
@@ -269,6 +304,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
             branch: b.id,
             fd: Arc::new(fd),
             opacity: info.opacity,
+            impure: info.impure,
         });
         if info.opacity == Opacity::Opaque {
             break;
@@ -278,7 +314,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
     Ok((
         NodeState {
             parent: ROOT_INO,
-            path: PathBuf::new(),
+            name: OsString::new(),
             layers,
         },
         st,

@@ -137,8 +137,13 @@ pub fn list_layer(
                 Kind::from_mode(st.st_mode)
             }
         };
+        let recorded = if layer.impure {
+            recorded_ino_at(layer, &r.name)?
+        } else {
+            None
+        };
         out.push(LayerEntry::Object {
-            ino: stack.fold_ino(branch.dev, r.ino),
+            ino: recorded.unwrap_or_else(|| stack.fold_ino(branch.dev, r.ino)),
             name: r.name,
             kind,
         });
@@ -147,6 +152,19 @@ pub fn list_layer(
         out.extend(hidden_whiteouts(hidden, path)?);
     }
     Ok(out)
+}
+
+/// The union inode number recorded on entry `name` of an impure layer.
+fn recorded_ino_at(layer: &Layer, name: &OsStr) -> Result<Option<u64>> {
+    for x in whiteout::INO_XATTRS {
+        match sys::xattr::get_u64_at(layer.fd.as_fd(), name, OsStr::new(x)) {
+            Ok(Some(v)) => return Ok(Some(v)),
+            Ok(None) => {}
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// unionfs-fuse whiteouts recorded for the entries of directory `path`.

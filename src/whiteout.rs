@@ -27,7 +27,20 @@ pub const OPAQUE_XATTRS: [&str; 3] = [
 /// Xattrs that turn an empty regular file into a whiteout.
 pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
 /// Xattrs naming the path a directory takes its lower content from.
-pub const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
+pub const REDIRECT_XATTRS: [&str; 4] = [
+    "trusted.overlay.redirect",
+    "user.overlay.redirect",
+    "trusted.unionfs.redirect",
+    "user.unionfs.redirect",
+];
+/// Xattrs marking an upper directory that holds copied-up objects, whose
+/// union inode numbers are recorded in [`INO_XATTRS`].
+pub const IMPURE_XATTRS: [&str; 2] = ["trusted.unionfs.impure", "user.unionfs.impure"];
+/// Xattrs recording the union inode number of a copied-up object, so
+/// st_ino does not change when an object is copied up.
+pub const INO_XATTRS: [&str; 2] = ["trusted.unionfs.ino", "user.unionfs.ino"];
+/// Xattr (on the upper root) recording the whiteout format of an upper.
+pub const FORMAT_XATTRS: [&str; 2] = ["trusted.unionfs.format", "user.unionfs.format"];
 
 /// Xattr prefixes that belong to union implementations, never to users.
 const PRIVATE_XATTR_PREFIXES: [&[u8]; 5] = [

@@ -4,6 +4,9 @@ use std::ffi::OsString;
 use std::os::fd::AsFd;
 
 use super::{Attr, Caller, UnionFs};
+use crate::copy_up::CopyUpData;
+use crate::handle::{Fh, Handle};
+use crate::sys::fs::SetTime;
 use crate::error::{Error, Result};
 use crate::inode::{Ino, Kind};
 use crate::sys;
@@ -100,5 +103,72 @@ impl UnionFs {
             namelen: u32::try_from(self.opts.name_max.min(s.name_max())).unwrap_or(255),
             frsize: u32::try_from(s.fragment_size()).unwrap_or(4096),
         })
+    }
+}
+
+/// What a setattr changes (`None` = leave alone).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// New permission bits (incl. suid/sgid/sticky).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+    /// The open file the change came through (ftruncate, fchmod...).
+    pub fh: Option<Fh>,
+}
+
+impl UnionFs {
+    /// chmod/chown/truncate/utimens: copies a lower object up (without its
+    /// data when it is truncated to zero), then changes the upper instance.
+    pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        let node = self.inodes.get(ino)?;
+        let data = if set.size == Some(0) {
+            CopyUpData::Empty
+        } else {
+            CopyUpData::Full
+        };
+        let state = self.copy_up(ino, data)?;
+        let fd = &state.top()?.fd;
+        if let Some(size) = set.size {
+            if node.kind == Kind::Dir {
+                return Err(Error::IsDir);
+            }
+            let handle = set.fh.and_then(|h| self.handles.file(h).ok());
+            match handle.as_deref() {
+                Some(Handle::File(f)) if f.branch == state.top()?.branch => {
+                    sys::fs::ftruncate(f.fd.as_fd(), size)?
+                }
+                _ => {
+                    let w = sys::fs::reopen(fd.as_fd(), nix::fcntl::OFlag::O_WRONLY)?;
+                    sys::fs::ftruncate(w.as_fd(), size)?;
+                }
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::fs::chown_fd(fd.as_fd(), set.uid, set.gid)?;
+        }
+        if let Some(mode) = set.mode {
+            if node.kind == Kind::Symlink {
+                return Err(Error::NotSupported);
+            }
+            sys::fs::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::fs::utimes_fd(
+                fd.as_fd(),
+                set.atime.unwrap_or(SetTime::Omit),
+                set.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        let st = sys::fs::fstat(fd.as_fd())?;
+        Ok(self.attr_of(ino, &st, &state))
     }
 }

@@ -33,12 +33,13 @@ impl UnionFs {
     fn snapshot_dir(&self, ino: Ino) -> Result<Vec<MergedEntry>> {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
+        let path = self.inodes.path_of(ino)?;
         let mut layers = Vec::with_capacity(state.layers.len());
         for l in &state.layers {
             let Some(b) = self.stack.get(l.branch) else {
                 continue;
             };
-            layers.push(readdir::list_layer(&self.stack, b, l, &state.path)?);
+            layers.push(readdir::list_layer(&self.stack, b, l, &path)?);
         }
         let merged = readdir::merge(&layers);
         let mut out = Vec::with_capacity(merged.len() + 2);
@@ -146,5 +147,21 @@ impl UnionFs {
             }
         }
         Ok(())
+    }
+}
+
+impl UnionFs {
+    /// fsync of a directory: its upper instance, if it has one.
+    pub fn fsyncdir(&self, ino: Ino, data_only: bool) -> Result<()> {
+        let node = self.inodes.get(ino)?;
+        let state = node.snapshot();
+        if !self.in_upper(&state) {
+            return Ok(());
+        }
+        let fd = crate::sys::fs::reopen(
+            std::os::fd::AsFd::as_fd(&*state.top()?.fd),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        )?;
+        crate::sys::fs::fsync(std::os::fd::AsFd::as_fd(&fd), data_only)
     }
 }

@@ -1,12 +1,14 @@
 //! File operations of the read path: open, read, lseek, release.
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 use nix::unistd::Whence;
 
 use super::UnionFs;
 use crate::branch::BranchMode;
+use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::handle::{Fh, FileHandle, Handle};
 use crate::inode::{Ino, Kind};
@@ -22,28 +24,47 @@ pub enum CachePolicy {
     Revalidate,
 }
 
-/// Flags the union passes through to the backing open.
-fn passthrough_flags(flags: i32) -> OFlag {
+/// Flags the union passes through to the backing open (O_CREAT and
+/// O_EXCL were handled by the kernel and the union).
+fn backing_flags(flags: i32) -> OFlag {
     let f = OFlag::from_bits_truncate(flags);
-    (f & (OFlag::O_NOATIME | OFlag::O_DIRECT | OFlag::O_NONBLOCK)) | OFlag::O_RDONLY
+    let acc = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => OFlag::O_WRONLY,
+        libc::O_RDWR => OFlag::O_RDWR,
+        _ => OFlag::O_RDONLY,
+    };
+    acc | (f
+        & (OFlag::O_NOATIME
+            | OFlag::O_DIRECT
+            | OFlag::O_NONBLOCK
+            | OFlag::O_APPEND
+            | OFlag::O_TRUNC
+            | OFlag::O_SYNC
+            | OFlag::O_DSYNC))
 }
 
 impl UnionFs {
-    /// Opens `ino` with open(2) `flags`.
+    /// Opens `ino` with open(2) `flags`; opening for writing (or with
+    /// O_TRUNC) copies a lower object up first.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<(Fh, CachePolicy)> {
         let node = self.inodes.get(ino)?;
         if node.kind == Kind::Dir {
             return Err(Error::IsDir);
         }
         let acc = flags & libc::O_ACCMODE;
-        if acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            // Writing needs the write path (copy-up); until then the union is
-            // read-only to open(2).
-            return Err(Error::ReadOnly);
-        }
-        let state = node.snapshot();
+        let writing = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let state = if writing {
+            let data = if flags & libc::O_TRUNC != 0 {
+                CopyUpData::Empty
+            } else {
+                CopyUpData::Full
+            };
+            self.copy_up(ino, data)?
+        } else {
+            node.snapshot()
+        };
         let top = state.top()?;
-        let fd = sys::fs::reopen(top.fd.as_fd(), passthrough_flags(flags))?;
+        let fd = sys::fs::reopen(top.fd.as_fd(), backing_flags(flags))?;
         let policy = match self.stack.get(top.branch).map(|b| b.mode) {
             Some(BranchMode::ReadOnly) => CachePolicy::Keep,
             _ => CachePolicy::Revalidate,
@@ -54,6 +75,50 @@ impl UnionFs {
             fd,
         }));
         Ok((fh, policy))
+    }
+
+    fn file(&self, fh: Fh) -> Result<Arc<Handle>> {
+        self.handles.file(fh)
+    }
+
+    /// Writes `data` at `offset`.
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(Error::IsDir);
+        };
+        let n = sys::fs::pwrite(f.fd.as_fd(), data, offset)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// fsync / fdatasync of an open file.
+    pub fn fsync(&self, fh: Fh, data_only: bool) -> Result<()> {
+        let h = self.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(Error::IsDir);
+        };
+        sys::fs::fsync(f.fd.as_fd(), data_only)
+    }
+
+    /// fallocate(2) on an open file (punching holes included).
+    pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let h = self.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(Error::IsDir);
+        };
+        sys::fs::fallocate(f.fd.as_fd(), mode, offset, len)
+    }
+
+    /// copy_file_range(2) between two open files.
+    pub fn copy_file_range(&self, fh_in: Fh, off_in: u64, fh_out: Fh, off_out: u64, len: u64) -> Result<u32> {
+        let hi = self.file(fh_in)?;
+        let ho = self.file(fh_out)?;
+        let (Handle::File(i), Handle::File(o)) = (&*hi, &*ho) else {
+            return Err(Error::IsDir);
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(u32::MAX as usize);
+        let n = sys::fs::copy_file_range(i.fd.as_fd(), off_in, o.fd.as_fd(), off_out, len)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Reads up to `size` bytes at `offset`.

@@ -7,9 +7,11 @@
 //! Locks: see `inode` (table shard, then node state) and `handle`.
 
 mod attr;
+mod copyup;
 mod dir;
 mod file;
 mod namei;
+mod write;
 mod xattr;
 
 use std::ffi::OsString;
@@ -18,7 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::stat::FileStat;
 
-pub use attr::StatFs;
+pub use attr::{SetAttr, StatFs};
+pub use write::{NewObject, RenameHow};
 pub use file::CachePolicy;
 
 use crate::branch::BranchStack;
@@ -26,6 +29,7 @@ use crate::error::Result;
 use crate::handle::HandleTable;
 use crate::inode::{Ino, InodeTable, Kind, NodeState};
 use crate::lookup;
+use crate::upper::Upper;
 
 /// Attributes of a node as the union reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,9 +104,11 @@ pub struct CoreOptions {
 #[derive(Debug)]
 pub struct UnionFs {
     stack: Arc<BranchStack>,
+    upper: Option<Upper>,
     inodes: InodeTable,
     handles: HandleTable,
     opts: CoreOptions,
+    copy_locks: Box<[parking_lot::Mutex<()>]>,
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -116,15 +122,19 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 
 impl UnionFs {
     /// Builds the union over `stack`.
-    pub fn new(stack: Arc<BranchStack>, opts: CoreOptions) -> Result<Self> {
+    pub fn new(stack: Arc<BranchStack>, upper: Option<Upper>, opts: CoreOptions) -> Result<Self> {
         let (root, _) = lookup::root(&stack)?;
         let inodes = InodeTable::default();
         inodes.insert_root(root);
         Ok(UnionFs {
             stack,
+            upper,
             inodes,
             handles: HandleTable::default(),
             opts,
+            copy_locks: (0..copyup::COPY_LOCKS)
+                .map(|_| parking_lot::Mutex::new(()))
+                .collect(),
         })
     }
 

@@ -20,11 +20,20 @@ impl UnionFs {
             return Err(Error::NotDir);
         }
         let pstate = pnode.snapshot();
-        let found = lookup::lookup(&self.stack, parent, &pstate, name)?;
-        let ino = Ino(self.stack.fold_ino(found.stat.st_dev, found.stat.st_ino));
+        let ppath = self.inodes.path_of(parent)?;
+        let found = lookup::lookup(&self.stack, parent, &pstate, &ppath, name)?;
+        let ino = self.ino_of(&found);
         let attr = self.attr_of(ino, &found.stat, &found.state);
         let node = self.inodes.remember(ino, found.kind, found.state);
         Ok((Entry { attr }, node))
+    }
+
+    /// The union inode number of a found object: the one recorded at
+    /// copy-up, else derived from the topmost instance.
+    pub(super) fn ino_of(&self, found: &lookup::Found) -> Ino {
+        Ino(found
+            .recorded_ino
+            .unwrap_or_else(|| self.stack.fold_ino(found.stat.st_dev, found.stat.st_ino)))
     }
 
     /// Drops `n` kernel lookups of `ino`.

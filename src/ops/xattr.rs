@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
 use super::UnionFs;
+use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::inode::Ino;
 use crate::sys;
@@ -34,5 +35,28 @@ impl UnionFs {
             }
         }
         Ok(out)
+    }
+}
+
+impl UnionFs {
+    /// setxattr(2): copies a lower object up, then sets the attribute on
+    /// the upper instance. The union's own attributes cannot be set.
+    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::NotSupported);
+        }
+        let state = self.copy_up(ino, CopyUpData::Full)?;
+        sys::xattr::set(state.top()?.fd.as_fd(), name, value, flags)
+    }
+
+    /// removexattr(2).
+    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::NoXattr);
+        }
+        // Nothing to remove: fail without copying up.
+        self.getxattr(ino, name)?;
+        let state = self.copy_up(ino, CopyUpData::Full)?;
+        sys::xattr::remove(state.top()?.fd.as_fd(), name)
     }
 }

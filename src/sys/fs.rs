@@ -190,3 +190,247 @@ pub fn mount_id(path: &Path) -> Result<(u64, bool)> {
     };
     traced!("statx", path, res)
 }
+
+/// Creates and opens a new regular file `name` in `dir` (O_EXCL).
+pub fn create_at(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag, mode: u32) -> Result<OwnedFd> {
+    traced!(
+        "openat(O_CREAT)",
+        (dir.as_raw_fd(), name, flags, mode),
+        nix::fcntl::openat(
+            dir,
+            name,
+            flags | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode)
+        )
+    )
+}
+
+/// `mkdirat`.
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<()> {
+    traced!(
+        "mkdirat",
+        (dir.as_raw_fd(), name, mode),
+        nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(mode))
+    )
+}
+
+/// `mknodat` (fifos, sockets, devices, whiteouts).
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> Result<()> {
+    let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
+    traced!(
+        "mknodat",
+        (dir.as_raw_fd(), name, mode, rdev),
+        nix::sys::stat::mknodat(dir, name, kind, Mode::from_bits_truncate(mode & 0o7777), rdev)
+    )
+}
+
+/// `symlinkat`.
+pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    traced!(
+        "symlinkat",
+        (target, dir.as_raw_fd(), name),
+        nix::unistd::symlinkat(target, dir, name)
+    )
+}
+
+/// Links the object behind O_PATH `fd` as `dir/name` (AT_EMPTY_PATH).
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    traced!(
+        "linkat",
+        (fd.as_raw_fd(), dir.as_raw_fd(), name),
+        nix::unistd::linkat(fd, "", dir, name, nix::fcntl::AtFlags::AT_EMPTY_PATH)
+    )
+}
+
+/// `unlinkat` of a non-directory (or of a directory with `dir_flag`).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<()> {
+    let flag = if is_dir {
+        nix::unistd::UnlinkatFlags::RemoveDir
+    } else {
+        nix::unistd::UnlinkatFlags::NoRemoveDir
+    };
+    traced!(
+        "unlinkat",
+        (dir.as_raw_fd(), name, is_dir),
+        nix::unistd::unlinkat(dir, name, flag)
+    )
+}
+
+/// How `rename_at` treats an existing destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace it (plain rename(2)).
+    Replace,
+    /// Fail with EEXIST.
+    NoReplace,
+    /// Swap the two atomically.
+    Exchange,
+}
+
+/// `renameat2`.
+pub fn rename_at(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+    mode: RenameMode,
+) -> Result<()> {
+    let flags = match mode {
+        RenameMode::Replace => nix::fcntl::RenameFlags::empty(),
+        RenameMode::NoReplace => nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        RenameMode::Exchange => nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    };
+    traced!(
+        "renameat2",
+        (from_dir.as_raw_fd(), from, to_dir.as_raw_fd(), to, mode),
+        nix::fcntl::renameat2(from_dir, from, to_dir, to, flags)
+    )
+}
+
+/// Changes owner of the object behind any fd (O_PATH included, symlinks too).
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    traced!(
+        "fchownat",
+        (fd.as_raw_fd(), uid, gid),
+        nix::unistd::fchownat(
+            fd,
+            "",
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH
+        )
+    )
+}
+
+/// Changes the mode of the object behind an O_PATH fd (not for symlinks).
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    traced!(
+        "fchmodat",
+        (fd.as_raw_fd(), mode),
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            proc_path.as_str(),
+            Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink
+        )
+    )
+}
+
+/// A time to set: a value, "now", or "leave alone".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    /// Keep the current value (UTIME_OMIT).
+    Omit,
+    /// The current time (UTIME_NOW).
+    Now,
+    /// Seconds and nanoseconds since the epoch.
+    At(i64, i64),
+}
+
+fn timespec(t: SetTime) -> nix::sys::time::TimeSpec {
+    match t {
+        SetTime::Omit => nix::sys::time::TimeSpec::UTIME_OMIT,
+        SetTime::Now => nix::sys::time::TimeSpec::UTIME_NOW,
+        SetTime::At(s, ns) => nix::sys::time::TimeSpec::new(s, ns),
+    }
+}
+
+/// Sets atime/mtime of the object behind any fd (symlinks included).
+pub fn utimes_fd(fd: BorrowedFd<'_>, atime: SetTime, mtime: SetTime) -> Result<()> {
+    traced!(
+        "utimensat",
+        (fd.as_raw_fd(), atime, mtime),
+        nix::sys::stat::utimensat(
+            fd,
+            "",
+            &timespec(atime),
+            &timespec(mtime),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink
+        )
+        .or_else(|_| {
+            // Kernels without AT_EMPTY_PATH support in utimensat.
+            let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                proc_path.as_str(),
+                &timespec(atime),
+                &timespec(mtime),
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            )
+        })
+    )
+}
+
+/// `pwrite`; returns bytes written.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<usize> {
+    let off = i64::try_from(offset).map_err(|_| crate::error::Error::Invalid)?;
+    traced!(
+        "pwrite",
+        (fd.as_raw_fd(), buf.len(), offset),
+        nix::sys::uio::pwrite(fd, buf, off)
+    )
+}
+
+/// `ftruncate`.
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
+    let len = i64::try_from(size).map_err(|_| crate::error::Error::Invalid)?;
+    traced!(
+        "ftruncate",
+        (fd.as_raw_fd(), size),
+        nix::unistd::ftruncate(fd, len)
+    )
+}
+
+/// `fallocate` with raw mode bits.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<()> {
+    let off = i64::try_from(offset).map_err(|_| crate::error::Error::Invalid)?;
+    let len_i = i64::try_from(len).map_err(|_| crate::error::Error::Invalid)?;
+    traced!(
+        "fallocate",
+        (fd.as_raw_fd(), mode, offset, len),
+        nix::fcntl::fallocate(
+            fd,
+            nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+            off,
+            len_i
+        )
+    )
+}
+
+/// `fsync` or `fdatasync`.
+pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> Result<()> {
+    if data_only {
+        traced!("fdatasync", fd.as_raw_fd(), nix::unistd::fdatasync(fd))
+    } else {
+        traced!("fsync", fd.as_raw_fd(), nix::unistd::fsync(fd))
+    }
+}
+
+/// `copy_file_range` between two fds at explicit offsets.
+pub fn copy_file_range(
+    from: BorrowedFd<'_>,
+    from_off: u64,
+    to: BorrowedFd<'_>,
+    to_off: u64,
+    len: usize,
+) -> Result<usize> {
+    let mut fo = i64::try_from(from_off).map_err(|_| crate::error::Error::Invalid)?;
+    let mut to_o = i64::try_from(to_off).map_err(|_| crate::error::Error::Invalid)?;
+    traced!(
+        "copy_file_range",
+        (from.as_raw_fd(), from_off, to.as_raw_fd(), to_off, len),
+        nix::fcntl::copy_file_range(from, Some(&mut fo), to, Some(&mut to_o), len)
+    )
+}
+
+nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);
+
+/// Reflinks all of `from` into `to` (FICLONE); EOPNOTSUPP/EXDEV/EINVAL when
+/// the filesystem cannot share extents.
+pub fn ficlone(to: BorrowedFd<'_>, from: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: FICLONE takes the source fd as its integer argument; both fds
+    // are valid for the duration of the call.
+    let r = unsafe { ficlone_ioctl(to.as_raw_fd(), from.as_raw_fd() as libc::c_ulong) };
+    traced!("ioctl(FICLONE)", (to.as_raw_fd(), from.as_raw_fd()), r.map(|_| ()))
+}

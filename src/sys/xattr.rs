@@ -175,3 +175,66 @@ pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
         Err(e) => Err(Error::sys("listxattrat", e)),
     }
 }
+
+/// How `set` treats an existing attribute (setxattr flags).
+pub fn set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    let cname = cstr(name)?;
+    let path = proc_path(fd)?;
+    // SAFETY: path and name are NUL-terminated; value is valid for its length.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    let res = if r == 0 { Ok(()) } else { Err(Errno::last()) };
+    tracing::trace!("setxattr({}, {:?}, {}) = {:?}", fd.as_raw_fd(), name, value.len(), res);
+    res.map_err(|e| Error::sys("setxattr", e))
+}
+
+/// Removes xattr `name`.
+pub fn remove(fd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let cname = cstr(name)?;
+    let path = proc_path(fd)?;
+    // SAFETY: path and name are NUL-terminated.
+    let r = unsafe { libc::removexattr(path.as_ptr(), cname.as_ptr()) };
+    let res = if r == 0 { Ok(()) } else { Err(Errno::last()) };
+    tracing::trace!("removexattr({}, {:?}) = {:?}", fd.as_raw_fd(), name, res);
+    res.map_err(|e| Error::sys("removexattr", e))
+}
+
+fn u64_value(r: std::result::Result<usize, Errno>, buf: &[u8; 8]) -> Result<Option<u64>> {
+    match r {
+        Ok(8) => Ok(Some(u64::from_le_bytes(*buf))),
+        Ok(_) | Err(Errno::ERANGE) => Ok(None),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(Error::sys("getxattr", e)),
+    }
+}
+
+/// An 8-byte little-endian xattr of the object behind `fd`, in one syscall.
+pub fn get_u64(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<u64>> {
+    let cname = cstr(name)?;
+    let mut buf = [0u8; 8];
+    let r = get_raw(fd, &cname, &mut buf);
+    tracing::trace!("getxattr({}, {:?}) = {:?}", fd.as_raw_fd(), name, r);
+    u64_value(r, &buf)
+}
+
+/// An 8-byte little-endian xattr of `dir/entry` (not following a final
+/// symlink), in one syscall and without opening the entry.
+pub fn get_u64_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> Result<Option<u64>> {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(entry.as_bytes());
+    let path = CString::new(p).map_err(|_| Error::Invalid)?;
+    let cname = cstr(name)?;
+    let mut buf = [0u8; 8];
+    // SAFETY: path and name are NUL-terminated; buf is valid for 8 bytes.
+    let r = unsafe { libc::lgetxattr(path.as_ptr(), cname.as_ptr(), buf.as_mut_ptr().cast(), 8) };
+    let r = if r >= 0 { Ok(r as usize) } else { Err(Errno::last()) };
+    tracing::trace!("lgetxattr({}/{:?}, {:?}) = {:?}", dir.as_raw_fd(), entry, name, r);
+    u64_value(r, &buf)
+}

@@ -1,0 +1,512 @@
+//! Namespace changes: create, mknod, mkdir, symlink, link, unlink, rmdir,
+//! rename — each matching kernel overlayfs: parents copied up first, new
+//! objects replacing a whiteout atomically, whiteouts where a lower object
+//! is deleted, opaque directories where a directory replaces a deleted one,
+//! redirects where a directory with lower content is renamed (never EXDEV,
+//! never a copy of the subtree).
+//!
+//! Locks: none of their own; copy-up takes its striped lock. The kernel
+//! serialises namespace changes within one directory (i_rwsem).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
+use super::{Caller, Entry, UnionFs};
+use crate::copy_up::CopyUpData;
+use crate::error::{Error, Result};
+use crate::handle::{Fh, FileHandle, Handle};
+use crate::inode::{Ino, Kind, Layer, NodeState};
+use crate::lookup;
+use crate::sys;
+use crate::sys::fs::RenameMode;
+use crate::upper::{remove_tree, Upper};
+use crate::whiteout::{self, Opacity};
+
+/// What to create.
+#[derive(Debug)]
+pub enum NewObject<'a> {
+    /// A regular file, opened with these open(2) flags.
+    File {
+        /// open(2) flags.
+        flags: i32,
+    },
+    /// A directory.
+    Dir,
+    /// A fifo, socket or device node.
+    Node {
+        /// Device number.
+        rdev: u64,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Its target.
+        target: &'a OsStr,
+    },
+}
+
+/// rename(2) flags the union understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameHow {
+    /// Replace an existing destination.
+    Replace,
+    /// RENAME_NOREPLACE.
+    NoReplace,
+    /// RENAME_EXCHANGE.
+    Exchange,
+}
+
+fn check_name(name: &OsStr) -> Result<()> {
+    if whiteout::is_reserved(name) {
+        return Err(Error::Reserved);
+    }
+    Ok(())
+}
+
+fn open_flags_for_create(flags: i32) -> OFlag {
+    let f = OFlag::from_bits_truncate(flags);
+    let acc = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => OFlag::O_WRONLY,
+        libc::O_RDWR => OFlag::O_RDWR,
+        _ => OFlag::O_RDONLY,
+    };
+    acc | (f & (OFlag::O_APPEND | OFlag::O_NOATIME | OFlag::O_DIRECT | OFlag::O_NONBLOCK))
+}
+
+impl UnionFs {
+    /// The union state of directory `ino` with an upper instance, and its path.
+    fn upper_parent(&self, ino: Ino) -> Result<(NodeState, std::path::PathBuf)> {
+        let node = self.inodes.get(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        let state = self.copy_up(ino, CopyUpData::Full)?;
+        Ok((state, self.inodes.path_of(ino)?))
+    }
+
+    /// Looks `name` up in a directory state (no lookup counted).
+    fn find(&self, pino: Ino, pstate: &NodeState, ppath: &Path, name: &OsStr) -> Result<Option<lookup::Found>> {
+        match lookup::lookup(&self.stack, pino, pstate, ppath, name) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether any lower branch (below the upper) shows `name` in this directory.
+    fn lower_has(&self, pino: Ino, pstate: &NodeState, ppath: &Path, name: &OsStr) -> Result<bool> {
+        let lowers = NodeState {
+            parent: pstate.parent,
+            name: pstate.name.clone(),
+            layers: pstate
+                .layers
+                .iter()
+                .filter(|l| Some(l.branch) != self.upper.as_ref().map(|u| u.branch))
+                .cloned()
+                .collect(),
+        };
+        if lowers.layers.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.find(pino, &lowers, ppath, name)?.is_some())
+    }
+
+    /// Sets the owner of a new object to the caller (group from a setgid
+    /// parent), restoring suid/sgid bits that chown clears.
+    fn own(&self, fd: BorrowedFd<'_>, parent: BorrowedFd<'_>, caller: Caller, mode: u32, kind: Kind) -> Result<()> {
+        if caller.uid == 0 && caller.gid == 0 {
+            // The daemon is root: the branch filesystem already applied the
+            // owner and setgid-directory rules for a root caller.
+            return Ok(());
+        }
+        let pst = sys::fs::fstat(parent)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
+        sys::fs::chown_fd(fd, Some(caller.uid), Some(gid))?;
+        if kind != Kind::Symlink && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            sys::fs::chmod_fd(fd, mode & 0o7777)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `what` in `dir`/`name` (directly, or staged when it replaces a
+    /// whiteout); returns an O_PATH fd and, for files, the open fd.
+    fn make(
+        &self,
+        upper: &Upper,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        what: &NewObject<'_>,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<(OwnedFd, Option<OwnedFd>)> {
+        let over_whiteout = upper.whiteout_at(dir, name)?;
+        let (at, at_name): (BorrowedFd<'_>, OsString) = if over_whiteout {
+            (upper.work.as_fd(), upper.temp_name())
+        } else {
+            (dir, name.to_os_string())
+        };
+        let kind;
+        let mut open = None;
+        match what {
+            NewObject::File { flags } => {
+                kind = Kind::File;
+                open = Some(sys::fs::create_at(at, &at_name, open_flags_for_create(*flags), mode & 0o7777)?);
+            }
+            NewObject::Dir => {
+                kind = Kind::Dir;
+                sys::fs::mkdir_at(at, &at_name, mode & 0o7777)?;
+            }
+            NewObject::Node { rdev } => {
+                kind = Kind::from_mode(mode);
+                sys::fs::mknod_at(at, &at_name, mode, *rdev)?;
+            }
+            NewObject::Symlink { target } => {
+                kind = Kind::Symlink;
+                sys::fs::symlink_at(target, at, &at_name)?;
+            }
+        }
+        let finish = (|| -> Result<OwnedFd> {
+            let fd = sys::fs::open_path_at(at, &at_name)?;
+            self.own(fd.as_fd(), dir, caller, mode, kind)?;
+            if over_whiteout {
+                if kind == Kind::Dir {
+                    // A directory replacing a deleted one must not show what
+                    // lay below it (overlayfs semantics).
+                    upper.make_opaque(fd.as_fd())?;
+                }
+                upper.place(&at_name, dir, name, kind == Kind::Dir)?;
+            }
+            Ok(fd)
+        })();
+        match finish {
+            Ok(fd) => Ok((fd, open)),
+            Err(e) => {
+                if over_whiteout {
+                    upper.discard(&at_name);
+                } else {
+                    let _ = sys::fs::unlink_at(dir, name, kind == Kind::Dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers a new upper object as a node (counts one lookup).
+    fn new_entry(&self, parent: Ino, name: &OsStr, fd: OwnedFd, upper: &Upper) -> Result<Entry> {
+        let st = sys::fs::fstat(fd.as_fd())?;
+        let kind = Kind::from_mode(st.st_mode);
+        let ino = Ino(self.stack.fold_ino(st.st_dev, st.st_ino));
+        let state = NodeState {
+            parent,
+            name: name.to_os_string(),
+            layers: vec![Layer {
+                branch: upper.branch,
+                fd: Arc::new(fd),
+                opacity: Opacity::Transparent,
+                impure: false,
+            }],
+        };
+        let attr = self.attr_of(ino, &st, &state);
+        self.inodes.remember(ino, kind, state);
+        Ok(Entry { attr })
+    }
+
+    /// Creates `name` in `parent`. For files also returns an open handle.
+    pub fn create_object(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        what: NewObject<'_>,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<(Entry, Option<Fh>)> {
+        check_name(name)?;
+        let upper = self.upper_ctx()?;
+        let (pstate, _) = self.upper_parent(parent)?;
+        let pfd = Arc::clone(&pstate.top()?.fd);
+        let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
+        let entry = self.new_entry(parent, name, fd, upper)?;
+        let fh = open.map(|fd| {
+            self.handles.insert(Handle::File(FileHandle {
+                ino: entry.attr.ino,
+                branch: upper.branch,
+                fd,
+            }))
+        });
+        Ok((entry, fh))
+    }
+
+    /// Links node `ino` as `newparent/newname`.
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Entry> {
+        check_name(newname)?;
+        let upper = self.upper_ctx()?;
+        let node = self.inodes.get(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(Error::sys("link", Errno::EPERM));
+        }
+        let src = self.copy_up(ino, CopyUpData::Full)?;
+        let (pstate, _) = self.upper_parent(newparent)?;
+        let pfd = Arc::clone(&pstate.top()?.fd);
+        let sfd = Arc::clone(&src.top()?.fd);
+        if upper.whiteout_at(pfd.as_fd(), newname)? {
+            let tmp = upper.temp_name();
+            sys::fs::link_fd(sfd.as_fd(), upper.work.as_fd(), &tmp)?;
+            upper.place(&tmp, pfd.as_fd(), newname, false)?;
+        } else {
+            sys::fs::link_fd(sfd.as_fd(), pfd.as_fd(), newname)?;
+        }
+        // The node keeps its number; count the lookup the reply implies.
+        let st = sys::fs::fstat(sfd.as_fd())?;
+        let attr = self.attr_of(ino, &st, &src);
+        self.inodes.remember(ino, node.kind, src);
+        Ok(Entry { attr })
+    }
+
+    /// unlink(2).
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// rmdir(2): the merged view must be empty.
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+        let upper = self.upper_ctx()?;
+        let (pstate, ppath) = self.upper_parent(parent)?;
+        let found = self
+            .find(parent, &pstate, &ppath, name)?
+            .ok_or(Error::NotFound)?;
+        match (dir, found.kind == Kind::Dir) {
+            (false, true) => return Err(Error::IsDir),
+            (true, false) => return Err(Error::NotDir),
+            _ => {}
+        }
+        if dir && !self.merged_dir_is_empty(&found, &ppath.join(name))? {
+            return Err(Error::sys("rmdir", Errno::ENOTEMPTY));
+        }
+        let pfd = Arc::clone(&pstate.top()?.fd);
+        let in_upper = self.in_upper(&found.state);
+        let lower_has = self.lower_has(parent, &pstate, &ppath, name)?;
+        match (in_upper, lower_has, dir) {
+            (true, false, false) => sys::fs::unlink_at(pfd.as_fd(), name, false)?,
+            (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false)?,
+            (true, true, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, true)?,
+            // write_whiteout replaces an upper non-directory atomically.
+            (_, true, false) | (false, true, true) => upper.write_whiteout(pfd.as_fd(), name)?,
+            (false, false, _) => return Err(Error::NotFound),
+        }
+        Ok(())
+    }
+
+    /// True when the merged view of directory `found` (at `path`) lists nothing.
+    fn merged_dir_is_empty(&self, found: &lookup::Found, path: &Path) -> Result<bool> {
+        let mut layers = Vec::with_capacity(found.state.layers.len());
+        for l in &found.state.layers {
+            if let Some(b) = self.stack.get(l.branch) {
+                layers.push(crate::readdir::list_layer(&self.stack, b, l, path)?);
+            }
+        }
+        Ok(crate::readdir::merge(&layers).is_empty())
+    }
+
+    /// Removes the upper instance of directory `name` (which may hold
+    /// whiteouts and markers), leaving a whiteout when `whiteout` says so;
+    /// the view changes in one step.
+    fn remove_upper_dir(&self, upper: &Upper, dir: BorrowedFd<'_>, name: &OsStr, whiteout: bool) -> Result<()> {
+        let tmp = upper.temp_name();
+        match (whiteout, upper.format) {
+            (true, crate::config::WhiteoutFormat::Overlay) => {
+                sys::fs::mknod_at(upper.work.as_fd(), &tmp, libc::S_IFCHR, 0)?;
+                if let Err(e) = sys::fs::rename_at(upper.work.as_fd(), &tmp, dir, name, RenameMode::Exchange) {
+                    upper.discard(&tmp);
+                    return Err(e);
+                }
+            }
+            (true, crate::config::WhiteoutFormat::Aufs) => {
+                let wh = whiteout::whiteout_name(name);
+                match sys::fs::create_at(dir, &wh, OFlag::O_WRONLY, 0) {
+                    Ok(_) => {}
+                    Err(e) if e.errno() == Errno::EEXIST => {}
+                    Err(e) => return Err(e),
+                }
+                sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
+            }
+            (false, _) => {
+                sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
+            }
+        }
+        remove_tree(upper.work.as_fd(), &tmp)
+    }
+
+    /// rename(2) / renameat2(2).
+    pub fn rename(&self, parent: Ino, name: &OsStr, newparent: Ino, newname: &OsStr, how: RenameHow) -> Result<()> {
+        check_name(newname)?;
+        let upper = self.upper_ctx()?;
+        let (pstate, ppath) = self.upper_parent(parent)?;
+        let (npstate, nppath) = if newparent == parent {
+            (pstate.clone(), ppath.clone())
+        } else {
+            self.upper_parent(newparent)?
+        };
+        let src = self.find(parent, &pstate, &ppath, name)?.ok_or(Error::NotFound)?;
+        let dst = self.find(newparent, &npstate, &nppath, newname)?;
+        let src_ino = self.ino_of(&src);
+        let dst_ino = dst.as_ref().map(|d| self.ino_of(d));
+        match (how, &dst) {
+            (RenameHow::NoReplace, Some(_)) => return Err(Error::sys("rename", Errno::EEXIST)),
+            (RenameHow::Exchange, None) => return Err(Error::NotFound),
+            _ => {}
+        }
+        if dst_ino == Some(src_ino) && how != RenameHow::Exchange {
+            // Two names of one file: rename(2) does nothing.
+            return Ok(());
+        }
+        if let (RenameHow::Replace, Some(d)) = (how, &dst) {
+            match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
+                (true, false) => return Err(Error::NotDir),
+                (false, true) => return Err(Error::IsDir),
+                (true, true) => {
+                    if !self.merged_dir_is_empty(d, &nppath.join(newname))? {
+                        return Err(Error::sys("rename", Errno::ENOTEMPTY));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let pfd = Arc::clone(&pstate.top()?.fd);
+        let npfd = Arc::clone(&npstate.top()?.fd);
+        let src_path = ppath.join(name);
+        let src_state = self.prepare_move(&src, &src_path)?;
+        let dst_state = match (&dst, how) {
+            (Some(d), RenameHow::Exchange) => Some(self.prepare_move(d, &nppath.join(newname))?),
+            _ => None,
+        };
+        let src_lower = self.lower_has(parent, &pstate, &ppath, name)?;
+        let dst_lower = self.lower_has(newparent, &npstate, &nppath, newname)?;
+        // A directory without lower content arriving where a lower directory
+        // shows must hide it.
+        if src.kind == Kind::Dir && !self.lower_layer(&src).is_some() && dst_lower {
+            upper.make_opaque(src_state.top()?.fd.as_fd())?;
+        }
+        if let (Some(d), Some(ds)) = (&dst, &dst_state) {
+            if d.kind == Kind::Dir && !self.lower_layer(d).is_some() && src_lower {
+                upper.make_opaque(ds.top()?.fd.as_fd())?;
+            }
+        }
+        match how {
+            RenameHow::Exchange => {
+                sys::fs::rename_at(pfd.as_fd(), name, npfd.as_fd(), newname, RenameMode::Exchange)?;
+            }
+            RenameHow::Replace | RenameHow::NoReplace => {
+                self.move_into_place(upper, pfd.as_fd(), name, npfd.as_fd(), newname, dst.as_ref(), src.kind)?;
+                if src_lower {
+                    upper.write_whiteout(pfd.as_fd(), name)?;
+                }
+            }
+        }
+        upper.mark_impure(npfd.as_fd());
+        if how == RenameHow::Exchange {
+            upper.mark_impure(pfd.as_fd());
+        }
+        // The kernel moves its dentries itself; keep our parent links right.
+        let mut moved = src_state;
+        moved.parent = newparent;
+        moved.name = newname.to_os_string();
+        self.inodes.refresh(src_ino, src.kind, moved);
+        if let (Some(d), Some(mut ds)) = (&dst, dst_state) {
+            ds.parent = parent;
+            ds.name = name.to_os_string();
+            self.inodes.refresh(dst_ino.unwrap_or(src_ino), d.kind, ds);
+        }
+        Ok(())
+    }
+
+    /// Gives a rename source an upper instance; a directory with lower
+    /// content gets a redirect to where that content lives, so the rename
+    /// costs O(1) whatever the size of the subtree.
+    fn prepare_move(&self, found: &lookup::Found, path: &Path) -> Result<NodeState> {
+        let upper = self.upper_ctx()?;
+        let redirect_to = match self.lower_layer(found) {
+            Some(i) if found.kind == Kind::Dir && !self.has_redirect(found)? => {
+                found.layer_paths.get(i).cloned()
+            }
+            _ => None,
+        };
+        let state = if self.in_upper(&found.state) {
+            found.state.clone()
+        } else {
+            self.copy_up_path(path, CopyUpData::Full)?
+        };
+        if let Some(target) = redirect_to {
+            upper.set_redirect(state.top()?.fd.as_fd(), &target)?;
+        }
+        Ok(state)
+    }
+
+    /// Index of the first layer of `found` that is not in the upper.
+    fn lower_layer(&self, found: &lookup::Found) -> Option<usize> {
+        let up = self.upper.as_ref().map(|u| u.branch);
+        found.state.layers.iter().position(|l| Some(l.branch) != up)
+    }
+
+    /// Whether the upper instance of a directory already redirects.
+    fn has_redirect(&self, found: &lookup::Found) -> Result<bool> {
+        if !self.in_upper(&found.state) {
+            return Ok(false);
+        }
+        let fd = &found.state.top()?.fd;
+        for n in sys::xattr::list(fd.as_fd())? {
+            if whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Moves upper `from_dir/from` to `to_dir/to`, replacing what the upper
+    /// holds there (object, whiteout, or an emptied directory).
+    #[allow(clippy::too_many_arguments)]
+    fn move_into_place(
+        &self,
+        upper: &Upper,
+        from_dir: BorrowedFd<'_>,
+        from: &OsStr,
+        to_dir: BorrowedFd<'_>,
+        to: &OsStr,
+        dst: Option<&lookup::Found>,
+        kind: Kind,
+    ) -> Result<()> {
+        let at_dst = match sys::fs::stat_at(to_dir, to) {
+            Ok(st) => Some(st),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        match at_dst {
+            Some(st) if whiteout::is_char_whiteout(st.st_mode, st.st_rdev) && kind == Kind::Dir => {
+                // A directory cannot replace a device: swap, drop the device.
+                sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::Exchange)?;
+                sys::fs::unlink_at(from_dir, from, false)?;
+            }
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR && dst.is_some() => {
+                // An (empty in the view) upper directory: it may still hold
+                // whiteouts, so move it aside first.
+                let tmp = upper.temp_name();
+                sys::fs::rename_at(to_dir, to, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
+                sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::NoReplace)?;
+                remove_tree(upper.work.as_fd(), &tmp)?;
+            }
+            _ => sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::Replace)?,
+        }
+        upper.remove_aufs_whiteout(to_dir, to)
+    }
+}

@@ -1,0 +1,292 @@
+//! The writable side of the union: the staging area (workdir), the
+//! whiteout/opaque writers for the chosen format, and atomic placement of
+//! staged objects into the upper.
+//!
+//! Invariant: every object that becomes visible through a write is either
+//! created in place by one syscall, or built completely in the workdir and
+//! moved into the upper with one rename; so a crash leaves at most junk in
+//! the workdir (removed at the next mount), never a half-made object in the
+//! view. Locks: none (the temp-name counter is atomic).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+
+use crate::branch::{Branch, BranchId};
+use crate::config::WhiteoutFormat;
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::sys::fs::RenameMode;
+use crate::whiteout;
+
+/// Which xattr namespace the union writes its own attributes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrNs {
+    /// `trusted.*` (root: invisible to unprivileged users).
+    Trusted,
+    /// `user.*` (unprivileged mounts).
+    User,
+}
+
+impl XattrNs {
+    fn prefix(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted",
+            XattrNs::User => "user",
+        }
+    }
+}
+
+/// Names of the workdir's parts.
+const WORK: &str = "work";
+const INDEX: &str = "index";
+
+/// The upper branch's writable machinery.
+#[derive(Debug)]
+pub struct Upper {
+    /// The upper branch.
+    pub branch: BranchId,
+    /// Staging directory (same mount as the upper).
+    pub work: OwnedFd,
+    /// Hard-link index directory.
+    pub index: OwnedFd,
+    /// Format of whiteouts and opaque markers written.
+    pub format: WhiteoutFormat,
+    /// Namespace of the union's own xattrs.
+    pub ns: XattrNs,
+    seq: AtomicU64,
+}
+
+/// Reads the whiteout format recorded on an upper root, if any.
+pub fn recorded_format(root: BorrowedFd<'_>) -> Result<Option<WhiteoutFormat>> {
+    for x in whiteout::FORMAT_XATTRS {
+        if let Some(v) = sys::xattr::get(root, OsStr::new(x))? {
+            return Ok(match v.as_slice() {
+                b"aufs" => Some(WhiteoutFormat::Aufs),
+                b"overlay" => Some(WhiteoutFormat::Overlay),
+                _ => None,
+            });
+        }
+    }
+    Ok(None)
+}
+
+fn format_word(f: WhiteoutFormat) -> &'static [u8] {
+    match f {
+        WhiteoutFormat::Aufs => b"aufs",
+        WhiteoutFormat::Overlay => b"overlay",
+    }
+}
+
+fn mkdir_open(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
+    match sys::fs::mkdir_at(dir, OsStr::new(name), 0o700) {
+        Ok(()) => {}
+        Err(e) if e.errno() == Errno::EEXIST => {}
+        Err(e) => return Err(e),
+    }
+    sys::fs::open_path_at(dir, OsStr::new(name))
+}
+
+/// Removes `dir/name` and everything below it (never following symlinks).
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let fd = match sys::fs::open_path_at(dir, name) {
+        Ok(fd) => fd,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let st = sys::fs::fstat(fd.as_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return sys::fs::unlink_at(dir, name, false);
+    }
+    for e in sys::fs::read_dir(fd.as_fd())? {
+        remove_tree(fd.as_fd(), &e.name)?;
+    }
+    sys::fs::unlink_at(dir, name, true)
+}
+
+impl Upper {
+    /// Opens (creating) the staging area — `workdir` if given, else a
+    /// reserved directory inside the upper — and empties its `work` part.
+    pub fn open(
+        upper: &Branch,
+        workdir: Option<&Path>,
+        format: WhiteoutFormat,
+        ns: XattrNs,
+    ) -> Result<Upper> {
+        let base = match workdir {
+            Some(w) => sys::fs::open_path_abs(w)?,
+            None => mkdir_open(upper.root(), whiteout::STAGING_NAME)?,
+        };
+        let work_name = if workdir.is_some() { "unionfs-work" } else { WORK };
+        let index_name = if workdir.is_some() { "unionfs-index" } else { INDEX };
+        // Leftovers of a crash are junk by construction: clear them.
+        remove_tree(base.as_fd(), OsStr::new(work_name))?;
+        let work = mkdir_open(base.as_fd(), work_name)?;
+        let index = mkdir_open(base.as_fd(), index_name)?;
+        let up = Upper {
+            branch: upper.id,
+            work,
+            index,
+            format,
+            ns,
+            seq: AtomicU64::new(0),
+        };
+        // Record the format so a later mount reads this upper the same way
+        // (best effort: without xattr support the default applies).
+        let _ = sys::xattr::set(upper.root(), &up.xattr("format"), format_word(format), 0);
+        Ok(up)
+    }
+
+    /// `<ns>.unionfs.<what>`.
+    pub fn xattr(&self, what: &str) -> OsString {
+        format!("{}.unionfs.{what}", self.ns.prefix()).into()
+    }
+
+    /// `<ns>.overlay.<what>` (kernel-compatible names).
+    pub fn overlay_xattr(&self, what: &str) -> OsString {
+        format!("{}.overlay.{what}", self.ns.prefix()).into()
+    }
+
+    /// A fresh name in the workdir.
+    pub fn temp_name(&self) -> OsString {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("#{:x}-{n:x}", std::process::id()).into()
+    }
+
+    /// Removes a staged object (after a failure).
+    pub fn discard(&self, tmp: &OsStr) {
+        let _ = remove_tree(self.work.as_fd(), tmp);
+    }
+
+    /// Is there a whiteout for `name` in upper directory `dir`?
+    pub fn whiteout_at(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+        match sys::fs::stat_at(dir, &whiteout::whiteout_name(name)) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.is_not_found() || e.errno() == Errno::ENAMETOOLONG => {}
+            Err(e) => return Err(e),
+        }
+        match sys::fs::stat_at(dir, name) {
+            Ok(st) => Ok(self.format == WhiteoutFormat::Overlay
+                && whiteout::is_char_whiteout(st.st_mode, st.st_rdev)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a whiteout for `name` into upper directory `dir`, replacing
+    /// (atomically) any non-directory the upper holds under that name.
+    pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        match self.format {
+            WhiteoutFormat::Aufs => {
+                let wh = whiteout::whiteout_name(name);
+                if wh.len() > 255 {
+                    return Err(Error::sys("whiteout", Errno::ENAMETOOLONG));
+                }
+                match sys::fs::create_at(dir, &wh, nix::fcntl::OFlag::O_WRONLY, 0) {
+                    Ok(_) => {}
+                    Err(e) if e.errno() == Errno::EEXIST => {}
+                    Err(e) => return Err(e),
+                }
+                // The object under `name` (if any) goes after the whiteout
+                // exists: the view never shows the lower one in between.
+                match sys::fs::unlink_at(dir, name, false) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.is_not_found() => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            WhiteoutFormat::Overlay => {
+                let tmp = self.temp_name();
+                sys::fs::mknod_at(self.work.as_fd(), &tmp, libc::S_IFCHR, 0)?;
+                let r = sys::fs::rename_at(self.work.as_fd(), &tmp, dir, name, RenameMode::Replace);
+                if r.is_err() {
+                    self.discard(&tmp);
+                }
+                r
+            }
+        }
+    }
+
+    /// Marks a staged or upper directory opaque.
+    pub fn make_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        match self.format {
+            WhiteoutFormat::Aufs => {
+                match sys::fs::create_at(
+                    dir,
+                    OsStr::new(whiteout::OPAQUE_MARKER),
+                    nix::fcntl::OFlag::O_WRONLY,
+                    0,
+                ) {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.errno() == Errno::EEXIST => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            WhiteoutFormat::Overlay => sys::xattr::set(dir, &self.overlay_xattr("opaque"), b"y", 0),
+        }
+    }
+
+    /// Moves staged `tmp` to `dir/name`, atomically replacing a whiteout
+    /// the upper holds there; the result is visible in one step.
+    pub fn place(&self, tmp: &OsStr, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<()> {
+        let at_name = match sys::fs::stat_at(dir, name) {
+            Ok(st) => Some(st),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let r = match at_name {
+            None => sys::fs::rename_at(self.work.as_fd(), tmp, dir, name, RenameMode::NoReplace),
+            Some(st) if whiteout::is_char_whiteout(st.st_mode, st.st_rdev) => {
+                if is_dir {
+                    // A directory cannot replace a device: swap, then drop
+                    // the whiteout that landed in the workdir.
+                    sys::fs::rename_at(self.work.as_fd(), tmp, dir, name, RenameMode::Exchange)
+                        .map(|()| self.discard(tmp))
+                } else {
+                    sys::fs::rename_at(self.work.as_fd(), tmp, dir, name, RenameMode::Replace)
+                }
+            }
+            Some(_) => Err(Error::sys("place", Errno::EEXIST)),
+        };
+        if r.is_err() {
+            self.discard(tmp);
+            return r;
+        }
+        self.remove_aufs_whiteout(dir, name)
+    }
+
+    /// Removes `.wh.<name>` from upper directory `dir`, if there.
+    pub fn remove_aufs_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        match sys::fs::unlink_at(dir, &whiteout::whiteout_name(name), false) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() || e.errno() == Errno::ENAMETOOLONG => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks upper directory `dir` as holding objects with recorded inode
+    /// numbers (best effort).
+    pub fn mark_impure(&self, dir: BorrowedFd<'_>) {
+        let _ = sys::xattr::set(dir, &self.xattr("impure"), b"y", 0);
+    }
+
+    /// Records the union inode number on an upper object (best effort).
+    pub fn record_ino(&self, fd: BorrowedFd<'_>, ino: u64) {
+        let _ = sys::xattr::set(fd, &self.xattr("ino"), &ino.to_le_bytes(), 0);
+    }
+
+    /// Records that upper directory `dir` takes its lower content from
+    /// union path `target` (absolute).
+    pub fn set_redirect(&self, dir: BorrowedFd<'_>, target: &Path) -> Result<()> {
+        let mut v = b"/".to_vec();
+        v.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()));
+        let name = match self.format {
+            WhiteoutFormat::Overlay => self.overlay_xattr("redirect"),
+            WhiteoutFormat::Aufs => self.xattr("redirect"),
+        };
+        sys::xattr::set(dir, &name, &v, 0)
+    }
+}
