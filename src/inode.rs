@@ -74,6 +74,9 @@ pub struct Layer {
     pub opacity: Opacity,
     /// For upper directories: entries may carry a recorded union inode number.
     pub impure: bool,
+    /// A hard-linked lower file's upper data, found through the index: the
+    /// name itself has no upper instance yet.
+    pub indexed: bool,
 }
 
 /// Where a node lives in the branches; replaced on every fresh lookup.

@@ -232,6 +232,7 @@ pub fn lookup(
                     fd: Arc::new(fd),
                     opacity: Opacity::Transparent,
                     impure: false,
+                    indexed: false,
                 });
                 layer_paths.push(cur_path.clone());
                 top = Some((st, kind));
@@ -244,6 +245,7 @@ pub fn lookup(
             fd: Arc::new(fd),
             opacity: info.opacity,
             impure: info.impure,
+            indexed: false,
         });
         layer_paths.push(cur_path.clone());
         if top.is_none() {
@@ -305,6 +307,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
             fd: Arc::new(fd),
             opacity: info.opacity,
             impure: info.impure,
+            indexed: false,
         });
         if info.opacity == Opacity::Opaque {
             break;

@@ -278,6 +278,11 @@ impl Upper {
         let _ = sys::xattr::set(fd, &self.xattr("ino"), &ino.to_le_bytes(), 0);
     }
 
+    /// Records the union link count of a hard-linked file (best effort).
+    pub fn record_nlink(&self, fd: BorrowedFd<'_>, nlink: u64) {
+        let _ = sys::xattr::set(fd, &self.xattr("nlink"), &nlink.to_le_bytes(), 0);
+    }
+
     /// Records that upper directory `dir` takes its lower content from
     /// union path `target` (absolute).
     pub fn set_redirect(&self, dir: BorrowedFd<'_>, target: &Path) -> Result<()> {

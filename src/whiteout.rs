@@ -39,6 +39,9 @@ pub const IMPURE_XATTRS: [&str; 2] = ["trusted.unionfs.impure", "user.unionfs.im
 /// Xattrs recording the union inode number of a copied-up object, so
 /// st_ino does not change when an object is copied up.
 pub const INO_XATTRS: [&str; 2] = ["trusted.unionfs.ino", "user.unionfs.ino"];
+/// Xattrs recording the union link count of a hard-linked lower file
+/// after copy-up (the upper inode's own count includes the index entry).
+pub const NLINK_XATTRS: [&str; 2] = ["trusted.unionfs.nlink", "user.unionfs.nlink"];
 /// Xattr (on the upper root) recording the whiteout format of an upper.
 pub const FORMAT_XATTRS: [&str; 2] = ["trusted.unionfs.format", "user.unionfs.format"];
 

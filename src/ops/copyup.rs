@@ -21,6 +21,11 @@ use crate::sys::fs::SetTime;
 use crate::upper::Upper;
 use crate::whiteout::Opacity;
 
+/// The index entry name of union inode `ino`.
+pub(super) fn index_name(ino: Ino) -> std::ffi::OsString {
+    format!("{:016x}", ino.0).into()
+}
+
 /// Number of striped copy-up locks.
 pub(super) const COPY_LOCKS: usize = 64;
 
@@ -33,7 +38,7 @@ impl UnionFs {
     /// True when the topmost instance of `state` is in the upper.
     pub(super) fn in_upper(&self, state: &NodeState) -> bool {
         match (&self.upper, state.layers.first()) {
-            (Some(u), Some(l)) => l.branch == u.branch,
+            (Some(u), Some(l)) => l.branch == u.branch && !l.indexed,
             _ => false,
         }
     }
@@ -43,7 +48,9 @@ impl UnionFs {
         self.upper_ctx()?;
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
-        if self.in_upper(&state) {
+        // An indexed hard link already has its upper data, whatever name
+        // the node was last seen under (that name may be gone).
+        if self.in_upper(&state) || state.layers.first().is_some_and(|l| l.indexed) {
             return Ok(state);
         }
         let path = self.inodes.path_of(ino)?;
@@ -62,7 +69,7 @@ impl UnionFs {
         let n = path.components().count();
         for (i, comp) in path.components().enumerate() {
             let name = comp.as_os_str();
-            let found = lookup::lookup(&self.stack, ino, &state, &cur, name)?;
+            let found = self.find_union(ino, &state, &cur, name)?;
             if i + 1 < n && found.kind != Kind::Dir {
                 return Err(Error::NotDir);
             }
@@ -77,6 +84,68 @@ impl UnionFs {
             ino = cino;
             state = next;
         }
+        Ok(state)
+    }
+
+    /// `lookup::lookup`, then, for a hard-linked lower file whose other
+    /// name was copied up, the upper data from the index.
+    pub(super) fn find_union(&self, pino: Ino, pstate: &NodeState, ppath: &Path, name: &OsStr) -> Result<Found> {
+        let mut found = lookup::lookup(&self.stack, pino, pstate, ppath, name)?;
+        if let Some(upper) = &self.upper {
+            if found.kind == Kind::File && found.stat.st_nlink > 1 && !self.in_upper(&found.state) {
+                let ino = self.ino_of(&found);
+                match sys::fs::open_path_at(upper.index.as_fd(), &index_name(ino)) {
+                    Ok(fd) => {
+                        found.stat = sys::fs::fstat(fd.as_fd())?;
+                        found.recorded_ino = Some(ino.0);
+                        found.state.layers = vec![Layer {
+                            branch: upper.branch,
+                            fd: Arc::new(fd),
+                            opacity: Opacity::Transparent,
+                            impure: false,
+                            indexed: true,
+                        }];
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Copies a hard-linked lower file into the index only (no name in the
+    /// upper), so its other names keep finding it after this name goes.
+    pub(super) fn copy_up_to_index(&self, found: &Found) -> Result<NodeState> {
+        let upper = self.upper_ctx()?;
+        let ino = self.ino_of(found);
+        let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
+        let iname = index_name(ino);
+        let fd = match sys::fs::open_path_at(upper.index.as_fd(), &iname) {
+            Ok(fd) => fd,
+            Err(e) if e.is_not_found() => {
+                let top = found.state.top()?;
+                let (tmp, tfd) = copy_up::stage(upper, &top.fd, &found.stat, CopyUpData::Full, ino.0)?;
+                upper.record_nlink(tfd.as_fd(), found.stat.st_nlink);
+                let linked = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &iname);
+                upper.discard(&tmp);
+                linked?;
+                sys::fs::open_path_at(upper.index.as_fd(), &iname)?
+            }
+            Err(e) => return Err(e),
+        };
+        let state = NodeState {
+            parent: found.state.parent,
+            name: found.state.name.clone(),
+            layers: vec![Layer {
+                branch: upper.branch,
+                fd: Arc::new(fd),
+                opacity: Opacity::Transparent,
+                impure: false,
+                indexed: true,
+            }],
+        };
+        self.inodes.refresh(ino, Kind::File, state.clone());
         Ok(state)
     }
 
@@ -98,13 +167,31 @@ impl UnionFs {
         let pfd = player.fd.as_fd();
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
         // Another writer may have finished this copy-up while we waited.
-        let again = lookup::lookup(&self.stack, pino, pstate, ppath, name)?;
+        let again = self.find_union(pino, pstate, ppath, name)?;
         if self.in_upper(&again.state) {
             return Ok(again.state);
         }
         let top = found.state.top()?;
         let pst = sys::fs::fstat(pfd)?;
-        let (tmp, _) = copy_up::stage(upper, &top.fd, &found.stat, data, ino.0)?;
+        let tmp = if top.indexed {
+            // Another name of this hard-linked file was copied up already:
+            // link its upper data into place.
+            let tmp = upper.temp_name();
+            sys::fs::link_fd(top.fd.as_fd(), upper.work.as_fd(), &tmp)?;
+            tmp
+        } else {
+            let (tmp, tfd) = copy_up::stage(upper, &top.fd, &found.stat, data, ino.0)?;
+            if found.kind == Kind::File && found.stat.st_nlink > 1 {
+                // Keep the lower hard links together (overlayfs index=on):
+                // the other names find this copy through the index.
+                upper.record_nlink(tfd.as_fd(), found.stat.st_nlink);
+                if let Err(e) = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &index_name(ino)) {
+                    upper.discard(&tmp);
+                    return Err(e);
+                }
+            }
+            tmp
+        };
         upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
         // Copy-up is not a change of the parent: keep its times (as overlayfs does).
         let _ = sys::fs::utimes_fd(
@@ -125,6 +212,7 @@ impl UnionFs {
             fd: Arc::new(nfd),
             opacity: Opacity::Transparent,
             impure: false,
+            indexed: false,
         }];
         if found.kind == Kind::Dir {
             layers.extend(found.state.layers);

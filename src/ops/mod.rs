@@ -153,6 +153,41 @@ impl UnionFs {
         self.handles.len()
     }
 
+    /// The union link count recorded on an upper copy of a hard-linked
+    /// lower file (its own count also counts the index entry).
+    fn recorded_nlink(&self, state: &NodeState, st: &FileStat) -> Option<u32> {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        let upper = self.upper.as_ref()?;
+        let top = state.layers.first().filter(|l| l.branch == upper.branch)?;
+        // Only files of the index have a recorded count; they are linked
+        // there, so an upper name of one has a count of two or more.
+        if st.st_nlink < 2 && !top.indexed {
+            return None;
+        }
+        let v = crate::whiteout::NLINK_XATTRS.iter().find_map(|x| {
+            crate::sys::xattr::get_u64(std::os::fd::AsFd::as_fd(&*top.fd), std::ffi::OsStr::new(x))
+                .ok()
+                .flatten()
+        })?;
+        u32::try_from(v).ok()
+    }
+
+    /// Adds `delta` to the recorded union link count of an upper file, if it has one.
+    fn adjust_nlink(&self, state: &NodeState, delta: i64) {
+        let (Some(upper), Some(top)) = (&self.upper, state.layers.first()) else {
+            return;
+        };
+        let fd = std::os::fd::AsFd::as_fd(&*top.fd);
+        let Ok(st) = crate::sys::fs::fstat(fd) else {
+            return;
+        };
+        if let Some(n) = self.recorded_nlink(state, &st) {
+            upper.record_nlink(fd, (i64::from(n) + delta).max(0).unsigned_abs());
+        }
+    }
+
     /// The union attributes of node `ino` whose topmost instance has `st`.
     fn attr_of(&self, ino: Ino, st: &FileStat, state: &NodeState) -> Attr {
         let kind = Kind::from_mode(st.st_mode);
@@ -160,6 +195,8 @@ impl UnionFs {
         // costly; like overlayfs we report 1 ("unknown") for merged dirs.
         let nlink = if kind == Kind::Dir && state.is_merged() {
             1
+        } else if let Some(n) = self.recorded_nlink(state, st) {
+            n
         } else {
             u32::try_from(st.st_nlink).unwrap_or(u32::MAX)
         };

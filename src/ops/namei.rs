@@ -21,7 +21,7 @@ impl UnionFs {
         }
         let pstate = pnode.snapshot();
         let ppath = self.inodes.path_of(parent)?;
-        let found = lookup::lookup(&self.stack, parent, &pstate, &ppath, name)?;
+        let found = self.find_union(parent, &pstate, &ppath, name)?;
         let ino = self.ino_of(&found);
         let attr = self.attr_of(ino, &found.stat, &found.state);
         let node = self.inodes.remember(ino, found.kind, found.state);

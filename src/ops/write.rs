@@ -90,7 +90,7 @@ impl UnionFs {
 
     /// Looks `name` up in a directory state (no lookup counted).
     fn find(&self, pino: Ino, pstate: &NodeState, ppath: &Path, name: &OsStr) -> Result<Option<lookup::Found>> {
-        match lookup::lookup(&self.stack, pino, pstate, ppath, name) {
+        match self.find_union(pino, pstate, ppath, name) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -212,6 +212,7 @@ impl UnionFs {
                 fd: Arc::new(fd),
                 opacity: Opacity::Transparent,
                 impure: false,
+                indexed: false,
             }],
         };
         let attr = self.attr_of(ino, &st, &state);
@@ -263,6 +264,7 @@ impl UnionFs {
         } else {
             sys::fs::link_fd(sfd.as_fd(), pfd.as_fd(), newname)?;
         }
+        self.adjust_nlink(&src, 1);
         // The node keeps its number; count the lookup the reply implies.
         let st = sys::fs::fstat(sfd.as_fd())?;
         let attr = self.attr_of(ino, &st, &src);
@@ -297,6 +299,14 @@ impl UnionFs {
         let pfd = Arc::clone(&pstate.top()?.fd);
         let in_upper = self.in_upper(&found.state);
         let lower_has = self.lower_has(parent, &pstate, &ppath, name)?;
+        if !dir {
+            let state = if found.kind == Kind::File && found.stat.st_nlink > 1 && !in_upper {
+                self.copy_up_to_index(&found)?
+            } else {
+                found.state.clone()
+            };
+            self.adjust_nlink(&state, -1);
+        }
         match (in_upper, lower_has, dir) {
             (true, false, false) => sys::fs::unlink_at(pfd.as_fd(), name, false)?,
             (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false)?,
@@ -401,6 +411,11 @@ impl UnionFs {
         if let (Some(d), Some(ds)) = (&dst, &dst_state) {
             if d.kind == Kind::Dir && !self.lower_layer(d).is_some() && src_lower {
                 upper.make_opaque(ds.top()?.fd.as_fd())?;
+            }
+        }
+        if let (RenameHow::Replace, Some(d)) = (how, &dst) {
+            if d.kind == Kind::File {
+                self.adjust_nlink(&d.state, -1);
             }
         }
         match how {
