@@ -100,7 +100,9 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<
     for (start, end) in data_extents(src, size)? {
         let mut off = start;
         while off < end && strategy == Strategy::CopyFileRange {
-            let want = usize::try_from(end - off).unwrap_or(usize::MAX).min(1 << 30);
+            let want = usize::try_from(end - off)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
             match sys::fs::copy_file_range(src, off, dst, off, want) {
                 Ok(0) => break,
                 Ok(n) => off += n as u64,
@@ -146,7 +148,12 @@ pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
 /// Owner, xattrs, mode and times of `src` (stat `st`) onto `dst`, in the
 /// order that keeps each: chown before the xattrs (chown drops
 /// security.capability) and before the mode (it drops suid/sgid), times last.
-pub fn copy_meta(src: BorrowedFd<'_>, st: &FileStat, dst: BorrowedFd<'_>, kind: Kind) -> Result<()> {
+pub fn copy_meta(
+    src: BorrowedFd<'_>,
+    st: &FileStat,
+    dst: BorrowedFd<'_>,
+    kind: Kind,
+) -> Result<()> {
     sys::fs::chown_fd(dst, Some(st.st_uid), Some(st.st_gid))?;
     copy_xattrs(src, dst)?;
     if kind != Kind::Symlink {

@@ -99,7 +99,11 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
         // In an AUFS-format upper a char 0:0 device is a user's device.
         b.char_whiteouts = format == WhiteoutFormat::Overlay;
         if mode == BranchMode::ReadWrite {
-            let ns = if is_root() { XattrNs::Trusted } else { XattrNs::User };
+            let ns = if is_root() {
+                XattrNs::Trusted
+            } else {
+                XattrNs::User
+            };
             upper = Some(
                 Upper::open(&b, cfg.workdir.as_deref(), format, ns)
                     .with_context(|| format!("cannot prepare the workdir of {}", u.display()))?,

@@ -112,7 +112,11 @@ mod tests {
         ];
         let mut seen = std::collections::HashSet::new();
         for e in &all {
-            assert!(seen.insert(e.errno() as i32), "{e:?} shares errno {}", e.errno());
+            assert!(
+                seen.insert(e.errno() as i32),
+                "{e:?} shares errno {}",
+                e.errno()
+            );
         }
         assert_eq!(Error::sys("openat", Errno::EXDEV).errno(), Errno::EXDEV);
         assert!(Error::sys("x", Errno::ENOENT).is_not_found());

@@ -15,9 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::error::Error;
@@ -409,7 +409,13 @@ impl Filesystem for FuseAdapter {
     ) {
         let res = self
             .fs
-            .create_object(ino(parent), name, NewObject::Dir, mode & !umask, caller(req))
+            .create_object(
+                ino(parent),
+                name,
+                NewObject::Dir,
+                mode & !umask,
+                caller(req),
+            )
             .map(|(e, _)| e);
         self.reply_entry(reply, res);
     }

@@ -31,6 +31,21 @@ pub struct FileHandle {
     pub branch: BranchId,
     /// The open fd on the backing object.
     pub fd: OwnedFd,
+    /// For a file opened read-only on a lower branch and copied up since:
+    /// a read-only fd on the upper copy, so reads never see stale data.
+    pub upgraded: std::sync::OnceLock<OwnedFd>,
+}
+
+impl FileHandle {
+    /// A handle on `fd`, opened on `branch`.
+    pub fn new(ino: Ino, branch: BranchId, fd: OwnedFd) -> Self {
+        FileHandle {
+            ino,
+            branch,
+            fd,
+            upgraded: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// The listing state of an open directory.

@@ -120,8 +120,16 @@ impl Upper {
             Some(w) => sys::fs::open_path_abs(w)?,
             None => mkdir_open(upper.root(), whiteout::STAGING_NAME)?,
         };
-        let work_name = if workdir.is_some() { "unionfs-work" } else { WORK };
-        let index_name = if workdir.is_some() { "unionfs-index" } else { INDEX };
+        let work_name = if workdir.is_some() {
+            "unionfs-work"
+        } else {
+            WORK
+        };
+        let index_name = if workdir.is_some() {
+            "unionfs-index"
+        } else {
+            INDEX
+        };
         // Leftovers of a crash are junk by construction: clear them.
         remove_tree(base.as_fd(), OsStr::new(work_name))?;
         let work = mkdir_open(base.as_fd(), work_name)?;
@@ -231,7 +239,13 @@ impl Upper {
 
     /// Moves staged `tmp` to `dir/name`, atomically replacing a whiteout
     /// the upper holds there; the result is visible in one step.
-    pub fn place(&self, tmp: &OsStr, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<()> {
+    pub fn place(
+        &self,
+        tmp: &OsStr,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        is_dir: bool,
+    ) -> Result<()> {
         let at_name = match sys::fs::stat_at(dir, name) {
             Ok(st) => Some(st),
             Err(e) if e.is_not_found() => None,

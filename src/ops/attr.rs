@@ -5,11 +5,11 @@ use std::os::fd::AsFd;
 
 use super::{Attr, Caller, UnionFs};
 use crate::copy_up::CopyUpData;
-use crate::handle::{Fh, Handle};
-use crate::sys::fs::SetTime;
 use crate::error::{Error, Result};
+use crate::handle::{Fh, Handle};
 use crate::inode::{Ino, Kind};
 use crate::sys;
+use crate::sys::fs::SetTime;
 
 /// Filesystem statistics as the union reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

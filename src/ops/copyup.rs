@@ -89,7 +89,13 @@ impl UnionFs {
 
     /// `lookup::lookup`, then, for a hard-linked lower file whose other
     /// name was copied up, the upper data from the index.
-    pub(super) fn find_union(&self, pino: Ino, pstate: &NodeState, ppath: &Path, name: &OsStr) -> Result<Found> {
+    pub(super) fn find_union(
+        &self,
+        pino: Ino,
+        pstate: &NodeState,
+        ppath: &Path,
+        name: &OsStr,
+    ) -> Result<Found> {
         let mut found = lookup::lookup(&self.stack, pino, pstate, ppath, name)?;
         if let Some(upper) = &self.upper {
             if found.kind == Kind::File && found.stat.st_nlink > 1 && !self.in_upper(&found.state) {
@@ -125,7 +131,8 @@ impl UnionFs {
             Ok(fd) => fd,
             Err(e) if e.is_not_found() => {
                 let top = found.state.top()?;
-                let (tmp, tfd) = copy_up::stage(upper, &top.fd, &found.stat, CopyUpData::Full, ino.0)?;
+                let (tmp, tfd) =
+                    copy_up::stage(upper, &top.fd, &found.stat, CopyUpData::Full, ino.0)?;
                 upper.record_nlink(tfd.as_fd(), found.stat.st_nlink);
                 let linked = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &iname);
                 upper.discard(&tmp);
@@ -185,7 +192,8 @@ impl UnionFs {
                 // Keep the lower hard links together (overlayfs index=on):
                 // the other names find this copy through the index.
                 upper.record_nlink(tfd.as_fd(), found.stat.st_nlink);
-                if let Err(e) = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &index_name(ino)) {
+                if let Err(e) = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &index_name(ino))
+                {
                     upper.discard(&tmp);
                     return Err(e);
                 }

@@ -69,11 +69,9 @@ impl UnionFs {
             Some(BranchMode::ReadOnly) => CachePolicy::Keep,
             _ => CachePolicy::Revalidate,
         };
-        let fh = self.handles.insert(Handle::File(FileHandle {
-            ino,
-            branch: top.branch,
-            fd,
-        }));
+        let fh = self
+            .handles
+            .insert(Handle::File(FileHandle::new(ino, top.branch, fd)));
         Ok((fh, policy))
     }
 
@@ -110,15 +108,47 @@ impl UnionFs {
     }
 
     /// copy_file_range(2) between two open files.
-    pub fn copy_file_range(&self, fh_in: Fh, off_in: u64, fh_out: Fh, off_out: u64, len: u64) -> Result<u32> {
+    pub fn copy_file_range(
+        &self,
+        fh_in: Fh,
+        off_in: u64,
+        fh_out: Fh,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
         let hi = self.file(fh_in)?;
         let ho = self.file(fh_out)?;
         let (Handle::File(i), Handle::File(o)) = (&*hi, &*ho) else {
             return Err(Error::IsDir);
         };
-        let len = usize::try_from(len).unwrap_or(usize::MAX).min(u32::MAX as usize);
+        let len = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(u32::MAX as usize);
         let n = sys::fs::copy_file_range(i.fd.as_fd(), off_in, o.fd.as_fd(), off_out, len)?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// The fd to read through: the handle's own, unless the file was
+    /// opened on a lower branch and has been copied up since.
+    fn read_fd<'a>(&self, f: &'a FileHandle) -> Result<std::os::fd::BorrowedFd<'a>> {
+        if let Some(fd) = f.upgraded.get() {
+            return Ok(fd.as_fd());
+        }
+        let Some(upper) = &self.upper else {
+            return Ok(f.fd.as_fd());
+        };
+        if f.branch == upper.branch {
+            return Ok(f.fd.as_fd());
+        }
+        let state = self.inodes.get(f.ino)?.snapshot();
+        match state.layers.first() {
+            Some(top) if top.branch == upper.branch => {
+                let fd = sys::fs::reopen(top.fd.as_fd(), OFlag::O_RDONLY)?;
+                let _ = f.upgraded.set(fd);
+                Ok(f.upgraded.get().map_or(f.fd.as_fd(), |fd| fd.as_fd()))
+            }
+            _ => Ok(f.fd.as_fd()),
+        }
     }
 
     /// Reads up to `size` bytes at `offset`.
@@ -132,7 +162,7 @@ impl UnionFs {
         // Short reads happen only at EOF for regular files; keep reading
         // otherwise so the kernel gets what it asked for.
         while done < buf.len() {
-            let n = sys::fs::pread(f.fd.as_fd(), &mut buf[done..], offset + done as u64)?;
+            let n = sys::fs::pread(self.read_fd(f)?, &mut buf[done..], offset + done as u64)?;
             if n == 0 {
                 break;
             }
@@ -156,7 +186,7 @@ impl UnionFs {
             libc::SEEK_HOLE => Whence::SeekHole,
             _ => return Err(Error::Invalid),
         };
-        sys::fs::lseek(f.fd.as_fd(), offset, whence)
+        sys::fs::lseek(self.read_fd(f)?, offset, whence)
     }
 
     /// Closes a file handle.

@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::sys::stat::FileStat;
 
 pub use attr::{SetAttr, StatFs};
-pub use write::{NewObject, RenameHow};
 pub use file::CachePolicy;
+pub use write::{NewObject, RenameHow};
 
 use crate::branch::BranchStack;
 use crate::error::Result;

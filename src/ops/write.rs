@@ -89,7 +89,13 @@ impl UnionFs {
     }
 
     /// Looks `name` up in a directory state (no lookup counted).
-    fn find(&self, pino: Ino, pstate: &NodeState, ppath: &Path, name: &OsStr) -> Result<Option<lookup::Found>> {
+    fn find(
+        &self,
+        pino: Ino,
+        pstate: &NodeState,
+        ppath: &Path,
+        name: &OsStr,
+    ) -> Result<Option<lookup::Found>> {
         match self.find_union(pino, pstate, ppath, name) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -117,7 +123,14 @@ impl UnionFs {
 
     /// Sets the owner of a new object to the caller (group from a setgid
     /// parent), restoring suid/sgid bits that chown clears.
-    fn own(&self, fd: BorrowedFd<'_>, parent: BorrowedFd<'_>, caller: Caller, mode: u32, kind: Kind) -> Result<()> {
+    fn own(
+        &self,
+        fd: BorrowedFd<'_>,
+        parent: BorrowedFd<'_>,
+        caller: Caller,
+        mode: u32,
+        kind: Kind,
+    ) -> Result<()> {
         if caller.uid == 0 && caller.gid == 0 {
             // The daemon is root: the branch filesystem already applied the
             // owner and setgid-directory rules for a root caller.
@@ -158,7 +171,12 @@ impl UnionFs {
         match what {
             NewObject::File { flags } => {
                 kind = Kind::File;
-                open = Some(sys::fs::create_at(at, &at_name, open_flags_for_create(*flags), mode & 0o7777)?);
+                open = Some(sys::fs::create_at(
+                    at,
+                    &at_name,
+                    open_flags_for_create(*flags),
+                    mode & 0o7777,
+                )?);
             }
             NewObject::Dir => {
                 kind = Kind::Dir;
@@ -236,11 +254,11 @@ impl UnionFs {
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
         let entry = self.new_entry(parent, name, fd, upper)?;
         let fh = open.map(|fd| {
-            self.handles.insert(Handle::File(FileHandle {
-                ino: entry.attr.ino,
-                branch: upper.branch,
+            self.handles.insert(Handle::File(FileHandle::new(
+                entry.attr.ino,
+                upper.branch,
                 fd,
-            }))
+            )))
         });
         Ok((entry, fh))
     }
@@ -332,12 +350,20 @@ impl UnionFs {
     /// Removes the upper instance of directory `name` (which may hold
     /// whiteouts and markers), leaving a whiteout when `whiteout` says so;
     /// the view changes in one step.
-    fn remove_upper_dir(&self, upper: &Upper, dir: BorrowedFd<'_>, name: &OsStr, whiteout: bool) -> Result<()> {
+    fn remove_upper_dir(
+        &self,
+        upper: &Upper,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        whiteout: bool,
+    ) -> Result<()> {
         let tmp = upper.temp_name();
         match (whiteout, upper.format) {
             (true, crate::config::WhiteoutFormat::Overlay) => {
                 sys::fs::mknod_at(upper.work.as_fd(), &tmp, libc::S_IFCHR, 0)?;
-                if let Err(e) = sys::fs::rename_at(upper.work.as_fd(), &tmp, dir, name, RenameMode::Exchange) {
+                if let Err(e) =
+                    sys::fs::rename_at(upper.work.as_fd(), &tmp, dir, name, RenameMode::Exchange)
+                {
                     upper.discard(&tmp);
                     return Err(e);
                 }
@@ -359,7 +385,14 @@ impl UnionFs {
     }
 
     /// rename(2) / renameat2(2).
-    pub fn rename(&self, parent: Ino, name: &OsStr, newparent: Ino, newname: &OsStr, how: RenameHow) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        how: RenameHow,
+    ) -> Result<()> {
         check_name(newname)?;
         let upper = self.upper_ctx()?;
         let (pstate, ppath) = self.upper_parent(parent)?;
@@ -368,7 +401,9 @@ impl UnionFs {
         } else {
             self.upper_parent(newparent)?
         };
-        let src = self.find(parent, &pstate, &ppath, name)?.ok_or(Error::NotFound)?;
+        let src = self
+            .find(parent, &pstate, &ppath, name)?
+            .ok_or(Error::NotFound)?;
         let dst = self.find(newparent, &npstate, &nppath, newname)?;
         let src_ino = self.ino_of(&src);
         let dst_ino = dst.as_ref().map(|d| self.ino_of(d));
@@ -385,10 +420,8 @@ impl UnionFs {
             match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
                 (true, false) => return Err(Error::NotDir),
                 (false, true) => return Err(Error::IsDir),
-                (true, true) => {
-                    if !self.merged_dir_is_empty(d, &nppath.join(newname))? {
-                        return Err(Error::sys("rename", Errno::ENOTEMPTY));
-                    }
+                (true, true) if !self.merged_dir_is_empty(d, &nppath.join(newname))? => {
+                    return Err(Error::sys("rename", Errno::ENOTEMPTY));
                 }
                 _ => {}
             }
@@ -405,11 +438,11 @@ impl UnionFs {
         let dst_lower = self.lower_has(newparent, &npstate, &nppath, newname)?;
         // A directory without lower content arriving where a lower directory
         // shows must hide it.
-        if src.kind == Kind::Dir && !self.lower_layer(&src).is_some() && dst_lower {
+        if src.kind == Kind::Dir && self.lower_layer(&src).is_none() && dst_lower {
             upper.make_opaque(src_state.top()?.fd.as_fd())?;
         }
         if let (Some(d), Some(ds)) = (&dst, &dst_state) {
-            if d.kind == Kind::Dir && !self.lower_layer(d).is_some() && src_lower {
+            if d.kind == Kind::Dir && self.lower_layer(d).is_none() && src_lower {
                 upper.make_opaque(ds.top()?.fd.as_fd())?;
             }
         }
@@ -420,10 +453,24 @@ impl UnionFs {
         }
         match how {
             RenameHow::Exchange => {
-                sys::fs::rename_at(pfd.as_fd(), name, npfd.as_fd(), newname, RenameMode::Exchange)?;
+                sys::fs::rename_at(
+                    pfd.as_fd(),
+                    name,
+                    npfd.as_fd(),
+                    newname,
+                    RenameMode::Exchange,
+                )?;
             }
             RenameHow::Replace | RenameHow::NoReplace => {
-                self.move_into_place(upper, pfd.as_fd(), name, npfd.as_fd(), newname, dst.as_ref(), src.kind)?;
+                self.move_into_place(
+                    upper,
+                    pfd.as_fd(),
+                    name,
+                    npfd.as_fd(),
+                    newname,
+                    dst.as_ref(),
+                    src.kind,
+                )?;
                 if src_lower {
                     upper.write_whiteout(pfd.as_fd(), name)?;
                 }

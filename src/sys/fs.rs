@@ -220,7 +220,13 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> Resu
     traced!(
         "mknodat",
         (dir.as_raw_fd(), name, mode, rdev),
-        nix::sys::stat::mknodat(dir, name, kind, Mode::from_bits_truncate(mode & 0o7777), rdev)
+        nix::sys::stat::mknodat(
+            dir,
+            name,
+            kind,
+            Mode::from_bits_truncate(mode & 0o7777),
+            rdev
+        )
     )
 }
 
@@ -432,5 +438,9 @@ pub fn ficlone(to: BorrowedFd<'_>, from: BorrowedFd<'_>) -> Result<()> {
     // SAFETY: FICLONE takes the source fd as its integer argument; both fds
     // are valid for the duration of the call.
     let r = unsafe { ficlone_ioctl(to.as_raw_fd(), from.as_raw_fd() as libc::c_ulong) };
-    traced!("ioctl(FICLONE)", (to.as_raw_fd(), from.as_raw_fd()), r.map(|_| ()))
+    traced!(
+        "ioctl(FICLONE)",
+        (to.as_raw_fd(), from.as_raw_fd()),
+        r.map(|_| ())
+    )
 }

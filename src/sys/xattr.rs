@@ -191,7 +191,13 @@ pub fn set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result
         )
     };
     let res = if r == 0 { Ok(()) } else { Err(Errno::last()) };
-    tracing::trace!("setxattr({}, {:?}, {}) = {:?}", fd.as_raw_fd(), name, value.len(), res);
+    tracing::trace!(
+        "setxattr({}, {:?}, {}) = {:?}",
+        fd.as_raw_fd(),
+        name,
+        value.len(),
+        res
+    );
     res.map_err(|e| Error::sys("setxattr", e))
 }
 
@@ -234,7 +240,17 @@ pub fn get_u64_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> Result<Op
     let mut buf = [0u8; 8];
     // SAFETY: path and name are NUL-terminated; buf is valid for 8 bytes.
     let r = unsafe { libc::lgetxattr(path.as_ptr(), cname.as_ptr(), buf.as_mut_ptr().cast(), 8) };
-    let r = if r >= 0 { Ok(r as usize) } else { Err(Errno::last()) };
-    tracing::trace!("lgetxattr({}/{:?}, {:?}) = {:?}", dir.as_raw_fd(), entry, name, r);
+    let r = if r >= 0 {
+        Ok(r as usize)
+    } else {
+        Err(Errno::last())
+    };
+    tracing::trace!(
+        "lgetxattr({}/{:?}, {:?}) = {:?}",
+        dir.as_raw_fd(),
+        entry,
+        name,
+        r
+    );
     u64_value(r, &buf)
 }
