@@ -184,20 +184,26 @@ impl Upper {
         }
     }
 
+    /// Creates `.wh.<name>` in upper directory `dir` (AUFS format), leaving
+    /// any object under `name` in place.
+    pub fn write_aufs_whiteout_only(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let wh = whiteout::whiteout_name(name);
+        if wh.len() > 255 {
+            return Err(Error::sys("whiteout", Errno::ENAMETOOLONG));
+        }
+        match sys::fs::create_at(dir, &wh, nix::fcntl::OFlag::O_WRONLY, 0) {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == Errno::EEXIST => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes a whiteout for `name` into upper directory `dir`, replacing
     /// (atomically) any non-directory the upper holds under that name.
     pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         match self.format {
             WhiteoutFormat::Aufs => {
-                let wh = whiteout::whiteout_name(name);
-                if wh.len() > 255 {
-                    return Err(Error::sys("whiteout", Errno::ENAMETOOLONG));
-                }
-                match sys::fs::create_at(dir, &wh, nix::fcntl::OFlag::O_WRONLY, 0) {
-                    Ok(_) => {}
-                    Err(e) if e.errno() == Errno::EEXIST => {}
-                    Err(e) => return Err(e),
-                }
+                self.write_aufs_whiteout_only(dir, name)?;
                 // The object under `name` (if any) goes after the whiteout
                 // exists: the view never shows the lower one in between.
                 match sys::fs::unlink_at(dir, name, false) {

@@ -369,12 +369,7 @@ impl UnionFs {
                 }
             }
             (true, crate::config::WhiteoutFormat::Aufs) => {
-                let wh = whiteout::whiteout_name(name);
-                match sys::fs::create_at(dir, &wh, OFlag::O_WRONLY, 0) {
-                    Ok(_) => {}
-                    Err(e) if e.errno() == Errno::EEXIST => {}
-                    Err(e) => return Err(e),
-                }
+                upper.write_aufs_whiteout_only(dir, name)?;
                 sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
             }
             (false, _) => {
@@ -462,7 +457,14 @@ impl UnionFs {
                 )?;
             }
             RenameHow::Replace | RenameHow::NoReplace => {
-                self.move_into_place(
+                // An AUFS whiteout for the old name goes in first: while both
+                // it and the object exist the object shows, so the view never
+                // has the lower object peek through.
+                let aufs = upper.format == crate::config::WhiteoutFormat::Aufs;
+                if src_lower && aufs {
+                    upper.write_aufs_whiteout_only(pfd.as_fd(), name)?;
+                }
+                let left_whiteout = self.move_into_place(
                     upper,
                     pfd.as_fd(),
                     name,
@@ -470,8 +472,9 @@ impl UnionFs {
                     newname,
                     dst.as_ref(),
                     src.kind,
+                    src_lower && !aufs,
                 )?;
-                if src_lower {
+                if src_lower && !aufs && !left_whiteout {
                     upper.write_whiteout(pfd.as_fd(), name)?;
                 }
             }
@@ -536,7 +539,9 @@ impl UnionFs {
     }
 
     /// Moves upper `from_dir/from` to `to_dir/to`, replacing what the upper
-    /// holds there (object, whiteout, or an emptied directory).
+    /// holds there (object, whiteout, or an emptied directory). With
+    /// `whiteout_src`, tries to leave a char 0:0 whiteout at the source in
+    /// the same step; returns whether it did.
     #[allow(clippy::too_many_arguments)]
     fn move_into_place(
         &self,
@@ -547,17 +552,22 @@ impl UnionFs {
         to: &OsStr,
         dst: Option<&lookup::Found>,
         kind: Kind,
-    ) -> Result<()> {
+        whiteout_src: bool,
+    ) -> Result<bool> {
         let at_dst = match sys::fs::stat_at(to_dir, to) {
             Ok(st) => Some(st),
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e),
         };
-        match at_dst {
+        let left_whiteout = match at_dst {
             Some(st) if whiteout::is_char_whiteout(st.st_mode, st.st_rdev) && kind == Kind::Dir => {
-                // A directory cannot replace a device: swap, drop the device.
+                // A directory cannot replace a device: swap; the device
+                // lands at the source, which is the whiteout wanted there.
                 sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::Exchange)?;
-                sys::fs::unlink_at(from_dir, from, false)?;
+                if !whiteout_src {
+                    sys::fs::unlink_at(from_dir, from, false)?;
+                }
+                whiteout_src
             }
             Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR && dst.is_some() => {
                 // An (empty in the view) upper directory: it may still hold
@@ -566,9 +576,30 @@ impl UnionFs {
                 sys::fs::rename_at(to_dir, to, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
                 sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::NoReplace)?;
                 remove_tree(upper.work.as_fd(), &tmp)?;
+                false
             }
-            _ => sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::Replace)?,
-        }
-        upper.remove_aufs_whiteout(to_dir, to)
+            _ if whiteout_src => {
+                match sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::Whiteout) {
+                    Ok(()) => true,
+                    // No RENAME_WHITEOUT here (privilege, filesystem).
+                    Err(e)
+                        if matches!(
+                            e.errno(),
+                            Errno::EINVAL | Errno::EPERM | Errno::EOPNOTSUPP
+                        ) =>
+                    {
+                        sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::Replace)?;
+                        false
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => {
+                sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::Replace)?;
+                false
+            }
+        };
+        upper.remove_aufs_whiteout(to_dir, to)?;
+        Ok(left_whiteout)
     }
 }

@@ -271,6 +271,8 @@ pub enum RenameMode {
     NoReplace,
     /// Swap the two atomically.
     Exchange,
+    /// Replace, and leave a char 0:0 whiteout at the source (RENAME_WHITEOUT).
+    Whiteout,
 }
 
 /// `renameat2`.
@@ -285,6 +287,7 @@ pub fn rename_at(
         RenameMode::Replace => nix::fcntl::RenameFlags::empty(),
         RenameMode::NoReplace => nix::fcntl::RenameFlags::RENAME_NOREPLACE,
         RenameMode::Exchange => nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        RenameMode::Whiteout => nix::fcntl::RenameFlags::RENAME_WHITEOUT,
     };
     traced!(
         "renameat2",
