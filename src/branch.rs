@@ -133,6 +133,14 @@ impl BranchStack {
         self.branches.iter().find(|b| b.id == id)
     }
 
+    /// Position of branch `id` from the top (`usize::MAX` if unknown).
+    pub fn position(&self, id: BranchId) -> usize {
+        self.branches
+            .iter()
+            .position(|b| b.id == id)
+            .unwrap_or(usize::MAX)
+    }
+
     /// Branches strictly below `id`, topmost first.
     pub fn below(&self, id: BranchId) -> impl Iterator<Item = &Branch> {
         self.branches.iter().skip_while(move |b| b.id != id).skip(1)

@@ -111,6 +111,15 @@ pub enum WhiteoutFormat {
     Overlay,
 }
 
+impl std::fmt::Display for WhiteoutFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WhiteoutFormat::Aufs => "aufs",
+            WhiteoutFormat::Overlay => "overlay",
+        })
+    }
+}
+
 /// Options given with `-o`, parsed but not yet checked against the disk.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MountOptions {

@@ -50,10 +50,18 @@ fn prepare_staging(cfg: &MountConfig) -> Result<Option<std::path::PathBuf>> {
         return Ok(None);
     };
     let staging = upper.join(whiteout::STAGING_NAME);
+    let root = sys::fs::open_path_abs(upper)?;
+    let before = sys::fs::fstat(std::os::fd::AsFd::as_fd(&root))?;
     match std::fs::create_dir(&staging) {
         Ok(()) => {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
+            // Mounting is not a change of the upper root: keep its times.
+            sys::fs::utimes_fd(
+                std::os::fd::AsFd::as_fd(&root),
+                sys::fs::SetTime::At(before.st_atime, before.st_atime_nsec),
+                sys::fs::SetTime::At(before.st_mtime, before.st_mtime_nsec),
+            )?;
             Ok(Some(staging))
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
@@ -61,21 +69,30 @@ fn prepare_staging(cfg: &MountConfig) -> Result<Option<std::path::PathBuf>> {
     }
 }
 
-/// The whiteout format of the upper: what it recorded, else the option,
-/// else AUFS. A recorded format that contradicts the option is an error:
-/// one upper never mixes formats.
-fn upper_format(cfg: &MountConfig, upper: &Branch) -> Result<WhiteoutFormat> {
+/// The whiteout format of the upper, and whether it is (to be) recorded on
+/// it: what the upper recorded; else the option, recorded; else AUFS,
+/// recorded only on an empty upper — an unrecorded upper with content came
+/// from another tool, so its char 0:0 devices stay whiteouts. A recorded
+/// format that contradicts the option is an error: one upper never mixes.
+fn upper_format(cfg: &MountConfig, upper: &Branch) -> Result<(WhiteoutFormat, bool)> {
     let recorded = crate::upper::recorded_format(upper.root())
         .with_context(|| format!("cannot read upper branch {}", upper.path.display()))?;
     match (recorded, cfg.options.whiteout) {
         (Some(r), Some(o)) if r != o => anyhow::bail!(
-            "upper branch {} holds {:?} whiteouts; it cannot be mounted with whiteout={:?}",
+            "upper branch {} holds {} whiteouts; it cannot be mounted with whiteout={}",
             upper.path.display(),
             r,
             o
         ),
-        (Some(r), _) => Ok(r),
-        (None, o) => Ok(o.unwrap_or_default()),
+        (Some(r), _) => Ok((r, true)),
+        (None, Some(o)) => Ok((o, true)),
+        (None, None) => {
+            let empty = std::fs::read_dir(&upper.path)
+                .with_context(|| format!("cannot read upper branch {}", upper.path.display()))?
+                .filter_map(|e| e.ok())
+                .all(|e| e.file_name() == whiteout::STAGING_NAME);
+            Ok((WhiteoutFormat::default(), empty))
+        }
     }
 }
 
@@ -95,9 +112,9 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
         // between it and the workdir, which must be on one mount.
         let mut b = Branch::open(BranchId(id), u, mode, false)
             .with_context(|| format!("cannot open upper branch {}", u.display()))?;
-        let format = upper_format(cfg, &b)?;
-        // In an AUFS-format upper a char 0:0 device is a user's device.
-        b.char_whiteouts = format == WhiteoutFormat::Overlay;
+        let (format, recorded) = upper_format(cfg, &b)?;
+        // In an upper recorded as AUFS format a char 0:0 device is a user's device.
+        b.char_whiteouts = !(recorded && format == WhiteoutFormat::Aufs);
         if mode == BranchMode::ReadWrite {
             let ns = if is_root() {
                 XattrNs::Trusted
@@ -105,7 +122,7 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
                 XattrNs::User
             };
             upper = Some(
-                Upper::open(&b, cfg.workdir.as_deref(), format, ns)
+                Upper::open(&b, cfg.workdir.as_deref(), format, recorded, ns)
                     .with_context(|| format!("cannot prepare the workdir of {}", u.display()))?,
             );
         }

@@ -123,6 +123,23 @@ fn hidden_in(branch: &Branch, path: &Path) -> Result<bool> {
     Ok(not_found_is_none(sys::fs::open_path_beneath(hidden.as_fd(), &marker))?.is_some())
 }
 
+/// True for the names of unionfs-fuse's whiteout trees.
+pub fn is_unionfs_fuse_dir(name: &OsStr) -> bool {
+    whiteout::UNIONFS_FUSE_DIRS
+        .iter()
+        .any(|d| name == OsStr::new(d))
+}
+
+/// The topmost branch whose unionfs-fuse whiteout tree hides `path`.
+fn hidden_floor(stack: &BranchStack, path: &Path) -> Result<Option<crate::branch::BranchId>> {
+    for b in stack.iter().filter(|b| b.hidden.is_some()) {
+        if hidden_in(b, path)? {
+            return Ok(Some(b.id));
+        }
+    }
+    Ok(None)
+}
+
 /// Looks `name` up in one branch directory.
 fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path) -> Result<Probe> {
     let Some(fd) = not_found_is_none(sys::fs::open_path_at(c.dir.as_fd(), name))? else {
@@ -191,7 +208,14 @@ pub fn lookup(
     parent_path: &Path,
     name: &OsStr,
 ) -> Result<Found> {
+    if whiteout::is_reserved(name) {
+        return Err(Error::NotFound);
+    }
     let child_path = parent_path.join(name);
+    let at_root = parent_path.as_os_str().is_empty();
+    // unionfs-fuse whiteouts are path-based: a branch may hide a path even
+    // where it lacks the parent directory. The topmost such branch is a floor.
+    let floor = hidden_floor(stack, &child_path)?;
     let mut cands: Vec<Candidate<'_>> = parent
         .layers
         .iter()
@@ -212,8 +236,15 @@ pub fn lookup(
     let mut layer_paths = Vec::new();
     let mut i = 0;
     while i < cands.len() {
-        let probe_res = probe(&cands[i], &cur_name, &cur_path)?;
         let branch = cands[i].branch;
+        if floor.is_some_and(|f| stack.position(branch.id) > stack.position(f)) {
+            break;
+        }
+        if at_root && branch.hidden.is_some() && is_unionfs_fuse_dir(&cur_name) {
+            i += 1;
+            continue;
+        }
+        let probe_res = probe(&cands[i], &cur_name, &cur_path)?;
         i += 1;
         let (fd, st) = match probe_res {
             Probe::Absent => continue,

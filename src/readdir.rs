@@ -85,6 +85,31 @@ fn kind_of_type(t: Type) -> Option<Kind> {
     })
 }
 
+/// The classified listings of every layer of a directory at union path
+/// `path`, topmost first — including, at their place in the stack, the
+/// unionfs-fuse whiteouts of branches that hide entries of `path` without
+/// having the directory themselves.
+pub fn layer_listings(
+    stack: &BranchStack,
+    layers: &[Layer],
+    path: &Path,
+) -> Result<Vec<Vec<LayerEntry>>> {
+    let mut out = Vec::with_capacity(layers.len());
+    let mut next = layers.iter().peekable();
+    for b in stack.iter() {
+        let Some(l) = next.peek() else {
+            break;
+        };
+        if l.branch == b.id {
+            out.push(list_layer(stack, b, l, path)?);
+            next.next();
+        } else if let Some(hidden) = &b.hidden {
+            out.push(hidden_whiteouts(hidden, path)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Classifies every entry of one branch's instance of a directory at
 /// union path `path`.
 pub fn list_layer(
@@ -105,12 +130,7 @@ pub fn list_layer(
             NameClass::OpaqueMarker | NameClass::Internal => continue,
             NameClass::Plain => {}
         }
-        if at_root
-            && branch.hidden.is_some()
-            && whiteout::UNIONFS_FUSE_DIRS
-                .iter()
-                .any(|d| r.name == OsStr::new(d))
-        {
+        if at_root && branch.hidden.is_some() && crate::lookup::is_unionfs_fuse_dir(&r.name) {
             continue;
         }
         let known = r.kind.and_then(kind_of_type);
@@ -168,7 +188,7 @@ fn recorded_ino_at(layer: &Layer, name: &OsStr) -> Result<Option<u64>> {
 }
 
 /// unionfs-fuse whiteouts recorded for the entries of directory `path`.
-fn hidden_whiteouts(hidden: &std::os::fd::OwnedFd, path: &Path) -> Result<Vec<LayerEntry>> {
+pub fn hidden_whiteouts(hidden: &std::os::fd::OwnedFd, path: &Path) -> Result<Vec<LayerEntry>> {
     let dir = if path.as_os_str().is_empty() {
         sys::fs::dup(hidden.as_fd())
     } else {

@@ -114,6 +114,7 @@ impl Upper {
         upper: &Branch,
         workdir: Option<&Path>,
         format: WhiteoutFormat,
+        record: bool,
         ns: XattrNs,
     ) -> Result<Upper> {
         let base = match workdir {
@@ -144,7 +145,9 @@ impl Upper {
         };
         // Record the format so a later mount reads this upper the same way
         // (best effort: without xattr support the default applies).
-        let _ = sys::xattr::set(upper.root(), &up.xattr("format"), format_word(format), 0);
+        if record {
+            let _ = sys::xattr::set(upper.root(), &up.xattr("format"), format_word(format), 0);
+        }
         Ok(up)
     }
 

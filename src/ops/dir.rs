@@ -34,13 +34,7 @@ impl UnionFs {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let path = self.inodes.path_of(ino)?;
-        let mut layers = Vec::with_capacity(state.layers.len());
-        for l in &state.layers {
-            let Some(b) = self.stack.get(l.branch) else {
-                continue;
-            };
-            layers.push(readdir::list_layer(&self.stack, b, l, &path)?);
-        }
+        let layers = readdir::layer_listings(&self.stack, &state.layers, &path)?;
         let merged = readdir::merge(&layers);
         let mut out = Vec::with_capacity(merged.len() + 2);
         out.push(MergedEntry {

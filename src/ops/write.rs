@@ -338,12 +338,7 @@ impl UnionFs {
 
     /// True when the merged view of directory `found` (at `path`) lists nothing.
     fn merged_dir_is_empty(&self, found: &lookup::Found, path: &Path) -> Result<bool> {
-        let mut layers = Vec::with_capacity(found.state.layers.len());
-        for l in &found.state.layers {
-            if let Some(b) = self.stack.get(l.branch) {
-                layers.push(crate::readdir::list_layer(&self.stack, b, l, path)?);
-            }
-        }
+        let layers = crate::readdir::layer_listings(&self.stack, &found.state.layers, path)?;
         Ok(crate::readdir::merge(&layers).is_empty())
     }
 
