@@ -10,6 +10,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 
@@ -48,7 +49,11 @@ pub struct Branch {
     /// The path the user gave, canonicalized (for messages only).
     pub path: PathBuf,
     /// O_PATH fd of the branch root.
-    pub root: OwnedFd,
+    pub root: Arc<OwnedFd>,
+    /// A readable fd of the root for `open_by_handle_at` (which refuses
+    /// O_PATH fds), when objects of this branch can be reopened by handle
+    /// and so need not keep their fds open (see `backing`).
+    pub handle_mount: Option<Arc<OwnedFd>>,
     /// Writable or not.
     pub mode: BranchMode,
     /// st_dev of the branch root.
@@ -86,10 +91,24 @@ impl Branch {
                 }
             }
         }
+        // Handles work where the filesystem exports them and we may open
+        // them (CAP_DAC_READ_SEARCH): try it once on the root.
+        let handle_mount = sys::fs::reopen(
+            root.as_fd(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        )
+        .ok()
+        .filter(|m| {
+            sys::fs::name_to_handle(root.as_fd())
+                .and_then(|h| sys::fs::open_by_handle(m.as_fd(), &h, nix::fcntl::OFlag::O_PATH))
+                .is_ok()
+        })
+        .map(Arc::new);
         Ok(Branch {
             id,
             path: path.to_path_buf(),
-            root,
+            root: Arc::new(root),
+            handle_mount,
             mode,
             dev: st.st_dev,
             view,
@@ -101,6 +120,11 @@ impl Branch {
     /// The root fd.
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
+    }
+
+    /// A backing object of this branch for O_PATH `fd`.
+    pub fn backing(&self, fd: OwnedFd) -> Arc<crate::backing::Backing> {
+        crate::backing::Backing::new(self.handle_mount.as_ref(), fd)
     }
 }
 

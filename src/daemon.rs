@@ -177,7 +177,14 @@ pub fn run_mount(cfg: MountConfig) -> Result<()> {
             eprintln!("unionfs: warning: ignoring mount option '{w}'");
         }
     }
-    sys::process::raise_nofile();
+    let nofile = sys::process::raise_nofile();
+    // Half the fd limit for cached backing fds; the rest for open files,
+    // directory listings and branches.
+    crate::backing::configure(
+        usize::try_from(nofile / 2)
+            .unwrap_or(4096)
+            .clamp(64, 65_536),
+    );
     // Modes of created objects are exactly what the caller asked for (the
     // kernel applied the caller's umask already).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());

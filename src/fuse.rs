@@ -171,8 +171,15 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(ino(i), nlookup);
     }
 
-    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino(i)) {
+    fn getattr(&self, _req: &Request, i: INodeNo, h: Option<FileHandle>, reply: ReplyAttr) {
+        let res = match h {
+            Some(h) => self
+                .fs
+                .getattr_fh(ino(i), fh(h))
+                .or_else(|_| self.fs.getattr(ino(i))),
+            None => self.fs.getattr(ino(i)),
+        };
+        match res {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }

@@ -18,6 +18,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
+use crate::backing::Backing;
 use crate::branch::BranchId;
 use crate::error::{Error, Result};
 use crate::whiteout::Opacity;
@@ -68,8 +69,8 @@ impl Kind {
 pub struct Layer {
     /// The branch holding it.
     pub branch: BranchId,
-    /// O_PATH fd of the object in that branch.
-    pub fd: Arc<OwnedFd>,
+    /// The object in that branch.
+    pub backing: Arc<Backing>,
     /// For directories: whether lower branches show through.
     pub opacity: Opacity,
     /// For upper directories: entries may carry a recorded union inode number.
@@ -90,6 +91,24 @@ pub struct NodeState {
     /// Instances, topmost first. A directory may have several; anything
     /// else has exactly one.
     pub layers: Vec<Layer>,
+}
+
+impl Layer {
+    /// A plain layer (transparent, not impure, not from the index).
+    pub fn new(branch: &crate::branch::Branch, fd: OwnedFd) -> Layer {
+        Layer {
+            branch: branch.id,
+            backing: branch.backing(fd),
+            opacity: Opacity::Transparent,
+            impure: false,
+            indexed: false,
+        }
+    }
+
+    /// An O_PATH fd of the object.
+    pub fn fd(&self) -> Result<Arc<OwnedFd>> {
+        self.backing.fd()
+    }
 }
 
 impl NodeState {

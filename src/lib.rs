@@ -7,6 +7,7 @@
 //! `ops` (the core, returning `Result`) -> `lookup`/`readdir` -> `inode`,
 //! `handle`, `whiteout`, `branch` -> `sys` (every syscall and `unsafe`).
 
+pub mod backing;
 pub mod branch;
 pub mod cli;
 pub mod config;

@@ -216,18 +216,17 @@ pub fn lookup(
     // unionfs-fuse whiteouts are path-based: a branch may hide a path even
     // where it lacks the parent directory. The topmost such branch is a floor.
     let floor = hidden_floor(stack, &child_path)?;
-    let mut cands: Vec<Candidate<'_>> = parent
-        .layers
-        .iter()
-        .filter_map(|l| {
-            Some(Candidate {
-                branch: stack.get(l.branch)?,
-                dir: Arc::clone(&l.fd),
+    let mut cands: Vec<Candidate<'_>> = Vec::with_capacity(parent.layers.len());
+    for l in &parent.layers {
+        if let Some(branch) = stack.get(l.branch) {
+            cands.push(Candidate {
+                branch,
+                dir: l.fd()?,
                 xwhiteouts: l.opacity == Opacity::HasXattrWhiteouts,
                 impure: l.impure,
-            })
-        })
-        .collect();
+            });
+        }
+    }
     let mut cur_name: OsString = name.to_os_string();
     let mut cur_path: PathBuf = child_path.clone();
     let mut layers: Vec<Layer> = Vec::new();
@@ -258,26 +257,17 @@ pub fn lookup(
         if kind != Kind::Dir {
             // A non-directory ends the walk; below a directory it is hidden.
             if top.is_none() {
-                layers.push(Layer {
-                    branch: branch.id,
-                    fd: Arc::new(fd),
-                    opacity: Opacity::Transparent,
-                    impure: false,
-                    indexed: false,
-                });
+                layers.push(Layer::new(branch, fd));
                 layer_paths.push(cur_path.clone());
                 top = Some((st, kind));
             }
             break;
         }
         let info = dir_info(branch, &fd, &cur_path)?;
-        layers.push(Layer {
-            branch: branch.id,
-            fd: Arc::new(fd),
-            opacity: info.opacity,
-            impure: info.impure,
-            indexed: false,
-        });
+        let mut layer = Layer::new(branch, fd);
+        layer.opacity = info.opacity;
+        layer.impure = info.impure;
+        layers.push(layer);
         layer_paths.push(cur_path.clone());
         if top.is_none() {
             top = Some((st, kind));
@@ -335,7 +325,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
         top.get_or_insert(st);
         layers.push(Layer {
             branch: b.id,
-            fd: Arc::new(fd),
+            backing: crate::backing::Backing::pinned(fd),
             opacity: info.opacity,
             impure: info.impure,
             indexed: false,

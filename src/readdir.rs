@@ -118,7 +118,7 @@ pub fn list_layer(
     layer: &Layer,
     path: &Path,
 ) -> Result<Vec<LayerEntry>> {
-    let raw = sys::fs::read_dir(layer.fd.as_fd())?;
+    let raw = sys::fs::read_dir(layer.fd()?.as_fd())?;
     let at_root = path.as_os_str().is_empty();
     let mut out = Vec::with_capacity(raw.len());
     for r in raw {
@@ -139,7 +139,7 @@ pub fn list_layer(
         let kind = match known {
             Some(k) if !may_be_xwhiteout => k,
             _ => {
-                let fd = match sys::fs::open_path_at(layer.fd.as_fd(), &r.name) {
+                let fd = match sys::fs::open_path_at(layer.fd()?.as_fd(), &r.name) {
                     Ok(fd) => fd,
                     // Gone since getdents: not part of this snapshot.
                     Err(e) if e.is_not_found() => continue,
@@ -177,7 +177,7 @@ pub fn list_layer(
 /// The union inode number recorded on entry `name` of an impure layer.
 fn recorded_ino_at(layer: &Layer, name: &OsStr) -> Result<Option<u64>> {
     for x in whiteout::INO_XATTRS {
-        match sys::xattr::get_u64_at(layer.fd.as_fd(), name, OsStr::new(x)) {
+        match sys::xattr::get_u64_at(layer.fd()?.as_fd(), name, OsStr::new(x)) {
             Ok(Some(v)) => return Ok(Some(v)),
             Ok(None) => {}
             Err(e) if e.is_not_found() => return Ok(None),

@@ -42,7 +42,20 @@ impl UnionFs {
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
-        let st = sys::fs::fstat(state.top()?.fd.as_fd())?;
+        let st = sys::fs::fstat(state.top()?.fd()?.as_fd())?;
+        Ok(self.attr_of(ino, &st, &state))
+    }
+
+    /// Attributes of `ino` as seen through open handle `fh` (fstat(2)),
+    /// which also works for a file unlinked since it was opened.
+    pub fn getattr_fh(&self, ino: Ino, fh: Fh) -> Result<Attr> {
+        let h = self.handles.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return self.getattr(ino);
+        };
+        let node = self.inodes.get(ino)?;
+        let state = node.snapshot();
+        let st = sys::fs::fstat(f.fd.as_fd())?;
         Ok(self.attr_of(ino, &st, &state))
     }
 
@@ -53,7 +66,7 @@ impl UnionFs {
             return Err(Error::Invalid);
         }
         let state = node.snapshot();
-        sys::fs::readlink(state.top()?.fd.as_fd())
+        sys::fs::readlink(state.top()?.fd()?.as_fd())
     }
 
     /// `access(2)` by the classic owner/group/other rules (used when the
@@ -136,7 +149,7 @@ impl UnionFs {
             CopyUpData::Full
         };
         let state = self.copy_up(ino, data)?;
-        let fd = &state.top()?.fd;
+        let fd = state.top()?.fd()?;
         if let Some(size) = set.size {
             if node.kind == Kind::Dir {
                 return Err(Error::IsDir);

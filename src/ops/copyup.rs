@@ -9,7 +9,6 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::UnionFs;
 use crate::copy_up::{self, CopyUpData};
@@ -19,7 +18,6 @@ use crate::lookup::{self, Found};
 use crate::sys;
 use crate::sys::fs::SetTime;
 use crate::upper::Upper;
-use crate::whiteout::Opacity;
 
 /// The index entry name of union inode `ino`.
 pub(super) fn index_name(ino: Ino) -> std::ffi::OsString {
@@ -33,6 +31,15 @@ impl UnionFs {
     /// The upper machinery, or EROFS for a read-only union.
     pub(super) fn upper_ctx(&self) -> Result<&Upper> {
         self.upper.as_ref().ok_or(Error::ReadOnly)
+    }
+
+    /// A layer for an object in the upper.
+    pub(super) fn upper_layer(&self, fd: std::os::fd::OwnedFd, indexed: bool) -> Result<Layer> {
+        let upper = self.upper_ctx()?;
+        let branch = self.stack.get(upper.branch).ok_or(Error::StaleInode)?;
+        let mut l = Layer::new(branch, fd);
+        l.indexed = indexed;
+        Ok(l)
     }
 
     /// True when the topmost instance of `state` is in the upper.
@@ -104,13 +111,7 @@ impl UnionFs {
                     Ok(fd) => {
                         found.stat = sys::fs::fstat(fd.as_fd())?;
                         found.recorded_ino = Some(ino.0);
-                        found.state.layers = vec![Layer {
-                            branch: upper.branch,
-                            fd: Arc::new(fd),
-                            opacity: Opacity::Transparent,
-                            impure: false,
-                            indexed: true,
-                        }];
+                        found.state.layers = vec![self.upper_layer(fd, true)?];
                     }
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
@@ -132,7 +133,7 @@ impl UnionFs {
             Err(e) if e.is_not_found() => {
                 let top = found.state.top()?;
                 let (tmp, tfd) =
-                    copy_up::stage(upper, &top.fd, &found.stat, CopyUpData::Full, ino.0)?;
+                    copy_up::stage(upper, &*top.fd()?, &found.stat, CopyUpData::Full, ino.0)?;
                 upper.record_nlink(tfd.as_fd(), found.stat.st_nlink);
                 let linked = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &iname);
                 upper.discard(&tmp);
@@ -144,13 +145,7 @@ impl UnionFs {
         let state = NodeState {
             parent: found.state.parent,
             name: found.state.name.clone(),
-            layers: vec![Layer {
-                branch: upper.branch,
-                fd: Arc::new(fd),
-                opacity: Opacity::Transparent,
-                impure: false,
-                indexed: true,
-            }],
+            layers: vec![self.upper_layer(fd, true)?],
         };
         self.inodes.refresh(ino, Kind::File, state.clone());
         Ok(state)
@@ -171,7 +166,8 @@ impl UnionFs {
     ) -> Result<NodeState> {
         let upper = self.upper_ctx()?;
         let player = pstate.top()?.clone();
-        let pfd = player.fd.as_fd();
+        let pfd_arc = player.fd()?;
+        let pfd = pfd_arc.as_fd();
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
         // Another writer may have finished this copy-up while we waited.
         let again = self.find_union(pino, pstate, ppath, name)?;
@@ -184,10 +180,10 @@ impl UnionFs {
             // Another name of this hard-linked file was copied up already:
             // link its upper data into place.
             let tmp = upper.temp_name();
-            sys::fs::link_fd(top.fd.as_fd(), upper.work.as_fd(), &tmp)?;
+            sys::fs::link_fd(top.fd()?.as_fd(), upper.work.as_fd(), &tmp)?;
             tmp
         } else {
-            let (tmp, tfd) = copy_up::stage(upper, &top.fd, &found.stat, data, ino.0)?;
+            let (tmp, tfd) = copy_up::stage(upper, &*top.fd()?, &found.stat, data, ino.0)?;
             if found.kind == Kind::File && found.stat.st_nlink > 1 {
                 // Keep the lower hard links together (overlayfs index=on):
                 // the other names find this copy through the index.
@@ -215,13 +211,7 @@ impl UnionFs {
             self.inodes.refresh(pino, Kind::Dir, pstate.clone());
         }
         let nfd = sys::fs::open_path_at(pfd, name)?;
-        let mut layers = vec![Layer {
-            branch: upper.branch,
-            fd: Arc::new(nfd),
-            opacity: Opacity::Transparent,
-            impure: false,
-            indexed: false,
-        }];
+        let mut layers = vec![self.upper_layer(nfd, false)?];
         if found.kind == Kind::Dir {
             layers.extend(found.state.layers);
         }

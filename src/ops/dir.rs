@@ -153,7 +153,7 @@ impl UnionFs {
             return Ok(());
         }
         let fd = crate::sys::fs::reopen(
-            std::os::fd::AsFd::as_fd(&*state.top()?.fd),
+            std::os::fd::AsFd::as_fd(&*state.top()?.fd()?),
             nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
         )?;
         crate::sys::fs::fsync(std::os::fd::AsFd::as_fd(&fd), data_only)

@@ -64,7 +64,7 @@ impl UnionFs {
             node.snapshot()
         };
         let top = state.top()?;
-        let fd = sys::fs::reopen(top.fd.as_fd(), backing_flags(flags))?;
+        let fd = sys::fs::reopen(top.fd()?.as_fd(), backing_flags(flags))?;
         let policy = match self.stack.get(top.branch).map(|b| b.mode) {
             Some(BranchMode::ReadOnly) => CachePolicy::Keep,
             _ => CachePolicy::Revalidate,
@@ -143,7 +143,7 @@ impl UnionFs {
         let state = self.inodes.get(f.ino)?.snapshot();
         match state.layers.first() {
             Some(top) if top.branch == upper.branch => {
-                let fd = sys::fs::reopen(top.fd.as_fd(), OFlag::O_RDONLY)?;
+                let fd = sys::fs::reopen(top.fd()?.as_fd(), OFlag::O_RDONLY)?;
                 let _ = f.upgraded.set(fd);
                 Ok(f.upgraded.get().map_or(f.fd.as_fd(), |fd| fd.as_fd()))
             }

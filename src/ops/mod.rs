@@ -166,8 +166,9 @@ impl UnionFs {
         if st.st_nlink < 2 && !top.indexed {
             return None;
         }
+        let fd = top.fd().ok()?;
         let v = crate::whiteout::NLINK_XATTRS.iter().find_map(|x| {
-            crate::sys::xattr::get_u64(std::os::fd::AsFd::as_fd(&*top.fd), std::ffi::OsStr::new(x))
+            crate::sys::xattr::get_u64(std::os::fd::AsFd::as_fd(&*fd), std::ffi::OsStr::new(x))
                 .ok()
                 .flatten()
         })?;
@@ -179,7 +180,10 @@ impl UnionFs {
         let (Some(upper), Some(top)) = (&self.upper, state.layers.first()) else {
             return;
         };
-        let fd = std::os::fd::AsFd::as_fd(&*top.fd);
+        let Ok(top_fd) = top.fd() else {
+            return;
+        };
+        let fd = std::os::fd::AsFd::as_fd(&*top_fd);
         let Ok(st) = crate::sys::fs::fstat(fd) else {
             return;
         };

@@ -11,7 +11,6 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -20,12 +19,12 @@ use super::{Caller, Entry, UnionFs};
 use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::handle::{Fh, FileHandle, Handle};
-use crate::inode::{Ino, Kind, Layer, NodeState};
+use crate::inode::{Ino, Kind, NodeState};
 use crate::lookup;
 use crate::sys;
 use crate::sys::fs::RenameMode;
 use crate::upper::{remove_tree, Upper};
-use crate::whiteout::{self, Opacity};
+use crate::whiteout;
 
 /// What to create.
 #[derive(Debug)]
@@ -218,20 +217,14 @@ impl UnionFs {
     }
 
     /// Registers a new upper object as a node (counts one lookup).
-    fn new_entry(&self, parent: Ino, name: &OsStr, fd: OwnedFd, upper: &Upper) -> Result<Entry> {
+    fn new_entry(&self, parent: Ino, name: &OsStr, fd: OwnedFd) -> Result<Entry> {
         let st = sys::fs::fstat(fd.as_fd())?;
         let kind = Kind::from_mode(st.st_mode);
         let ino = Ino(self.stack.fold_ino(st.st_dev, st.st_ino));
         let state = NodeState {
             parent,
             name: name.to_os_string(),
-            layers: vec![Layer {
-                branch: upper.branch,
-                fd: Arc::new(fd),
-                opacity: Opacity::Transparent,
-                impure: false,
-                indexed: false,
-            }],
+            layers: vec![self.upper_layer(fd, false)?],
         };
         let attr = self.attr_of(ino, &st, &state);
         self.inodes.remember(ino, kind, state);
@@ -250,9 +243,9 @@ impl UnionFs {
         check_name(name)?;
         let upper = self.upper_ctx()?;
         let (pstate, _) = self.upper_parent(parent)?;
-        let pfd = Arc::clone(&pstate.top()?.fd);
+        let pfd = pstate.top()?.fd()?;
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
-        let entry = self.new_entry(parent, name, fd, upper)?;
+        let entry = self.new_entry(parent, name, fd)?;
         let fh = open.map(|fd| {
             self.handles.insert(Handle::File(FileHandle::new(
                 entry.attr.ino,
@@ -273,8 +266,8 @@ impl UnionFs {
         }
         let src = self.copy_up(ino, CopyUpData::Full)?;
         let (pstate, _) = self.upper_parent(newparent)?;
-        let pfd = Arc::clone(&pstate.top()?.fd);
-        let sfd = Arc::clone(&src.top()?.fd);
+        let pfd = pstate.top()?.fd()?;
+        let sfd = src.top()?.fd()?;
         if upper.whiteout_at(pfd.as_fd(), newname)? {
             let tmp = upper.temp_name();
             sys::fs::link_fd(sfd.as_fd(), upper.work.as_fd(), &tmp)?;
@@ -314,7 +307,7 @@ impl UnionFs {
         if dir && !self.merged_dir_is_empty(&found, &ppath.join(name))? {
             return Err(Error::sys("rmdir", Errno::ENOTEMPTY));
         }
-        let pfd = Arc::clone(&pstate.top()?.fd);
+        let pfd = pstate.top()?.fd()?;
         let in_upper = self.in_upper(&found.state);
         let lower_has = self.lower_has(parent, &pstate, &ppath, name)?;
         if !dir {
@@ -416,8 +409,8 @@ impl UnionFs {
                 _ => {}
             }
         }
-        let pfd = Arc::clone(&pstate.top()?.fd);
-        let npfd = Arc::clone(&npstate.top()?.fd);
+        let pfd = pstate.top()?.fd()?;
+        let npfd = npstate.top()?.fd()?;
         let src_path = ppath.join(name);
         let src_state = self.prepare_move(&src, &src_path)?;
         let dst_state = match (&dst, how) {
@@ -429,11 +422,11 @@ impl UnionFs {
         // A directory without lower content arriving where a lower directory
         // shows must hide it.
         if src.kind == Kind::Dir && self.lower_layer(&src).is_none() && dst_lower {
-            upper.make_opaque(src_state.top()?.fd.as_fd())?;
+            upper.make_opaque(src_state.top()?.fd()?.as_fd())?;
         }
         if let (Some(d), Some(ds)) = (&dst, &dst_state) {
             if d.kind == Kind::Dir && self.lower_layer(d).is_none() && src_lower {
-                upper.make_opaque(ds.top()?.fd.as_fd())?;
+                upper.make_opaque(ds.top()?.fd()?.as_fd())?;
             }
         }
         if let (RenameHow::Replace, Some(d)) = (how, &dst) {
@@ -508,7 +501,7 @@ impl UnionFs {
             self.copy_up_path(path, CopyUpData::Full)?
         };
         if let Some(target) = redirect_to {
-            upper.set_redirect(state.top()?.fd.as_fd(), &target)?;
+            upper.set_redirect(state.top()?.fd()?.as_fd(), &target)?;
         }
         Ok(state)
     }
@@ -524,7 +517,7 @@ impl UnionFs {
         if !self.in_upper(&found.state) {
             return Ok(false);
         }
-        let fd = &found.state.top()?.fd;
+        let fd = found.state.top()?.fd()?;
         for n in sys::xattr::list(fd.as_fd())? {
             if whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x)) {
                 return Ok(true);

@@ -20,7 +20,7 @@ impl UnionFs {
         }
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
-        sys::xattr::get(state.top()?.fd.as_fd(), name)?.ok_or(Error::NoXattr)
+        sys::xattr::get(state.top()?.fd()?.as_fd(), name)?.ok_or(Error::NoXattr)
     }
 
     /// The NUL-separated xattr names of `ino`, private ones left out.
@@ -28,7 +28,7 @@ impl UnionFs {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let mut out = Vec::new();
-        for n in sys::xattr::list(state.top()?.fd.as_fd())? {
+        for n in sys::xattr::list(state.top()?.fd()?.as_fd())? {
             if !whiteout::is_private_xattr(&n) {
                 out.extend_from_slice(n.as_bytes());
                 out.push(0);
@@ -46,7 +46,7 @@ impl UnionFs {
             return Err(Error::NotSupported);
         }
         let state = self.copy_up(ino, CopyUpData::Full)?;
-        sys::xattr::set(state.top()?.fd.as_fd(), name, value, flags)
+        sys::xattr::set(state.top()?.fd()?.as_fd(), name, value, flags)
     }
 
     /// removexattr(2).
@@ -57,6 +57,6 @@ impl UnionFs {
         // Nothing to remove: fail without copying up.
         self.getxattr(ino, name)?;
         let state = self.copy_up(ino, CopyUpData::Full)?;
-        sys::xattr::remove(state.top()?.fd.as_fd(), name)
+        sys::xattr::remove(state.top()?.fd()?.as_fd(), name)
     }
 }

@@ -447,3 +447,79 @@ pub fn ficlone(to: BorrowedFd<'_>, from: BorrowedFd<'_>) -> Result<()> {
         r.map(|_| ())
     )
 }
+
+/// A filesystem's persistent handle of one object (`name_to_handle_at`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHandle {
+    /// `handle_type`.
+    pub ty: i32,
+    /// The opaque handle bytes.
+    pub bytes: Box<[u8]>,
+}
+
+const MAX_HANDLE_SZ: usize = 128;
+
+/// The handle of the object behind any fd (AT_EMPTY_PATH).
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
+    // u32 words keep the struct's alignment.
+    let mut buf = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
+    buf[0] = MAX_HANDLE_SZ as u32;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buf starts with a file_handle header whose handle_bytes says
+    // how much room follows (MAX_HANDLE_SZ bytes, which the buffer has); the
+    // empty path is NUL-terminated; mount_id is a valid out pointer.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    let res = if r == 0 {
+        let len = (buf[0] as usize).min(MAX_HANDLE_SZ);
+        let ty = buf[1] as i32;
+        let bytes: Vec<u8> = buf[2..]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .take(len)
+            .collect();
+        Ok(ObjectHandle {
+            ty,
+            bytes: bytes.into_boxed_slice(),
+        })
+    } else {
+        Err(nix::errno::Errno::last())
+    };
+    traced!("name_to_handle_at", fd.as_raw_fd(), res)
+}
+
+/// Opens the object with handle `h` on the filesystem of `mount` (needs
+/// CAP_DAC_READ_SEARCH).
+pub fn open_by_handle(mount: BorrowedFd<'_>, h: &ObjectHandle, flags: OFlag) -> Result<OwnedFd> {
+    let mut buf = vec![0u32; 2 + h.bytes.len().div_ceil(4)];
+    buf[0] = h.bytes.len() as u32;
+    buf[1] = h.ty as u32;
+    for (i, chunk) in h.bytes.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        buf[2 + i] = u32::from_ne_bytes(w);
+    }
+    // SAFETY: buf holds a complete file_handle (header + handle_bytes bytes);
+    // mount is a valid fd. On success the kernel returns a new fd we own.
+    let r = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            buf.as_mut_ptr().cast::<libc::file_handle>(),
+            (flags | OFlag::O_CLOEXEC).bits(),
+        )
+    };
+    let res = if r >= 0 {
+        // SAFETY: r is a fresh fd owned by nobody else.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
+    } else {
+        Err(nix::errno::Errno::last())
+    };
+    traced!("open_by_handle_at", (mount.as_raw_fd(), h.ty), res)
+}

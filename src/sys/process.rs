@@ -46,10 +46,18 @@ pub fn detach() -> Result<()> {
     Ok(())
 }
 
-/// Raises the soft fd limit to the hard limit (never above it).
-pub fn raise_nofile() {
+/// Raises the soft fd limit to the hard limit (never above it) and
+/// returns the limit in force.
+pub fn raise_nofile() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
     }
 }

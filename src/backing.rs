@@ -1,0 +1,138 @@
+//! How a layer reaches its object in a branch without holding an open fd
+//! for every inode the kernel remembers.
+//!
+//! Invariant: an object whose filesystem gives persistent handles
+//! (`name_to_handle_at`) is held by its handle, and its O_PATH fd lives only
+//! in a bounded LRU cache (reopened by handle on a miss); so the daemon's
+//! open fds do not grow with the number of inodes looked up. Objects without
+//! handles (no CAP_DAC_READ_SEARCH, or a filesystem without export support)
+//! keep their fd pinned, as before.
+//! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use lru::LruCache;
+use nix::fcntl::OFlag;
+use parking_lot::Mutex;
+
+use crate::error::Result;
+use crate::sys;
+use crate::sys::fs::ObjectHandle;
+
+const SHARDS: usize = 32;
+
+/// Default number of cached O_PATH fds (all shards together).
+pub const DEFAULT_CACHED_FDS: usize = 4096;
+
+struct FdCache {
+    shards: Vec<Mutex<LruCache<u64, Arc<OwnedFd>>>>,
+}
+
+static CACHE: OnceLock<FdCache> = OnceLock::new();
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn cache() -> &'static FdCache {
+    CACHE.get_or_init(|| FdCache::new(DEFAULT_CACHED_FDS))
+}
+
+impl FdCache {
+    fn new(total: usize) -> Self {
+        let per = std::num::NonZeroUsize::new((total / SHARDS).max(1))
+            .unwrap_or(std::num::NonZeroUsize::MIN);
+        FdCache {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per)))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<LruCache<u64, Arc<OwnedFd>>> {
+        &self.shards[(id as usize) % SHARDS]
+    }
+}
+
+/// Sets the bound on cached fds; effective only before the first use.
+pub fn configure(total: usize) {
+    let _ = CACHE.set(FdCache::new(total));
+}
+
+/// Number of fds the cache holds right now.
+pub fn cached_fds() -> usize {
+    cache().shards.iter().map(|s| s.lock().len()).sum()
+}
+
+#[derive(Debug)]
+enum Reach {
+    Pinned(Arc<OwnedFd>),
+    Handle(ObjectHandle),
+}
+
+/// One object in one branch.
+#[derive(Debug)]
+pub struct Backing {
+    id: u64,
+    mount: Option<Arc<OwnedFd>>,
+    reach: Reach,
+}
+
+impl Backing {
+    /// The object behind `fd`. With `mount` (a readable fd of its
+    /// filesystem), keeps a handle and lets the cache hold the fd.
+    pub fn new(mount: Option<&Arc<OwnedFd>>, fd: OwnedFd) -> Arc<Backing> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let reach = if mount.is_some() {
+            match sys::fs::name_to_handle(fd.as_fd()) {
+                Ok(h) => {
+                    cache().shard(id).lock().put(id, Arc::new(fd));
+                    Reach::Handle(h)
+                }
+                Err(_) => Reach::Pinned(Arc::new(fd)),
+            }
+        } else {
+            Reach::Pinned(Arc::new(fd))
+        };
+        Arc::new(Backing {
+            id,
+            mount: mount.cloned(),
+            reach,
+        })
+    }
+
+    /// An object whose fd stays open (branch roots).
+    pub fn pinned(fd: OwnedFd) -> Arc<Backing> {
+        Self::new(None, fd)
+    }
+
+    /// An O_PATH fd of the object (cached, or reopened by handle).
+    pub fn fd(&self) -> Result<Arc<OwnedFd>> {
+        match &self.reach {
+            Reach::Pinned(fd) => Ok(Arc::clone(fd)),
+            Reach::Handle(h) => {
+                let mount = self.mount.as_ref().ok_or(crate::error::Error::StaleInode)?;
+                let shard = cache().shard(self.id);
+                if let Some(fd) = shard.lock().get(&self.id) {
+                    return Ok(Arc::clone(fd));
+                }
+                let fd = Arc::new(sys::fs::open_by_handle(
+                    mount.as_fd(),
+                    h,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW,
+                )?);
+                shard.lock().put(self.id, Arc::clone(&fd));
+                Ok(fd)
+            }
+        }
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Reach::Handle(_) = self.reach {
+            if let Some(c) = CACHE.get() {
+                c.shard(self.id).lock().pop(&self.id);
+            }
+        }
+    }
+}
