@@ -77,7 +77,7 @@ pub struct MountArgs {
     /// Stay in the foreground.
     #[arg(short = 'f', long)]
     pub foreground: bool,
-    /// Log every request (implies -f unless stderr is to be discarded).
+    /// Log every request to stderr (implies -f, as with libfuse).
     #[arg(short = 'd', long)]
     pub debug: bool,
 }
@@ -151,7 +151,7 @@ impl MountArgs {
             &mnt,
             opts,
             dialect,
-            self.foreground,
+            self.foreground || self.debug,
             self.debug,
         )
     }

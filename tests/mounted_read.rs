@@ -1071,3 +1071,67 @@ fn mount_is_serving_when_the_command_returns() {
     drop(f);
     m.unmount();
 }
+
+/// A directory listed while it changes: no name twice, and every name that
+/// existed from opendir to the end of the listing is listed.
+#[test]
+fn listing_is_stable_while_the_directory_changes() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let b = Branches::new("stable-listing");
+    // Long names so the listing takes many getdents and FUSE readdir rounds.
+    let name = |i: usize| format!("{i:04}-{}", "x".repeat(200));
+    for i in 0..300 {
+        let branch = if i % 2 == 0 { &b.l1 } else { &b.l2 };
+        file(branch, &format!("d/{}", name(i)), b"", 0o644);
+    }
+    let m = b.mount();
+    let d = m.mnt.join("d");
+    let mut dir = nix::dir::Dir::open(
+        &d,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut removed = std::collections::BTreeSet::new();
+    for (n, ent) in dir.iter().enumerate() {
+        let ent = ent.unwrap();
+        let s = ent.file_name().to_string_lossy().into_owned();
+        if s != "." && s != ".." {
+            seen.push(s);
+        }
+        if n == 40 {
+            // Change the directory in the middle of the listing: remove
+            // names already read and names not yet read, add new ones.
+            for i in (0..300).step_by(7) {
+                fs::remove_file(d.join(name(i))).unwrap();
+                removed.insert(name(i));
+            }
+            for i in 300..340 {
+                fs::write(d.join(name(i)), b"new").unwrap();
+            }
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    let before = sorted.len();
+    sorted.dedup();
+    assert_eq!(before, sorted.len(), "a name was listed twice");
+    for i in 0..300 {
+        if !removed.contains(&name(i)) {
+            assert!(
+                sorted.binary_search(&name(i)).is_ok(),
+                "{i} existed throughout but was not listed"
+            );
+        }
+    }
+    // A fresh listing shows the changes.
+    let now: std::collections::BTreeSet<String> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(now.len(), 300 - removed.len() + 40);
+    assert!(removed.iter().all(|r| !now.contains(r)));
+}
