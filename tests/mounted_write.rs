@@ -1,0 +1,507 @@
+//! Write path through a mounted union: copy-up (atomic, sparse, typed,
+//! metadata, inode numbers), whiteout formats, reserved names, O(1)
+//! directory rename, hard links, locks and open-unlinked files, workdir
+//! cleanup. Kernel equivalence op by op is `diff_ops.rs`; this file checks
+//! what the kernel oracle cannot (the on-disk upper) or does not cover.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+struct Setup {
+    _s: Scratch,
+    u: PathBuf,
+    l1: PathBuf,
+    l2: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let s = Scratch::new(tag);
+        Setup {
+            u: s.dir("upper"),
+            l1: s.dir("l1"),
+            l2: s.dir("l2"),
+            mnt: s.dir("mnt"),
+            _s: s,
+        }
+    }
+
+    fn mount(&self, opts: &[&str]) -> Mount {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "mount".into(),
+            format!("{}:{}", self.l1.display(), self.l2.display()).into(),
+            self.u.clone().into(),
+            self.mnt.clone().into(),
+        ];
+        for o in opts {
+            args.push("-o".into());
+            args.push((*o).into());
+        }
+        Mount::unionfs_args(&args, &self.mnt)
+    }
+}
+
+fn errno_of(r: std::io::Result<()>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
+    xattr::get_deref(p, name).ok().flatten()
+}
+
+#[test]
+fn copy_up_keeps_type_mode_owner_times_xattrs_and_inode() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("copyup-meta");
+    let f = file(&t.l2, "d/f", b"lower data", 0o4750);
+    chown(&t.l2, "d/f", 1234, 5678);
+    // chown clears suid: set the mode after it.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o4750)).unwrap();
+    xattr::set(&f, "user.note", b"kept").unwrap();
+    // VFS_CAP_REVISION_2 with cap_net_raw permitted.
+    let cap: [u8; 20] = [
+        0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    xattr::set(&f, "security.capability", &cap).unwrap();
+    fifo(&t.l2, "d/pipe", 0o640);
+    chown(&t.l2, "d/pipe", 42, 43);
+    chardev(&t.l2, "d/null", 1, 3, 0o666);
+    symlink(&t.l2, "d/link", "f");
+    fix_times(&t.l2, 1_300_000_000);
+    let m = t.mount(&[]);
+    let p = |r: &str| m.mnt.join(r);
+    let before: Vec<_> = ["d/f", "d/pipe", "d/null", "d/link"]
+        .iter()
+        .map(|r| fs::symlink_metadata(p(r)).unwrap())
+        .collect();
+
+    // Metadata-changing operations copy each object up.
+    xattr::set(p("d/f"), "user.more", b"1").unwrap();
+    let pipe_mode = fs::Permissions::from_mode(0o600);
+    fs::set_permissions(p("d/pipe"), pipe_mode).unwrap();
+    std::os::unix::fs::lchown(p("d/null"), Some(7), None).unwrap();
+    std::os::unix::fs::lchown(p("d/link"), Some(8), None).unwrap();
+
+    let after: Vec<_> = ["d/f", "d/pipe", "d/null", "d/link"]
+        .iter()
+        .map(|r| fs::symlink_metadata(p(r)).unwrap())
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.ino(), a.ino(), "st_ino changed by copy-up");
+        assert_eq!(b.mtime(), a.mtime());
+        assert_eq!(b.mtime_nsec(), a.mtime_nsec());
+        assert_eq!(b.file_type(), a.file_type());
+    }
+    // d/f: data, suid mode, owner, xattrs survive.
+    assert_eq!(fs::read(p("d/f")).unwrap(), b"lower data");
+    assert_eq!(after[0].mode() & 0o7777, 0o4750);
+    assert_eq!((after[0].uid(), after[0].gid()), (1234, 5678));
+    assert_eq!(
+        xattr_of(&p("d/f"), "user.note").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(xattr_of(&p("d/f"), "user.more").as_deref(), Some(&b"1"[..]));
+    // File capabilities survive copy-up (chown, which drops them, comes first).
+    let cap = xattr_of(&t.l2.join("d/f"), "security.capability");
+    assert!(
+        cap.is_some(),
+        "test setup: the lower file has no capability"
+    );
+    assert_eq!(xattr_of(&t.u.join("d/f"), "security.capability"), cap);
+    // The fifo stays a fifo (fuse-overlayfs turns it into a file), with its owner.
+    assert!(after[1].file_type().is_fifo());
+    assert_eq!(after[1].mode() & 0o7777, 0o600);
+    assert_eq!((after[1].uid(), after[1].gid()), (42, 43));
+    assert!(after[2].file_type().is_char_device());
+    assert_eq!(after[2].rdev(), before[2].rdev());
+    assert_eq!(after[2].uid(), 7);
+    assert_eq!(fs::read_link(p("d/link")).unwrap(), Path::new("f"));
+    // All four are in the upper now, the lower untouched.
+    for r in ["d/f", "d/pipe", "d/null", "d/link"] {
+        assert!(
+            fs::symlink_metadata(t.u.join(r)).is_ok(),
+            "{r} not copied up"
+        );
+    }
+    assert_eq!(fs::read(t.l2.join("d/f")).unwrap(), b"lower data");
+    assert!(xattr_of(&t.l2.join("d/f"), "user.more").is_none());
+    // The parent directory was copied up with its own metadata.
+    assert_eq!(
+        fs::metadata(t.u.join("d")).unwrap().mtime(),
+        fs::metadata(t.l2.join("d")).unwrap().mtime()
+    );
+    // Same inode numbers after a remount.
+    m.unmount();
+    let m = t.mount(&[]);
+    for (r, b) in ["d/f", "d/pipe", "d/null", "d/link"].iter().zip(&before) {
+        assert_eq!(
+            fs::symlink_metadata(m.mnt.join(r)).unwrap().ino(),
+            b.ino(),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn sparse_file_stays_sparse_after_copy_up() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("copyup-sparse");
+    let size: u64 = 1 << 30;
+    {
+        let f = fs::File::create(t.l1.join("big")).unwrap();
+        f.set_len(size).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_at(b"head", 0).unwrap();
+        f.write_at(b"middle", size / 2).unwrap();
+        f.write_at(b"tail", size - 4).unwrap();
+    }
+    let lower_blocks = fs::metadata(t.l1.join("big")).unwrap().blocks();
+    let m = t.mount(&[]);
+    let p = m.mnt.join("big");
+    {
+        let mut f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.seek(SeekFrom::Start(8)).unwrap();
+        f.write_all(b"!").unwrap();
+    }
+    let up = fs::metadata(t.u.join("big")).unwrap();
+    assert_eq!(up.len(), size);
+    assert!(
+        up.blocks() <= lower_blocks + 64,
+        "upper copy allocates {} blocks, lower {lower_blocks}",
+        up.blocks()
+    );
+    let mut f = fs::File::open(&p).unwrap();
+    let mut buf = [0u8; 9];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"head\0\0\0\0!");
+    f.seek(SeekFrom::Start(size / 2)).unwrap();
+    let mut mid = [0u8; 6];
+    f.read_exact(&mut mid).unwrap();
+    assert_eq!(&mid, b"middle");
+}
+
+#[test]
+fn concurrent_writers_cause_one_copy_up() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("copyup-race");
+    file(&t.l1, "shared", &vec![b'.'; 1 << 20], 0o666);
+    let m = t.mount(&[]);
+    let p = m.mnt.join("shared");
+    let threads: Vec<_> = (0..8u8)
+        .map(|i| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+                use std::os::unix::fs::FileExt;
+                f.write_at(&[b'a' + i], u64::from(i) * 4096).unwrap();
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let data = fs::read(&p).unwrap();
+    assert_eq!(data.len(), 1 << 20);
+    for i in 0..8u8 {
+        assert_eq!(
+            data[usize::from(i) * 4096],
+            b'a' + i,
+            "writer {i} lost: a second copy-up replaced the first"
+        );
+    }
+    // Nothing half-made is left in the staging area.
+    let work = t.u.join(".wh..wh.unionfs/work");
+    assert_eq!(fs::read_dir(work).unwrap().count(), 0);
+}
+
+#[test]
+fn aufs_format_whiteouts_opaque_and_user_char_devices() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("aufs-format");
+    file(&t.l1, "gone", b"x", 0o644);
+    file(&t.l1, "d/old", b"x", 0o644);
+    let m = t.mount(&[]);
+    let p = |r: &str| m.mnt.join(r);
+    fs::remove_file(p("gone")).unwrap();
+    fs::remove_dir_all(p("d")).unwrap();
+    fs::create_dir(p("d")).unwrap();
+    fs::write(p("d/new"), b"n").unwrap();
+    // A char 0:0 device made by a user is a device in an AUFS-format upper.
+    nix::sys::stat::mknod(
+        &p("dev00"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        0,
+    )
+    .unwrap();
+    assert!(fs::symlink_metadata(p("dev00"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    // On disk: .wh. files and the opaque marker, no char devices as whiteouts.
+    assert!(t.u.join(".wh.gone").exists());
+    assert!(t.u.join("d/.wh..wh..opq").exists());
+    assert!(!t.u.join("gone").exists());
+    assert_eq!(
+        fs::read_dir(p("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        vec![OsStr::new("new").to_os_string()]
+    );
+    // The format is recorded: a remount reads the upper the same way.
+    m.unmount();
+    let m = t.mount(&[]);
+    assert!(fs::symlink_metadata(m.mnt.join("dev00"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert!(!m.mnt.join("gone").exists());
+    assert!(!m.mnt.join("d/old").exists());
+    drop(m);
+    // Mounting it with the other format is refused with one line.
+    let out = run_bin(&[
+        OsStr::new("mount"),
+        t.l1.as_os_str(),
+        t.u.as_os_str(),
+        t.mnt.as_os_str(),
+        OsStr::new("-o"),
+        OsStr::new("whiteout=overlay"),
+    ]);
+    assert!(!out.ok());
+    assert!(out.stderr.starts_with("unionfs: "), "{out}");
+    assert!(!is_mounted(&t.mnt));
+}
+
+#[test]
+fn overlay_format_upper_mounts_in_the_kernel() {
+    if !can_mount_fuse() || !can_mount_overlay() {
+        return;
+    }
+    let t = Setup::new("overlay-format");
+    let work = t._s.dir("work");
+    let kwork = t._s.dir("kwork");
+    let kmnt = t._s.dir("kmnt");
+    file(&t.l1, "a/x", b"x", 0o644);
+    file(&t.l2, "a/y", b"y", 0o644);
+    file(&t.l2, "b", b"b", 0o644);
+    let w = format!("whiteout=overlay,workdir={}", work.display());
+    let m = t.mount(&[&w]);
+    let p = |r: &str| m.mnt.join(r);
+    fs::rename(p("a"), p("renamed")).unwrap();
+    fs::remove_file(p("b")).unwrap();
+    fs::create_dir(p("b")).unwrap();
+    fs::write(p("b/inside"), b"i").unwrap();
+    fs::remove_file(p("renamed/y")).unwrap();
+    let ours = snapshot(&m.mnt);
+    m.unmount();
+    let k = Mount::overlay(
+        &[&t.l1, &t.l2],
+        Some((&t.u, &kwork)),
+        &kmnt,
+        "redirect_dir=on",
+    );
+    let kernel = snapshot(&k.mnt);
+    let names = |s: &Snapshot| s.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&ours), names(&kernel));
+    assert!(fs::symlink_metadata(t.u.join("a"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert_eq!(
+        xattr_of(&t.u.join("renamed"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"/a"[..])
+    );
+    assert_eq!(
+        xattr_of(&t.u.join("b"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+}
+
+#[test]
+fn reserved_names_cannot_be_created() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("reserved");
+    let m = t.mount(&[]);
+    let p = |r: &str| m.mnt.join(r);
+    fs::write(p("ok"), b"").unwrap();
+    let eperm = Some(libc::EPERM);
+    assert_eq!(errno_of(fs::write(p(".wh.x"), b"")), eperm);
+    assert_eq!(errno_of(fs::create_dir(p(".wh..wh..opq"))), eperm);
+    assert_eq!(errno_of(std::os::unix::fs::symlink("t", p(".wh.l"))), eperm);
+    assert_eq!(errno_of(fs::hard_link(p("ok"), p(".wh.h"))), eperm);
+    assert_eq!(errno_of(fs::rename(p("ok"), p(".wh.ok"))), eperm);
+    assert!(fs::read_dir(&t.u).unwrap().all(|e| {
+        let n = e.unwrap().file_name();
+        n == "ok" || n == ".wh..wh.unionfs"
+    }));
+}
+
+#[test]
+fn renaming_a_big_lower_directory_copies_nothing() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("rename-big");
+    for i in 0..10_000 {
+        file(&t.l1, &format!("big/sub{}/f{i}", i % 10), b"", 0o644);
+    }
+    let m = t.mount(&[]);
+    fs::rename(m.mnt.join("big"), m.mnt.join("moved")).unwrap();
+    // The upper holds the renamed directory itself and a whiteout, not 10,000 files.
+    let upper_entries = walkdir::WalkDir::new(&t.u)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != ".wh..wh.unionfs")
+        .count();
+    assert!(upper_entries <= 4, "{upper_entries} entries in the upper");
+    assert!(!m.mnt.join("big").exists());
+    assert_eq!(
+        fs::read_dir(m.mnt.join("moved/sub3")).unwrap().count(),
+        1000
+    );
+    // And it persists.
+    m.unmount();
+    let m = t.mount(&[]);
+    assert_eq!(
+        fs::read_dir(m.mnt.join("moved/sub7")).unwrap().count(),
+        1000
+    );
+    assert!(!m.mnt.join("big").exists());
+}
+
+#[test]
+fn lower_hard_links_stay_linked_after_copy_up_and_remount() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("hardlink-index");
+    file(&t.l1, "a", b"old", 0o644);
+    hardlink(&t.l1, "a", "d/b");
+    let m = t.mount(&[]);
+    let ino = fs::metadata(m.mnt.join("a")).unwrap().ino();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.mnt.join("a"))
+        .unwrap()
+        .write_all(b"+new")
+        .unwrap();
+    assert_eq!(fs::read(m.mnt.join("d/b")).unwrap(), b"old+new");
+    for r in ["a", "d/b"] {
+        let md = fs::metadata(m.mnt.join(r)).unwrap();
+        assert_eq!((md.ino(), md.nlink()), (ino, 2), "{r}");
+    }
+    m.unmount();
+    let m = t.mount(&[]);
+    assert_eq!(fs::read(m.mnt.join("d/b")).unwrap(), b"old+new");
+    fs::remove_file(m.mnt.join("a")).unwrap();
+    let md = fs::metadata(m.mnt.join("d/b")).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (ino, 1));
+    assert_eq!(fs::read(t.l1.join("a")).unwrap(), b"old", "lower changed");
+}
+
+#[test]
+fn open_unlinked_file_and_locks_across_processes() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("unlinked-locks");
+    file(&t.l1, "lower", b"lower bytes", 0o644);
+    let m = t.mount(&[]);
+    let mut lower = fs::File::open(m.mnt.join("lower")).unwrap();
+    fs::remove_file(m.mnt.join("lower")).unwrap();
+    let mut s = String::new();
+    lower.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "lower bytes");
+    let mut up = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(m.mnt.join("up"))
+        .unwrap();
+    up.write_all(b"upper bytes").unwrap();
+    fs::remove_file(m.mnt.join("up")).unwrap();
+    up.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    up.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "upper bytes");
+    assert_eq!(up.metadata().unwrap().nlink(), 0);
+
+    // flock and fcntl locks conflict across processes on the mount.
+    let lockfile = m.mnt.join("lockfile");
+    fs::write(&lockfile, b"").unwrap();
+    let f = fs::File::open(&lockfile).unwrap();
+    let locked = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let other = run(
+        "flock",
+        &[OsStr::new("-n"), lockfile.as_os_str(), OsStr::new("true")],
+    );
+    assert!(!other.ok(), "a second process got the flock:\n{other}");
+    drop(locked);
+    let other = run(
+        "flock",
+        &[OsStr::new("-n"), lockfile.as_os_str(), OsStr::new("true")],
+    );
+    assert!(other.ok(), "{other}");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(0)
+        .open(&lockfile)
+        .unwrap();
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETLK(&lock)).unwrap();
+    let py = "import fcntl,sys\nf=open(sys.argv[1],'w')\ntry:\n fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB)\n sys.exit(0)\nexcept OSError:\n sys.exit(3)";
+    let other = run(
+        "python3",
+        &[OsStr::new("-c"), OsStr::new(py), lockfile.as_os_str()],
+    );
+    assert!(!other.ok(), "a second process got the fcntl lock:\n{other}");
+}
+
+#[test]
+fn crash_leftovers_in_the_workdir_are_cleaned_at_mount() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("leftovers");
+    file(&t.l1, "f", b"x", 0o644);
+    let m = t.mount(&[]);
+    fs::write(m.mnt.join("new"), b"n").unwrap();
+    m.unmount();
+    // As if a copy-up died half-way: junk in the staging area.
+    let work = t.u.join(".wh..wh.unionfs/work");
+    fs::write(work.join("#dead-1"), b"half a file").unwrap();
+    fs::create_dir_all(work.join("#dead-2/sub")).unwrap();
+    let m = t.mount(&[]);
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
+    let names: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
