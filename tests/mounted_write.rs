@@ -434,6 +434,7 @@ fn open_unlinked_file_and_locks_across_processes() {
     assert_eq!(s, "lower bytes");
     let mut up = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.mnt.join("up"))
