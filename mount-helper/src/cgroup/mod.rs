@@ -1,0 +1,373 @@
+//! The container's cgroup: one per controller hierarchy, decided per
+//! controller as runc does — cgroup v1 where a v1 hierarchy carries the
+//! controller, else the unified (v2) hierarchy — so pure v1, pure v2 and
+//! hybrid hosts (v1 controllers plus a cgroup2 mount with only hugetlb, as
+//! here) all work.
+//!
+//! Invariant: every directory this module creates is listed in the
+//! returned `Cgroup` and removed by `Cgroup::remove`; limit files are only
+//! written under the paths of a `Layout`, so tests point it at a temp dir.
+//! Takes no locks.
+
+pub mod v1;
+pub mod v2;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::spec::Limits;
+
+/// Controllers the launcher limits.
+pub const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// Where each controller lives on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// v1 controllers: controller -> directory of the launcher's own cgroup
+    /// in that hierarchy (the parent of the container's).
+    pub v1: BTreeMap<String, PathBuf>,
+    /// The unified hierarchy: the launcher's own cgroup there, and the
+    /// controllers it offers.
+    pub v2: Option<(PathBuf, Vec<String>)>,
+}
+
+/// A line of /proc/self/mountinfo that mounts a cgroup filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CgroupMount {
+    root: String,
+    point: PathBuf,
+    v2: bool,
+    controllers: Vec<String>,
+}
+
+fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 {
+            continue;
+        }
+        let (root, point) = (pre[3], pre[4]);
+        match post[0] {
+            "cgroup2" => out.push(CgroupMount {
+                root: root.to_string(),
+                point: PathBuf::from(point),
+                v2: true,
+                controllers: Vec::new(),
+            }),
+            "cgroup" => out.push(CgroupMount {
+                root: root.to_string(),
+                point: PathBuf::from(point),
+                v2: false,
+                controllers: post[2].split(',').map(str::to_string).collect(),
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// /proc/self/cgroup: hierarchy controllers ("" for v2) -> path.
+fn parse_proc_cgroup(text: &str) -> Vec<(Vec<String>, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let _id = it.next()?;
+            let ctrls = it.next()?;
+            let path = it.next()?;
+            let ctrls = if ctrls.is_empty() {
+                Vec::new()
+            } else {
+                ctrls.split(',').map(str::to_string).collect()
+            };
+            Some((ctrls, path.to_string()))
+        })
+        .collect()
+}
+
+fn under_mount(m: &CgroupMount, path: &str) -> PathBuf {
+    let rel = path.strip_prefix(m.root.as_str()).unwrap_or(path);
+    m.point.join(rel.trim_start_matches('/'))
+}
+
+impl Layout {
+    /// Reads the host's layout from mountinfo and /proc/self/cgroup text.
+    pub fn from_texts(
+        mountinfo: &str,
+        proc_cgroup: &str,
+        read: impl Fn(&Path) -> Option<String>,
+    ) -> Layout {
+        let mounts = parse_mountinfo(mountinfo);
+        let mine = parse_proc_cgroup(proc_cgroup);
+        let mut layout = Layout::default();
+        for c in CONTROLLERS {
+            let Some(m) = mounts
+                .iter()
+                .find(|m| !m.v2 && m.controllers.iter().any(|x| x == c))
+            else {
+                continue;
+            };
+            let Some((_, path)) = mine.iter().find(|(ctrls, _)| ctrls.iter().any(|x| x == c))
+            else {
+                continue;
+            };
+            layout.v1.insert(c.to_string(), under_mount(m, path));
+        }
+        if let (Some(m), Some((_, path))) = (
+            mounts.iter().find(|m| m.v2),
+            mine.iter().find(|(ctrls, _)| ctrls.is_empty()),
+        ) {
+            let dir = under_mount(m, path);
+            let offered = read(&dir.join("cgroup.controllers"))
+                .map(|s| s.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default();
+            layout.v2 = Some((dir, offered));
+        }
+        layout
+    }
+
+    /// The host's layout.
+    pub fn detect() -> Layout {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let pc = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Layout::from_texts(&mi, &pc, |p| std::fs::read_to_string(p).ok())
+    }
+
+    /// Which version handles controller `c` here, if any.
+    pub fn version_of(&self, c: &str) -> Option<u8> {
+        if self.v1.contains_key(c) {
+            Some(1)
+        } else if self
+            .v2
+            .as_ref()
+            .is_some_and(|(_, offered)| offered.iter().any(|x| x == c))
+        {
+            Some(2)
+        } else {
+            None
+        }
+    }
+}
+
+/// A cgroup error, with the file involved.
+#[derive(Debug, thiserror::Error)]
+#[error("cgroup {path}: {err}")]
+pub struct CgroupError {
+    /// The file or directory.
+    pub path: String,
+    /// What happened.
+    pub err: std::io::Error,
+}
+
+pub(crate) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|err| CgroupError {
+        path: path.display().to_string(),
+        err,
+    })
+}
+
+pub(crate) fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(CgroupError {
+            path: path.display().to_string(),
+            err,
+        }),
+    }
+}
+
+/// The container's cgroup directories (one per hierarchy used).
+#[derive(Debug, Default)]
+pub struct Cgroup {
+    /// Every directory created, to join and to remove.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    /// Creates `name` under each hierarchy that carries a controller we use
+    /// and writes the limits. On error, removes what it created.
+    pub fn create(layout: &Layout, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
+        let mut cg = Cgroup::default();
+        let res = (|| {
+            let mut v1_done: Vec<PathBuf> = Vec::new();
+            for c in CONTROLLERS {
+                if let Some(parent) = layout.v1.get(c) {
+                    let dir = parent.join(name);
+                    if !v1_done.contains(&dir) {
+                        mkdir(&dir)?;
+                        cg.dirs.push(dir.clone());
+                        v1_done.push(dir.clone());
+                    }
+                    v1::limit(&dir, c, limits)?;
+                }
+            }
+            let v2_ctrls: Vec<&str> = CONTROLLERS
+                .into_iter()
+                .filter(|c| layout.version_of(c) == Some(2))
+                .collect();
+            if let Some((parent, _)) = &layout.v2 {
+                if !v2_ctrls.is_empty() || layout.v1.is_empty() {
+                    let dir = parent.join(name);
+                    v2::enable(parent, &v2_ctrls)?;
+                    mkdir(&dir)?;
+                    cg.dirs.push(dir.clone());
+                    for c in &v2_ctrls {
+                        v2::limit(&dir, c, limits)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                cg.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves process `pid` into every directory of the cgroup.
+    pub fn join(&self, pid: i32) -> Result<(), CgroupError> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Kills whatever still runs in the cgroup.
+    pub fn kill_all(&self) {
+        for d in &self.dirs {
+            if d.join("cgroup.kill").exists() {
+                let _ = std::fs::write(d.join("cgroup.kill"), "1");
+                continue;
+            }
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Removes the directories (retrying while the last tasks exit).
+    pub fn remove(&mut self) {
+        for d in self.dirs.drain(..).rev() {
+            for _ in 0..200 {
+                match std::fs::remove_dir(&d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const HYBRID_PROC: &str = "8:pids:/\n4:memory:/sandbox/abc\n1:cpu:/\n0::/\n";
+
+    #[test]
+    fn hybrid_host_uses_v1_for_each_controller() {
+        let l = Layout::from_texts(HYBRID_MOUNTINFO, HYBRID_PROC, |_| Some("hugetlb".into()));
+        assert_eq!(l.version_of("memory"), Some(1));
+        assert_eq!(l.version_of("pids"), Some(1));
+        assert_eq!(l.version_of("cpu"), Some(1));
+        assert_eq!(
+            l.v1["memory"],
+            PathBuf::from("/sys/fs/cgroup/memory/sandbox/abc")
+        );
+        assert_eq!(l.v1["pids"], PathBuf::from("/sys/fs/cgroup/pids/"));
+        assert_eq!(l.version_of("hugetlb"), Some(2));
+    }
+
+    #[test]
+    fn pure_v2_host() {
+        let mi = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let l = Layout::from_texts(mi, "0::/user.slice\n", |p| {
+            assert_eq!(p, Path::new("/sys/fs/cgroup/user.slice/cgroup.controllers"));
+            Some("cpuset cpu io memory pids".into())
+        });
+        assert!(l.v1.is_empty());
+        for c in CONTROLLERS {
+            assert_eq!(l.version_of(c), Some(2), "{c}");
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            memory: Some(256 << 20),
+            pids: Some(128),
+            cpu_micros: Some(500_000),
+        }
+    }
+
+    #[test]
+    fn v1_limits_are_written_and_removed() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let mut layout = Layout::default();
+        for c in CONTROLLERS {
+            let d = t.path().join(c);
+            std::fs::create_dir(&d).unwrap_or_else(|e| unreachable!("{e}"));
+            layout.v1.insert(c.to_string(), d);
+        }
+        let mut cg =
+            Cgroup::create(&layout, "box", &limits()).unwrap_or_else(|e| unreachable!("{e}"));
+        let read = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap_or_default();
+        assert_eq!(
+            read("memory/box/memory.limit_in_bytes"),
+            (256u64 << 20).to_string()
+        );
+        assert_eq!(read("pids/box/pids.max"), "128");
+        assert_eq!(read("cpu/box/cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpu/box/cpu.cfs_quota_us"), "50000");
+        assert_eq!(cg.dirs.len(), 3);
+        // Plain directories in a temp dir hold the files we wrote: remove them
+        // as the kernel would on rmdir of a cgroup.
+        for d in &cg.dirs {
+            for e in std::fs::read_dir(d).unwrap_or_else(|e| unreachable!("{e}")) {
+                let _ = std::fs::remove_file(e.map(|e| e.path()).unwrap_or_default());
+            }
+        }
+        cg.remove();
+        assert!(!t.path().join("memory/box").exists());
+    }
+
+    #[test]
+    fn v2_limits_enable_controllers_in_the_parent() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let layout = Layout {
+            v1: BTreeMap::new(),
+            v2: Some((
+                t.path().to_path_buf(),
+                CONTROLLERS.iter().map(|s| s.to_string()).collect(),
+            )),
+        };
+        let cg = Cgroup::create(&layout, "box", &limits()).unwrap_or_else(|e| unreachable!("{e}"));
+        let read = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap_or_default();
+        assert_eq!(read("cgroup.subtree_control"), "+memory +pids +cpu");
+        assert_eq!(read("box/memory.max"), (256u64 << 20).to_string());
+        assert_eq!(read("box/memory.swap.max"), "0");
+        assert_eq!(read("box/pids.max"), "128");
+        assert_eq!(read("box/cpu.max"), "50000 100000");
+        assert_eq!(cg.dirs, vec![t.path().join("box")]);
+    }
+}

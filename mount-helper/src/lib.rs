@@ -1,0 +1,230 @@
+//! unionfs-run: run a command in a container whose root is a union of
+//! read-only image branches and one writable upper.
+//!
+//! Order of work (`run`): create and limit the cgroup; mount the union (its
+//! FUSE daemon stays in the host's namespaces, out of the container's
+//! reach); enter a new pid namespace and fork init, which joins the cgroup,
+//! unshares mount/uts/ipc/net/cgroup namespaces, sets up /proc, /dev, /sys,
+//! pivots into the union and runs the command. Teardown always happens:
+//! kill what is left, unmount, remove the cgroup, remove the upper with --rm.
+
+pub mod cgroup;
+pub mod image;
+pub mod ns;
+pub mod process;
+pub mod rootfs;
+pub mod spec;
+#[allow(unsafe_code)]
+pub mod sys;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::unistd::ForkResult;
+
+use crate::cgroup::{Cgroup, Layout};
+use crate::process::EXIT_LAUNCHER;
+use crate::spec::ContainerSpec;
+
+/// A launcher failure: one line, exit status 125.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LaunchError(pub String);
+
+fn fail(msg: impl Into<String>) -> LaunchError {
+    LaunchError(msg.into())
+}
+
+/// Where containers keep their state: on tmpfs, so that with the host's
+/// `/` as the image the upper is not inside its own lower.
+pub fn state_root() -> PathBuf {
+    std::env::var_os("UNIONFS_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/shm/unionfs-run"))
+}
+
+/// The `unionfs` binary: next to this one, else on PATH.
+pub fn unionfs_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("unionfs")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("unionfs"))
+}
+
+/// Everything to undo, undone on drop in reverse order of creation.
+#[derive(Debug, Default)]
+struct Teardown {
+    cgroup: Option<Cgroup>,
+    mountpoint: Option<PathBuf>,
+    state: Option<PathBuf>,
+    upper: Option<PathBuf>,
+    remove_upper: bool,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+        if let Some(m) = self.mountpoint.take() {
+            if nix::mount::umount2(&m, nix::mount::MntFlags::empty()).is_err() {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if let Some(mut cg) = self.cgroup.take() {
+            cg.remove();
+        }
+        if self.remove_upper {
+            if let Some(u) = self.upper.take() {
+                let _ = std::fs::remove_dir_all(u);
+            }
+        }
+        if let Some(s) = self.state.take() {
+            let _ = std::fs::remove_dir(s.join("root"));
+            let _ = std::fs::remove_dir(&s);
+        }
+    }
+}
+
+fn join_branches(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| {
+            p.to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace(':', "\\:")
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Runs the container; returns the exit status for the launcher.
+pub fn run(spec: &ContainerSpec) -> i32 {
+    match run_inner(spec) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("unionfs-run: {e}");
+            EXIT_LAUNCHER
+        }
+    }
+}
+
+fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(fail("unionfs-run needs root (rootless containers need user namespaces with a FUSE mount helper; not supported yet)"));
+    }
+    // Signals are taken synchronously from the start, so a Ctrl-C during
+    // setup still ends in a clean teardown.
+    let set = process::block_signals().map_err(|e| fail(format!("cannot block signals: {e}")))?;
+    let mut td = Teardown::default();
+    let state = state_root().join(&spec.name);
+    std::fs::create_dir_all(state_root())
+        .map_err(|e| fail(format!("cannot create {}: {e}", state_root().display())))?;
+    match std::fs::create_dir(&state) {
+        Ok(()) => td.state = Some(state.clone()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(fail(format!(
+                "a container named {} exists (or its state is left in {})",
+                spec.name,
+                state.display()
+            )))
+        }
+        Err(e) => return Err(fail(format!("cannot create {}: {e}", state.display()))),
+    }
+    let root = state.join("root");
+    std::fs::create_dir(&root)
+        .map_err(|e| fail(format!("cannot create {}: {e}", root.display())))?;
+    let upper = match &spec.upper {
+        Some(u) => {
+            std::fs::create_dir_all(u)
+                .map_err(|e| fail(format!("cannot create upper {}: {e}", u.display())))?;
+            u.clone()
+        }
+        None => {
+            let u = state.join("upper");
+            std::fs::create_dir(&u)
+                .map_err(|e| fail(format!("cannot create {}: {e}", u.display())))?;
+            // A fresh upper lives in the state dir; keep the dir unless --rm.
+            if !spec.remove {
+                td.state = None;
+            }
+            u
+        }
+    };
+    td.upper = Some(upper.clone());
+    td.remove_upper = spec.remove;
+
+    let cg = Cgroup::create(
+        &Layout::detect(),
+        &format!("unionfs-run-{}", spec.name),
+        &spec.limits,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    td.cgroup = Some(cg);
+
+    let layers = if spec.layers.is_empty() {
+        vec![PathBuf::from("/")]
+    } else {
+        spec.layers.clone()
+    };
+    let out = Command::new(unionfs_binary())
+        .arg("mount")
+        .arg(join_branches(&layers))
+        .arg(&upper)
+        .arg(&root)
+        .output()
+        .map_err(|e| fail(format!("cannot run {}: {e}", unionfs_binary().display())))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let line = msg
+            .lines()
+            .last()
+            .unwrap_or("unionfs mount failed")
+            .trim_start_matches("unionfs: ");
+        return Err(fail(format!("cannot mount the container root: {line}")));
+    }
+    td.mountpoint = Some(root.clone());
+
+    if !spec.layers.is_empty() {
+        image::check_runnable(
+            &root,
+            &spec.argv[0],
+            &process::PATH.split(':').collect::<Vec<_>>(),
+            Path::new("/proc/sys/fs/binfmt_misc"),
+        )
+        .map_err(fail)?;
+    }
+
+    nix::sched::unshare(ns::launcher_namespaces())
+        .map_err(|e| fail(format!("cannot create a pid namespace: {e}")))?;
+    let (go_rd, go_wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
+    let init = match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {
+        ForkResult::Child => {
+            drop(go_wr);
+            // Nothing of the launcher's teardown belongs to init.
+            std::mem::forget(td);
+            process::init(spec, &root, go_rd)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(go_rd);
+    if let Some(cg) = &td.cgroup {
+        if let Err(e) = cg.join(init.as_raw()) {
+            let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(init, None);
+            return Err(fail(e.to_string()));
+        }
+    }
+    let mut go = std::fs::File::from(go_wr);
+    let _ = go.write_all(b"g");
+    drop(go);
+    let code = process::wait_forwarding(init, &set);
+    if spec.upper.is_none() && !spec.remove {
+        eprintln!("unionfs-run: changes kept in {}", upper.display());
+    }
+    drop(td);
+    Ok(code)
+}
