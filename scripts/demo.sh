@@ -1,33 +1,44 @@
 #!/usr/bin/env bash
-# The quick start: build unionfs, mount this machine's own / as the read-only
-# lower branch under a fresh, empty upper, look around, and unmount.
-# Nothing is downloaded and nothing outside a temporary directory changes.
+# The quick start: build unionfs and unionfs-run, then run a container whose
+# root is a copy-on-write view of this machine's own / (no image to
+# download), change things inside it, and show what changed — in the upper
+# only; the host is untouched. Needs root on Linux with FUSE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
-bin=$PWD/target/release/unionfs
-
-# The upper and the mount point must not sit inside the lower on the same
-# filesystem (a union may not contain itself), so they go on tmpfs.
-base=$(mktemp -d /dev/shm/unionfs-demo.XXXXXX)
-mkdir "$base/upper" "$base/mnt"
-cleanup() {
-  "$bin" umount "$base/mnt" 2>/dev/null || umount -l "$base/mnt" 2>/dev/null || true
-  rm -rf "$base"
+command -v fusermount3 >/dev/null || {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
+    { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null; }
 }
-trap cleanup EXIT
+cargo build --release --quiet --workspace
+run=$PWD/target/release/unionfs-run
+name=demo-$$
+state=${UNIONFS_RUN_DIR:-/dev/shm/unionfs-run}/$name
+trap 'rm -rf "$state"' EXIT
 
-set -x
-"$bin" mount / "$base/upper" "$base/mnt"
-grep " $base/mnt " /proc/mounts
-ls "$base/mnt"
-head -n 2 "$base/mnt/etc/os-release"
-stat -c '%n inode=%i links=%h size=%s' /etc/os-release "$base/mnt/etc/os-release"
-ls "$base/mnt/usr/bin" | wc -l
-ls /usr/bin | wc -l
-ls -A "$base/mnt/proc" | wc -l   # the union shows what lies under mount points, as overlayfs does
-ls -A "$base/upper"              # reads change nothing in the upper
-"$bin" umount "$base/mnt"
-{ set +x; } 2>/dev/null
-echo "demo done: the union served this machine's / read-only, and is unmounted again."
+echo "== a container on a copy-on-write view of this machine"
+"$run" --name "$name" --hostname demo --memory 512M --pids 256 -- sh -c '
+  echo "inside: hostname=$(hostname), pid of this shell=$$, processes visible: $(ls /proc | grep -c "^[0-9]")"
+  echo "network interfaces: $(ls /sys/class/net)"
+  echo "hello from the container" > /root/hello.txt
+  rm -f /etc/motd
+  chmod 600 /etc/hostname
+  echo "wrote /root/hello.txt, removed /etc/motd, chmod-ed /etc/hostname"'
+
+upper=$state/upper
+echo
+echo "== what changed (the upper branch: $upper)"
+cd "$upper"
+find . -mindepth 1 -not -path './.wh..wh.unionfs*' | sort | while read -r p; do
+  base=${p##*/} dir=${p%/*}; dir=${dir#.}
+  case $base in
+    .wh..wh..opq) echo "opaque   $dir/" ;;
+    .wh.*)        echo "deleted  $dir/${base#.wh.}" ;;
+    *)            [ -d "$p" ] || echo "changed  ${p#.}" ;;
+  esac
+done
+echo
+echo "== the host is untouched"
+ls -l /root/hello.txt 2>&1 | sed 's/^/host: /' || true
+[ -e /etc/motd ] && echo "host: /etc/motd is still there"
+stat -c 'host: /etc/hostname mode %a' /etc/hostname
