@@ -60,6 +60,8 @@ pub struct Branch {
     pub dev: u64,
     /// How it was opened.
     pub view: BranchView,
+    /// Mount id of the branch root (to notice mount points in a Direct view).
+    pub mnt_id: u64,
     /// unionfs-fuse whiteout tree (`.unionfs/` or `.unionfs-fuse/`), if present.
     pub hidden: Option<OwnedFd>,
     /// Whether a char 0:0 device in this branch is a whiteout. False only for
@@ -79,6 +81,7 @@ impl Branch {
             (sys::fs::open_path_abs(path)?, BranchView::Direct)
         };
         let st = sys::fs::fstat(root.as_fd())?;
+        let mnt_id = sys::fs::mount_id_fd(root.as_fd()).unwrap_or(0);
         let mut hidden = None;
         for name in whiteout::UNIONFS_FUSE_DIRS {
             if let Ok(fd) = sys::fs::open_path_at(root.as_fd(), OsStr::new(name)) {
@@ -112,6 +115,7 @@ impl Branch {
             mode,
             dev: st.st_dev,
             view,
+            mnt_id,
             hidden,
             char_whiteouts: true,
         })
@@ -120,6 +124,13 @@ impl Branch {
     /// The root fd.
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
+    }
+
+    /// True when directory `fd` of this branch lies on another mount (only
+    /// possible in a Direct view: clones have no submounts).
+    pub fn is_mount_point(&self, fd: BorrowedFd<'_>) -> bool {
+        self.view == BranchView::Direct
+            && sys::fs::mount_id_fd(fd).is_ok_and(|id| id != self.mnt_id)
     }
 
     /// A backing object of this branch for O_PATH `fd`.

@@ -154,7 +154,13 @@ pub fn copy_meta(
     dst: BorrowedFd<'_>,
     kind: Kind,
 ) -> Result<()> {
-    sys::fs::chown_fd(dst, Some(st.st_uid), Some(st.st_gid))?;
+    match sys::fs::chown_fd(dst, Some(st.st_uid), Some(st.st_gid)) {
+        Ok(()) => {}
+        // An unprivileged daemon cannot give files away: the copy keeps
+        // the daemon's owner (as fuse-overlayfs does without xattr_permissions).
+        Err(e) if e.errno() == Errno::EPERM && !nix::unistd::geteuid().is_root() => {}
+        Err(e) => return Err(e),
+    }
     copy_xattrs(src, dst)?;
     if kind != Kind::Symlink {
         sys::fs::chmod_fd(dst, st.st_mode & 0o7777)?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, Session, SessionACL};
 use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 
@@ -250,18 +250,22 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
             }
         }
     } else {
-        fconf.mount_options = vec![
-            MountOption::FSName(source_name(cfg)),
-            MountOption::Subtype("unionfs".into()),
+        let mut data = vec![
+            format!("fsname={}", source_name(cfg)),
+            "subtype=unionfs".to_string(),
         ];
         if default_permissions {
-            fconf.mount_options.push(MountOption::DefaultPermissions);
+            data.push("default_permissions".into());
+        }
+        if allow_other {
+            data.push("allow_other".into());
         }
         if mount_flags(cfg).contains(MsFlags::MS_RDONLY) {
-            fconf.mount_options.push(MountOption::RO);
+            data.push("ro".into());
         }
-        Session::new(fs, &mnt, &fconf)
-            .with_context(|| format!("cannot mount on {}", mnt.display()))?
+        let dev = sys::mount::fusermount(&mnt, &data.join(","))
+            .with_context(|| format!("cannot mount on {} (through fusermount3)", mnt.display()))?;
+        Session::from_fd(fs, dev, acl, fconf).context("FUSE handshake failed")?
     };
     tracing::info!(
         "mounted {} (upper {}) on {}",

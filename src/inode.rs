@@ -78,6 +78,10 @@ pub struct Layer {
     /// A hard-linked lower file's upper data, found through the index: the
     /// name itself has no upper instance yet.
     pub indexed: bool,
+    /// A directory on another filesystem than its branch (a mount point
+    /// seen through a branch opened without a mount clone): shown empty, so
+    /// the union never walks into other filesystems — or into itself.
+    pub sealed: bool,
 }
 
 /// Where a node lives in the branches; replaced on every fresh lookup.
@@ -102,6 +106,7 @@ impl Layer {
             opacity: Opacity::Transparent,
             impure: false,
             indexed: false,
+            sealed: false,
         }
     }
 

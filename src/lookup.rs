@@ -75,6 +75,15 @@ fn not_found_is_none<T>(r: Result<T>) -> Result<Option<T>> {
     }
 }
 
+/// Like `not_found_is_none`, for markers inside a directory the daemon may
+/// not search (an unprivileged daemon): no marker seen, no marker.
+fn marker_absent<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Err(e) if e.errno() == nix::errno::Errno::EACCES => Ok(None),
+        r => not_found_is_none(r),
+    }
+}
+
 /// Reads the opacity and redirect of a directory instance `fd` in `branch`,
 /// at union path `path`.
 pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
@@ -102,7 +111,7 @@ pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
         }
     }
     if info.opacity != Opacity::Opaque
-        && (not_found_is_none(sys::fs::stat_at(
+        && (marker_absent(sys::fs::stat_at(
             fd.as_fd(),
             OsStr::new(whiteout::OPAQUE_MARKER),
         ))?
@@ -217,7 +226,7 @@ pub fn lookup(
     // where it lacks the parent directory. The topmost such branch is a floor.
     let floor = hidden_floor(stack, &child_path)?;
     let mut cands: Vec<Candidate<'_>> = Vec::with_capacity(parent.layers.len());
-    for l in &parent.layers {
+    for l in parent.layers.iter().filter(|l| !l.sealed) {
         if let Some(branch) = stack.get(l.branch) {
             cands.push(Candidate {
                 branch,
@@ -263,10 +272,20 @@ pub fn lookup(
             }
             break;
         }
-        let info = dir_info(branch, &fd, &cur_path)?;
+        let sealed = branch.is_mount_point(fd.as_fd());
+        let info = if sealed {
+            DirInfo::default()
+        } else {
+            dir_info(branch, &fd, &cur_path)?
+        };
         let mut layer = Layer::new(branch, fd);
-        layer.opacity = info.opacity;
+        layer.opacity = if sealed {
+            Opacity::Opaque
+        } else {
+            info.opacity
+        };
         layer.impure = info.impure;
+        layer.sealed = sealed;
         layers.push(layer);
         layer_paths.push(cur_path.clone());
         if top.is_none() {
@@ -329,6 +348,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
             opacity: info.opacity,
             impure: info.impure,
             indexed: false,
+            sealed: false,
         });
         if info.opacity == Opacity::Opaque {
             break;

@@ -101,7 +101,11 @@ pub fn layer_listings(
             break;
         };
         if l.branch == b.id {
-            out.push(list_layer(stack, b, l, path)?);
+            out.push(if l.sealed {
+                Vec::new()
+            } else {
+                list_layer(stack, b, l, path)?
+            });
             next.next();
         } else if let Some(hidden) = &b.hidden {
             out.push(hidden_whiteouts(hidden, path)?);

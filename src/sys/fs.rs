@@ -163,6 +163,29 @@ pub fn b(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()
 }
 
+/// The mount id of the object behind any fd (statx, AT_EMPTY_PATH).
+pub fn mount_id_fd(fd: BorrowedFd<'_>) -> Result<u64> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the empty path is NUL-terminated; `stx` is writable memory of
+    // the right size for the kernel to fill.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    let res = if r == 0 {
+        // SAFETY: statx returned 0, so it filled the struct.
+        Ok(unsafe { stx.assume_init() }.stx_mnt_id)
+    } else {
+        Err(nix::errno::Errno::last())
+    };
+    traced!("statx", fd.as_raw_fd(), res)
+}
+
 /// (mount id, whether `path` is the root of its mount) via statx.
 pub fn mount_id(path: &Path) -> Result<(u64, bool)> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())

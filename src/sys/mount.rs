@@ -83,3 +83,75 @@ pub fn umount(mnt: &Path, lazy: bool) -> Result<()> {
     };
     traced!("umount2", mnt, nix::mount::umount2(mnt, flags))
 }
+
+/// Mounts a FUSE filesystem on `mnt` without privilege, through the
+/// setuid `fusermount3` helper (as libfuse does): it opens /dev/fuse,
+/// mounts, and passes the fd back over a socket.
+pub fn fusermount(mnt: &Path, opts: &str) -> Result<OwnedFd> {
+    use nix::sys::socket::{
+        recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    };
+    use std::os::fd::AsRawFd;
+    let (ours, theirs) = traced!(
+        "socketpair",
+        (),
+        socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::empty()
+        )
+    )?;
+    let _ = nix::fcntl::fcntl(
+        &ours,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let child = std::process::Command::new("fusermount3")
+        .arg("-o")
+        .arg(opts)
+        .arg("--")
+        .arg(mnt)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::sys(
+                "fusermount3",
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)),
+            )
+        })?;
+    drop(theirs);
+    let mut buf = [0u8; 8];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let received = recvmsg::<()>(
+        ours.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .ok()
+    .and_then(|msg| {
+        msg.cmsgs().ok()?.find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+    });
+    let out = child.wait_with_output().map_err(|e| {
+        Error::sys(
+            "fusermount3",
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })?;
+    match received {
+        // SAFETY: the fd arrived by SCM_RIGHTS and belongs to us alone.
+        Some(fd) if out.status.success() => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        _ => {
+            tracing::error!(
+                "fusermount3: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Err(Error::sys("fusermount3", Errno::EPERM))
+        }
+    }
+}
