@@ -94,6 +94,31 @@ impl UnionFs {
         Ok(state)
     }
 
+    /// Marks the upper instance of directory `ino` (whose state is `state`)
+    /// as holding objects with recorded inode numbers: on disk, in `state`
+    /// and in the live node, so the next lookups read those numbers.
+    pub(super) fn mark_impure(&self, ino: Ino, state: &mut NodeState) {
+        let Some(upper) = &self.upper else {
+            return;
+        };
+        let Some(l) = state.layers.first_mut() else {
+            return;
+        };
+        if l.impure || l.branch != upper.branch {
+            return;
+        }
+        if let Ok(fd) = l.fd() {
+            upper.mark_impure(fd.as_fd());
+        }
+        l.impure = true;
+        if let Ok(node) = self.inodes.get(ino) {
+            let mut st = node.state.write();
+            if let Some(l0) = st.layers.first_mut().filter(|l0| l0.branch == upper.branch) {
+                l0.impure = true;
+            }
+        }
+    }
+
     /// `lookup::lookup`, then, for a hard-linked lower file whose other
     /// name was copied up, the upper data from the index.
     pub(super) fn find_union(
@@ -203,13 +228,7 @@ impl UnionFs {
             SetTime::At(pst.st_atime, pst.st_atime_nsec),
             SetTime::At(pst.st_mtime, pst.st_mtime_nsec),
         );
-        if !player.impure {
-            upper.mark_impure(pfd);
-            if let Some(l) = pstate.layers.first_mut() {
-                l.impure = true;
-            }
-            self.inodes.refresh(pino, Kind::Dir, pstate.clone());
-        }
+        self.mark_impure(pino, pstate);
         let nfd = sys::fs::open_path_at(pfd, name)?;
         let mut layers = vec![self.upper_layer(nfd, false)?];
         if found.kind == Kind::Dir {

@@ -265,7 +265,9 @@ impl UnionFs {
             return Err(Error::sys("link", Errno::EPERM));
         }
         let src = self.copy_up(ino, CopyUpData::Full)?;
-        let (pstate, _) = self.upper_parent(newparent)?;
+        let (mut pstate, _) = self.upper_parent(newparent)?;
+        // The new name carries the node's recorded number, if it has one.
+        self.mark_impure(newparent, &mut pstate);
         let pfd = pstate.top()?.fd()?;
         let sfd = src.top()?.fd()?;
         if upper.whiteout_at(pfd.as_fd(), newname)? {
@@ -467,9 +469,11 @@ impl UnionFs {
                 }
             }
         }
-        upper.mark_impure(npfd.as_fd());
+        let mut npstate = npstate;
+        self.mark_impure(newparent, &mut npstate);
         if how == RenameHow::Exchange {
-            upper.mark_impure(pfd.as_fd());
+            let mut pstate = pstate;
+            self.mark_impure(parent, &mut pstate);
         }
         // The kernel moves its dentries itself; keep our parent links right.
         let mut moved = src_state;
