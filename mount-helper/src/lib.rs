@@ -37,11 +37,36 @@ fn fail(msg: impl Into<String>) -> LaunchError {
 }
 
 /// Where containers keep their state: on tmpfs, so that with the host's
-/// `/` as the image the upper is not inside its own lower.
+/// `/` as the image the upper is not inside its own lower; per user when
+/// not root.
 pub fn state_root() -> PathBuf {
     std::env::var_os("UNIONFS_RUN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/dev/shm/unionfs-run"))
+        .unwrap_or_else(|| {
+            let uid = nix::unistd::geteuid();
+            if uid.is_root() {
+                PathBuf::from("/dev/shm/unionfs-run")
+            } else {
+                PathBuf::from(format!("/dev/shm/unionfs-run-{uid}"))
+            }
+        })
+}
+
+/// Fails with one line unless this user may create user namespaces.
+fn probe_user_namespaces() -> Result<(), LaunchError> {
+    match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {
+        ForkResult::Child => {
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+            sys::exit_now(if ok { 0 } else { 1 })
+        }
+        ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+            _ => Err(fail(format!(
+                "not root, and user namespaces are not available to uid {}: run as root, or enable them (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone)",
+                nix::unistd::getuid()
+            ))),
+        },
+    }
 }
 
 /// The `unionfs` binary: next to this one, else on PATH.
@@ -56,6 +81,7 @@ pub fn unionfs_binary() -> PathBuf {
 /// Everything to undo, undone on drop in reverse order of creation.
 #[derive(Debug, Default)]
 struct Teardown {
+    rootless: bool,
     cgroup: Option<Cgroup>,
     mountpoint: Option<PathBuf>,
     state: Option<PathBuf>,
@@ -69,7 +95,12 @@ impl Drop for Teardown {
             cg.kill_all();
         }
         if let Some(m) = self.mountpoint.take() {
-            if nix::mount::umount2(&m, nix::mount::MntFlags::empty()).is_err() {
+            if self.rootless {
+                let _ = Command::new(unionfs_binary())
+                    .arg("umount")
+                    .arg(&m)
+                    .status();
+            } else if nix::mount::umount2(&m, nix::mount::MntFlags::empty()).is_err() {
                 let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
             }
         }
@@ -112,8 +143,9 @@ pub fn run(spec: &ContainerSpec) -> i32 {
 }
 
 fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(fail("unionfs-run needs root (rootless containers need user namespaces with a FUSE mount helper; not supported yet)"));
+    let rootless = !nix::unistd::geteuid().is_root();
+    if rootless {
+        probe_user_namespaces()?;
     }
     // Signals are taken synchronously from the start, so a Ctrl-C during
     // setup still ends in a clean teardown.
@@ -156,13 +188,23 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     td.upper = Some(upper.clone());
     td.remove_upper = spec.remove;
 
-    let cg = Cgroup::create(
-        &Layout::detect(),
-        &format!("unionfs-run-{}", spec.name),
-        &spec.limits,
-    )
-    .map_err(|e| fail(e.to_string()))?;
-    td.cgroup = Some(cg);
+    if !rootless || spec.limits != spec::Limits::default() {
+        let cg = Cgroup::create(
+            &Layout::detect(),
+            &format!("unionfs-run-{}", spec.name),
+            &spec.limits,
+        )
+        .map_err(|e| {
+            if rootless {
+                fail(format!(
+                    "resource limits need root or a delegated cgroup ({e})"
+                ))
+            } else {
+                fail(e.to_string())
+            }
+        })?;
+        td.cgroup = Some(cg);
+    }
 
     let layers = if spec.layers.is_empty() {
         vec![PathBuf::from("/")]
@@ -186,6 +228,7 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
         return Err(fail(format!("cannot mount the container root: {line}")));
     }
     td.mountpoint = Some(root.clone());
+    td.rootless = rootless;
 
     if !spec.layers.is_empty() {
         image::check_runnable(
@@ -197,6 +240,28 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
         .map_err(fail)?;
     }
 
+    if rootless {
+        let relay = match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {
+            ForkResult::Child => {
+                std::mem::forget(td);
+                let (uid, gid) = (
+                    nix::unistd::getuid().as_raw(),
+                    nix::unistd::getgid().as_raw(),
+                );
+                process::rootless_relay(spec, &root, uid, gid)
+            }
+            ForkResult::Parent { child } => child,
+        };
+        if let Some(cg) = &td.cgroup {
+            let _ = cg.join(relay.as_raw());
+        }
+        let code = process::wait_forwarding(relay, &set);
+        if spec.upper.is_none() && !spec.remove {
+            eprintln!("unionfs-run: changes kept in {}", upper.display());
+        }
+        drop(td);
+        return Ok(code);
+    }
     nix::sched::unshare(ns::launcher_namespaces())
         .map_err(|e| fail(format!("cannot create a pid namespace: {e}")))?;
     let (go_rd, go_wr) =

@@ -267,6 +267,51 @@ pub fn init(spec: &ContainerSpec, root: &Path, go: OwnedFd) -> ! {
     }
 }
 
+/// Maps the caller to root in a new user namespace (rootless).
+pub fn enter_user_namespace(uid: u32, gid: u32) -> Result<(), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|e| {
+        format!("user namespaces are not available to uid {uid} ({e}); run as root, or enable them (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone)")
+    })?;
+    let w = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(|e| format!("cannot write /proc/self/{file}: {e}"))
+    };
+    w("setgroups", "deny".into())?;
+    w("uid_map", format!("0 {uid} 1"))?;
+    w("gid_map", format!("0 {gid} 1"))
+}
+
+/// Rootless: a relay process enters a user namespace (caller -> root),
+/// then a pid namespace, and forks init; it forwards signals to init and
+/// exits with its status. Never returns.
+pub fn rootless_relay(spec: &ContainerSpec, root: &Path, uid: u32, gid: u32) -> ! {
+    let set = waited_signals();
+    if let Err(e) = enter_user_namespace(uid, gid).and_then(|()| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+            .map_err(|e| format!("cannot create a pid namespace: {e}"))
+    }) {
+        eprintln!("unionfs-run: {e}");
+        sys::exit_now(EXIT_LAUNCHER);
+    }
+    let Ok((go_rd, go_wr)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        sys::exit_now(EXIT_LAUNCHER);
+    };
+    let init_pid = match sys::fork() {
+        Ok(ForkResult::Child) => {
+            drop(go_wr);
+            init(spec, root, go_rd)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            eprintln!("unionfs-run: cannot fork: {e}");
+            sys::exit_now(EXIT_LAUNCHER);
+        }
+    };
+    drop(go_rd);
+    let _ = std::fs::File::from(go_wr).write_all(b"g");
+    sys::exit_now(wait_forwarding(init_pid, &set))
+}
+
 /// Blocks the waited signals in this thread (and so in children forked after).
 pub fn block_signals() -> nix::Result<SigSet> {
     let set = waited_signals();

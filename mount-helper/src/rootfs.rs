@@ -28,6 +28,17 @@ pub fn enter(sys: &dyn Syscall, root: &Path, hostname: &str, net: Net) -> SysRes
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
+    // A bind of the root onto itself is a mount of this namespace's own:
+    // pivot_root refuses mounts inherited from a more privileged namespace
+    // (rootless), and it costs nothing as root.
+    let root_str = root.to_string_lossy();
+    sys.mount(
+        Some(&root_str),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
 
     sys.mkdir_all(&at("proc"), 0o555)?;
     sys.mount(
@@ -84,13 +95,28 @@ pub fn enter(sys: &dyn Syscall, root: &Path, hostname: &str, net: Net) -> SysRes
     }
 
     sys.mkdir_all(&at("sys"), 0o555)?;
-    sys.mount(
-        Some("sysfs"),
-        &at("sys"),
-        Some("sysfs"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(e) = sys.mount(Some("sysfs"), &at("sys"), Some("sysfs"), ro, None) {
+        // Without owning the network namespace (rootless with --net host)
+        // sysfs cannot be mounted: bind the host's, read-only.
+        if e.errno != nix::errno::Errno::EPERM {
+            return Err(e);
+        }
+        sys.mount(
+            Some("/sys"),
+            &at("sys"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        sys.mount(
+            None,
+            &at("sys"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+            None,
+        )?;
+    }
 
     sys.sethostname(hostname)?;
     if net == Net::None {
@@ -126,8 +152,13 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(mount_targets[1], (root.join("proc"), Some("proc".into())));
-        assert_eq!(mount_targets[2], (root.join("dev"), Some("tmpfs".into())));
+        assert_eq!(
+            mount_targets[1],
+            (root.to_path_buf(), None),
+            "self-bind first"
+        );
+        assert_eq!(mount_targets[2], (root.join("proc"), Some("proc".into())));
+        assert_eq!(mount_targets[3], (root.join("dev"), Some("tmpfs".into())));
         assert!(mount_targets.contains(&(root.join("dev/pts"), Some("devpts".into()))));
         assert!(mount_targets.contains(&(root.join("dev/shm"), Some("tmpfs".into()))));
         for d in DEVICES {

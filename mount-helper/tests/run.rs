@@ -480,3 +480,89 @@ fn ten_containers_from_one_image_see_only_their_own_changes() {
     assert!(!image.join("tmp/mine-0").exists());
     s.assert_clean();
 }
+
+/// Restores a file's mode (or a sysctl's value) when dropped.
+struct Restore(PathBuf, Vec<u8>, Option<u32>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        match self.2 {
+            Some(mode) => {
+                let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(mode));
+            }
+            None => {
+                let _ = std::fs::write(&self.0, &self.1);
+            }
+        }
+    }
+}
+
+#[test]
+fn rootless_container_and_no_user_namespaces() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !ready() || Command::new("setpriv").arg("--version").output().is_err() {
+        return;
+    }
+    // An unprivileged FUSE mount needs /dev/fuse open to all, as udev sets
+    // it on a normal host (this machine leaves it 0600).
+    let mode = std::fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
+    let _fuse = Restore(PathBuf::from("/dev/fuse"), Vec::new(), Some(mode));
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let state = PathBuf::from(format!(
+        "/dev/shm/unionfs-run-test-rootless-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir(&state).unwrap();
+    nix::unistd::chown(
+        &state,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin())
+            .args(args)
+            .env("UNIONFS_RUN_DIR", &state)
+            .env("HOME", "/")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(&["--rm", "--", "sh", "-c", "id -u; echo pid=$$; ls /sys/class/net; echo x > /etc/rootless-file && cat /etc/rootless-file"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o), "0\npid=2\nlo\nx\n", "{}", stderr(&o));
+    assert!(!Path::new("/etc/rootless-file").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&*state.to_string_lossy()), "{mounts}");
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+    // Limits need a cgroup an unprivileged user cannot make here.
+    let o = as_nobody(&["--rm", "--memory", "64M", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+
+    // Without user namespaces: one clear line, exit 125, nothing left.
+    let knob = PathBuf::from("/proc/sys/user/max_user_namespaces");
+    let old = std::fs::read(&knob).unwrap();
+    if std::fs::write(&knob, &old).is_err() {
+        eprintln!(
+            "{} is read-only here: the no-user-namespace case cannot be simulated",
+            knob.display()
+        );
+    } else {
+        let _restore = Restore(knob.clone(), old, None);
+        std::fs::write(&knob, "0").unwrap();
+        let o = as_nobody(&["--rm", "--", "true"]);
+        assert_eq!(o.status.code(), Some(125));
+        let e = stderr(&o);
+        assert!(
+            e.contains("user namespaces") && e.lines().count() == 1,
+            "{e}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&state);
+}
