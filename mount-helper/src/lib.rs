@@ -188,7 +188,9 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     td.upper = Some(upper.clone());
     td.remove_upper = spec.remove;
 
-    if !rootless || spec.limits != spec::Limits::default() {
+    // Without limits there is nothing for a cgroup to do: the pid
+    // namespace already ends every process of the container with its init.
+    if spec.limits != spec::Limits::default() {
         let cg = Cgroup::create(
             &Layout::detect(),
             &format!("unionfs-run-{}", spec.name),

@@ -153,6 +153,18 @@ impl Layout {
     }
 }
 
+/// Whether `limits` asks anything of controller `c`. Only those hierarchies
+/// get a cgroup: each migration into a v1 hierarchy waits for an RCU grace
+/// period, which is most of a container's start time.
+fn limited(c: &str, limits: &Limits) -> bool {
+    match c {
+        "memory" => limits.memory.is_some(),
+        "pids" => limits.pids.is_some(),
+        "cpu" => limits.cpu_micros.is_some(),
+        _ => false,
+    }
+}
+
 /// A cgroup error, with the file involved.
 #[derive(Debug, thiserror::Error)]
 #[error("cgroup {path}: {err}")]
@@ -195,7 +207,7 @@ impl Cgroup {
         let mut cg = Cgroup::default();
         let res = (|| {
             let mut v1_done: Vec<PathBuf> = Vec::new();
-            for c in CONTROLLERS {
+            for c in CONTROLLERS.into_iter().filter(|c| limited(c, limits)) {
                 if let Some(parent) = layout.v1.get(c) {
                     let dir = parent.join(name);
                     if !v1_done.contains(&dir) {
@@ -208,10 +220,10 @@ impl Cgroup {
             }
             let v2_ctrls: Vec<&str> = CONTROLLERS
                 .into_iter()
-                .filter(|c| layout.version_of(c) == Some(2))
+                .filter(|c| limited(c, limits) && layout.version_of(c) == Some(2))
                 .collect();
             if let Some((parent, _)) = &layout.v2 {
-                if !v2_ctrls.is_empty() || layout.v1.is_empty() {
+                if !v2_ctrls.is_empty() {
                     let dir = parent.join(name);
                     v2::enable(parent, &v2_ctrls)?;
                     mkdir(&dir)?;
@@ -340,6 +352,14 @@ mod tests {
         assert_eq!(read("cpu/box/cpu.cfs_period_us"), "100000");
         assert_eq!(read("cpu/box/cpu.cfs_quota_us"), "50000");
         assert_eq!(cg.dirs.len(), 3);
+        // Only what is limited gets a cgroup.
+        let only_pids = Limits {
+            pids: Some(5),
+            ..Limits::default()
+        };
+        let cg2 =
+            Cgroup::create(&layout, "box2", &only_pids).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(cg2.dirs, vec![t.path().join("pids/box2")]);
         // Plain directories in a temp dir hold the files we wrote: remove them
         // as the kernel would on rmdir of a cgroup.
         for d in &cg.dirs {
