@@ -332,36 +332,49 @@ fn fake_elf_image(dir: &Path, machine: u16) {
     std::fs::write(dir.join("bin/sh"), &h).unwrap();
 }
 
+const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
+
+fn aarch64_handler() -> bool {
+    Path::new(BINFMT).join("qemu-aarch64").exists()
+}
+
+/// Registers qemu-user-static's aarch64 handler (mounting binfmt_misc if
+/// needed); false when qemu-user-static is not installed.
+fn register_aarch64() -> bool {
+    let conf = Path::new("/usr/lib/binfmt.d/qemu-aarch64.conf");
+    let Ok(line) = std::fs::read_to_string(conf) else {
+        return false;
+    };
+    if !Path::new(BINFMT).join("register").exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "binfmt_misc", "binfmt_misc", BINFMT])
+            .status();
+    }
+    std::fs::write(Path::new(BINFMT).join("register"), line.trim()).is_ok() && aarch64_handler()
+}
+
+/// One test, so that registering a handler cannot race the
+/// no-handler checks.
 #[test]
-fn foreign_and_windows_images_get_one_clear_line() {
+fn foreign_architecture_and_windows_images() {
     if !ready() {
         return;
     }
     let s = StateDir::new("arch");
-    let img =
-        s.0.join("../")
-            .join(format!("unionfs-run-img-{}", std::process::id()));
-    let img = std::fs::canonicalize(s.0.parent().unwrap())
-        .unwrap()
-        .join(img.file_name().unwrap());
+    let img = PathBuf::from(format!("/dev/shm/unionfs-run-img-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&img);
-    let binfmt_aarch64 = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
-        .map(|rd| {
-            rd.flatten()
-                .any(|e| e.file_name().to_string_lossy().contains("aarch64"))
-        })
-        .unwrap_or(false);
     fake_elf_image(&img, 183);
-    let o = s.run(&[
-        "--rm",
-        "--image",
-        img.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "true",
-    ]);
-    if !binfmt_aarch64 {
+    let had_handler = aarch64_handler();
+    if !had_handler {
+        let o = s.run(&[
+            "--rm",
+            "--image",
+            img.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ]);
         assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
         let e = stderr(&o);
         assert!(
@@ -369,6 +382,7 @@ fn foreign_and_windows_images_get_one_clear_line() {
             "{e}"
         );
         assert_eq!(e.lines().count(), 1, "{e}");
+        s.assert_clean();
     }
     std::fs::write(img.join("bin/sh"), b"MZ\x90\x00 a windows program").unwrap();
     let o = s.run(&["--rm", "--image", img.to_str().unwrap(), "--", "sh"]);
@@ -376,6 +390,41 @@ fn foreign_and_windows_images_get_one_clear_line() {
     assert!(stderr(&o).contains("Windows"), "{}", stderr(&o));
     s.assert_clean();
     let _ = std::fs::remove_dir_all(&img);
+
+    // A real arm64 root (scripts/arm64-rootfs.sh) runs once a handler is registered.
+    let Some(arm) = std::env::var_os("UNIONFS_TEST_ARM64_ROOTFS").map(PathBuf::from) else {
+        eprintln!(
+            "skipped the arm64 root: set UNIONFS_TEST_ARM64_ROOTFS (scripts/arm64-rootfs.sh)"
+        );
+        return;
+    };
+    let run_arm = || {
+        s.run(&[
+            "--rm",
+            "--image",
+            arm.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "uname -m; echo ok > /tmp/w; cat /tmp/w",
+        ])
+    };
+    if !had_handler {
+        let o = run_arm();
+        assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+        if !register_aarch64() {
+            eprintln!("skipped running the arm64 root: qemu-user-static is not installed");
+            return;
+        }
+    }
+    let o = run_arm();
+    if !had_handler {
+        let _ = std::fs::write(Path::new(BINFMT).join("qemu-aarch64"), "-1");
+    }
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "aarch64\nok\n");
+    assert!(!arm.join("tmp/w").exists(), "the image changed");
+    s.assert_clean();
 }
 
 fn debian_root() -> Option<PathBuf> {
