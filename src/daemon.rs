@@ -213,7 +213,8 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
         },
     )
     .context("cannot read the branch roots")?;
-    let fs = FuseAdapter::new(Arc::new(core), cfg.options.ttl.unwrap_or(DEFAULT_TTL));
+    let core = Arc::new(core);
+    let fs = FuseAdapter::new(Arc::clone(&core), cfg.options.ttl.unwrap_or(DEFAULT_TTL));
     let root = is_root();
     let allow_other = cfg.options.allow_other.unwrap_or(root);
     let default_permissions = cfg.options.default_permissions.unwrap_or(root);
@@ -267,6 +268,7 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
             .with_context(|| format!("cannot mount on {} (through fusermount3)", mnt.display()))?;
         Session::from_fd(fs, dev, acl, fconf).context("FUSE handshake failed")?
     };
+    core.set_invalidator(Box::new(crate::fuse::KernelInvalidator(session.notifier())));
     tracing::info!(
         "mounted {} (upper {}) on {}",
         join_branches(&cfg.lowers),

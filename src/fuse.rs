@@ -26,6 +26,18 @@ use crate::inode::{Ino, Kind};
 use crate::ops::{Attr, CachePolicy, Caller, Entry, NewObject, RenameHow, SetAttr, UnionFs};
 use crate::sys::fs::SetTime;
 
+/// Attribute invalidation through fuser's notification channel.
+#[derive(Debug)]
+pub struct KernelInvalidator(pub fuser::Notifier);
+
+impl crate::ops::Invalidate for KernelInvalidator {
+    fn attributes(&self, ino: Ino) {
+        // A negative offset drops attributes only: no page locks are taken,
+        // so this is safe from inside a request handler.
+        let _ = self.0.inval_inode(INodeNo(ino.0), -1, 0);
+    }
+}
+
 /// fuser's view of the union.
 #[derive(Debug)]
 pub struct FuseAdapter {

@@ -71,6 +71,9 @@ pub struct Layer {
     pub branch: BranchId,
     /// The object in that branch.
     pub backing: Arc<Backing>,
+    /// Where it lives in its branch (relative to the branch root); differs
+    /// from the union path below a redirect.
+    pub path: PathBuf,
     /// For directories: whether lower branches show through.
     pub opacity: Opacity,
     /// For upper directories: entries may carry a recorded union inode number.
@@ -98,11 +101,13 @@ pub struct NodeState {
 }
 
 impl Layer {
-    /// A plain layer (transparent, not impure, not from the index).
-    pub fn new(branch: &crate::branch::Branch, fd: OwnedFd) -> Layer {
+    /// A plain layer (transparent, not impure, not from the index) for
+    /// the object `fd` at `path` in `branch`.
+    pub fn new(branch: &crate::branch::Branch, fd: OwnedFd, path: PathBuf) -> Layer {
         Layer {
             branch: branch.id,
             backing: branch.backing(fd),
+            path,
             opacity: Opacity::Transparent,
             impure: false,
             indexed: false,

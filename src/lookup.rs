@@ -31,9 +31,6 @@ pub struct Found {
     pub kind: Kind,
     /// The union inode number recorded at copy-up, if any.
     pub recorded_ino: Option<u64>,
-    /// For each layer, the path (from its branch root) it was found at;
-    /// differs from the union path below a redirect.
-    pub layer_paths: Vec<PathBuf>,
 }
 
 /// What one branch directory says about a name.
@@ -50,6 +47,8 @@ enum Probe {
 struct Candidate<'a> {
     branch: &'a Branch,
     dir: Arc<OwnedFd>,
+    /// The directory's path in its branch.
+    dir_path: PathBuf,
     /// Empty regular files here may be xattr whiteouts.
     xwhiteouts: bool,
     /// Entries here may carry a recorded union inode number.
@@ -195,12 +194,17 @@ fn redirect_candidates<'a>(
         let dir = if parent.as_os_str().is_empty() {
             Some(sys::fs::dup(b.root())?)
         } else {
-            not_found_is_none(sys::fs::open_path_beneath(b.root(), parent))?
+            // A redirect through a whiteout or a file finds nothing here.
+            match sys::fs::open_path_beneath(b.root(), parent) {
+                Err(e) if e.errno() == nix::errno::Errno::ENOTDIR => None,
+                r => not_found_is_none(r)?,
+            }
         };
         if let Some(dir) = dir {
             out.push(Candidate {
                 branch: b,
                 dir: Arc::new(dir),
+                dir_path: parent.to_path_buf(),
                 xwhiteouts: true,
                 impure: false,
             });
@@ -231,17 +235,16 @@ pub fn lookup(
             cands.push(Candidate {
                 branch,
                 dir: l.fd()?,
+                dir_path: l.path.clone(),
                 xwhiteouts: l.opacity == Opacity::HasXattrWhiteouts,
                 impure: l.impure,
             });
         }
     }
     let mut cur_name: OsString = name.to_os_string();
-    let mut cur_path: PathBuf = child_path.clone();
     let mut layers: Vec<Layer> = Vec::new();
     let mut top: Option<(FileStat, Kind)> = None;
     let mut recorded_ino = None;
-    let mut layer_paths = Vec::new();
     let mut i = 0;
     while i < cands.len() {
         let branch = cands[i].branch;
@@ -252,6 +255,9 @@ pub fn lookup(
             i += 1;
             continue;
         }
+        // Where the name lives in this branch (below a redirect, not at
+        // its union path).
+        let cur_path = cands[i].dir_path.join(&cur_name);
         let probe_res = probe(&cands[i], &cur_name, &cur_path)?;
         i += 1;
         let (fd, st) = match probe_res {
@@ -266,8 +272,7 @@ pub fn lookup(
         if kind != Kind::Dir {
             // A non-directory ends the walk; below a directory it is hidden.
             if top.is_none() {
-                layers.push(Layer::new(branch, fd));
-                layer_paths.push(cur_path.clone());
+                layers.push(Layer::new(branch, fd, cur_path));
                 top = Some((st, kind));
             }
             break;
@@ -278,7 +283,7 @@ pub fn lookup(
         } else {
             dir_info(branch, &fd, &cur_path)?
         };
-        let mut layer = Layer::new(branch, fd);
+        let mut layer = Layer::new(branch, fd, cur_path.clone());
         layer.opacity = if sealed {
             Opacity::Opaque
         } else {
@@ -287,7 +292,6 @@ pub fn lookup(
         layer.impure = info.impure;
         layer.sealed = sealed;
         layers.push(layer);
-        layer_paths.push(cur_path.clone());
         if top.is_none() {
             top = Some((st, kind));
         }
@@ -299,13 +303,9 @@ pub fn lookup(
                 let Some(n) = p.file_name() else { continue };
                 cur_name = n.to_os_string();
                 cands = redirect_candidates(stack, branch, &p)?;
-                cur_path = p;
                 i = 0;
             }
-            Some(Redirect::Relative(n)) => {
-                cur_path = parent_path.join(&n);
-                cur_name = n;
-            }
+            Some(Redirect::Relative(n)) => cur_name = n,
             None => {}
         }
     }
@@ -319,7 +319,6 @@ pub fn lookup(
         stat,
         kind,
         recorded_ino,
-        layer_paths,
     })
 }
 
@@ -349,6 +348,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
             impure: info.impure,
             indexed: false,
             sealed: false,
+            path: PathBuf::new(),
         });
         if info.opacity == Opacity::Opaque {
             break;

@@ -104,7 +104,7 @@ pub fn layer_listings(
             out.push(if l.sealed {
                 Vec::new()
             } else {
-                list_layer(stack, b, l, path)?
+                list_layer(stack, b, l, &l.path)?
             });
             next.next();
         } else if let Some(hidden) = &b.hidden {

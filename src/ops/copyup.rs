@@ -34,10 +34,16 @@ impl UnionFs {
     }
 
     /// A layer for an object in the upper.
-    pub(super) fn upper_layer(&self, fd: std::os::fd::OwnedFd, indexed: bool) -> Result<Layer> {
+    /// (`path`: the object's union path, which is also its path in the upper.)
+    pub(super) fn upper_layer(
+        &self,
+        fd: std::os::fd::OwnedFd,
+        path: PathBuf,
+        indexed: bool,
+    ) -> Result<Layer> {
         let upper = self.upper_ctx()?;
         let branch = self.stack.get(upper.branch).ok_or(Error::StaleInode)?;
-        let mut l = Layer::new(branch, fd);
+        let mut l = Layer::new(branch, fd, path);
         l.indexed = indexed;
         Ok(l)
     }
@@ -136,7 +142,7 @@ impl UnionFs {
                     Ok(fd) => {
                         found.stat = sys::fs::fstat(fd.as_fd())?;
                         found.recorded_ino = Some(ino.0);
-                        found.state.layers = vec![self.upper_layer(fd, true)?];
+                        found.state.layers = vec![self.upper_layer(fd, ppath.join(name), true)?];
                     }
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
@@ -170,7 +176,7 @@ impl UnionFs {
         let state = NodeState {
             parent: found.state.parent,
             name: found.state.name.clone(),
-            layers: vec![self.upper_layer(fd, true)?],
+            layers: vec![self.upper_layer(fd, PathBuf::new(), true)?],
         };
         self.inodes.refresh(ino, Kind::File, state.clone());
         Ok(state)
@@ -230,9 +236,14 @@ impl UnionFs {
         );
         self.mark_impure(pino, pstate);
         let nfd = sys::fs::open_path_at(pfd, name)?;
-        let mut layers = vec![self.upper_layer(nfd, false)?];
+        let mut layers = vec![self.upper_layer(nfd, ppath.join(name), false)?];
         if found.kind == Kind::Dir {
+            let had_lower = !found.state.layers.is_empty();
             layers.extend(found.state.layers);
+            if had_lower {
+                // Now merged: its link count is reported as 1, as overlayfs does.
+                self.invalidate_attributes(ino);
+            }
         }
         let state = NodeState {
             parent: pino,

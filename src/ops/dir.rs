@@ -124,7 +124,12 @@ impl UnionFs {
                     Ok(entry) => entry,
                     // Removed since the snapshot: skip it.
                     Err(err) if err.is_not_found() => continue,
-                    Err(err) => return Err(err),
+                    // One entry that cannot be looked up must not make the
+                    // whole directory unlistable.
+                    Err(err) => {
+                        tracing::warn!("readdirplus: {:?}: {err}", e.name);
+                        continue;
+                    }
                 }
             };
             let out = DirEntryOut {

@@ -109,6 +109,15 @@ pub struct UnionFs {
     handles: HandleTable,
     opts: CoreOptions,
     copy_locks: Box<[parking_lot::Mutex<()>]>,
+    invalidator: std::sync::OnceLock<Box<dyn Invalidate>>,
+}
+
+/// Tells the kernel that what it cached about an inode is stale, for the
+/// changes the union makes without the kernel asking (copy-up turning a
+/// directory into a merged one changes its attributes).
+pub trait Invalidate: Send + Sync + std::fmt::Debug {
+    /// Drops the kernel's cached attributes of `ino`.
+    fn attributes(&self, ino: Ino);
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -135,7 +144,20 @@ impl UnionFs {
             copy_locks: (0..copyup::COPY_LOCKS)
                 .map(|_| parking_lot::Mutex::new(()))
                 .collect(),
+            invalidator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the kernel invalidation channel (once, after mounting).
+    pub fn set_invalidator(&self, inv: Box<dyn Invalidate>) {
+        let _ = self.invalidator.set(inv);
+    }
+
+    /// Drops the kernel's cached attributes of `ino`, if we can talk to it.
+    fn invalidate_attributes(&self, ino: Ino) {
+        if let Some(inv) = self.invalidator.get() {
+            inv.attributes(ino);
+        }
     }
 
     /// The branch stack.

@@ -87,6 +87,15 @@ impl UnionFs {
         Ok((state, self.inodes.path_of(ino)?))
     }
 
+    /// The union state of directory `ino` as it is (no copy-up), and its path.
+    fn dir_state(&self, ino: Ino) -> Result<(NodeState, std::path::PathBuf)> {
+        let node = self.inodes.get(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        Ok((node.snapshot(), self.inodes.path_of(ino)?))
+    }
+
     /// Looks `name` up in a directory state (no lookup counted).
     fn find(
         &self,
@@ -129,20 +138,25 @@ impl UnionFs {
         caller: Caller,
         mode: u32,
         kind: Kind,
+        staged: bool,
     ) -> Result<()> {
-        if caller.uid == 0 && caller.gid == 0 {
-            // The daemon is root: the branch filesystem already applied the
-            // owner and setgid-directory rules for a root caller.
+        if caller.uid == 0 && caller.gid == 0 && !staged {
+            // Made in place by a root daemon: the branch filesystem already
+            // applied the owner and setgid-directory rules for a root caller.
             return Ok(());
         }
+        // Staged objects were made in the workdir, which is not their
+        // parent: apply the parent's setgid rule here.
         let pst = sys::fs::fstat(parent)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 {
-            pst.st_gid
-        } else {
-            caller.gid
-        };
+        let sgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if sgid_parent { pst.st_gid } else { caller.gid };
         sys::fs::chown_fd(fd, Some(caller.uid), Some(gid))?;
-        if kind != Kind::Symlink && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+        let mode = if kind == Kind::Dir && sgid_parent {
+            mode | libc::S_ISGID
+        } else {
+            mode
+        };
+        if kind != Kind::Symlink && (mode & (libc::S_ISUID | libc::S_ISGID) != 0 || staged) {
             sys::fs::chmod_fd(fd, mode & 0o7777)?;
         }
         Ok(())
@@ -192,7 +206,7 @@ impl UnionFs {
         }
         let finish = (|| -> Result<OwnedFd> {
             let fd = sys::fs::open_path_at(at, &at_name)?;
-            self.own(fd.as_fd(), dir, caller, mode, kind)?;
+            self.own(fd.as_fd(), dir, caller, mode, kind, over_whiteout)?;
             if over_whiteout {
                 if kind == Kind::Dir {
                     // A directory replacing a deleted one must not show what
@@ -217,14 +231,14 @@ impl UnionFs {
     }
 
     /// Registers a new upper object as a node (counts one lookup).
-    fn new_entry(&self, parent: Ino, name: &OsStr, fd: OwnedFd) -> Result<Entry> {
+    fn new_entry(&self, parent: Ino, ppath: &Path, name: &OsStr, fd: OwnedFd) -> Result<Entry> {
         let st = sys::fs::fstat(fd.as_fd())?;
         let kind = Kind::from_mode(st.st_mode);
         let ino = Ino(self.stack.fold_ino(st.st_dev, st.st_ino));
         let state = NodeState {
             parent,
             name: name.to_os_string(),
-            layers: vec![self.upper_layer(fd, false)?],
+            layers: vec![self.upper_layer(fd, ppath.join(name), false)?],
         };
         let attr = self.attr_of(ino, &st, &state);
         self.inodes.remember(ino, kind, state);
@@ -242,10 +256,10 @@ impl UnionFs {
     ) -> Result<(Entry, Option<Fh>)> {
         check_name(name)?;
         let upper = self.upper_ctx()?;
-        let (pstate, _) = self.upper_parent(parent)?;
+        let (pstate, ppath) = self.upper_parent(parent)?;
         let pfd = pstate.top()?.fd()?;
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
-        let entry = self.new_entry(parent, name, fd)?;
+        let entry = self.new_entry(parent, &ppath, name, fd)?;
         let fh = open.map(|fd| {
             self.handles.insert(Handle::File(FileHandle::new(
                 entry.attr.ino,
@@ -297,7 +311,8 @@ impl UnionFs {
 
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
         let upper = self.upper_ctx()?;
-        let (pstate, ppath) = self.upper_parent(parent)?;
+        // Everything that can fail is checked before anything is copied up.
+        let (pstate, ppath) = self.dir_state(parent)?;
         let found = self
             .find(parent, &pstate, &ppath, name)?
             .ok_or(Error::NotFound)?;
@@ -309,16 +324,12 @@ impl UnionFs {
         if dir && !self.merged_dir_is_empty(&found, &ppath.join(name))? {
             return Err(Error::sys("rmdir", Errno::ENOTEMPTY));
         }
+        let (pstate, _) = self.upper_parent(parent)?;
         let pfd = pstate.top()?.fd()?;
         let in_upper = self.in_upper(&found.state);
         let lower_has = self.lower_has(parent, &pstate, &ppath, name)?;
         if !dir {
-            let state = if found.kind == Kind::File && found.stat.st_nlink > 1 && !in_upper {
-                self.copy_up_to_index(&found)?
-            } else {
-                found.state.clone()
-            };
-            self.adjust_nlink(&state, -1);
+            self.drop_name(&found)?;
         }
         match (in_upper, lower_has, dir) {
             (true, false, false) => sys::fs::unlink_at(pfd.as_fd(), name, false)?,
@@ -328,6 +339,22 @@ impl UnionFs {
             (_, true, false) | (false, true, true) => upper.write_whiteout(pfd.as_fd(), name)?,
             (false, false, _) => return Err(Error::NotFound),
         }
+        Ok(())
+    }
+
+    /// Bookkeeping for a name of a non-directory about to go: a lower
+    /// hard-linked file is copied to the index first (so its other names
+    /// keep finding it and its count), then its union link count drops.
+    fn drop_name(&self, found: &lookup::Found) -> Result<()> {
+        let state = if found.kind == Kind::File
+            && found.stat.st_nlink > 1
+            && !self.in_upper(&found.state)
+        {
+            self.copy_up_to_index(found)?
+        } else {
+            found.state.clone()
+        };
+        self.adjust_nlink(&state, -1);
         Ok(())
     }
 
@@ -380,11 +407,12 @@ impl UnionFs {
     ) -> Result<()> {
         check_name(newname)?;
         let upper = self.upper_ctx()?;
-        let (pstate, ppath) = self.upper_parent(parent)?;
+        // Everything that can fail is checked before anything is copied up.
+        let (pstate, ppath) = self.dir_state(parent)?;
         let (npstate, nppath) = if newparent == parent {
             (pstate.clone(), ppath.clone())
         } else {
-            self.upper_parent(newparent)?
+            self.dir_state(newparent)?
         };
         let src = self
             .find(parent, &pstate, &ppath, name)?
@@ -411,6 +439,12 @@ impl UnionFs {
                 _ => {}
             }
         }
+        let (pstate, _) = self.upper_parent(parent)?;
+        let (npstate, _) = if newparent == parent {
+            (pstate.clone(), nppath.clone())
+        } else {
+            self.upper_parent(newparent)?
+        };
         let pfd = pstate.top()?.fd()?;
         let npfd = npstate.top()?.fd()?;
         let src_path = ppath.join(name);
@@ -432,8 +466,8 @@ impl UnionFs {
             }
         }
         if let (RenameHow::Replace, Some(d)) = (how, &dst) {
-            if d.kind == Kind::File {
-                self.adjust_nlink(&d.state, -1);
+            if d.kind != Kind::Dir {
+                self.drop_name(d)?;
             }
         }
         match how {
@@ -495,7 +529,7 @@ impl UnionFs {
         let upper = self.upper_ctx()?;
         let redirect_to = match self.lower_layer(found) {
             Some(i) if found.kind == Kind::Dir && !self.has_redirect(found)? => {
-                found.layer_paths.get(i).cloned()
+                found.state.layers.get(i).map(|l| l.path.clone())
             }
             _ => None,
         };
