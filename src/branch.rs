@@ -62,6 +62,8 @@ pub struct Branch {
     pub view: BranchView,
     /// Mount id of the branch root (to notice mount points in a Direct view).
     pub mnt_id: u64,
+    /// The filesystem UUID the kernel knows (for overlayfs file handles).
+    pub fs_uuid: Option<[u8; 16]>,
     /// unionfs-fuse whiteout tree (`.unionfs/` or `.unionfs-fuse/`), if present.
     pub hidden: Option<OwnedFd>,
     /// Whether a char 0:0 device in this branch is a whiteout. False only for
@@ -82,6 +84,7 @@ impl Branch {
         };
         let st = sys::fs::fstat(root.as_fd())?;
         let mnt_id = sys::fs::mount_id_fd(root.as_fd()).unwrap_or(0);
+        let fs_uuid = sys::fs::fs_uuid(root.as_fd()).ok();
         let mut hidden = None;
         for name in whiteout::UNIONFS_FUSE_DIRS {
             if let Ok(fd) = sys::fs::open_path_at(root.as_fd(), OsStr::new(name)) {
@@ -116,6 +119,7 @@ impl Branch {
             dev: st.st_dev,
             view,
             mnt_id,
+            fs_uuid,
             hidden,
             char_whiteouts: true,
         })

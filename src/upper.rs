@@ -57,7 +57,26 @@ pub struct Upper {
     pub format: WhiteoutFormat,
     /// Namespace of the union's own xattrs.
     pub ns: XattrNs,
+    /// Hard-link index entries are kernel overlayfs's own (named by the
+    /// lower file's overlay file handle, in WORKDIR/index, with
+    /// `trusted.overlay.origin`), so a kernel mount of this upper and
+    /// workdir keeps lower hard links together too. Only with the overlay
+    /// format, as root, and a workdir of the user's.
+    pub kernel_index: bool,
     seq: AtomicU64,
+}
+
+/// The recorded union link-count offset of an upper file ("U±n", as
+/// overlayfs writes it; `None` without one or in the lower-relative form).
+pub fn nlink_offset(fd: BorrowedFd<'_>) -> Option<i64> {
+    whiteout::NLINK_XATTRS.iter().find_map(|x| {
+        let v = sys::xattr::get(fd, OsStr::new(x)).ok().flatten()?;
+        let s = std::str::from_utf8(&v).ok()?;
+        s.trim_end_matches('\0')
+            .strip_prefix('U')?
+            .parse::<i64>()
+            .ok()
+    })
 }
 
 /// Reads the whiteout format recorded on an upper root, if any.
@@ -126,10 +145,12 @@ impl Upper {
         } else {
             WORK
         };
-        let index_name = if workdir.is_some() {
-            "unionfs-index"
-        } else {
+        let kernel_index =
+            workdir.is_some() && format == WhiteoutFormat::Overlay && ns == XattrNs::Trusted;
+        let index_name = if kernel_index || workdir.is_none() {
             INDEX
+        } else {
+            "unionfs-index"
         };
         // Leftovers of a crash are junk by construction: clear them.
         remove_tree(base.as_fd(), OsStr::new(work_name))?;
@@ -141,6 +162,7 @@ impl Upper {
             index,
             format,
             ns,
+            kernel_index,
             seq: AtomicU64::new(0),
         };
         // Record the format so a later mount reads this upper the same way
@@ -301,9 +323,32 @@ impl Upper {
         let _ = sys::xattr::set(fd, &self.xattr("ino"), &ino.to_le_bytes(), 0);
     }
 
-    /// Records the union link count of a hard-linked file (best effort).
-    pub fn record_nlink(&self, fd: BorrowedFd<'_>, nlink: u64) {
-        let _ = sys::xattr::set(fd, &self.xattr("nlink"), &nlink.to_le_bytes(), 0);
+    /// The xattr holding the union link count of an indexed file, in
+    /// overlayfs's form "U+n" / "U-n": the upper inode's own count plus n.
+    fn nlink_xattr(&self) -> OsString {
+        match self.format {
+            WhiteoutFormat::Overlay => self.overlay_xattr("nlink"),
+            WhiteoutFormat::Aufs => self.xattr("nlink"),
+        }
+    }
+
+    /// Records that the union link count of upper file `fd` is its own
+    /// count plus `n` (best effort).
+    pub fn set_nlink_offset(&self, fd: BorrowedFd<'_>, n: i64) {
+        let _ = sys::xattr::set(fd, &self.nlink_xattr(), format!("U{n:+}").as_bytes(), 0);
+    }
+
+    /// Shifts the recorded offset of `fd` by `by` (no-op without a record).
+    pub fn shift_nlink_offset(&self, fd: BorrowedFd<'_>, by: i64) {
+        if let Some(n) = nlink_offset(fd) {
+            self.set_nlink_offset(fd, n + by);
+        }
+    }
+
+    /// Records that the union inode number `ino`'s upper file came from the
+    /// lower file with overlay file handle `fh` (kernel's origin xattr).
+    pub fn set_origin(&self, fd: BorrowedFd<'_>, fh: &[u8]) {
+        let _ = sys::xattr::set(fd, &self.overlay_xattr("origin"), fh, 0);
     }
 
     /// Records that upper directory `dir` takes its lower content from

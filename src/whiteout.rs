@@ -41,7 +41,12 @@ pub const IMPURE_XATTRS: [&str; 2] = ["trusted.unionfs.impure", "user.unionfs.im
 pub const INO_XATTRS: [&str; 2] = ["trusted.unionfs.ino", "user.unionfs.ino"];
 /// Xattrs recording the union link count of a hard-linked lower file
 /// after copy-up (the upper inode's own count includes the index entry).
-pub const NLINK_XATTRS: [&str; 2] = ["trusted.unionfs.nlink", "user.unionfs.nlink"];
+pub const NLINK_XATTRS: [&str; 4] = [
+    "trusted.overlay.nlink",
+    "user.overlay.nlink",
+    "trusted.unionfs.nlink",
+    "user.unionfs.nlink",
+];
 /// Xattr (on the upper root) recording the whiteout format of an upper.
 pub const FORMAT_XATTRS: [&str; 2] = ["trusted.unionfs.format", "user.unionfs.format"];
 

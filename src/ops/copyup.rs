@@ -19,9 +19,24 @@ use crate::sys;
 use crate::sys::fs::SetTime;
 use crate::upper::Upper;
 
-/// The index entry name of union inode `ino`.
-pub(super) fn index_name(ino: Ino) -> std::ffi::OsString {
-    format!("{:016x}", ino.0).into()
+/// The overlayfs file handle of a lower object ("struct ovl_fb": version 0,
+/// magic 0xfb, length, flags, fid type, filesystem UUID, fid) — the value of
+/// `trusted.overlay.origin` and, in hex, the name of its index entry.
+fn overlay_fh(handle: &sys::fs::ObjectHandle, uuid: &[u8; 16]) -> Option<Vec<u8>> {
+    let len = u8::try_from(21 + handle.bytes.len()).ok()?;
+    let flags = if cfg!(target_endian = "big") { 1 } else { 0 };
+    let mut fh = vec![0u8, 0xfb, len, flags, u8::try_from(handle.ty).ok()?];
+    fh.extend_from_slice(uuid);
+    fh.extend_from_slice(&handle.bytes);
+    Some(fh)
+}
+
+fn hex(bytes: &[u8]) -> std::ffi::OsString {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
 }
 
 /// Number of striped copy-up locks.
@@ -125,6 +140,56 @@ impl UnionFs {
         }
     }
 
+    /// The index entry name of hard-linked lower file `found` (union inode
+    /// `ino`), and the origin file handle to record when the index is the
+    /// kernel's.
+    fn index_key(&self, found: &Found, ino: Ino) -> Result<(std::ffi::OsString, Option<Vec<u8>>)> {
+        let upper = self.upper_ctx()?;
+        if upper.kernel_index {
+            let top = found.state.top()?;
+            let uuid = self.stack.get(top.branch).and_then(|b| b.fs_uuid);
+            let handle = sys::fs::name_to_handle(top.fd()?.as_fd()).ok();
+            if let Some(fh) = handle.zip(uuid).and_then(|(h, u)| overlay_fh(&h, &u)) {
+                return Ok((hex(&fh), Some(fh)));
+            }
+        }
+        Ok((format!("{:016x}", ino.0).into(), None))
+    }
+
+    /// Stages a copy of hard-linked lower file `found` and links it into the
+    /// index (recording the kernel's origin handle where the index is the
+    /// kernel's). Returns the staged name and fd.
+    fn stage_into_index(
+        &self,
+        found: &Found,
+        ino: Ino,
+        data: CopyUpData,
+    ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd)> {
+        let upper = self.upper_ctx()?;
+        let (iname, origin) = self.index_key(found, ino)?;
+        let top = found.state.top()?;
+        let (tmp, tfd) = copy_up::stage(upper, &*top.fd()?, &found.stat, data, ino.0)?;
+        if let Some(fh) = &origin {
+            upper.set_origin(tfd.as_fd(), fh);
+        }
+        if let Err(e) = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &iname) {
+            upper.discard(&tmp);
+            return Err(e);
+        }
+        Ok((tmp, tfd))
+    }
+
+    /// Records that the union link count of the upper file `fd` (a copy of
+    /// a lower file with `lower_nlink` names) is the lower's, whatever its
+    /// own count is now.
+    fn record_lower_nlink(&self, fd: std::os::fd::BorrowedFd<'_>, lower_nlink: u64) {
+        if let (Ok(upper), Ok(st)) = (self.upper_ctx(), sys::fs::fstat(fd)) {
+            let n = i64::try_from(lower_nlink).unwrap_or(i64::MAX)
+                - i64::try_from(st.st_nlink).unwrap_or(0);
+            upper.set_nlink_offset(fd, n);
+        }
+    }
+
     /// `lookup::lookup`, then, for a hard-linked lower file whose other
     /// name was copied up, the upper data from the index.
     pub(super) fn find_union(
@@ -138,7 +203,8 @@ impl UnionFs {
         if let Some(upper) = &self.upper {
             if found.kind == Kind::File && found.stat.st_nlink > 1 && !self.in_upper(&found.state) {
                 let ino = self.ino_of(&found);
-                match sys::fs::open_path_at(upper.index.as_fd(), &index_name(ino)) {
+                let (iname, _) = self.index_key(&found, ino)?;
+                match sys::fs::open_path_at(upper.index.as_fd(), &iname) {
                     Ok(fd) => {
                         found.stat = sys::fs::fstat(fd.as_fd())?;
                         found.recorded_ino = Some(ino.0);
@@ -156,20 +222,20 @@ impl UnionFs {
     /// upper), so its other names keep finding it after this name goes.
     pub(super) fn copy_up_to_index(&self, found: &Found) -> Result<NodeState> {
         let upper = self.upper_ctx()?;
+        if found.state.top()?.indexed {
+            return Ok(found.state.clone());
+        }
         let ino = self.ino_of(found);
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
-        let iname = index_name(ino);
+        let (iname, _) = self.index_key(found, ino)?;
         let fd = match sys::fs::open_path_at(upper.index.as_fd(), &iname) {
             Ok(fd) => fd,
             Err(e) if e.is_not_found() => {
-                let top = found.state.top()?;
-                let (tmp, tfd) =
-                    copy_up::stage(upper, &*top.fd()?, &found.stat, CopyUpData::Full, ino.0)?;
-                upper.record_nlink(tfd.as_fd(), found.stat.st_nlink);
-                let linked = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &iname);
+                let (tmp, _) = self.stage_into_index(found, ino, CopyUpData::Full)?;
                 upper.discard(&tmp);
-                linked?;
-                sys::fs::open_path_at(upper.index.as_fd(), &iname)?
+                let fd = sys::fs::open_path_at(upper.index.as_fd(), &iname)?;
+                self.record_lower_nlink(fd.as_fd(), found.stat.st_nlink);
+                fd
             }
             Err(e) => return Err(e),
         };
@@ -207,27 +273,29 @@ impl UnionFs {
         }
         let top = found.state.top()?;
         let pst = sys::fs::fstat(pfd)?;
+        let hard_linked = found.kind == Kind::File && found.stat.st_nlink > 1;
         let tmp = if top.indexed {
             // Another name of this hard-linked file was copied up already:
-            // link its upper data into place.
+            // link its upper data into place (one more upper link, the same
+            // union count).
             let tmp = upper.temp_name();
-            sys::fs::link_fd(top.fd()?.as_fd(), upper.work.as_fd(), &tmp)?;
+            let fd = top.fd()?;
+            sys::fs::link_fd(fd.as_fd(), upper.work.as_fd(), &tmp)?;
+            upper.shift_nlink_offset(fd.as_fd(), -1);
             tmp
+        } else if hard_linked {
+            // Keep the lower hard links together (overlayfs index=on): the
+            // other names find this copy through the index.
+            self.stage_into_index(&found, ino, data)?.0
         } else {
-            let (tmp, tfd) = copy_up::stage(upper, &*top.fd()?, &found.stat, data, ino.0)?;
-            if found.kind == Kind::File && found.stat.st_nlink > 1 {
-                // Keep the lower hard links together (overlayfs index=on):
-                // the other names find this copy through the index.
-                upper.record_nlink(tfd.as_fd(), found.stat.st_nlink);
-                if let Err(e) = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &index_name(ino))
-                {
-                    upper.discard(&tmp);
-                    return Err(e);
-                }
-            }
-            tmp
+            copy_up::stage(upper, &*top.fd()?, &found.stat, data, ino.0)?.0
         };
         upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
+        if hard_linked && !top.indexed {
+            if let Ok(fd) = sys::fs::open_path_at(pfd, name) {
+                self.record_lower_nlink(fd.as_fd(), found.stat.st_nlink);
+            }
+        }
         // Copy-up is not a change of the parent: keep its times (as overlayfs does).
         let _ = sys::fs::utimes_fd(
             pfd,

@@ -189,28 +189,20 @@ impl UnionFs {
             return None;
         }
         let fd = top.fd().ok()?;
-        let v = crate::whiteout::NLINK_XATTRS.iter().find_map(|x| {
-            crate::sys::xattr::get_u64(std::os::fd::AsFd::as_fd(&*fd), std::ffi::OsStr::new(x))
-                .ok()
-                .flatten()
-        })?;
-        u32::try_from(v).ok()
+        let n = crate::upper::nlink_offset(std::os::fd::AsFd::as_fd(&*fd))?;
+        u32::try_from((i64::try_from(st.st_nlink).ok()? + n).max(0)).ok()
     }
 
-    /// Adds `delta` to the recorded union link count of an upper file, if it has one.
-    fn adjust_nlink(&self, state: &NodeState, delta: i64) {
+    /// Shifts the recorded link-count offset of an upper file, if it has one.
+    fn shift_nlink(&self, state: &NodeState, by: i64) {
         let (Some(upper), Some(top)) = (&self.upper, state.layers.first()) else {
             return;
         };
-        let Ok(top_fd) = top.fd() else {
+        if top.branch != upper.branch || by == 0 {
             return;
-        };
-        let fd = std::os::fd::AsFd::as_fd(&*top_fd);
-        let Ok(st) = crate::sys::fs::fstat(fd) else {
-            return;
-        };
-        if let Some(n) = self.recorded_nlink(state, &st) {
-            upper.record_nlink(fd, (i64::from(n) + delta).max(0).unsigned_abs());
+        }
+        if let Ok(fd) = top.fd() {
+            upper.shift_nlink_offset(std::os::fd::AsFd::as_fd(&*fd), by);
         }
     }
 

@@ -291,7 +291,8 @@ impl UnionFs {
         } else {
             sys::fs::link_fd(sfd.as_fd(), pfd.as_fd(), newname)?;
         }
-        self.adjust_nlink(&src, 1);
+        // One more name in the union and one more upper link: the
+        // recorded offset stays as it is.
         // The node keeps its number; count the lookup the reply implies.
         let st = sys::fs::fstat(sfd.as_fd())?;
         let attr = self.attr_of(ino, &st, &src);
@@ -346,15 +347,15 @@ impl UnionFs {
     /// hard-linked file is copied to the index first (so its other names
     /// keep finding it and its count), then its union link count drops.
     fn drop_name(&self, found: &lookup::Found) -> Result<()> {
-        let state = if found.kind == Kind::File
-            && found.stat.st_nlink > 1
-            && !self.in_upper(&found.state)
-        {
+        let in_upper = self.in_upper(&found.state);
+        let state = if found.kind == Kind::File && found.stat.st_nlink > 1 && !in_upper {
             self.copy_up_to_index(found)?
         } else {
             found.state.clone()
         };
-        self.adjust_nlink(&state, -1);
+        // The union loses a name; the upper loses a link only when that
+        // name is an upper link of the file (not a lower name, whited out).
+        self.shift_nlink(&state, if in_upper { 0 } else { -1 });
         Ok(())
     }
 

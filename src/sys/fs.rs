@@ -546,3 +546,25 @@ pub fn open_by_handle(mount: BorrowedFd<'_>, h: &ObjectHandle, flags: OFlag) -> 
     };
     traced!("open_by_handle_at", (mount.as_raw_fd(), h.ty), res)
 }
+
+/// struct fsuuid2 of linux/fs.h.
+#[repr(C)]
+pub struct FsUuid2 {
+    len: u8,
+    uuid: [u8; 16],
+}
+
+nix::ioctl_read!(getfsuuid_ioctl, 0x15, 0, FsUuid2);
+
+/// The filesystem's UUID as the kernel knows it (`s_uuid`, FS_IOC_GETFSUUID).
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> Result<[u8; 16]> {
+    let dir = reopen(fd, OFlag::O_RDONLY)?;
+    let mut u = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
+    // SAFETY: FS_IOC_GETFSUUID fills a struct fsuuid2 (len + 16 bytes), which
+    // `u` is, and `dir` is a valid open fd.
+    let r = unsafe { getfsuuid_ioctl(dir.as_raw_fd(), &mut u) };
+    traced!("ioctl(FS_IOC_GETFSUUID)", fd.as_raw_fd(), r.map(|_| u.uuid))
+}
