@@ -3,6 +3,7 @@
 //!   (`readdir::merge`) vs a plain `BTreeMap` merge that ignores whiteouts;
 //! - a lookup through a stack of five branches (`UnionFs::lookup`, the
 //!   name in the bottom branch) vs a raw `openat`+`fstat` in that branch.
+//!
 //! Run with `cargo bench --bench union`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
