@@ -55,7 +55,9 @@ impl UnionFs {
         };
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
-        let st = sys::fs::fstat(f.fd.as_fd())?;
+        // Through the fd reads use: the upper copy once a file opened on a
+        // lower branch was copied up (its lower size is stale then).
+        let st = sys::fs::fstat(self.read_fd(f)?)?;
         Ok(self.attr_of(ino, &st, &state))
     }
 

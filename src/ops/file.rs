@@ -130,7 +130,7 @@ impl UnionFs {
 
     /// The fd to read through: the handle's own, unless the file was
     /// opened on a lower branch and has been copied up since.
-    fn read_fd<'a>(&self, f: &'a FileHandle) -> Result<std::os::fd::BorrowedFd<'a>> {
+    pub(super) fn read_fd<'a>(&self, f: &'a FileHandle) -> Result<std::os::fd::BorrowedFd<'a>> {
         if let Some(fd) = f.upgraded.get() {
             return Ok(fd.as_fd());
         }
