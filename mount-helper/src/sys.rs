@@ -31,6 +31,13 @@ fn ctx<T>(what: impl FnOnce() -> String, r: nix::Result<T>) -> SysResult<T> {
     })
 }
 
+fn io_ctx(what: String, e: &std::io::Error) -> SysError {
+    SysError {
+        what,
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
 /// The syscalls container setup needs.
 pub trait Syscall {
     /// mount(2).
@@ -99,10 +106,7 @@ impl Syscall for Linux {
             .recursive(true)
             .mode(mode)
             .create(path)
-            .map_err(|e| SysError {
-                what: format!("mkdir {}", path.display()),
-                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            })
+            .map_err(|e| io_ctx(format!("mkdir {}", path.display()), &e))
     }
 
     fn touch(&self, path: &Path) -> SysResult<()> {
@@ -112,20 +116,14 @@ impl Syscall for Linux {
             .write(true)
             .open(path)
             .map(|_| ())
-            .map_err(|e| SysError {
-                what: format!("create {}", path.display()),
-                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            })
+            .map_err(|e| io_ctx(format!("create {}", path.display()), &e))
     }
 
     fn symlink(&self, target: &str, link: &Path) -> SysResult<()> {
         match std::os::unix::fs::symlink(target, link) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(SysError {
-                what: format!("symlink {}", link.display()),
-                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            }),
+            Err(e) => Err(io_ctx(format!("symlink {}", link.display()), &e)),
         }
     }
 

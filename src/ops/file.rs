@@ -25,8 +25,8 @@ pub enum CachePolicy {
 }
 
 /// Flags the union passes through to the backing open (O_CREAT and
-/// O_EXCL were handled by the kernel and the union).
-fn backing_flags(flags: i32) -> OFlag {
+/// O_EXCL are the union's own business; a new file needs no O_TRUNC).
+pub(super) fn backing_flags(flags: i32) -> OFlag {
     let f = OFlag::from_bits_truncate(flags);
     let acc = match flags & libc::O_ACCMODE {
         libc::O_WRONLY => OFlag::O_WRONLY,

@@ -66,16 +66,6 @@ fn check_name(name: &OsStr) -> Result<()> {
     Ok(())
 }
 
-fn open_flags_for_create(flags: i32) -> OFlag {
-    let f = OFlag::from_bits_truncate(flags);
-    let acc = match flags & libc::O_ACCMODE {
-        libc::O_WRONLY => OFlag::O_WRONLY,
-        libc::O_RDWR => OFlag::O_RDWR,
-        _ => OFlag::O_RDONLY,
-    };
-    acc | (f & (OFlag::O_APPEND | OFlag::O_NOATIME | OFlag::O_DIRECT | OFlag::O_NONBLOCK))
-}
-
 impl UnionFs {
     /// The union state of directory `ino` with an upper instance, and its path.
     fn upper_parent(&self, ino: Ino) -> Result<(NodeState, std::path::PathBuf)> {
@@ -187,7 +177,7 @@ impl UnionFs {
                 open = Some(sys::fs::create_at(
                     at,
                     &at_name,
-                    open_flags_for_create(*flags),
+                    super::file::backing_flags(*flags) & !OFlag::O_TRUNC,
                     mode & 0o7777,
                 )?);
             }
