@@ -88,6 +88,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Attributes of a negative entry (only its node id 0 matters).
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -175,6 +196,12 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(ino(parent), name) {
             Ok(e) => reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0)),
+            // A negative entry (node id 0) the kernel may cache: a name only
+            // appears through the kernel (create, rename, link), which
+            // replaces the negative dentry itself.
+            Err(e) if e.is_not_found() => {
+                reply.entry_with_ttls(&Duration::ZERO, &self.ttl, &negative_attr(), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -261,7 +288,13 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino(i)) {
-            Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
+            // The kernel may cache listings across opens: a listing only
+            // changes through the kernel (which then drops the cache) or
+            // with the directory's mtime (which the kernel compares).
+            Ok(h) => reply.opened(
+                FileHandle(h.0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
