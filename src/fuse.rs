@@ -286,28 +286,25 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino(i)) {
-            // The kernel may cache listings across opens: a listing only
-            // changes through the kernel (which then drops the cache) or
-            // with the directory's mtime (which the kernel compares).
-            Ok(h) => reply.opened(
-                FileHandle(h.0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
+    fn opendir(&self, _req: &Request, _i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS puts the kernel in no-opendir mode: it stops sending
+        // OPENDIR/RELEASEDIR (two round trips per directory walked) and
+        // opens directories with FOPEN_KEEP_CACHE|FOPEN_CACHE_DIR itself —
+        // safe, as a listing only changes through the kernel (which then
+        // drops its cache) or with the directory's mtime (which it compares).
+        // Listings are then kept per directory (see `UnionFs::readdir`).
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         h: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let res = self.fs.readdir(fh(h), offset, |e| {
+        let res = self.fs.readdir(ino(i), fh(h), offset, |e| {
             reply.add(INodeNo(e.ino.0), e.next_offset, file_type(e.kind), &e.name)
         });
         match res {

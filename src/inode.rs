@@ -143,6 +143,10 @@ pub struct Node {
     lookups: AtomicU64,
     /// Where it lives.
     pub state: RwLock<NodeState>,
+    /// For a directory listed without an open handle (the kernel's
+    /// no-opendir mode): the listing being read, kept from one read at
+    /// offset 0 to the next.
+    pub listing: parking_lot::Mutex<crate::handle::Listing>,
 }
 
 impl Node {
@@ -173,6 +177,7 @@ impl InodeTable {
                 kind: Kind::Dir,
                 lookups: AtomicU64::new(1),
                 state: RwLock::new(state),
+                listing: Default::default(),
             }),
         );
     }
@@ -206,6 +211,7 @@ impl InodeTable {
                         kind,
                         lookups: AtomicU64::new(held + 1),
                         state: RwLock::new(state),
+                        listing: Default::default(),
                     });
                     e.insert(Arc::clone(&fresh));
                     fresh
@@ -217,6 +223,7 @@ impl InodeTable {
                     kind,
                     lookups: AtomicU64::new(1),
                     state: RwLock::new(state),
+                    listing: Default::default(),
                 });
                 e.insert(Arc::clone(&node));
                 node

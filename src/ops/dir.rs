@@ -11,6 +11,9 @@ use crate::handle::{DirHandle, Fh, Handle, Listing};
 use crate::inode::{Ino, Kind};
 use crate::readdir::{self, MergedEntry};
 
+/// The handle the kernel passes when it does not open directories.
+pub const NO_HANDLE: Fh = Fh(0);
+
 impl UnionFs {
     /// Opens directory `ino` for listing.
     pub fn opendir(&self, ino: Ino) -> Result<Fh> {
@@ -51,20 +54,33 @@ impl UnionFs {
         Ok(out)
     }
 
-    /// The entries of handle `fh` from `offset` on (a snapshot per handle).
-    fn listing(&self, fh: Fh, offset: u64) -> Result<Arc<Vec<MergedEntry>>> {
+    /// The listing of directory `ino` read through handle `fh` from
+    /// `offset` on: a snapshot per handle, or — without a handle (`Fh(0)`,
+    /// the kernel's no-opendir mode) — per directory, retaken at offset 0.
+    fn listing(&self, ino: Ino, fh: Fh, offset: u64) -> Result<Arc<Vec<MergedEntry>>> {
+        if fh == NO_HANDLE {
+            let node = self.inodes.get(ino)?;
+            if node.kind != Kind::Dir {
+                return Err(Error::NotDir);
+            }
+            return self.listing_in(ino, &mut node.listing.lock(), offset);
+        }
         let h = self.handles.get(fh)?;
         let Handle::Dir(d) = &*h else {
             return Err(Error::NotDir);
         };
         let mut l = d.listing.lock();
+        self.listing_in(d.ino, &mut l, offset)
+    }
+
+    fn listing_in(&self, ino: Ino, l: &mut Listing, offset: u64) -> Result<Arc<Vec<MergedEntry>>> {
         // A restart from 0 after entries were handed out (rewinddir) sees
         // the directory as it is now, as POSIX asks.
         let stale = offset == 0 && l.consumed;
         let entries = match &l.entries {
             Some(e) if !stale => Arc::clone(e),
             _ => {
-                let e = Arc::new(self.snapshot_dir(d.ino)?);
+                let e = Arc::new(self.snapshot_dir(ino)?);
                 l.entries = Some(Arc::clone(&e));
                 e
             }
@@ -76,11 +92,12 @@ impl UnionFs {
     /// Feeds entries from `offset` to `add` until it reports a full buffer.
     pub fn readdir(
         &self,
+        ino: Ino,
         fh: Fh,
         offset: u64,
         mut add: impl FnMut(&DirEntryOut) -> bool,
     ) -> Result<()> {
-        let entries = self.listing(fh, offset)?;
+        let entries = self.listing(ino, fh, offset)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
             let out = DirEntryOut {
@@ -106,7 +123,7 @@ impl UnionFs {
         offset: u64,
         mut add: impl FnMut(&DirEntryOut, &Entry) -> bool,
     ) -> Result<()> {
-        let entries = self.listing(fh, offset)?;
+        let entries = self.listing(ino, fh, offset)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
             let dots = i < 2;
