@@ -1,4 +1,9 @@
-//! Attribute operations of the read path: getattr, readlink, access, statfs.
+//! Attribute operations: getattr, readlink, access, statfs, setattr.
+//!
+//! Invariant: attributes are the topmost instance's, except the union's
+//! own rules (merged directories report nlink 1; a hard-linked copy reports
+//! its recorded union count); setattr changes only an upper instance.
+//! Locks: node state (read, for a snapshot); copy-up's striped lock.
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;

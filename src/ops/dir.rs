@@ -1,4 +1,10 @@
-//! Directory operations of the read path: opendir, readdir(plus), releasedir.
+//! Directory operations: opendir, readdir(plus), releasedir, fsyncdir.
+//!
+//! Invariant: a listing is a snapshot, retaken only when read again from
+//! offset 0 after entries were handed out, so offsets stay stable while the
+//! directory changes.
+//! Locks: the handle's or the node's listing mutex, held while a snapshot
+//! is taken (branch getdents) — per directory, never global.
 
 use std::ffi::OsString;
 use std::sync::Arc;

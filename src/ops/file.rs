@@ -1,4 +1,9 @@
-//! File operations of the read path: open, read, lseek, release.
+//! File operations: open (copying up for writing), read, write, lseek,
+//! fsync, fallocate, copy_file_range, release.
+//!
+//! Invariant: a handle opened on a lower branch never serves data older
+//! than the upper copy made since (see `read_fd`).
+//! Locks: the handle table's shard lock for a get; copy-up's striped lock.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;

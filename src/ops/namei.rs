@@ -1,4 +1,9 @@
 //! Name operations of the read path: lookup and forget.
+//!
+//! Invariant: a lookup counts exactly one kernel reference on the node it
+//! returns (`InodeTable::remember`), and `forget` gives them back.
+//! Locks: the inode table's shard lock, then the node's state lock (via
+//! `InodeTable`); none held across a branch syscall.
 
 use std::ffi::OsStr;
 use std::sync::Arc;

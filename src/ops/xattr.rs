@@ -1,5 +1,10 @@
 //! Extended attributes of the merged view: the topmost instance's, with
-//! every union-private attribute hidden.
+//! every union-private attribute hidden; setting or removing one copies the
+//! object up first.
+//!
+//! Invariant: no private (`*.overlay.*`, `*.unionfs.*`, fuse-overlayfs)
+//! attribute is ever shown, set or removed through the mount.
+//! Locks: node state (read); copy-up's striped lock.
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
