@@ -55,6 +55,9 @@ pub struct Listing {
     pub entries: Option<Arc<Vec<MergedEntry>>>,
     /// Whether entries were handed out since the snapshot was taken.
     pub consumed: bool,
+    /// After a listing read to its end was let go (to free its memory):
+    /// its length, so the kernel's read at that offset still finds the end.
+    pub eof: Option<u64>,
 }
 
 /// An open directory.

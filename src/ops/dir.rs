@@ -80,6 +80,9 @@ impl UnionFs {
     }
 
     fn listing_in(&self, ino: Ino, l: &mut Listing, offset: u64) -> Result<Arc<Vec<MergedEntry>>> {
+        if offset != 0 && l.entries.is_none() && l.eof == Some(offset) {
+            return Ok(Arc::new(Vec::new()));
+        }
         // A restart from 0 after entries were handed out (rewinddir) sees
         // the directory as it is now, as POSIX asks.
         let stale = offset == 0 && l.consumed;
@@ -113,10 +116,24 @@ impl UnionFs {
                 next_offset: i as u64 + 1,
             };
             if add(&out) {
-                break;
+                return Ok(());
             }
         }
+        self.listing_read_to_end(ino, fh, entries.len());
         Ok(())
+    }
+
+    /// A per-directory listing read to its end is let go: the kernel keeps
+    /// its own copy, and a new reader starts at offset 0 anyway.
+    fn listing_read_to_end(&self, ino: Ino, fh: Fh, len: usize) {
+        if fh != NO_HANDLE {
+            return;
+        }
+        if let Ok(node) = self.inodes.get(ino) {
+            let mut l = node.listing.lock();
+            l.entries = None;
+            l.eof = Some(len as u64);
+        }
     }
 
     /// Like `readdir`, with a full lookup of each entry (`.` and `..` are
@@ -165,9 +182,10 @@ impl UnionFs {
                 if !dots {
                     self.forget(entry.attr.ino, 1);
                 }
-                break;
+                return Ok(());
             }
         }
+        self.listing_read_to_end(ino, fh, entries.len());
         Ok(())
     }
 }
