@@ -143,6 +143,9 @@ pub struct MountOptions {
     pub fsname: Option<String>,
     /// `whiteout=aufs|overlay`.
     pub whiteout: Option<WhiteoutFormat>,
+    /// `volatile`: copy-up does not wait for the disk (podman passes it for
+    /// throw-away containers, as for overlayfs).
+    pub volatile: bool,
     /// Mount flags: `nosuid`, `nodev`, `noexec`, `noatime`...
     pub flags: Vec<String>,
     /// Keys that were ignored (overlay dialect, fstab noise), for a warning.
@@ -243,6 +246,7 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
             "upperdir" => o.upperdir = Some(need(value)?),
             "workdir" => o.workdir = Some(need(value)?),
             "ro" => o.read_only = true,
+            "volatile" => o.volatile = true,
             "allow_other" => o.allow_other = Some(true),
             "noallow_other" => o.allow_other = Some(false),
             "default_permissions" => o.default_permissions = Some(true),
@@ -532,10 +536,8 @@ mod tests {
             Dialect::Overlay,
         )
         .unwrap_or_default();
-        assert_eq!(
-            o.ignored,
-            v(&["bogus=1", "volatile", "xattr_permissions=2"])
-        );
+        assert_eq!(o.ignored, v(&["bogus=1", "xattr_permissions=2"]));
+        assert!(o.volatile);
     }
 
     #[test]

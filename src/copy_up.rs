@@ -195,6 +195,9 @@ pub fn stage(
                     let input = sys::fs::reopen(src.as_fd(), OFlag::O_RDONLY | OFlag::O_NOATIME)
                         .or_else(|_| sys::fs::reopen(src.as_fd(), OFlag::O_RDONLY))?;
                     copy_data(input.as_fd(), out.as_fd(), size)?;
+                    if upper.durable {
+                        sys::fs::fsync(out.as_fd(), true)?;
+                    }
                 }
             }
             Kind::Symlink => {

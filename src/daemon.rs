@@ -121,10 +121,10 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
             } else {
                 XattrNs::User
             };
-            upper = Some(
-                Upper::open(&b, cfg.workdir.as_deref(), format, recorded, ns)
-                    .with_context(|| format!("cannot prepare the workdir of {}", u.display()))?,
-            );
+            let mut up = Upper::open(&b, cfg.workdir.as_deref(), format, recorded, ns)
+                .with_context(|| format!("cannot prepare the workdir of {}", u.display()))?;
+            up.durable = !cfg.options.volatile;
+            upper = Some(up);
         }
         branches.push(b);
         id += 1;

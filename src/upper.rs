@@ -63,6 +63,10 @@ pub struct Upper {
     /// workdir keeps lower hard links together too. Only with the overlay
     /// format, as root, and a workdir of the user's.
     pub kernel_index: bool,
+    /// Copied-up data reaches the disk before the copy is renamed into
+    /// place (as overlayfs does, unless mounted `volatile`), so a crash of the
+    /// machine cannot leave a copy with missing data in the view.
+    pub durable: bool,
     seq: AtomicU64,
 }
 
@@ -163,6 +167,7 @@ impl Upper {
             format,
             ns,
             kernel_index,
+            durable: true,
             seq: AtomicU64::new(0),
         };
         // Record the format so a later mount reads this upper the same way
