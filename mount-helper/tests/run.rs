@@ -338,19 +338,24 @@ fn aarch64_handler() -> bool {
     Path::new(BINFMT).join("qemu-aarch64").exists()
 }
 
-/// Registers qemu-user-static's aarch64 handler (mounting binfmt_misc if
-/// needed); false when qemu-user-static is not installed.
-fn register_aarch64() -> bool {
+/// Registers qemu-user-static's aarch64 handler, mounting binfmt_misc if
+/// needed: (registered, whether we mounted binfmt_misc). Not registered when
+/// qemu-user-static is not installed.
+fn register_aarch64() -> (bool, bool) {
     let conf = Path::new("/usr/lib/binfmt.d/qemu-aarch64.conf");
     let Ok(line) = std::fs::read_to_string(conf) else {
-        return false;
+        return (false, false);
     };
+    let mut mounted = false;
     if !Path::new(BINFMT).join("register").exists() {
-        let _ = Command::new("mount")
+        mounted = Command::new("mount")
             .args(["-t", "binfmt_misc", "binfmt_misc", BINFMT])
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
     }
-    std::fs::write(Path::new(BINFMT).join("register"), line.trim()).is_ok() && aarch64_handler()
+    let ok = std::fs::write(Path::new(BINFMT).join("register"), line.trim()).is_ok()
+        && aarch64_handler();
+    (ok, mounted)
 }
 
 /// One test, so that registering a handler cannot race the
@@ -409,17 +414,26 @@ fn foreign_architecture_and_windows_images() {
             "uname -m; echo ok > /tmp/w; cat /tmp/w",
         ])
     };
+    let mut mounted_binfmt = false;
     if !had_handler {
         let o = run_arm();
         assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
-        if !register_aarch64() {
+        let (registered, mounted) = register_aarch64();
+        mounted_binfmt = mounted;
+        if !registered {
             eprintln!("skipped running the arm64 root: qemu-user-static is not installed");
+            if mounted_binfmt {
+                let _ = nix::mount::umount2(BINFMT, nix::mount::MntFlags::MNT_DETACH);
+            }
             return;
         }
     }
     let o = run_arm();
     if !had_handler {
         let _ = std::fs::write(Path::new(BINFMT).join("qemu-aarch64"), "-1");
+    }
+    if mounted_binfmt {
+        let _ = nix::mount::umount2(BINFMT, nix::mount::MntFlags::MNT_DETACH);
     }
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "aarch64\nok\n");
