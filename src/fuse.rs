@@ -149,6 +149,23 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl FuseAdapter {
+    /// mknod/mkdir/symlink: create, then reply with the new entry.
+    fn create_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        what: NewObject<'_>,
+        mode: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = self
+            .fs
+            .create_object(ino(parent), name, what, mode, caller(req))
+            .map(|(e, _)| e);
+        self.reply_entry(reply, res);
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, res: Result<Entry, Error>) {
         match res {
             Ok(e) => reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0)),
@@ -432,19 +449,10 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let res = self
-            .fs
-            .create_object(
-                ino(parent),
-                name,
-                NewObject::Node {
-                    rdev: u64::from(rdev),
-                },
-                mode & !umask,
-                caller(req),
-            )
-            .map(|(e, _)| e);
-        self.reply_entry(reply, res);
+        let what = NewObject::Node {
+            rdev: u64::from(rdev),
+        };
+        self.create_entry(req, parent, name, what, mode & !umask, reply);
     }
 
     fn mkdir(
@@ -456,17 +464,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let res = self
-            .fs
-            .create_object(
-                ino(parent),
-                name,
-                NewObject::Dir,
-                mode & !umask,
-                caller(req),
-            )
-            .map(|(e, _)| e);
-        self.reply_entry(reply, res);
+        self.create_entry(req, parent, name, NewObject::Dir, mode & !umask, reply);
     }
 
     fn symlink(
@@ -477,19 +475,10 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let res = self
-            .fs
-            .create_object(
-                ino(parent),
-                link_name,
-                NewObject::Symlink {
-                    target: target.as_os_str(),
-                },
-                0o777,
-                caller(req),
-            )
-            .map(|(e, _)| e);
-        self.reply_entry(reply, res);
+        let what = NewObject::Symlink {
+            target: target.as_os_str(),
+        };
+        self.create_entry(req, parent, link_name, what, 0o777, reply);
     }
 
     fn link(

@@ -1,31 +1,17 @@
 //! Extended attributes of objects behind O_PATH fds.
 //!
-//! Uses `getxattrat`/`listxattrat` (Linux 6.13+) with `AT_EMPTY_PATH`, which
-//! work on O_PATH fds of every file type, symlinks included; on older kernels
-//! falls back to the `/proc/self/fd/N` path. Takes no locks.
+//! Goes through the `/proc/self/fd/N` magic link, which reaches the object
+//! itself for every file type, symlinks included. (`getxattrat` with
+//! `AT_EMPTY_PATH` refuses O_PATH fds with EBADF, and every branch fd here
+//! is O_PATH.) Takes no locks.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
-
-// The *xattrat syscalls have the same number on every architecture.
-const SYS_GETXATTRAT: libc::c_long = 464;
-const SYS_LISTXATTRAT: libc::c_long = 465;
-
-/// Set once the kernel answered ENOSYS, so we stop trying the new syscalls.
-static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
-
-#[repr(C)]
-struct XattrArgs {
-    value: u64,
-    size: u32,
-    flags: u32,
-}
 
 fn cstr(s: &OsStr) -> Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| Error::Invalid)
@@ -35,89 +21,33 @@ fn proc_path(fd: BorrowedFd<'_>) -> Result<CString> {
     cstr(OsStr::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))
 }
 
+/// A raw result of an xattr syscall: a length, or the errno.
+fn len_or_errno(r: isize) -> std::result::Result<usize, Errno> {
+    usize::try_from(r).map_err(|_| Errno::last())
+}
+
 /// One raw call: fills `buf` (or asks the size when `buf` is empty).
 fn get_raw(
     fd: BorrowedFd<'_>,
     name: &CString,
     buf: &mut [u8],
 ) -> std::result::Result<usize, Errno> {
-    if !NO_XATTRAT.load(Ordering::Relaxed) {
-        let mut args = XattrArgs {
-            value: buf.as_mut_ptr() as u64,
-            size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
-            flags: 0,
-        };
-        // SAFETY: fd is a valid borrowed fd; the path is a NUL-terminated empty
-        // string; `name` is NUL-terminated; `args` points to a live struct whose
-        // value pointer covers `buf.len()` writable bytes for the call.
-        let r = unsafe {
-            libc::syscall(
-                SYS_GETXATTRAT,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                name.as_ptr(),
-                &mut args as *mut XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = Errno::last();
-        if e != Errno::ENOSYS && e != Errno::EBADF {
-            return Err(e);
-        }
-        NO_XATTRAT.store(true, Ordering::Relaxed);
-    }
     let path = proc_path(fd).map_err(|_| Errno::EINVAL)?;
     // SAFETY: path and name are NUL-terminated; buf is valid for buf.len() bytes.
-    let r = unsafe {
+    len_or_errno(unsafe {
         libc::getxattr(
             path.as_ptr(),
             name.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
-    };
-    if r >= 0 {
-        Ok(r as usize)
-    } else {
-        Err(Errno::last())
-    }
+    })
 }
 
 fn list_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::result::Result<usize, Errno> {
-    if !NO_XATTRAT.load(Ordering::Relaxed) {
-        // SAFETY: fd is valid; the empty path is NUL-terminated; buf is valid
-        // for buf.len() writable bytes.
-        let r = unsafe {
-            libc::syscall(
-                SYS_LISTXATTRAT,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = Errno::last();
-        if e != Errno::ENOSYS && e != Errno::EBADF {
-            return Err(e);
-        }
-        NO_XATTRAT.store(true, Ordering::Relaxed);
-    }
     let path = proc_path(fd).map_err(|_| Errno::EINVAL)?;
     // SAFETY: path is NUL-terminated; buf is valid for buf.len() bytes.
-    let r = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r >= 0 {
-        Ok(r as usize)
-    } else {
-        Err(Errno::last())
-    }
+    len_or_errno(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// Calls `f` with a growing buffer until the value fits.
