@@ -120,6 +120,22 @@ impl std::fmt::Display for WhiteoutFormat {
     }
 }
 
+/// Which opened files the kernel reads and writes directly (FUSE
+/// passthrough, kernel >= 6.9, root only) instead of through the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Passthrough {
+    /// Every file goes through the daemon.
+    Off,
+    /// Files whose data is on the upper branch (created or copied up): their
+    /// data never moves again. Lower files use the page cache.
+    #[default]
+    Upper,
+    /// Lower files too. The kernel pins a passthrough file to its backing
+    /// file until every opener closes it, so a lower file held open for
+    /// reading cannot be opened for writing meanwhile (ETXTBSY).
+    All,
+}
+
 /// Options given with `-o`, parsed but not yet checked against the disk.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MountOptions {
@@ -146,6 +162,8 @@ pub struct MountOptions {
     /// `volatile`: copy-up does not wait for the disk (podman passes it for
     /// throw-away containers, as for overlayfs).
     pub volatile: bool,
+    /// `passthrough=off|upper|all`.
+    pub passthrough: Option<Passthrough>,
     /// Mount flags: `nosuid`, `nodev`, `noexec`, `noatime`...
     pub flags: Vec<String>,
     /// Keys that were ignored (overlay dialect, fstab noise), for a warning.
@@ -273,6 +291,15 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                 o.whiteout = Some(match v.as_str() {
                     "aufs" => WhiteoutFormat::Aufs,
                     "overlay" => WhiteoutFormat::Overlay,
+                    _ => return Err(bad(&v)),
+                });
+            }
+            "passthrough" => {
+                let v = need(value)?;
+                o.passthrough = Some(match v.as_str() {
+                    "off" => Passthrough::Off,
+                    "upper" => Passthrough::Upper,
+                    "all" => Passthrough::All,
                     _ => return Err(bad(&v)),
                 });
             }
@@ -554,6 +581,7 @@ mod tests {
                 "threads=4",
                 "fsname=x",
                 "whiteout=overlay",
+                "passthrough=all",
                 "nosuid",
                 "noauto",
                 "_netdev",
@@ -570,6 +598,7 @@ mod tests {
         assert_eq!(o.ttl, Some(Duration::from_millis(2500)));
         assert_eq!(o.threads, Some(4));
         assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
+        assert_eq!(o.passthrough, Some(Passthrough::All));
         assert_eq!(o.flags, v(&["nosuid"]));
         assert_eq!(o.ignored, v(&["noauto", "_netdev"]));
     }
@@ -582,6 +611,7 @@ mod tests {
             "threads=0",
             "threads=a",
             "whiteout=zfs",
+            "passthrough=yes",
             "ttl",
         ] {
             assert!(

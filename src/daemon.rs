@@ -16,7 +16,7 @@ use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
-use crate::config::{join_branches, MountConfig, WhiteoutFormat};
+use crate::config::{join_branches, MountConfig, Passthrough, WhiteoutFormat};
 use crate::fuse::FuseAdapter;
 use crate::ops::{CoreOptions, UnionFs};
 use crate::sys;
@@ -214,8 +214,18 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
     )
     .context("cannot read the branch roots")?;
     let core = Arc::new(core);
-    let fs = FuseAdapter::new(Arc::clone(&core), cfg.options.ttl.unwrap_or(DEFAULT_TTL));
     let root = is_root();
+    // Registering a backing file needs CAP_SYS_ADMIN.
+    let passthrough = if root {
+        cfg.options.passthrough.unwrap_or_default()
+    } else {
+        Passthrough::Off
+    };
+    let fs = FuseAdapter::new(
+        Arc::clone(&core),
+        cfg.options.ttl.unwrap_or(DEFAULT_TTL),
+        passthrough,
+    );
     let allow_other = cfg.options.allow_other.unwrap_or(root);
     let default_permissions = cfg.options.default_permissions.unwrap_or(root);
     let threads = cfg

@@ -57,6 +57,10 @@ pub enum Error {
     /// The union does not support this operation.
     #[error("operation not supported")]
     NotSupported,
+    /// The file is pinned to a lower branch by readers the kernel serves
+    /// directly (`passthrough=all`), so it cannot be written now.
+    #[error("file busy")]
+    Busy,
 }
 
 impl Error {
@@ -76,6 +80,7 @@ impl Error {
             Error::Invalid => Errno::EINVAL,
             Error::Access => Errno::EACCES,
             Error::NotSupported => Errno::EOPNOTSUPP,
+            Error::Busy => Errno::ETXTBSY,
         }
     }
 
@@ -109,6 +114,7 @@ mod tests {
             Error::Invalid,
             Error::Access,
             Error::NotSupported,
+            Error::Busy,
         ];
         let mut seen = std::collections::HashSet::new();
         for e in &all {

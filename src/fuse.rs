@@ -12,18 +12,23 @@ use std::time::Duration;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod iomode;
+
+use iomode::{Grant, IoModes};
+
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
+use crate::config::Passthrough;
 use crate::error::Error;
 use crate::handle::Fh;
 use crate::inode::{Ino, Kind};
-use crate::ops::{Attr, CachePolicy, Caller, Entry, NewObject, RenameHow, SetAttr, UnionFs};
+use crate::ops::{Attr, Caller, Entry, NewObject, Opened, RenameHow, SetAttr, UnionFs};
 use crate::sys::fs::SetTime;
 
 /// Attribute invalidation through fuser's notification channel.
@@ -38,17 +43,66 @@ impl crate::ops::Invalidate for KernelInvalidator {
     }
 }
 
+/// How long a writer waits for the RELEASE of a lower file's last
+/// passthrough reader before it gets ETXTBSY.
+const PIN_GRACE: Duration = Duration::from_millis(200);
+
 /// fuser's view of the union.
 #[derive(Debug)]
 pub struct FuseAdapter {
     fs: Arc<UnionFs>,
     ttl: Duration,
+    /// Passthrough as asked for, and as the kernel agreed to at init.
+    passthrough: Passthrough,
+    io: IoModes<BackingId>,
 }
 
 impl FuseAdapter {
-    /// Wraps the core; `ttl` is how long the kernel may cache names and attributes.
-    pub fn new(fs: Arc<UnionFs>, ttl: Duration) -> Self {
-        FuseAdapter { fs, ttl }
+    /// Wraps the core; `ttl` is how long the kernel may cache names and
+    /// attributes; `passthrough` which files the kernel may read and write
+    /// directly (needs root and kernel support, else off).
+    pub fn new(fs: Arc<UnionFs>, ttl: Duration, passthrough: Passthrough) -> Self {
+        FuseAdapter {
+            fs,
+            ttl,
+            passthrough,
+            io: IoModes::default(),
+        }
+    }
+
+    /// Chooses the kernel's I/O mode for a new handle; `register` makes a
+    /// backing id of the handle's fd. On error the handle is closed again.
+    fn grant(
+        &self,
+        i: u64,
+        o: Opened,
+        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> Result<Grant<BackingId>, Error> {
+        let want = match self.passthrough {
+            Passthrough::Off => false,
+            Passthrough::Upper => o.on_upper,
+            Passthrough::All => true,
+        };
+        let res = self.io.grant(i, o.fh.0, want, o.on_upper, || {
+            self.fs
+                .with_fd(o.fh, register)
+                .unwrap_or_else(|e| Err(std::io::Error::from_raw_os_error(e.errno() as i32)))
+        });
+        if res.is_err() {
+            self.fs.release(o.fh);
+        }
+        res
+    }
+
+    /// Refuses to change the data of a node whose readers the kernel serves
+    /// straight from a lower file (they would not see the change).
+    /// The kernel sends RELEASE after close(2) returned, so a reader that
+    /// just closed may still count: wait a moment for it.
+    fn check_not_pinned(&self, i: INodeNo) -> Result<(), Error> {
+        if !self.io.wait_unpinned(i.0, PIN_GRACE) {
+            return Err(Error::Busy);
+        }
+        Ok(())
     }
 }
 
@@ -207,6 +261,19 @@ impl Filesystem for FuseAdapter {
             let _ = config.add_capabilities(cap);
         }
         let _ = config.set_max_readahead(1 << 20);
+        // Backing files must sit on a non-stacked filesystem (depth 0), so
+        // the union itself can still be stacked under overlayfs.
+        if self.passthrough != Passthrough::Off
+            && (config
+                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                .is_err()
+                || config.set_max_stack_depth(1).is_err())
+        {
+            tracing::info!(
+                "the kernel offers no FUSE passthrough: all I/O goes through the daemon"
+            );
+            self.passthrough = Passthrough::Off;
+        }
         Ok(())
     }
 
@@ -249,13 +316,26 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino(i), flags.0) {
-            Ok((h, policy)) => {
-                let f = match policy {
-                    CachePolicy::Keep => FopenFlags::FOPEN_KEEP_CACHE,
-                    CachePolicy::Revalidate => FopenFlags::empty(),
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let res = if writing {
+            self.check_not_pinned(i)
+        } else {
+            Ok(())
+        };
+        let res = res
+            .and_then(|()| self.fs.open(ino(i), flags.0))
+            .and_then(|o| Ok((o, self.grant(i.0, o, |fd| reply.open_backing(fd))?)));
+        match res {
+            Ok((o, Grant::Passthrough(b))) => {
+                reply.opened_passthrough(FileHandle(o.fh.0), FopenFlags::empty(), &b)
+            }
+            Ok((o, Grant::Cached)) => {
+                let f = if o.keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
                 };
-                reply.opened(FileHandle(h.0), f)
+                reply.opened(FileHandle(o.fh.0), f)
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -299,6 +379,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.io.release(h.0);
         self.fs.release(fh(h));
         reply.ok();
     }
@@ -433,7 +514,12 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(set_time),
             fh: h.map(fh),
         };
-        match self.fs.setattr(ino(i), set) {
+        let res = if size.is_some() {
+            self.check_not_pinned(i)
+        } else {
+            Ok(())
+        };
+        match res.and_then(|()| self.fs.setattr(ino(i), set)) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -545,13 +631,31 @@ impl Filesystem for FuseAdapter {
             libc::S_IFREG | (mode & !umask & 0o7777),
             caller(req),
         ) {
-            Ok((e, Some(h))) => reply.created(
-                &self.ttl,
-                &file_attr(&e.attr),
-                Generation(0),
-                FileHandle(h.0),
-                FopenFlags::empty(),
-            ),
+            Ok((e, Some(h))) => {
+                let o = Opened {
+                    fh: h,
+                    keep_cache: false,
+                    on_upper: true,
+                };
+                match self.grant(e.attr.ino.0, o, |fd| reply.open_backing(fd)) {
+                    Ok(Grant::Passthrough(b)) => reply.created_passthrough(
+                        &self.ttl,
+                        &file_attr(&e.attr),
+                        Generation(0),
+                        FileHandle(h.0),
+                        FopenFlags::empty(),
+                        &b,
+                    ),
+                    Ok(Grant::Cached) => reply.created(
+                        &self.ttl,
+                        &file_attr(&e.attr),
+                        Generation(0),
+                        FileHandle(h.0),
+                        FopenFlags::empty(),
+                    ),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            }
             Ok((_, None)) => reply.error(errno(&Error::Invalid)),
             Err(e) => reply.error(errno(&e)),
         }

@@ -506,3 +506,103 @@ fn crash_leftovers_in_the_workdir_are_cleaned_at_mount() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+/// `rchar` + `wchar` of a daemon: the bytes it moved through read/write
+/// calls (pread/pwrite of file data included).
+fn daemon_io_bytes(pid: i32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Writes then reads `len` bytes of a new file through the mount; returns
+/// how many bytes the daemon moved meanwhile.
+fn bytes_through_daemon(m: &Mount, name: &str, len: usize) -> u64 {
+    let pid = m.daemon_pids[0];
+    let before = daemon_io_bytes(pid);
+    let p = m.mnt.join(name);
+    fs::write(&p, vec![7u8; len]).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), len as u64);
+    let back = fs::read(&p).unwrap();
+    assert!(back.len() == len && back.iter().all(|&b| b == 7));
+    daemon_io_bytes(pid) - before
+}
+
+#[test]
+fn upper_files_do_their_io_in_the_kernel() {
+    if !can_mount_fuse() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    const LEN: usize = 32 << 20;
+    let t = Setup::new("passthrough-upper");
+    let m = t.mount(&[]);
+    let moved = bytes_through_daemon(&m, "new", LEN);
+    assert!(
+        moved < (LEN as u64) / 8,
+        "the daemon moved {moved} bytes for {LEN} written and read: no passthrough"
+    );
+    m.unmount();
+    // The fallback path does move them (so the check above can fail).
+    let m = t.mount(&["passthrough=off"]);
+    let moved = bytes_through_daemon(&m, "new2", LEN);
+    assert!(
+        moved >= 2 * LEN as u64,
+        "passthrough=off moved only {moved}"
+    );
+}
+
+#[test]
+fn lower_reader_sees_copy_up_or_pins_the_file() {
+    if !can_mount_fuse() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let t = Setup::new("passthrough-lower");
+    file(&t.l1, "log", b"one\n", 0o644);
+    file(&t.l1, "pinned", b"one\n", 0o644);
+    let read_all = |f: &mut fs::File| {
+        let mut s = String::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut s).unwrap();
+        s
+    };
+    let append = |p: &Path| -> std::io::Result<()> {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(p)?
+            .write_all(b"two\n")
+    };
+    {
+        // Default: a lower file is read through the daemon, so a reader
+        // opened before a copy-up sees the upper copy (as overlayfs >= 4.19).
+        let m = t.mount(&[]);
+        let p = m.mnt.join("log");
+        let mut r = fs::File::open(&p).unwrap();
+        assert_eq!(read_all(&mut r), "one\n");
+        append(&p).unwrap();
+        assert_eq!(read_all(&mut r), "one\ntwo\n");
+        assert_eq!(fs::read_to_string(&p).unwrap(), "one\ntwo\n");
+        drop(r);
+        m.unmount();
+    }
+    // passthrough=all: the kernel reads the lower file itself and would go
+    // on doing so after a copy-up, so writing waits for the readers.
+    let m = t.mount(&["passthrough=all"]);
+    let p = m.mnt.join("pinned");
+    let mut r = fs::File::open(&p).unwrap();
+    assert_eq!(read_all(&mut r), "one\n");
+    assert_eq!(errno_of(append(&p)), Some(libc::ETXTBSY));
+    let trunc = fs::OpenOptions::new().write(true).open(&p).map(|_| ());
+    assert_eq!(errno_of(trunc), Some(libc::ETXTBSY));
+    assert_eq!(
+        errno_of(nix::unistd::truncate(&p, 1).map_err(std::io::Error::from)),
+        Some(libc::ETXTBSY)
+    );
+    assert!(!t.u.join("pinned").exists(), "nothing was copied up");
+    drop(r);
+    append(&p).unwrap();
+    assert_eq!(fs::read_to_string(&p).unwrap(), "one\ntwo\n");
+    assert_eq!(fs::read_to_string(t.l1.join("pinned")).unwrap(), "one\n");
+    m.unmount();
+}

@@ -19,14 +19,17 @@ use crate::handle::{Fh, FileHandle, Handle};
 use crate::inode::{Ino, Kind};
 use crate::sys;
 
-/// How the kernel may cache an opened file.
+/// What `open` hands the FUSE adapter besides the handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CachePolicy {
-    /// The data cannot change behind the kernel's back (a lower file): keep
-    /// the page cache across opens.
-    Keep,
-    /// Revalidate on open.
-    Revalidate,
+pub struct Opened {
+    /// The handle.
+    pub fh: Fh,
+    /// The data cannot change behind the kernel's back (a lower file): the
+    /// kernel may keep its page cache across opens.
+    pub keep_cache: bool,
+    /// The handle's fd is on the upper branch: the file's data will not
+    /// move again, so the kernel may do its I/O on that file directly.
+    pub on_upper: bool,
 }
 
 /// Flags the union passes through to the backing open (O_CREAT and
@@ -51,7 +54,7 @@ pub(super) fn backing_flags(flags: i32) -> OFlag {
 impl UnionFs {
     /// Opens `ino` with open(2) `flags`; opening for writing (or with
     /// O_TRUNC) copies a lower object up first.
-    pub fn open(&self, ino: Ino, flags: i32) -> Result<(Fh, CachePolicy)> {
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
         let node = self.inodes.get(ino)?;
         if node.kind == Kind::Dir {
             return Err(Error::IsDir);
@@ -70,14 +73,33 @@ impl UnionFs {
         };
         let top = state.top()?;
         let fd = sys::fs::reopen(top.fd()?.as_fd(), backing_flags(flags))?;
-        let policy = match self.stack.get(top.branch).map(|b| b.mode) {
-            Some(BranchMode::ReadOnly) => CachePolicy::Keep,
-            _ => CachePolicy::Revalidate,
-        };
+        let keep_cache = matches!(
+            self.stack.get(top.branch).map(|b| b.mode),
+            Some(BranchMode::ReadOnly)
+        );
+        let on_upper = self.upper.as_ref().is_some_and(|u| u.branch == top.branch);
         let fh = self
             .handles
             .insert(Handle::File(FileHandle::new(ino, top.branch, fd)));
-        Ok((fh, policy))
+        Ok(Opened {
+            fh,
+            keep_cache,
+            on_upper,
+        })
+    }
+
+    /// Runs `f` on the backing fd of the open file `fh` (the FUSE adapter
+    /// registers it with the kernel for passthrough).
+    pub fn with_fd<R>(
+        &self,
+        fh: Fh,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> R,
+    ) -> Result<R> {
+        let h = self.file(fh)?;
+        let Handle::File(file) = &*h else {
+            return Err(Error::IsDir);
+        };
+        Ok(f(file.fd.as_fd()))
     }
 
     fn file(&self, fh: Fh) -> Result<Arc<Handle>> {

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::sys::stat::FileStat;
 
 pub use attr::{SetAttr, StatFs};
-pub use file::CachePolicy;
+pub use file::Opened;
 pub use write::{NewObject, RenameHow};
 
 use crate::branch::BranchStack;

@@ -1,0 +1,265 @@
+//! The kernel's I/O mode of every open file, mirrored (see the kernel's
+//! fs/fuse/iomode.c).
+//!
+//! Invariant: while any handle of a node is passthrough, every new handle
+//! of that node is passthrough on the *same* backing id; while any handle
+//! of it is cached (served by the daemon through the page cache), no new
+//! handle is passthrough. The kernel refuses an open that breaks either
+//! rule, so we never send one. A backing id lives exactly as long as the
+//! last passthrough handle that uses it. The kernel lets go of a file
+//! before its RELEASE reaches us, so this mirror can only lag behind the
+//! kernel by counting a handle the kernel has already dropped — which makes
+//! us choose the cached mode or reuse a still-registered backing, both
+//! accepted.
+//!
+//! A backing on a *lower* file (`passthrough=all`) pins the node to that
+//! file: the kernel would keep serving its data after a copy-up, so the
+//! adapter refuses to open such a node for writing while it is pinned.
+//!
+//! The kernel sends RELEASE after close(2) has returned, so "pinned" may
+//! still be true for a moment after the last reader closed: a writer waits
+//! (briefly, on `unpinned`) for the RELEASE before it is refused.
+//!
+//! Locks: one `DashMap` shard lock per node, held while the mode is chosen
+//! and the backing registered (one ioctl); never across a core call. The
+//! `unpinned` mutex is taken only by a writer of a pinned node and by the
+//! release of a lower backing.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use dashmap::DashMap;
+use parking_lot::{Condvar, Mutex};
+
+/// How the kernel does I/O on a new handle.
+#[derive(Debug)]
+pub enum Grant<B> {
+    /// Through the daemon, with the page cache.
+    Cached,
+    /// Directly on the backing file.
+    Passthrough(Arc<B>),
+}
+
+#[derive(Debug)]
+struct NodeIo<B> {
+    /// Open cached handles.
+    cached: u32,
+    /// The backing shared by the node's passthrough handles.
+    backing: Weak<B>,
+    /// The backing is a lower file.
+    lower: bool,
+}
+
+impl<B> Default for NodeIo<B> {
+    fn default() -> Self {
+        NodeIo {
+            cached: 0,
+            backing: Weak::new(),
+            lower: false,
+        }
+    }
+}
+
+/// Node -> I/O mode, and handle -> what it holds. `B` is fuser's
+/// `BackingId` (whose Drop closes the id in the kernel); tests use a stand-in.
+#[derive(Debug)]
+pub struct IoModes<B> {
+    nodes: DashMap<u64, NodeIo<B>>,
+    handles: DashMap<u64, (u64, Option<Arc<B>>)>,
+    unpinned: (Mutex<()>, Condvar),
+}
+
+impl<B> Default for IoModes<B> {
+    fn default() -> Self {
+        IoModes {
+            nodes: DashMap::new(),
+            handles: DashMap::new(),
+            unpinned: (Mutex::new(()), Condvar::new()),
+        }
+    }
+}
+
+impl<B> IoModes<B> {
+    /// True while readers served straight from a lower file pin `ino`.
+    pub fn pinned_to_lower(&self, ino: u64) -> bool {
+        self.nodes
+            .get(&ino)
+            .is_some_and(|n| n.lower && n.backing.strong_count() > 0)
+    }
+
+    /// Waits up to `limit` for `ino` to be unpinned; true if it is.
+    pub fn wait_unpinned(&self, ino: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut g = self.unpinned.0.lock();
+        while self.pinned_to_lower(ino) {
+            if self.unpinned.1.wait_until(&mut g, deadline).timed_out() {
+                return !self.pinned_to_lower(ino);
+            }
+        }
+        true
+    }
+
+    /// Chooses the mode of the new handle `fh` of `ino`. `want`: the mount
+    /// would like passthrough for it; `on_upper`: its data is on the upper;
+    /// `register` makes a backing id of the handle's file. A backing that
+    /// cannot be registered (stacked or odd filesystem) means cached I/O.
+    pub fn grant(
+        &self,
+        ino: u64,
+        fh: u64,
+        want: bool,
+        on_upper: bool,
+        register: impl FnOnce() -> std::io::Result<B>,
+    ) -> Result<Grant<B>> {
+        let mut n = self.nodes.entry(ino).or_default();
+        let grant = match n.backing.upgrade() {
+            // The kernel insists on the backing it has; a lower one would
+            // now serve data older than the upper copy.
+            Some(_) if n.lower && on_upper => return Err(Error::Busy),
+            Some(b) => Grant::Passthrough(b),
+            None if want && n.cached == 0 => match register() {
+                Ok(b) => {
+                    let b = Arc::new(b);
+                    n.backing = Arc::downgrade(&b);
+                    n.lower = !on_upper;
+                    Grant::Passthrough(b)
+                }
+                Err(e) => {
+                    tracing::debug!("passthrough refused for node {ino}: {e}");
+                    n.cached += 1;
+                    Grant::Cached
+                }
+            },
+            None => {
+                n.cached += 1;
+                Grant::Cached
+            }
+        };
+        drop(n);
+        let held = match &grant {
+            Grant::Cached => None,
+            Grant::Passthrough(b) => Some(Arc::clone(b)),
+        };
+        self.handles.insert(fh, (ino, held));
+        Ok(grant)
+    }
+
+    /// The handle `fh` is closed.
+    pub fn release(&self, fh: u64) {
+        let Some((_, (ino, held))) = self.handles.remove(&fh) else {
+            return;
+        };
+        if held.is_none() {
+            if let Some(mut n) = self.nodes.get_mut(&ino) {
+                n.cached = n.cached.saturating_sub(1);
+            }
+        }
+        // The last holder closes the backing id (fuser's Drop does the ioctl).
+        let was_pinned = held.is_some() && self.pinned_to_lower(ino);
+        drop(held);
+        self.nodes
+            .remove_if(&ino, |_, n| n.cached == 0 && n.backing.strong_count() == 0);
+        if was_pinned && !self.pinned_to_lower(ino) {
+            let _g = self.unpinned.0.lock();
+            self.unpinned.1.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts closes, like the kernel's backing id table.
+    #[derive(Debug)]
+    struct Id<'a>(&'a AtomicUsize);
+    impl Drop for Id<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn is_pt<B>(g: &Result<Grant<B>>) -> bool {
+        matches!(g, Ok(Grant::Passthrough(_)))
+    }
+
+    #[test]
+    fn one_backing_per_node_until_its_last_handle_closes() {
+        let closed = AtomicUsize::new(0);
+        let io = IoModes::default();
+        let made = AtomicUsize::new(0);
+        let reg = || {
+            made.fetch_add(1, Ordering::SeqCst);
+            Ok(Id(&closed))
+        };
+        assert!(is_pt(&io.grant(7, 1, true, true, reg)));
+        assert!(is_pt(&io.grant(7, 2, true, true, reg)));
+        assert_eq!(made.load(Ordering::SeqCst), 1, "the backing is shared");
+        io.release(1);
+        assert_eq!(closed.load(Ordering::SeqCst), 0);
+        io.release(2);
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            1,
+            "closed with the last handle"
+        );
+        assert!(io.nodes.is_empty() && io.handles.is_empty());
+    }
+
+    #[test]
+    fn cached_and_passthrough_never_mix() {
+        let closed = AtomicUsize::new(0);
+        let io = IoModes::default();
+        // A lower file read through the page cache...
+        assert!(matches!(
+            io.grant(7, 1, false, false, || Ok(Id(&closed))),
+            Ok(Grant::Cached)
+        ));
+        // ...keeps a later upper open cached too, while it is open.
+        assert!(matches!(
+            io.grant(7, 2, true, true, || Ok(Id(&closed))),
+            Ok(Grant::Cached)
+        ));
+        io.release(1);
+        io.release(2);
+        assert!(is_pt(&io.grant(7, 3, true, true, || Ok(Id(&closed)))));
+        // A handle that does not want passthrough still gets it while the
+        // kernel holds a backing for the node.
+        assert!(is_pt(&io.grant(7, 4, false, true, || Ok(Id(&closed)))));
+    }
+
+    #[test]
+    fn a_lower_backing_pins_the_node() {
+        let closed = AtomicUsize::new(0);
+        let io = IoModes::default();
+        assert!(is_pt(&io.grant(7, 1, true, false, || Ok(Id(&closed)))));
+        assert!(io.pinned_to_lower(7));
+        assert!(matches!(
+            io.grant(7, 2, true, true, || Ok(Id(&closed))),
+            Err(Error::Busy)
+        ));
+        let waiter = std::thread::scope(|sc| {
+            let w = sc.spawn(|| io.wait_unpinned(7, Duration::from_secs(30)));
+            std::thread::sleep(Duration::from_millis(20));
+            io.release(1);
+            w.join().unwrap_or(false)
+        });
+        assert!(waiter, "the writer was woken by the release");
+        assert!(!io.pinned_to_lower(7));
+        assert!(io.wait_unpinned(7, Duration::ZERO));
+        assert!(is_pt(&io.grant(7, 3, true, true, || Ok(Id(&closed)))));
+    }
+
+    #[test]
+    fn a_refused_backing_falls_back_to_the_page_cache() {
+        let io: IoModes<()> = IoModes::default();
+        let g = io.grant(7, 1, true, true, || {
+            Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+        });
+        assert!(matches!(g, Ok(Grant::Cached)));
+        io.release(1);
+        assert!(io.nodes.is_empty());
+    }
+}
