@@ -49,6 +49,10 @@ ttl=SECONDS               kernel cache lifetime of names and attributes (default
 threads=N                 FUSE event loops (default: number of CPUs)\n  \
 fsname=NAME               source shown in /proc/mounts\n  \
 whiteout=aufs|overlay     format of whiteouts written (default aufs)\n  \
+metacopy=on|off           metadata changes of a lower file copy no data until a write\n                            \
+(default on; off in the overlay dialect)\n  \
+passthrough=off|upper|all kernel-direct file I/O (root, kernel >= 6.9); upper (default):\n                            \
+files in the upper; all: lower files too (ETXTBSY on writes while read)\n  \
 nosuid, nodev, noexec, noatime, ...  mount flags\n\n\
 Unknown options are an error, except in the overlay dialect (-o lowerdir=...), where \
 they are warned about and ignored, as podman needs.\n\n\

@@ -162,6 +162,10 @@ pub struct MountOptions {
     /// `volatile`: copy-up does not wait for the disk (podman passes it for
     /// throw-away containers, as for overlayfs).
     pub volatile: bool,
+    /// `metacopy=on|off`: chmod/chown/utimens/setxattr of a lower file
+    /// copy its metadata only. Default on, except in the overlay dialect,
+    /// whose users (podman) read the upper directly, as with overlayfs.
+    pub metacopy: Option<bool>,
     /// `passthrough=off|upper|all`.
     pub passthrough: Option<Passthrough>,
     /// Mount flags: `nosuid`, `nodev`, `noexec`, `noatime`...
@@ -291,6 +295,14 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                 o.whiteout = Some(match v.as_str() {
                     "aufs" => WhiteoutFormat::Aufs,
                     "overlay" => WhiteoutFormat::Overlay,
+                    _ => return Err(bad(&v)),
+                });
+            }
+            "metacopy" => {
+                let v = need(value)?;
+                o.metacopy = Some(match v.as_str() {
+                    "on" => true,
+                    "off" => false,
                     _ => return Err(bad(&v)),
                 });
             }
@@ -582,6 +594,7 @@ mod tests {
                 "fsname=x",
                 "whiteout=overlay",
                 "passthrough=all",
+                "metacopy=off",
                 "nosuid",
                 "noauto",
                 "_netdev",
@@ -599,6 +612,7 @@ mod tests {
         assert_eq!(o.threads, Some(4));
         assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
         assert_eq!(o.passthrough, Some(Passthrough::All));
+        assert_eq!(o.metacopy, Some(false));
         assert_eq!(o.flags, v(&["nosuid"]));
         assert_eq!(o.ignored, v(&["noauto", "_netdev"]));
     }
@@ -612,6 +626,7 @@ mod tests {
             "threads=a",
             "whiteout=zfs",
             "passthrough=yes",
+            "metacopy=1",
             "ttl",
         ] {
             assert!(

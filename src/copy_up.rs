@@ -29,6 +29,10 @@ pub enum CopyUpData {
     Full,
     /// None: the file is about to be truncated to zero anyway.
     Empty,
+    /// None yet: only metadata changes. A regular file becomes a
+    /// metadata-only copy (its size, no blocks, a metacopy marker) whose
+    /// data stays in the lower until it is opened for writing.
+    Meta,
 }
 
 /// Which strategy moved the data.
@@ -173,11 +177,14 @@ pub fn copy_meta(
 }
 
 /// Builds a copy of the object behind O_PATH `src` (stat `st`) in the
-/// workdir, recording union inode number `ino` on it. Returns its temp name
-/// and an O_PATH fd. Directories are copied without their entries.
+/// workdir, recording union inode number `ino` on it; a regular file's data
+/// comes from `data_src` (`src` itself, unless `src` is a metadata-only
+/// copy). Returns its temp name and an O_PATH fd. Directories are copied
+/// without their entries.
 pub fn stage(
     upper: &Upper,
     src: &OwnedFd,
+    data_src: &OwnedFd,
     st: &FileStat,
     data: CopyUpData,
     ino: u64,
@@ -190,10 +197,14 @@ pub fn stage(
             Kind::Dir => sys::fs::mkdir_at(work, &tmp, 0o700)?,
             Kind::File => {
                 let out = sys::fs::create_at(work, &tmp, OFlag::O_WRONLY, 0o600)?;
-                if data == CopyUpData::Full {
+                if data == CopyUpData::Meta {
+                    sys::fs::ftruncate(out.as_fd(), u64::try_from(st.st_size).unwrap_or(0))?;
+                    upper.set_metacopy(out.as_fd())?;
+                } else if data == CopyUpData::Full {
                     let size = u64::try_from(st.st_size).unwrap_or(0);
-                    let input = sys::fs::reopen(src.as_fd(), OFlag::O_RDONLY | OFlag::O_NOATIME)
-                        .or_else(|_| sys::fs::reopen(src.as_fd(), OFlag::O_RDONLY))?;
+                    let input =
+                        sys::fs::reopen(data_src.as_fd(), OFlag::O_RDONLY | OFlag::O_NOATIME)
+                            .or_else(|_| sys::fs::reopen(data_src.as_fd(), OFlag::O_RDONLY))?;
                     copy_data(input.as_fd(), out.as_fd(), size)?;
                     if upper.durable {
                         sys::fs::fsync(out.as_fd(), true)?;

@@ -124,6 +124,10 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
             let mut up = Upper::open(&b, cfg.workdir.as_deref(), format, recorded, ns)
                 .with_context(|| format!("cannot prepare the workdir of {}", u.display()))?;
             up.durable = !cfg.options.volatile;
+            up.metacopy = cfg
+                .options
+                .metacopy
+                .unwrap_or(cfg.dialect == crate::config::Dialect::Native);
             upper = Some(up);
         }
         branches.push(b);

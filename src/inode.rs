@@ -85,6 +85,9 @@ pub struct Layer {
     /// seen through a branch opened without a mount clone): shown empty, so
     /// the union never walks into other filesystems — or into itself.
     pub sealed: bool,
+    /// A regular file holding metadata only (`*.metacopy`): its data is
+    /// the next layer's.
+    pub metacopy: bool,
 }
 
 /// Where a node lives in the branches; replaced on every fresh lookup.
@@ -112,6 +115,7 @@ impl Layer {
             impure: false,
             indexed: false,
             sealed: false,
+            metacopy: false,
         }
     }
 
@@ -125,6 +129,19 @@ impl NodeState {
     /// The topmost instance.
     pub fn top(&self) -> Result<&Layer> {
         self.layers.first().ok_or(Error::StaleInode)
+    }
+
+    /// The instance holding the data: the topmost that is not a metadata-only copy.
+    pub fn data(&self) -> Result<&Layer> {
+        self.layers
+            .iter()
+            .find(|l| !l.metacopy)
+            .ok_or(Error::StaleInode)
+    }
+
+    /// True when the topmost instance holds metadata only.
+    pub fn is_metacopy(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.metacopy)
     }
 
     /// True when the object exists in more than one branch.

@@ -271,10 +271,37 @@ pub fn lookup(
         }
         if kind != Kind::Dir {
             // A non-directory ends the walk; below a directory it is hidden.
-            if top.is_none() {
-                layers.push(Layer::new(branch, fd, cur_path));
-                top = Some((st, kind));
+            // A metadata-only file continues it, to the file with its data.
+            let wanted = match layers.last() {
+                None => true,
+                Some(l) => l.metacopy,
+            };
+            if !wanted || (!layers.is_empty() && kind != Kind::File) {
+                break;
             }
+            let mut layer = Layer::new(branch, fd, cur_path);
+            let meta = if kind == Kind::File {
+                metacopy_info(&layer)?
+            } else {
+                None
+            };
+            layer.metacopy = meta.is_some();
+            layers.push(layer);
+            top.get_or_insert((st, kind));
+            match meta {
+                None => break,
+                Some(Some(Redirect::Absolute(p))) => {
+                    let Some(n) = p.file_name() else { break };
+                    cur_name = n.to_os_string();
+                    cands = redirect_candidates(stack, branch, &p)?;
+                    i = 0;
+                }
+                Some(Some(Redirect::Relative(n))) => cur_name = n,
+                Some(None) => {}
+            }
+            continue;
+        }
+        if top.is_some() && layers.last().is_some_and(|l| l.metacopy) {
             break;
         }
         let sealed = branch.is_mount_point(fd.as_fd());
@@ -310,6 +337,10 @@ pub fn lookup(
         }
     }
     let (stat, kind) = top.ok_or(Error::NotFound)?;
+    if layers.last().is_some_and(|l| l.metacopy) {
+        // Metadata without data anywhere below: as overlayfs, an I/O error.
+        return Err(Error::sys("lookup", nix::errno::Errno::EIO));
+    }
     Ok(Found {
         state: NodeState {
             parent: parent_ino,
@@ -320,6 +351,25 @@ pub fn lookup(
         kind,
         recorded_ino,
     })
+}
+
+/// For a metadata-only file: `Some(where its data is)`, `None` otherwise.
+fn metacopy_info(l: &Layer) -> Result<Option<Option<Redirect>>> {
+    let fd = l.fd()?;
+    let names = sys::xattr::list(fd.as_fd())?;
+    let has = |set: &[&str]| {
+        names
+            .iter()
+            .find(|n| set.iter().any(|x| *n == OsStr::new(x)))
+    };
+    if has(&whiteout::METACOPY_XATTRS).is_none() {
+        return Ok(None);
+    }
+    let redirect = match has(&whiteout::REDIRECT_XATTRS) {
+        Some(n) => sys::xattr::get(fd.as_fd(), n)?.and_then(|v| whiteout::parse_redirect(&v)),
+        None => None,
+    };
+    Ok(Some(redirect))
 }
 
 /// The union inode number recorded on a copied-up object.
@@ -348,6 +398,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
             impure: info.impure,
             indexed: false,
             sealed: false,
+            metacopy: false,
             path: PathBuf::new(),
         });
         if info.opacity == Opacity::Opaque {

@@ -67,6 +67,8 @@ pub struct Upper {
     /// place (as overlayfs does, unless mounted `volatile`), so a crash of the
     /// machine cannot leave a copy with missing data in the view.
     pub durable: bool,
+    /// Metadata changes of a lower file copy its metadata only.
+    pub metacopy: bool,
     seq: AtomicU64,
 }
 
@@ -168,6 +170,7 @@ impl Upper {
             ns,
             kernel_index,
             durable: true,
+            metacopy: false,
             seq: AtomicU64::new(0),
         };
         // Record the format so a later mount reads this upper the same way
@@ -354,6 +357,35 @@ impl Upper {
     /// lower file with overlay file handle `fh` (kernel's origin xattr).
     pub fn set_origin(&self, fd: BorrowedFd<'_>, fh: &[u8]) {
         let _ = sys::xattr::set(fd, &self.overlay_xattr("origin"), fh, 0);
+    }
+
+    /// The metacopy marker in this upper's format.
+    fn metacopy_xattr(&self) -> OsString {
+        match self.format {
+            WhiteoutFormat::Overlay => self.overlay_xattr("metacopy"),
+            WhiteoutFormat::Aufs => self.xattr("metacopy"),
+        }
+    }
+
+    /// Marks upper file `fd` as holding metadata only.
+    pub fn set_metacopy(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        sys::xattr::set(fd, &self.metacopy_xattr(), b"", 0)
+    }
+
+    /// Drops every metacopy marker (and a file's redirect) from `fd`: its
+    /// data is complete.
+    pub fn clear_metacopy(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        for n in crate::whiteout::METACOPY_XATTRS
+            .iter()
+            .chain(crate::whiteout::REDIRECT_XATTRS.iter())
+        {
+            match sys::xattr::remove(fd, OsStr::new(n)) {
+                Ok(()) => {}
+                Err(e) if e.errno() == nix::errno::Errno::ENODATA => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Records that upper directory `dir` takes its lower content from

@@ -33,6 +33,14 @@ pub const REDIRECT_XATTRS: [&str; 4] = [
     "trusted.unionfs.redirect",
     "user.unionfs.redirect",
 ];
+/// Xattrs marking a regular file whose data is not here but in the same
+/// path (or its redirect) further down: a metadata-only copy.
+pub const METACOPY_XATTRS: [&str; 4] = [
+    "trusted.overlay.metacopy",
+    "user.overlay.metacopy",
+    "trusted.unionfs.metacopy",
+    "user.unionfs.metacopy",
+];
 /// Xattrs marking an upper directory that holds copied-up objects, whose
 /// union inode numbers are recorded in [`INO_XATTRS`].
 pub const IMPURE_XATTRS: [&str; 2] = ["trusted.unionfs.impure", "user.unionfs.impure"];

@@ -8,7 +8,7 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -633,7 +633,8 @@ fn xattr_filtering_getxattr_listxattr() {
     let f = file(l2, "f", b"data", 0o644);
     let private = [
         "trusted.overlay.origin",
-        "trusted.overlay.metacopy",
+        // (a metacopy marker would send the data lookup below: see the metacopy test)
+        "trusted.overlay.nlink",
         "user.overlay.opaque",
         "user.fuseoverlayfs.origin",
         "trusted.unionfs.ino",
@@ -1134,4 +1135,62 @@ fn listing_is_stable_while_the_directory_changes() {
         .collect();
     assert_eq!(now.len(), 300 - removed.len() + 40);
     assert!(removed.iter().all(|r| !now.contains(r)));
+}
+
+/// Metadata-only files (kernel `metacopy=on`, composefs) in a lower: metadata from
+/// the marked file, data from the same path below — or from where its redirect points.
+#[test]
+fn metacopy_files_take_their_data_from_below() {
+    if !can_mount_fuse() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let b = Branches::new("metacopy");
+    let (l1, l2) = (&b.l1, &b.l2);
+    let data = c("l2", "f");
+    file(l2, "f", &data, 0o644);
+    file(l2, "elsewhere/g", &c("l2", "elsewhere/g"), 0o644);
+    for (p, len) in [("f", data.len()), ("g", c("l2", "elsewhere/g").len())] {
+        let f = file(l1, p, b"", 0o600);
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_len(len as u64)
+            .unwrap();
+        set_xattr(l1, p, "trusted.overlay.metacopy", b"");
+        chown(l1, p, 1234, 1234);
+    }
+    set_xattr(l1, "g", "trusted.overlay.redirect", b"/elsewhere/g");
+    // A marker with no data anywhere below is an I/O error, as in overlayfs.
+    file(l1, "orphan", b"", 0o644);
+    set_xattr(l1, "orphan", "trusted.overlay.metacopy", b"");
+    let before = snapshot_all(&b.lowers());
+    let m = b.mount();
+    for (p, want) in [("f", data.clone()), ("g", c("l2", "elsewhere/g"))] {
+        let md = fs::metadata(m.mnt.join(p)).unwrap();
+        assert_eq!(
+            (md.uid(), md.mode() & 0o777),
+            (1234, 0o600),
+            "{p}: l1's metadata"
+        );
+        assert_eq!(fs::read(m.mnt.join(p)).unwrap(), want, "{p}: l2's data");
+        assert!(xattr::get(m.mnt.join(p), "trusted.overlay.metacopy")
+            .unwrap()
+            .is_none());
+    }
+    let err = fs::metadata(m.mnt.join("orphan")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // Writing copies the data up, with l1's metadata.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.mnt.join("g"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    let mut want = c("l2", "elsewhere/g");
+    want.extend_from_slice(b"more\n");
+    assert_eq!(fs::read(b.u.join("g")).unwrap(), want);
+    assert_eq!(fs::metadata(b.u.join("g")).unwrap().uid(), 1234);
+    m.unmount();
+    assert_unchanged(&before);
 }

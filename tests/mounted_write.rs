@@ -606,3 +606,148 @@ fn lower_reader_sees_copy_up_or_pins_the_file() {
     assert_eq!(fs::read_to_string(t.l1.join("pinned")).unwrap(), "one\n");
     m.unmount();
 }
+
+/// Blocks allocated under `dir` (files only), in 512-byte units.
+fn blocks_under(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = fs::symlink_metadata(e.path()).unwrap();
+        if md.is_dir() {
+            n += blocks_under(&e.path());
+        } else {
+            n += md.blocks();
+        }
+    }
+    n
+}
+
+#[test]
+fn chown_r_copies_metadata_only_until_a_write() {
+    if !can_mount_fuse() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let t = Setup::new("metacopy");
+    let body = |i: usize| -> Vec<u8> { (0..(256 << 10)).map(|j| (i * 7 + j) as u8).collect() };
+    for i in 0..20 {
+        file(&t.l1, &format!("tree/d{}/f{i}", i % 3), &body(i), 0o644);
+    }
+    file(&t.l1, "tree/cap", b"\x7fELF not really", 0o755);
+    let lower_before = blocks_under(&t.l1);
+    let m = t.mount(&[]);
+    let tree = m.mnt.join("tree");
+    let out = run("chown", &["-R", "1234:5678", tree.to_str().unwrap()]);
+    assert!(out.ok(), "{out}");
+    // chmod/utimens/setxattr too. (chown drops capabilities: set one after.)
+    let cap = {
+        // VFS_CAP_REVISION_2, cap_net_raw permitted+effective
+        let mut v = vec![0u8; 20];
+        v[0..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        v[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+        v
+    };
+    xattr::set(tree.join("cap"), "security.capability", &cap).unwrap();
+    fs::set_permissions(tree.join("cap"), fs::Permissions::from_mode(0o750)).unwrap();
+    xattr::set(tree.join("d1/f1"), "user.note", b"x").unwrap();
+    let upper_tree = t.u.join("tree");
+    let moved = blocks_under(&upper_tree);
+    assert!(
+        moved <= 8 * 4,
+        "chown -R of {lower_before} lower blocks allocated {moved} in the upper"
+    );
+    for i in 0..20 {
+        let p = tree.join(format!("d{}/f{i}", i % 3));
+        let md = fs::metadata(&p).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1234, 5678));
+        assert!(md.blocks() >= 256 << 10 >> 9, "st_blocks is the data's");
+        assert_eq!(fs::read(&p).unwrap(), body(i), "f{i} reads its lower data");
+    }
+    let mtime = fs::metadata(tree.join("d1/f1")).unwrap().mtime();
+    // A write copies the data, keeps times, owner and capabilities.
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(tree.join("d1/f1"))
+            .unwrap();
+        f.seek(SeekFrom::Start(10)).unwrap();
+        f.write_all(b"!").unwrap();
+    }
+    let mut want = body(1);
+    want[10] = b'!';
+    assert_eq!(fs::read(tree.join("d1/f1")).unwrap(), want);
+    let md = fs::metadata(upper_tree.join("d1/f1")).unwrap();
+    assert!(md.blocks() >= 256 << 10 >> 9, "data copied up");
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    assert!(fs::metadata(tree.join("d1/f1")).unwrap().mtime() >= mtime);
+    // Opening for writing copies the data, which must not drop the
+    // capability (a write would, as on any filesystem).
+    drop(
+        fs::OpenOptions::new()
+            .append(true)
+            .open(tree.join("cap"))
+            .unwrap(),
+    );
+    assert_eq!(
+        xattr_of(&upper_tree.join("cap"), "trusted.unionfs.metacopy"),
+        None
+    );
+    assert_eq!(
+        xattr_of(&upper_tree.join("cap"), "security.capability"),
+        Some(cap)
+    );
+    // Truncation to zero needs no data; truncation elsewhere does.
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(tree.join("d0/f0"))
+        .unwrap();
+    assert_eq!(fs::read(tree.join("d0/f0")).unwrap(), b"");
+    nix::unistd::truncate(&tree.join("d0/f3"), 5).unwrap();
+    assert_eq!(fs::read(tree.join("d0/f3")).unwrap(), &body(3)[..5]);
+    // Renamed and linked metadata-only files keep their data.
+    fs::rename(tree.join("d2/f2"), tree.join("moved")).unwrap();
+    fs::hard_link(tree.join("d2/f5"), tree.join("linked")).unwrap();
+    m.unmount();
+    // Lower untouched; after a remount everything reads the same.
+    for i in 0..20 {
+        assert_eq!(
+            fs::read(t.l1.join(format!("tree/d{}/f{i}", i % 3))).unwrap(),
+            body(i)
+        );
+    }
+    let m = t.mount(&[]);
+    let tree = m.mnt.join("tree");
+    assert_eq!(fs::read(tree.join("moved")).unwrap(), body(2));
+    assert_eq!(fs::read(tree.join("linked")).unwrap(), body(5));
+    assert_eq!(fs::read(tree.join("d1/f4")).unwrap(), body(4));
+    assert_eq!(fs::metadata(tree.join("d1/f4")).unwrap().uid(), 1234);
+    m.unmount();
+    // metacopy=off copies data on chown; so does the overlay dialect
+    // (podman reads the upper itself), unless it asks for metacopy=on.
+    let t2 = Setup::new("metacopy-off");
+    let work = t2._s.dir("work");
+    for (i, opts) in [
+        vec!["metacopy=off".to_string()],
+        vec![format!(
+            "lowerdir={},upperdir={},workdir={}",
+            t2.l1.display(),
+            t2.u.display(),
+            work.display()
+        )],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("f{i}");
+        file(&t2.l1, &name, &body(0), 0o644);
+        let m = if i == 0 {
+            t2.mount(&[opts[0].as_str()])
+        } else {
+            Mount::unionfs_args(&["-o", opts[0].as_str(), t2.mnt.to_str().unwrap()], &t2.mnt)
+        };
+        nix::unistd::chown(&m.mnt.join(&name), Some(1.into()), None).unwrap();
+        let up = fs::metadata(t2.u.join(&name)).unwrap();
+        assert!(up.blocks() >= 256 << 10 >> 9, "{opts:?}: data copied");
+        m.unmount();
+    }
+}

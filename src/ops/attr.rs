@@ -60,6 +60,10 @@ impl UnionFs {
         };
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
+        if state.is_metacopy() {
+            // The fd is on the data below; the attributes are the top's.
+            return self.getattr(ino);
+        }
         // Through the fd reads use: the upper copy once a file opened on a
         // lower branch was copied up (its lower size is stale then).
         let st = sys::fs::fstat(self.read_fd(f)?)?;
@@ -150,10 +154,10 @@ impl UnionFs {
     /// data when it is truncated to zero), then changes the upper instance.
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
         let node = self.inodes.get(ino)?;
-        let data = if set.size == Some(0) {
-            CopyUpData::Empty
-        } else {
-            CopyUpData::Full
+        let data = match set.size {
+            Some(0) => CopyUpData::Empty,
+            Some(_) => CopyUpData::Full,
+            None => CopyUpData::Meta,
         };
         let state = self.copy_up(ino, data)?;
         let fd = state.top()?.fd()?;

@@ -79,6 +79,9 @@ impl UnionFs {
         // An indexed hard link already has its upper data, whatever name
         // the node was last seen under (that name may be gone).
         if self.in_upper(&state) || state.layers.first().is_some_and(|l| l.indexed) {
+            if state.is_metacopy() && data != CopyUpData::Meta {
+                return self.complete_data(ino, state, data);
+            }
             return Ok(state);
         }
         let path = self.inodes.path_of(ino)?;
@@ -104,7 +107,11 @@ impl UnionFs {
             let cino = self.ino_of(&found);
             let this_data = if i + 1 == n { data } else { CopyUpData::Full };
             let next = if self.in_upper(&found.state) {
-                found.state
+                if found.state.is_metacopy() && this_data != CopyUpData::Meta {
+                    self.complete_data(cino, found.state, this_data)?
+                } else {
+                    found.state
+                }
             } else {
                 self.copy_up_one(ino, &mut state, &cur, name, cino, found, this_data)?
             };
@@ -168,7 +175,14 @@ impl UnionFs {
         let upper = self.upper_ctx()?;
         let (iname, origin) = self.index_key(found, ino)?;
         let top = found.state.top()?;
-        let (tmp, tfd) = copy_up::stage(upper, &*top.fd()?, &found.stat, data, ino.0)?;
+        let (tmp, tfd) = copy_up::stage(
+            upper,
+            &*top.fd()?,
+            &*found.state.data()?.fd()?,
+            &found.stat,
+            data,
+            ino.0,
+        )?;
         if let Some(fh) = &origin {
             upper.set_origin(tfd.as_fd(), fh);
         }
@@ -248,6 +262,72 @@ impl UnionFs {
         Ok(state)
     }
 
+    /// Gives the metadata-only upper copy of `ino` its data (`Full`) or
+    /// none (`Empty`: it is being truncated to zero), then drops the
+    /// marker: until that last step the data is read from below, so a
+    /// crash half-way loses nothing. Times, mode and capabilities, which
+    /// writing the data may change, are put back first.
+    /// (`state`: the node's state as the caller saw it, used when the node
+    /// is not in the inode table.)
+    pub(super) fn complete_data(
+        &self,
+        ino: Ino,
+        state: NodeState,
+        data: CopyUpData,
+    ) -> Result<NodeState> {
+        let upper = self.upper_ctx()?;
+        let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
+        let state = self.inodes.get(ino).map_or(state, |n| n.snapshot());
+        if !state.is_metacopy() {
+            return Ok(state);
+        }
+        let top = state.top()?;
+        let tfd = top.fd()?;
+        let out = sys::fs::reopen(tfd.as_fd(), nix::fcntl::OFlag::O_WRONLY)?;
+        let st = sys::fs::fstat(out.as_fd())?;
+        if data == CopyUpData::Full {
+            let caps = OsStr::new("security.capability");
+            let cap = sys::xattr::get(tfd.as_fd(), caps)?;
+            let src = state.data()?.fd()?;
+            let input = sys::fs::reopen(
+                src.as_fd(),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOATIME,
+            )
+            .or_else(|_| sys::fs::reopen(src.as_fd(), nix::fcntl::OFlag::O_RDONLY))?;
+            copy_up::copy_data(
+                input.as_fd(),
+                out.as_fd(),
+                u64::try_from(st.st_size).unwrap_or(0),
+            )?;
+            if upper.durable {
+                sys::fs::fsync(out.as_fd(), true)?;
+            }
+            if let Some(v) = cap {
+                sys::xattr::set(tfd.as_fd(), caps, &v, 0)?;
+            }
+            sys::fs::chmod_fd(tfd.as_fd(), st.st_mode & 0o7777)?;
+            sys::fs::utimes_fd(
+                tfd.as_fd(),
+                SetTime::At(st.st_atime, st.st_atime_nsec),
+                SetTime::At(st.st_mtime, st.st_mtime_nsec),
+            )?;
+        } else {
+            sys::fs::ftruncate(out.as_fd(), 0)?;
+        }
+        upper.clear_metacopy(tfd.as_fd())?;
+        let mut layer = top.clone();
+        layer.metacopy = false;
+        let done = NodeState {
+            parent: state.parent,
+            name: state.name.clone(),
+            layers: vec![layer],
+        };
+        self.inodes.refresh(ino, Kind::File, done.clone());
+        // Its blocks are the upper file's now.
+        self.invalidate_attributes(ino);
+        Ok(done)
+    }
+
     /// Copies up one object whose parent (`pstate`, at `ppath`) already has
     /// an upper instance.
     #[allow(clippy::too_many_arguments)]
@@ -274,6 +354,21 @@ impl UnionFs {
         let top = found.state.top()?;
         let pst = sys::fs::fstat(pfd)?;
         let hard_linked = found.kind == Kind::File && found.stat.st_nlink > 1;
+        // Metadata only for a plain, non-empty regular file (a hard-linked
+        // one goes to the index whole), if the mount does metacopy.
+        let data = match data {
+            CopyUpData::Meta
+                if upper.metacopy
+                    && found.kind == Kind::File
+                    && !hard_linked
+                    && !top.indexed
+                    && found.stat.st_size > 0 =>
+            {
+                CopyUpData::Meta
+            }
+            CopyUpData::Meta => CopyUpData::Full,
+            d => d,
+        };
         let tmp = if top.indexed {
             // Another name of this hard-linked file was copied up already:
             // link its upper data into place (one more upper link, the same
@@ -288,7 +383,15 @@ impl UnionFs {
             // other names find this copy through the index.
             self.stage_into_index(&found, ino, data)?.0
         } else {
-            copy_up::stage(upper, &*top.fd()?, &found.stat, data, ino.0)?.0
+            copy_up::stage(
+                upper,
+                &*top.fd()?,
+                &*found.state.data()?.fd()?,
+                &found.stat,
+                data,
+                ino.0,
+            )?
+            .0
         };
         upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
         if hard_linked && !top.indexed {
@@ -305,6 +408,10 @@ impl UnionFs {
         self.mark_impure(pino, pstate);
         let nfd = sys::fs::open_path_at(pfd, name)?;
         let mut layers = vec![self.upper_layer(nfd, ppath.join(name), false)?];
+        if data == CopyUpData::Meta {
+            layers[0].metacopy = true;
+            layers.push(found.state.data()?.clone());
+        }
         if found.kind == Kind::Dir {
             let had_lower = !found.state.layers.is_empty();
             layers.extend(found.state.layers);

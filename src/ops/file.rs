@@ -71,7 +71,8 @@ impl UnionFs {
         } else {
             node.snapshot()
         };
-        let top = state.top()?;
+        // A metadata-only copy is read from the layer with the data.
+        let top = state.data()?;
         let fd = sys::fs::reopen(top.fd()?.as_fd(), backing_flags(flags))?;
         let keep_cache = matches!(
             self.stack.get(top.branch).map(|b| b.mode),
@@ -169,7 +170,7 @@ impl UnionFs {
         }
         let state = self.inodes.get(f.ino)?.snapshot();
         match state.layers.first() {
-            Some(top) if top.branch == upper.branch => {
+            Some(top) if top.branch == upper.branch && !top.metacopy => {
                 let fd = sys::fs::reopen(top.fd()?.as_fd(), OFlag::O_RDONLY)?;
                 let _ = f.upgraded.set(fd);
                 Ok(f.upgraded.get().map_or(f.fd.as_fd(), |fd| fd.as_fd()))

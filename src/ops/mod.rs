@@ -218,10 +218,18 @@ impl UnionFs {
         } else {
             u32::try_from(st.st_nlink).unwrap_or(u32::MAX)
         };
+        // A metadata-only copy occupies what its data below occupies.
+        let blocks = match state.data() {
+            Ok(d) if state.is_metacopy() => d
+                .fd()
+                .and_then(|fd| crate::sys::fs::fstat(std::os::fd::AsFd::as_fd(&*fd)))
+                .map_or(st.st_blocks, |s| s.st_blocks),
+            _ => st.st_blocks,
+        };
         Attr {
             ino,
             size: u64::try_from(st.st_size).unwrap_or(0),
-            blocks: u64::try_from(st.st_blocks).unwrap_or(0),
+            blocks: u64::try_from(blocks).unwrap_or(0),
             atime: time(st.st_atime, st.st_atime_nsec),
             mtime: time(st.st_mtime, st.st_mtime_nsec),
             ctime: time(st.st_ctime, st.st_ctime_nsec),

@@ -524,7 +524,10 @@ impl UnionFs {
             }
             _ => None,
         };
-        let state = if self.in_upper(&found.state) {
+        let state = if found.state.is_metacopy() && self.in_upper(&found.state) {
+            // Its data is found by its path below: give it the data first.
+            self.complete_data(self.ino_of(found), found.state.clone(), CopyUpData::Full)?
+        } else if self.in_upper(&found.state) {
             found.state.clone()
         } else {
             self.copy_up_path(path, CopyUpData::Full)?

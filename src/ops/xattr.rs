@@ -50,7 +50,7 @@ impl UnionFs {
         if whiteout::is_private_xattr(name) {
             return Err(Error::NotSupported);
         }
-        let state = self.copy_up(ino, CopyUpData::Full)?;
+        let state = self.copy_up(ino, CopyUpData::Meta)?;
         sys::xattr::set(state.top()?.fd()?.as_fd(), name, value, flags)
     }
 
@@ -61,7 +61,7 @@ impl UnionFs {
         }
         // Nothing to remove: fail without copying up.
         self.getxattr(ino, name)?;
-        let state = self.copy_up(ino, CopyUpData::Full)?;
+        let state = self.copy_up(ino, CopyUpData::Meta)?;
         sys::xattr::remove(state.top()?.fd()?.as_fd(), name)
     }
 }
