@@ -1,81 +1,197 @@
 #!/usr/bin/env bash
-# Copy-up benchmark: latency to the first write of a lower file (which
-# copies it up) and the blocks the upper copy allocates, for unionfs, kernel
-# overlayfs and fuse-overlayfs, interleaved, medians of RUNS.
-#   scripts/bench-copyup.sh [RUNS] [SIZES...]     sizes like 4K 1M 64M 1G; "1G-sparse" is
-#                                                 a 1 GiB file with 3 small extents
-# Needs root. Writes a Markdown table to stdout.
+# Copy-up benchmark: what the first write to a lower file costs.
+#
+#   scripts/bench-copyup.sh [--runs N] [--sizes 4K,1M,64M,1G] [--files N] [--sparse]
+#                           [--fs ext4|xfs] [--cache cold|warm] [--json FILE]
+#
+# For every size, N files of that size sit in a lower branch (--sparse: each
+# file is a hole with three 4 KiB data extents, at the start, middle and end).
+# Each system mounts them over an empty upper and opens every file for
+# writing and writes one byte; per file we record the latency to that first
+# write (open + copy-up + write), the throughput it implies (file size /
+# latency) and the blocks the upper copy allocates. Systems, interleaved run
+# by run (A B C A B C ...):
+#   unionfs                     copy-up strategy chosen by unionfs (auto)
+#   unionfs copyup=reflink      FICLONE only (only where the filesystem can)
+#   unionfs copyup=copy_file_range
+#   unionfs copyup=readwrite
+#   unionfs volatile            no fsync of the copied data (what podman asks for)
+#   kernel overlayfs, kernel overlayfs volatile, fuse-overlayfs, unionfs-fuse (-o cow)
+# unionfs and kernel overlayfs make a copy durable (fsync) before it appears;
+# with volatile, and fuse-overlayfs and unionfs-fuse always, a crash may leave
+# a copy without its data.
+# Branches live on a fresh loop-mounted image of --fs (default ext4 with a
+# journal; xfs has reflink). --cache cold drops the page cache after mounting
+# (default), warm reads the lower files once first. Prints a Markdown table;
+# medians over runs (and files). Needs root; installs missing peers with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-5}; shift || true
-sizes=${*:-4K 1M 64M 1G-sparse}
-command -v fuse-overlayfs >/dev/null || {
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse-overlayfs >/dev/null
-}
+runs=5 sizes=4K,1M,64M,1G files=1 sparse=0 fs=ext4 cache=cold json=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --runs) runs=$2; shift 2 ;;
+    --sizes) sizes=$2; shift 2 ;;
+    --files) files=$2; shift 2 ;;
+    --sparse) sparse=1; shift ;;
+    --fs) fs=$2; shift 2 ;;
+    --cache) cache=$2; shift 2 ;;
+    --json) json=$2; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    *) echo "bench-copyup: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case $fs in ext4|xfs) ;; *) echo "bench-copyup: --fs must be ext4 or xfs" >&2; exit 2 ;; esac
+case $cache in cold|warm) ;; *) echo "bench-copyup: --cache must be cold or warm" >&2; exit 2 ;; esac
+[ "$(id -u)" = 0 ] || { echo "bench-copyup: needs root (mounts)" >&2; exit 1; }
+need=()
+command -v fuse-overlayfs >/dev/null || need+=(fuse-overlayfs)
+command -v unionfs-fuse >/dev/null || need+=(unionfs-fuse)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+[ "$fs" = xfs ] && ! command -v mkfs.xfs >/dev/null && need+=(xfsprogs)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 cargo build --release --quiet -p unionfs
-export BIN=$PWD/target/release/unionfs RUNS=$runs SIZES="$sizes"
+export BIN=$PWD/target/release/unionfs RUNS=$runs SIZES=$sizes FILES=$files SPARSE=$sparse \
+  FS=$fs CACHE=$cache JSON=$json
 exec python3 - <<'PY'
-import os, statistics, subprocess, tempfile, time
+import json, os, statistics, subprocess, time
 
-runs, sizes, binp = int(os.environ["RUNS"]), os.environ["SIZES"].split(), os.environ["BIN"]
-base = tempfile.mkdtemp(prefix="bench-copyup.", dir="/var/tmp")
+env = os.environ
+runs, files, sparse = int(env["RUNS"]), int(env["FILES"]), env["SPARSE"] == "1"
+sizes, binp, fs, cache = env["SIZES"].split(","), env["BIN"], env["FS"], env["CACHE"]
+UNIT = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
-def sh(c): subprocess.run(c, shell=True, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def sh(c, check=True):
+    return subprocess.run(c, shell=True, check=check, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
 
-def parse(sz):
-    sparse = sz.endswith("-sparse")
-    s = sz.removesuffix("-sparse")
-    n = int(s[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[s[-1]]
-    return n, sparse
+def size_of(s):
+    return int(s[:-1]) * UNIT[s[-1].upper()]
 
-def make_lower(d, n, sparse):
+img, root = f"/var/tmp/unionfs-bench-copyup.{fs}.img", f"/var/tmp/unionfs-bench-copyup.{fs}"
+biggest = max(size_of(s) for s in sizes)
+img_bytes = max(4 << 30, (0 if sparse else biggest * files * 3) + (1 << 30))
+os.makedirs(root, exist_ok=True)
+sh(f"umount -l {root}", check=False)
+sh(f"rm -f {img} && truncate -s {img_bytes} {img}")
+sh(f"mkfs.ext4 -q -F {img}" if fs == "ext4" else f"mkfs.xfs -q -f -m reflink=1 {img}")
+sh(f"mount -o loop {img} {root}")
+probe = f"{root}/probe"
+with open(probe, "wb") as f:
+    f.write(b"x" * 4096)
+can_reflink = sh(f"cp --reflink=always {probe} {probe}.2", check=False).returncode == 0
+sh(f"rm -f {probe} {probe}.2")
+
+def un(opts):
+    return lambda d: sh(f"{binp} mount {d}/l {d}/u {d}/m -o workdir={d}/w{opts}")
+
+SYSTEMS = {"unionfs": un("")}
+if can_reflink:
+    SYSTEMS["unionfs copyup=reflink"] = un(",copyup=reflink")
+SYSTEMS["unionfs copyup=copy_file_range"] = un(",copyup=copy_file_range")
+SYSTEMS["unionfs copyup=readwrite"] = un(",copyup=readwrite")
+SYSTEMS["unionfs volatile"] = un(",volatile")
+SYSTEMS["kernel overlayfs"] = lambda d: sh(
+    f"mount -t overlay overlay -o lowerdir={d}/l,upperdir={d}/u,workdir={d}/w,index=on {d}/m")
+SYSTEMS["kernel overlayfs volatile"] = lambda d: sh(
+    f"mount -t overlay overlay -o lowerdir={d}/l,upperdir={d}/u,workdir={d}/w,index=on,volatile {d}/m")
+SYSTEMS["fuse-overlayfs"] = lambda d: sh(
+    f"fuse-overlayfs -o lowerdir={d}/l,upperdir={d}/u,workdir={d}/w {d}/m")
+SYSTEMS["unionfs-fuse"] = lambda d: sh(f"unionfs-fuse -o cow,allow_other {d}/u=RW:{d}/l=RO {d}/m")
+
+def make_lower(d, n):
     os.makedirs(f"{d}/l")
-    with open(f"{d}/l/f", "wb") as f:
-        if sparse:
-            f.truncate(n)
-            for off in (0, n // 2, n - 4096):
-                f.seek(off); f.write(b"x" * 4096)
-        else:
-            chunk = os.urandom(1 << 20)
-            left = n
-            while left:
-                k = min(left, len(chunk)); f.write(chunk[:k]); left -= k
-    sh(f"sync {d}/l/f")
-    for s in ("u", "w", "m"): os.makedirs(f"{d}/{s}")
+    chunk = os.urandom(min(n, 1 << 20))
+    for i in range(files):
+        with open(f"{d}/l/f{i}", "wb") as f:
+            if sparse:
+                f.truncate(n)
+                for off in sorted({0, (n // 2) & ~4095, max(n - 4096, 0)}):
+                    f.seek(off)
+                    f.write(b"x" * min(4096, n - off))
+            else:
+                left = n
+                while left:
+                    k = min(left, len(chunk))
+                    f.write(chunk[:k])
+                    left -= k
+    sh(f"sync -f {d}/l")
 
-MOUNT = {
-    "unionfs": lambda d: sh(f"{binp} mount {d}/l {d}/u {d}/m -o workdir={d}/w"),
-    "kernel overlayfs": lambda d: sh(f"mount -t overlay overlay -o lowerdir={d}/l,upperdir={d}/u,workdir={d}/w,index=on {d}/m"),
-    "fuse-overlayfs": lambda d: sh(f"fuse-overlayfs -o lowerdir={d}/l,upperdir={d}/u,workdir={d}/w {d}/m"),
-}
-UMOUNT = {"unionfs": "umount", "kernel overlayfs": "umount", "fuse-overlayfs": "fusermount3 -u"}
+def human(b):
+    return f"{b / (1 << 20):.2f} MiB" if b >= (1 << 20) else f"{b / 1024:.0f} KiB"
+
+def unmount(d):
+    for _ in range(50):
+        if sh(f"umount {d}/m", check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+    sh(f"umount -l {d}/m", check=False)
 
 res = {}
-i = 0
 for sz in sizes:
-    n, sparse = parse(sz)
-    for _ in range(runs):
-        for peer in MOUNT:
-            i += 1
-            d = f"{base}/{i}"
-            make_lower(d, n, sparse)
-            MOUNT[peer](d)
-            sh("sync; echo 3 > /proc/sys/vm/drop_caches")
-            t = time.perf_counter()
-            fd = os.open(f"{d}/m/f", os.O_WRONLY)
-            os.pwrite(fd, b"!", 1)
-            os.close(fd)
-            dt = time.perf_counter() - t
-            sh(f"{UMOUNT[peer]} {d}/m")
-            blocks = os.stat(f"{d}/u/f").st_blocks * 512
-            res.setdefault((sz, peer), []).append((dt, blocks))
+    n = size_of(sz)
+    lower = f"{root}/lower-{sz}"
+    make_lower(lower, n)
+    for run in range(runs):
+        for name, mount in SYSTEMS.items():
+            d = f"{root}/run"
             sh(f"rm -rf {d}")
-sh(f"rm -rf {base}")
-print(f"copy-up on first write, median of {runs} interleaved runs (cold cache)\n")
-print("| file | peer | first write (ms) | upper allocates |")
-print("|---|---|---|---|")
-for (sz, peer), v in res.items():
-    ms = statistics.median(x[0] for x in v) * 1000
-    mb = statistics.median(x[1] for x in v) / (1 << 20)
-    print(f"| {sz} | {peer} | {ms:.2f} | {mb:.2f} MiB |")
+            for s in ("u", "w", "m"):
+                os.makedirs(f"{d}/{s}")
+            os.symlink(f"{lower}/l", f"{d}/l")
+            mount(d)
+            try:
+                if cache == "cold":
+                    sh("sync; echo 3 > /proc/sys/vm/drop_caches")
+                else:
+                    for i in range(files):
+                        with open(f"{d}/m/f{i}", "rb") as f:
+                            while f.read(1 << 20):
+                                pass
+                lat = []
+                t_all = time.perf_counter()
+                for i in range(files):
+                    t = time.perf_counter()
+                    fd = os.open(f"{d}/m/f{i}", os.O_WRONLY)
+                    os.pwrite(fd, b"!", 1)
+                    lat.append(time.perf_counter() - t)
+                    os.close(fd)
+                total = time.perf_counter() - t_all
+            finally:
+                unmount(d)
+            alloc = statistics.median(os.stat(f"{d}/u/f{i}").st_blocks * 512 for i in range(files))
+            r = res.setdefault((sz, name), {"lat": [], "alloc": [], "total": []})
+            r["lat"] += lat
+            r["alloc"].append(alloc)
+            r["total"].append(total)
+    sh(f"rm -rf {lower} {root}/run")
+sh(f"umount {root}")
+sh(f"rm -f {img}")
+os.rmdir(root)
+
+kind = "sparse (3 × 4 KiB extents)" if sparse else "dense"
+print(f"Copy-up on the first write: {files} {kind} file(s) per size, medians of {runs} "
+      f"interleaved runs, {cache} cache, branches on a fresh {fs} image"
+      f"{' (reflink available)' if can_reflink else ' (no reflink on ' + fs + ')'}; "
+      f"kernel {os.uname().release}.\n")
+print("| size | system | first write, per file (ms) | throughput (MiB/s) | upper allocates per file | × kernel overlayfs |")
+print("|---|---|---|---|---|---|")
+out = []
+for sz in sizes:
+    base = statistics.median(res[(sz, "kernel overlayfs")]["lat"])
+    for name in SYSTEMS:
+        r = res[(sz, name)]
+        lat = statistics.median(r["lat"])
+        alloc = statistics.median(r["alloc"])
+        mibs = size_of(sz) / (1 << 20) / lat if lat > 0 else float("inf")
+        print(f"| {sz} | {name} | {lat * 1000:.2f} | {mibs:.0f} | {human(alloc)} | {lat / base:.2f} |")
+        out.append({"size": sz, "system": name, "latency_s": lat, "throughput_mib_s": mibs,
+                    "allocated_bytes": alloc, "ratio_vs_overlayfs": lat / base,
+                    "total_s": statistics.median(r["total"])})
+if env.get("JSON"):
+    with open(env["JSON"], "w") as f:
+        json.dump({"fs": fs, "cache": cache, "files": files, "sparse": sparse, "runs": runs,
+                   "reflink": can_reflink, "results": out}, f, indent=1)
 PY

@@ -166,6 +166,9 @@ pub struct MountOptions {
     /// copy its metadata only. Default on, except in the overlay dialect,
     /// whose users (podman) read the upper directly, as with overlayfs.
     pub metacopy: Option<bool>,
+    /// `copyup=auto|reflink|copy_file_range|readwrite`: force one way of
+    /// copying data (benchmarks; filesystems with a broken one). `None` = auto.
+    pub copyup: Option<crate::copy_up::Strategy>,
     /// `passthrough=off|upper|all`.
     pub passthrough: Option<Passthrough>,
     /// Mount flags: `nosuid`, `nodev`, `noexec`, `noatime`...
@@ -305,6 +308,16 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                     "off" => false,
                     _ => return Err(bad(&v)),
                 });
+            }
+            "copyup" => {
+                let v = need(value)?;
+                o.copyup = match v.as_str() {
+                    "auto" => None,
+                    "reflink" => Some(crate::copy_up::Strategy::Reflink),
+                    "copy_file_range" => Some(crate::copy_up::Strategy::CopyFileRange),
+                    "readwrite" => Some(crate::copy_up::Strategy::ReadWrite),
+                    _ => return Err(bad(&v)),
+                };
             }
             "passthrough" => {
                 let v = need(value)?;
@@ -595,6 +608,7 @@ mod tests {
                 "whiteout=overlay",
                 "passthrough=all",
                 "metacopy=off",
+                "copyup=readwrite",
                 "nosuid",
                 "noauto",
                 "_netdev",
@@ -613,6 +627,7 @@ mod tests {
         assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
         assert_eq!(o.passthrough, Some(Passthrough::All));
         assert_eq!(o.metacopy, Some(false));
+        assert_eq!(o.copyup, Some(crate::copy_up::Strategy::ReadWrite));
         assert_eq!(o.flags, v(&["nosuid"]));
         assert_eq!(o.ignored, v(&["noauto", "_netdev"]));
     }
@@ -627,6 +642,7 @@ mod tests {
             "whiteout=zfs",
             "passthrough=yes",
             "metacopy=1",
+            "copyup=fast",
             "ttl",
         ] {
             assert!(

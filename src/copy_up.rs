@@ -97,10 +97,28 @@ pub fn data_extents(fd: BorrowedFd<'_>, size: u64) -> Result<Vec<(u64, u64)>> {
 
 /// Copies all data of `src` into the empty file `dst`, keeping holes.
 pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<Strategy> {
-    if size > 0 && sys::fs::ficlone(dst, src).is_ok() {
-        return Ok(Strategy::Reflink);
+    copy_data_with(src, dst, size, None)
+}
+
+/// `copy_data`, with the strategy forced (`only`, for benchmarks and
+/// filesystems with a broken one) or chosen: the first that works.
+pub fn copy_data_with(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    only: Option<Strategy>,
+) -> Result<Strategy> {
+    if size > 0 && matches!(only, None | Some(Strategy::Reflink)) {
+        match sys::fs::ficlone(dst, src) {
+            Ok(()) => return Ok(Strategy::Reflink),
+            Err(e) if only.is_some() => return Err(e),
+            Err(_) => {}
+        }
     }
-    let mut strategy = Strategy::CopyFileRange;
+    let mut strategy = match only {
+        Some(Strategy::ReadWrite) => Strategy::ReadWrite,
+        _ => Strategy::CopyFileRange,
+    };
     for (start, end) in data_extents(src, size)? {
         let mut off = start;
         while off < end && strategy == Strategy::CopyFileRange {
@@ -111,10 +129,11 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<
                 Ok(0) => break,
                 Ok(n) => off += n as u64,
                 Err(e)
-                    if matches!(
-                        e.errno(),
-                        Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP
-                    ) =>
+                    if only.is_none()
+                        && matches!(
+                            e.errno(),
+                            Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP
+                        ) =>
                 {
                     strategy = Strategy::ReadWrite
                 }
@@ -205,7 +224,7 @@ pub fn stage(
                     let input =
                         sys::fs::reopen(data_src.as_fd(), OFlag::O_RDONLY | OFlag::O_NOATIME)
                             .or_else(|_| sys::fs::reopen(data_src.as_fd(), OFlag::O_RDONLY))?;
-                    copy_data(input.as_fd(), out.as_fd(), size)?;
+                    copy_data_with(input.as_fd(), out.as_fd(), size, upper.copy_strategy)?;
                     if upper.durable {
                         sys::fs::fsync(out.as_fd(), true)?;
                     }

@@ -128,6 +128,7 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
                 .options
                 .metacopy
                 .unwrap_or(cfg.dialect == crate::config::Dialect::Native);
+            up.copy_strategy = cfg.options.copyup;
             upper = Some(up);
         }
         branches.push(b);

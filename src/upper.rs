@@ -69,6 +69,8 @@ pub struct Upper {
     pub durable: bool,
     /// Metadata changes of a lower file copy its metadata only.
     pub metacopy: bool,
+    /// The one way copy-up may move data (`copyup=`); `None`: the best that works.
+    pub copy_strategy: Option<crate::copy_up::Strategy>,
     seq: AtomicU64,
 }
 
@@ -171,6 +173,7 @@ impl Upper {
             kernel_index,
             durable: true,
             metacopy: false,
+            copy_strategy: None,
             seq: AtomicU64::new(0),
         };
         // Record the format so a later mount reads this upper the same way

@@ -751,3 +751,49 @@ fn chown_r_copies_metadata_only_until_a_write() {
         m.unmount();
     }
 }
+
+#[test]
+fn every_copy_up_strategy_makes_the_same_sparse_copy() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let size: u64 = 64 << 20;
+    for strategy in ["auto", "copy_file_range", "readwrite", "reflink"] {
+        let t = Setup::new(&format!("strategy-{strategy}"));
+        {
+            let f = fs::File::create(t.l1.join("f")).unwrap();
+            f.set_len(size).unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_at(&[1u8; 8192], 0).unwrap();
+            f.write_at(&[2u8; 4096], size / 2).unwrap();
+        }
+        let lower = fs::read(t.l1.join("f")).unwrap();
+        let m = t.mount(&[&format!("copyup={strategy}")]);
+        let res = fs::OpenOptions::new()
+            .write(true)
+            .open(m.mnt.join("f"))
+            .map(|_| ());
+        let work = t.u.join(".wh..wh.unionfs/work");
+        if strategy == "reflink" && res.is_err() {
+            // ext4 and friends cannot share extents: a clear error, nothing half-made.
+            assert_eq!(errno_of(res), Some(libc::EOPNOTSUPP));
+            assert!(!t.u.join("f").exists());
+            assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
+            m.unmount();
+            continue;
+        }
+        res.unwrap();
+        let up = fs::metadata(t.u.join("f")).unwrap();
+        assert_eq!(up.len(), size, "{strategy}");
+        assert!(
+            up.blocks() <= 64,
+            "{strategy}: {} blocks, holes filled",
+            up.blocks()
+        );
+        assert!(
+            fs::read(m.mnt.join("f")).unwrap() == lower,
+            "{strategy}: data differs"
+        );
+        m.unmount();
+    }
+}
