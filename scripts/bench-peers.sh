@@ -19,7 +19,8 @@
 #   QUICK=1        smoke run: 3 runs, 128 MiB file, 1,000-file repo, untar of usr/share only
 #   TIMEOUT=S      time limit of one workload on one system, one run (default 300; 120 quick)
 #   FIO_RUNTIME=S  seconds per fio run (default 4; 2 quick)
-#   SYSTEMS=a,b    subset of: native,overlay,fuse-overlayfs,unionfs-fuse,unionfs
+#   SYSTEMS=a,b    subset of: native,overlay,fuse-overlayfs,unionfs-fuse,unionfs,unionfs-pt-all
+#                  (unionfs-pt-all: unionfs -o passthrough=all, lower files in the kernel too)
 #   WORKLOADS=a,b  subset of: walk-names,walk-stat,read,untar,readdir,git,copyup-big,copyup-small
 #   BENCH_CACHE    where the data set image lives (default /var/cache/unionfs-bench)
 #   UNIONFS_BIN    use this unionfs binary instead of building target/release/unionfs

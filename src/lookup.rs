@@ -280,7 +280,7 @@ pub fn lookup(
                 break;
             }
             let mut layer = Layer::new(branch, fd, cur_path);
-            let meta = if kind == Kind::File {
+            let meta = if kind == Kind::File && may_be_metacopy(&st) {
                 metacopy_info(&layer)?
             } else {
                 None
@@ -351,6 +351,17 @@ pub fn lookup(
         kind,
         recorded_ino,
     })
+}
+
+/// False for a regular file that certainly holds its own data, so its
+/// xattrs need not be read for a metacopy marker: a file without data
+/// blocks occupies at most its xattr block (one filesystem block), so one
+/// that is not sparse and occupies more than a block has its data.
+/// (A metadata-only file with more than a block of xattrs would be missed;
+/// neither overlayfs nor unionfs writes those.)
+fn may_be_metacopy(st: &FileStat) -> bool {
+    let allocated = st.st_blocks.saturating_mul(512);
+    st.st_size > 0 && (allocated < st.st_size || allocated <= st.st_blksize.max(4096))
 }
 
 /// For a metadata-only file: `Some(where its data is)`, `None` otherwise.

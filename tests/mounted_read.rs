@@ -1162,7 +1162,13 @@ fn metacopy_files_take_their_data_from_below() {
     }
     set_xattr(l1, "g", "trusted.overlay.redirect", b"/elsewhere/g");
     // A marker with no data anywhere below is an I/O error, as in overlayfs.
-    file(l1, "orphan", b"", 0o644);
+    let orphan = file(l1, "orphan", b"", 0o644);
+    fs::File::options()
+        .write(true)
+        .open(&orphan)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
     set_xattr(l1, "orphan", "trusted.overlay.metacopy", b"");
     let before = snapshot_all(&b.lowers());
     let m = b.mount();

@@ -346,8 +346,12 @@ class UnionfsFuse(System):
 
 
 class Unionfs(System):
+    def __init__(self, key, label, comm=None, opts=""):
+        super().__init__(key, label, comm)
+        self.opts = opts
+
     def mount_cmd(self, lowers, upper, work, mnt):
-        return [BIN, "mount", ":".join(lowers), upper, mnt, "-o", f"workdir={work}"]
+        return [BIN, "mount", ":".join(lowers), upper, mnt, "-o", f"workdir={work}{self.opts}"]
 
     def umount_cmd(self, mnt):
         return [BIN, "umount", mnt]
@@ -744,7 +748,9 @@ def main_run():
     all_systems = [Native("native", "native ext4"), Overlay("overlay", "kernel overlayfs"),
                    FuseOverlayfs("fuse-overlayfs", "fuse-overlayfs 1.10", "fuse-overlayfs"),
                    UnionfsFuse("unionfs-fuse", "unionfs-fuse 1.0", "unionfs-fuse"),
-                   Unionfs("unionfs", "unionfs", "unionfs")]
+                   Unionfs("unionfs", "unionfs", "unionfs"),
+                   Unionfs("unionfs-pt-all", "unionfs passthrough=all", "unionfs",
+                           ",passthrough=all")]
     want = env.get("SYSTEMS", "").split(",") if env.get("SYSTEMS") else None
     systems = [s for s in all_systems if not want or s.key in want]
     groups = env.get("WORKLOADS", "").split(",") if env.get("WORKLOADS") else list(GROUPS)

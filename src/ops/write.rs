@@ -302,6 +302,9 @@ impl UnionFs {
 
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
         let upper = self.upper_ctx()?;
+        if self.remove_in_upper_only_dir(parent, name, dir)? {
+            return Ok(());
+        }
         // Everything that can fail is checked before anything is copied up.
         let (pstate, ppath) = self.dir_state(parent)?;
         let found = self
@@ -331,6 +334,37 @@ impl UnionFs {
             (false, false, _) => return Err(Error::NotFound),
         }
         Ok(())
+    }
+
+    /// The fast path of `remove` (rm -rf of a tree the union made): in a
+    /// directory that exists only in the upper nothing below can show the
+    /// name, so no whiteout is needed and the object is the upper's. A
+    /// file is unlinked; a directory that is not merged (no redirect) is
+    /// removed when the upper holds nothing in it. Returns false when the
+    /// general path must decide (merged parent or child, whiteouts left).
+    fn remove_in_upper_only_dir(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<bool> {
+        let pstate = self.inodes.get(parent)?.snapshot();
+        if pstate.layers.len() != 1 || !self.in_upper(&pstate) {
+            return Ok(false);
+        }
+        let pfd = pstate.top()?.fd()?;
+        if !dir {
+            // (unlinkat itself refuses a directory with EISDIR.)
+            sys::fs::unlink_at(pfd.as_fd(), name, false)?;
+            return Ok(true);
+        }
+        let fd = sys::fs::open_path_at(pfd.as_fd(), name)?;
+        for n in sys::xattr::list(fd.as_fd())? {
+            if whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x)) {
+                return Ok(false);
+            }
+        }
+        match sys::fs::unlink_at(pfd.as_fd(), name, true) {
+            Ok(()) => Ok(true),
+            // Only whiteouts or markers inside, perhaps: merged emptiness decides.
+            Err(e) if e.errno() == Errno::ENOTEMPTY || e.errno() == Errno::EEXIST => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Bookkeeping for a name of a non-directory about to go: a lower

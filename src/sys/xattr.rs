@@ -50,10 +50,18 @@ fn list_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::result::Result<usize, Er
     len_or_errno(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
-/// Calls `f` with a growing buffer until the value fits.
+/// Calls `f` with a buffer until the value fits: first a small one on the
+/// stack (one syscall for most objects, which have few or no xattrs),
+/// then one of the size the kernel reports.
 fn sized(
     mut f: impl FnMut(&mut [u8]) -> std::result::Result<usize, Errno>,
 ) -> std::result::Result<Vec<u8>, Errno> {
+    let mut first = [0u8; 512];
+    match f(&mut first) {
+        Ok(n) => return Ok(first[..n].to_vec()),
+        Err(Errno::ERANGE) => {}
+        Err(e) => return Err(e),
+    }
     let mut len = f(&mut [])?;
     loop {
         let mut buf = vec![0u8; len.max(1)];

@@ -550,7 +550,17 @@ impl Mount {
     pub fn unmount_with<S: AsRef<OsStr>>(mut self, argv: &[S]) {
         let mut args: Vec<OsString> = argv[1..].iter().map(|a| a.as_ref().into()).collect();
         args.push(self.mnt.as_os_str().to_os_string());
-        let out = run(argv[0].as_ref(), &args);
+        // Tests run in parallel threads: a child another test forks holds
+        // copies of every fd of this process until it execs, so "busy" can
+        // be transient. Retry for a while before calling it a failure.
+        let mut out = run(argv[0].as_ref(), &args);
+        for _ in 0..50 {
+            if out.ok() || !out.stderr.contains("busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            out = run(argv[0].as_ref(), &args);
+        }
         assert!(out.ok(), "unmount failed:\n{out}");
         assert!(
             !is_mounted(&self.mnt),
