@@ -258,10 +258,11 @@ impl InodeTable {
         }
     }
 
-    /// Drops `n` kernel lookups; removes the node when none are left.
-    pub fn forget(&self, ino: Ino, n: u64) {
+    /// Drops `n` kernel lookups; removes the node when none are left (and
+    /// then returns true).
+    pub fn forget(&self, ino: Ino, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         if let Entry::Occupied(e) = self.nodes.entry(ino) {
             let left = e
@@ -273,8 +274,10 @@ impl InodeTable {
                 .map_or(0, |before| before.saturating_sub(n));
             if left == 0 {
                 e.remove();
+                return true;
             }
         }
+        false
     }
 
     /// The path of `ino` from the union root, following parent links.

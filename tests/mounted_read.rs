@@ -11,6 +11,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 
@@ -1199,4 +1200,69 @@ fn metacopy_files_take_their_data_from_below() {
     assert_eq!(fs::metadata(b.u.join("g")).unwrap().uid(), 1234);
     m.unmount();
     assert_unchanged(&before);
+}
+
+fn vm_rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// The daemon's memory and fds follow what the kernel keeps cached, not the
+/// number of inodes ever looked up: after the kernel forgets (drop_caches),
+/// both fall back.
+#[test]
+fn memory_and_fds_follow_the_kernel_cache() {
+    if !can_mount_fuse() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    // On tmpfs: creating 60,000 files on this machine's root ext4 is slow.
+    let td = tempfile::Builder::new()
+        .prefix("unionfs-test-bounded-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let (lower, mnt) = (td.path().join("lower"), td.path().join("mnt"));
+    fs::create_dir(&mnt).unwrap();
+    for d in 0..300 {
+        let dir = lower.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..200 {
+            fs::File::create(dir.join(format!("file-with-a-longish-name-{f}"))).unwrap();
+        }
+    }
+    let m = Mount::unionfs(&[&lower], None, &mnt);
+    let pid = m.daemon_pids[0];
+    let base = vm_rss_kib(pid);
+    let out = run("find", &[m.mnt.to_str().unwrap(), "-printf", "%s\n"]);
+    assert!(out.ok(), "{out}");
+    let peak = vm_rss_kib(pid);
+    let peak_fds = open_fds(pid);
+    assert!(
+        peak > base + 10_000,
+        "60k nodes should show: {base} -> {peak} KiB"
+    );
+    // The kernel forgets its unused inodes; FORGET frees the nodes.
+    let drop = || {
+        nix::unistd::sync();
+        fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    };
+    drop();
+    let fell = wait_until(Duration::from_secs(20), || {
+        vm_rss_kib(pid) < base + (peak - base) / 2 && open_fds(pid) < 64
+    });
+    assert!(
+        fell,
+        "after the kernel forgot: RSS {} KiB (base {base}, peak {peak}), fds {} (peak {peak_fds})",
+        vm_rss_kib(pid),
+        open_fds(pid)
+    );
+    m.unmount();
 }

@@ -109,6 +109,8 @@ pub struct UnionFs {
     handles: HandleTable,
     opts: CoreOptions,
     copy_locks: Box<[parking_lot::Mutex<()>]>,
+    /// Nodes freed by FORGET so far (to return heap memory now and then).
+    freed_nodes: std::sync::atomic::AtomicU64,
     invalidator: std::sync::OnceLock<Box<dyn Invalidate>>,
 }
 
@@ -141,6 +143,7 @@ impl UnionFs {
             inodes,
             handles: HandleTable::default(),
             opts,
+            freed_nodes: std::sync::atomic::AtomicU64::new(0),
             copy_locks: (0..copyup::COPY_LOCKS)
                 .map(|_| parking_lot::Mutex::new(()))
                 .collect(),

@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 use crate::inode::{Ino, Kind, Node};
 use crate::lookup;
 
+/// Freed nodes between two returns of free heap memory to the system.
+const TRIM_EVERY: u64 = 4_096;
+
 impl UnionFs {
     /// Looks `name` up in directory `parent`; counts one kernel lookup.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Entry> {
@@ -43,6 +46,16 @@ impl UnionFs {
 
     /// Drops `n` kernel lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.inodes.forget(ino, n);
+        if self.inodes.forget(ino, n) {
+            // Every so many freed nodes, hand the memory back: what the
+            // daemon holds then follows what the kernel keeps cached.
+            let freed = self
+                .freed_nodes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if freed % TRIM_EVERY == 0 {
+                crate::sys::process::trim_memory();
+            }
+        }
     }
 }
