@@ -84,8 +84,15 @@ impl UnionFs {
             }
             return Ok(state);
         }
-        let path = self.inodes.path_of(ino)?;
-        self.copy_up_path(&path, data)
+        if ino == ROOT_INO {
+            return Err(Error::ReadOnly);
+        }
+        // Parents first, through the inode table: ancestors already in the
+        // upper cost nothing, and each missing one is looked up once.
+        let parent = state.parent;
+        let mut pstate = self.copy_up(parent, CopyUpData::Full)?;
+        let ppath = self.inodes.path_of(parent)?;
+        self.copy_up_one(parent, &mut pstate, &ppath, &state.name, None, data)
     }
 
     /// Walks `path` from the root, copying up each directory on the way
@@ -113,7 +120,7 @@ impl UnionFs {
                     found.state
                 }
             } else {
-                self.copy_up_one(ino, &mut state, &cur, name, cino, found, this_data)?
+                self.copy_up_one(ino, &mut state, &cur, name, Some(found), this_data)?
             };
             cur.push(name);
             ino = cino;
@@ -163,6 +170,24 @@ impl UnionFs {
         Ok((format!("{:016x}", ino.0).into(), None))
     }
 
+    /// Stages a copy of `found` (union inode `ino`) in the workdir: the
+    /// metadata of its top instance, the data of its data instance.
+    fn stage_found(
+        &self,
+        found: &Found,
+        ino: Ino,
+        data: CopyUpData,
+    ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd)> {
+        copy_up::stage(
+            self.upper_ctx()?,
+            &*found.state.top()?.fd()?,
+            &*found.state.data()?.fd()?,
+            &found.stat,
+            data,
+            ino.0,
+        )
+    }
+
     /// Stages a copy of hard-linked lower file `found` and links it into the
     /// index (recording the kernel's origin handle where the index is the
     /// kernel's). Returns the staged name and fd.
@@ -174,15 +199,7 @@ impl UnionFs {
     ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd)> {
         let upper = self.upper_ctx()?;
         let (iname, origin) = self.index_key(found, ino)?;
-        let top = found.state.top()?;
-        let (tmp, tfd) = copy_up::stage(
-            upper,
-            &*top.fd()?,
-            &*found.state.data()?.fd()?,
-            &found.stat,
-            data,
-            ino.0,
-        )?;
+        let (tmp, tfd) = self.stage_found(found, ino, data)?;
         if let Some(fh) = &origin {
             upper.set_origin(tfd.as_fd(), fh);
         }
@@ -329,28 +346,44 @@ impl UnionFs {
         Ok(done)
     }
 
-    /// Copies up one object whose parent (`pstate`, at `ppath`) already has
-    /// an upper instance.
-    #[allow(clippy::too_many_arguments)]
+    /// Copies up `name`, whose parent (`pstate`, at `ppath`) already has an
+    /// upper instance; `found` is its lookup, if the caller has one.
     fn copy_up_one(
         &self,
         pino: Ino,
         pstate: &mut NodeState,
         ppath: &Path,
         name: &OsStr,
-        ino: Ino,
-        found: Found,
+        found: Option<Found>,
         data: CopyUpData,
     ) -> Result<NodeState> {
         let upper = self.upper_ctx()?;
         let player = pstate.top()?.clone();
         let pfd_arc = player.fd()?;
         let pfd = pfd_arc.as_fd();
+        let mut found = match found {
+            Some(f) => f,
+            None => self.find_union(pino, pstate, ppath, name)?,
+        };
+        if self.in_upper(&found.state) {
+            if found.state.is_metacopy() && data != CopyUpData::Meta {
+                return self.complete_data(self.ino_of(&found), found.state, data);
+            }
+            return Ok(found.state);
+        }
+        let ino = self.ino_of(&found);
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
-        // Another writer may have finished this copy-up while we waited.
-        let again = self.find_union(pino, pstate, ppath, name)?;
-        if self.in_upper(&again.state) {
-            return Ok(again.state);
+        // Another writer may have finished this copy-up while we waited (the
+        // name is in the upper now), or copied up another name of this
+        // hard-linked file (its data is in the index now): look again.
+        let raced = sys::fs::stat_at(pfd, name).is_ok()
+            || (upper.format == crate::config::WhiteoutFormat::Aufs
+                && sys::fs::stat_at(pfd, &crate::whiteout::whiteout_name(name)).is_ok());
+        if raced || (found.kind == Kind::File && found.stat.st_nlink > 1) {
+            found = self.find_union(pino, pstate, ppath, name)?;
+            if self.in_upper(&found.state) {
+                return Ok(found.state);
+            }
         }
         let top = found.state.top()?;
         let pst = sys::fs::fstat(pfd)?;
@@ -384,15 +417,7 @@ impl UnionFs {
             // other names find this copy through the index.
             self.stage_into_index(&found, ino, data)?.0
         } else {
-            copy_up::stage(
-                upper,
-                &*top.fd()?,
-                &*found.state.data()?.fd()?,
-                &found.stat,
-                data,
-                ino.0,
-            )?
-            .0
+            self.stage_found(&found, ino, data)?.0
         };
         upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
         if hard_linked && !top.indexed {

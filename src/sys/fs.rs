@@ -373,13 +373,20 @@ pub fn utimes_fd(fd: BorrowedFd<'_>, atime: SetTime, mtime: SetTime) -> Result<(
     traced!(
         "utimensat",
         (fd.as_raw_fd(), atime, mtime),
-        nix::sys::stat::utimensat(
-            fd,
-            "",
-            &timespec(atime),
-            &timespec(mtime),
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink
-        )
+        {
+            let times = [*timespec(atime).as_ref(), *timespec(mtime).as_ref()];
+            // SAFETY: the empty path is NUL-terminated and `times` holds the
+            // two timespecs utimensat reads.
+            let r = unsafe {
+                libc::utimensat(
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            nix::errno::Errno::result(r).map(drop)
+        }
         .or_else(|_| {
             // Kernels without AT_EMPTY_PATH support in utimensat.
             let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
