@@ -22,7 +22,8 @@
 # a copy without its data.
 # Branches live on a fresh loop-mounted image of --fs (default ext4 with a
 # journal; xfs has reflink). --cache cold drops the page cache after mounting
-# (default), warm reads the lower files once first. Prints a Markdown table;
+# (default), warm reads the lower files once first (in the lower, not through
+# the mount). Prints a Markdown table;
 # medians over runs (and files). Needs root; installs missing peers with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -146,8 +147,10 @@ for sz in sizes:
                 if cache == "cold":
                     sh("sync; echo 3 > /proc/sys/vm/drop_caches")
                 else:
+                    # the lower files themselves, not through the mount
+                    # (that would measure dropping the union's page cache)
                     for i in range(files):
-                        with open(f"{d}/m/f{i}", "rb") as f:
+                        with open(f"{d}/l/f{i}", "rb") as f:
                             while f.read(1 << 20):
                                 pass
                 lat = []
