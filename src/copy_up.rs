@@ -149,6 +149,18 @@ pub fn copy_data_with(
     Ok(strategy)
 }
 
+/// Makes copied data durable before the copy can appear (unless the mount
+/// is `volatile`). A reflink copied nothing: the shared extents were
+/// written back by the clone itself, and the filesystems that clone (xfs,
+/// btrfs) commit the clone before the rename that shows the copy, so only
+/// copied bytes need the sync.
+pub fn sync_copy(upper: &Upper, out: BorrowedFd<'_>, how: Strategy) -> Result<()> {
+    if upper.durable && how != Strategy::Reflink {
+        sys::fs::fsync(out, true)?;
+    }
+    Ok(())
+}
+
 /// Copies every non-private xattr of `src` to `dst`.
 pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
     for name in sys::xattr::list(src)? {
@@ -224,10 +236,9 @@ pub fn stage(
                     let input =
                         sys::fs::reopen(data_src.as_fd(), OFlag::O_RDONLY | OFlag::O_NOATIME)
                             .or_else(|_| sys::fs::reopen(data_src.as_fd(), OFlag::O_RDONLY))?;
-                    copy_data_with(input.as_fd(), out.as_fd(), size, upper.copy_strategy)?;
-                    if upper.durable {
-                        sys::fs::fsync(out.as_fd(), true)?;
-                    }
+                    let how =
+                        copy_data_with(input.as_fd(), out.as_fd(), size, upper.copy_strategy)?;
+                    sync_copy(upper, out.as_fd(), how)?;
                 }
             }
             Kind::Symlink => {

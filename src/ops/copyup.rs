@@ -311,15 +311,13 @@ impl UnionFs {
                 nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOATIME,
             )
             .or_else(|_| sys::fs::reopen(src.as_fd(), nix::fcntl::OFlag::O_RDONLY))?;
-            copy_up::copy_data_with(
+            let how = copy_up::copy_data_with(
                 input.as_fd(),
                 out.as_fd(),
                 u64::try_from(st.st_size).unwrap_or(0),
                 upper.copy_strategy,
             )?;
-            if upper.durable {
-                sys::fs::fsync(out.as_fd(), true)?;
-            }
+            copy_up::sync_copy(upper, out.as_fd(), how)?;
             if let Some(v) = cap {
                 sys::xattr::set(tfd.as_fd(), caps, &v, 0)?;
             }
