@@ -100,6 +100,16 @@ impl Backing {
         })
     }
 
+    /// An object known by its handle only (no fd opened yet), on the
+    /// filesystem of `mount`.
+    pub fn from_handle(mount: &Arc<OwnedFd>, h: ObjectHandle) -> Arc<Backing> {
+        Arc::new(Backing {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            mount: Some(Arc::clone(mount)),
+            reach: Reach::Handle(h),
+        })
+    }
+
     /// An object whose fd stays open (branch roots).
     pub fn pinned(fd: OwnedFd) -> Arc<Backing> {
         Self::new(None, fd)

@@ -137,6 +137,29 @@ impl Branch {
             && sys::fs::mount_id_fd(fd).is_ok_and(|id| id != self.mnt_id)
     }
 
+    /// Whether lookups here may reach objects by name and file handle
+    /// without opening them: a branch the union never changes (so the name
+    /// cannot be swapped between the stat and the handle), whose objects
+    /// can be reopened by handle, seen through a mount clone (so no mount
+    /// point inside needs an fd to be recognised).
+    pub fn reach_by_name(&self) -> bool {
+        self.mode == BranchMode::ReadOnly
+            && self.handle_mount.is_some()
+            && self.view != BranchView::Direct
+    }
+
+    /// A backing object for `dir/name` known by its file handle only;
+    /// `None` when the filesystem gives no handle for it.
+    pub fn backing_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+    ) -> Option<Arc<crate::backing::Backing>> {
+        let mount = self.handle_mount.as_ref()?;
+        let h = sys::fs::name_to_handle_at(dir, name).ok()?;
+        Some(crate::backing::Backing::from_handle(mount, h))
+    }
+
     /// A backing object of this branch for O_PATH `fd`.
     pub fn backing(&self, fd: OwnedFd) -> Arc<crate::backing::Backing> {
         crate::backing::Backing::new(self.handle_mount.as_ref(), fd)

@@ -119,6 +119,24 @@ impl Layer {
         }
     }
 
+    /// A plain layer for an object already held by `backing`.
+    pub fn with_backing(
+        branch: &crate::branch::Branch,
+        backing: Arc<crate::backing::Backing>,
+        path: PathBuf,
+    ) -> Layer {
+        Layer {
+            branch: branch.id,
+            backing,
+            path,
+            opacity: Opacity::Transparent,
+            impure: false,
+            indexed: false,
+            sealed: false,
+            metacopy: false,
+        }
+    }
+
     /// An O_PATH fd of the object.
     pub fn fd(&self) -> Result<Arc<OwnedFd>> {
         self.backing.fd()

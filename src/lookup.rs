@@ -39,8 +39,49 @@ enum Probe {
     Absent,
     /// A whiteout here: the name is deleted for all branches below.
     Whiteout,
-    /// An object.
-    Object(OwnedFd, FileStat),
+    /// An object: an fd of it, or (`None`) reachable as its name in the
+    /// candidate directory (read-only branches with file handles: no fd is
+    /// opened for a lookup at all).
+    Object(Option<OwnedFd>, FileStat),
+}
+
+/// An object whose union markers are read: through an fd of it, or by its
+/// name in a directory (without opening it).
+#[derive(Clone, Copy)]
+enum ObjRef<'a> {
+    Fd(std::os::fd::BorrowedFd<'a>),
+    At(std::os::fd::BorrowedFd<'a>, &'a OsStr),
+}
+
+impl ObjRef<'_> {
+    fn xattrs(self) -> Result<Vec<OsString>> {
+        match self {
+            ObjRef::Fd(fd) => sys::xattr::list(fd),
+            ObjRef::At(dir, name) => sys::xattr::list_at(dir, name),
+        }
+    }
+
+    fn xattr(self, x: &OsStr) -> Result<Option<Vec<u8>>> {
+        match self {
+            ObjRef::Fd(fd) => sys::xattr::get(fd, x),
+            ObjRef::At(dir, name) => sys::xattr::get_at(dir, name, x),
+        }
+    }
+
+    fn xattr_u64(self, x: &OsStr) -> Result<Option<u64>> {
+        match self {
+            ObjRef::Fd(fd) => sys::xattr::get_u64(fd, x),
+            ObjRef::At(dir, name) => sys::xattr::get_u64_at(dir, name, x),
+        }
+    }
+
+    /// stat of `child` inside this (directory) object.
+    fn child_stat(self, child: &OsStr) -> Result<FileStat> {
+        match self {
+            ObjRef::Fd(fd) => sys::fs::stat_at(fd, child),
+            ObjRef::At(dir, name) => sys::fs::stat_at(dir, Path::new(name).join(child).as_os_str()),
+        }
+    }
 }
 
 /// A directory in one branch in which to look a name up.
@@ -86,11 +127,15 @@ fn marker_absent<T>(r: Result<T>) -> Result<Option<T>> {
 /// Reads the opacity and redirect of a directory instance `fd` in `branch`,
 /// at union path `path`.
 pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
+    dir_info_of(branch, ObjRef::Fd(fd.as_fd()), path)
+}
+
+fn dir_info_of(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo> {
     let mut info = DirInfo::default();
-    let names = sys::xattr::list(fd.as_fd())?;
+    let names = obj.xattrs()?;
     for n in &names {
         if whiteout::OPAQUE_XATTRS.iter().any(|x| n == OsStr::new(x)) {
-            if let Some(v) = sys::xattr::get(fd.as_fd(), n)? {
+            if let Some(v) = obj.xattr(n)? {
                 match whiteout::opacity_from_xattr(&v) {
                     Opacity::Opaque => info.opacity = Opacity::Opaque,
                     Opacity::HasXattrWhiteouts if info.opacity != Opacity::Opaque => {
@@ -104,17 +149,13 @@ pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
         } else if info.redirect.is_none()
             && whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x))
         {
-            if let Some(v) = sys::xattr::get(fd.as_fd(), n)? {
+            if let Some(v) = obj.xattr(n)? {
                 info.redirect = whiteout::parse_redirect(&v);
             }
         }
     }
     if info.opacity != Opacity::Opaque
-        && (marker_absent(sys::fs::stat_at(
-            fd.as_fd(),
-            OsStr::new(whiteout::OPAQUE_MARKER),
-        ))?
-        .is_some()
+        && (marker_absent(obj.child_stat(OsStr::new(whiteout::OPAQUE_MARKER)))?.is_some()
             || hidden_in(branch, path)?)
     {
         info.opacity = Opacity::Opaque;
@@ -150,7 +191,18 @@ fn hidden_floor(stack: &BranchStack, path: &Path) -> Result<Option<crate::branch
 
 /// Looks `name` up in one branch directory.
 fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path) -> Result<Probe> {
-    let Some(fd) = not_found_is_none(sys::fs::open_path_at(c.dir.as_fd(), name))? else {
+    let found = if c.branch.reach_by_name() {
+        not_found_is_none(sys::fs::stat_at(c.dir.as_fd(), name))?.map(|st| (None, st))
+    } else {
+        match not_found_is_none(sys::fs::open_path_at(c.dir.as_fd(), name))? {
+            Some(fd) => {
+                let st = sys::fs::fstat(fd.as_fd())?;
+                Some((Some(fd), st))
+            }
+            None => None,
+        }
+    };
+    let Some((fd, st)) = found else {
         let wh = whiteout::whiteout_name(name);
         if not_found_is_none(sys::fs::stat_at(c.dir.as_fd(), &wh))?.is_some()
             || hidden_in(c.branch, path)?
@@ -159,11 +211,14 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path) -> Result<Probe> {
         }
         return Ok(Probe::Absent);
     };
-    let st = sys::fs::fstat(fd.as_fd())?;
     if c.branch.char_whiteouts && whiteout::is_char_whiteout(st.st_mode, st.st_rdev) {
         return Ok(Probe::Whiteout);
     }
-    if c.xwhiteouts && is_xattr_whiteout(&fd, &st)? {
+    let obj = match &fd {
+        Some(fd) => ObjRef::Fd(fd.as_fd()),
+        None => ObjRef::At(c.dir.as_fd(), name),
+    };
+    if c.xwhiteouts && is_xattr_whiteout_of(obj, &st)? {
         return Ok(Probe::Whiteout);
     }
     Ok(Probe::Object(fd, st))
@@ -171,11 +226,15 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path) -> Result<Probe> {
 
 /// True for an empty regular file carrying an overlay whiteout xattr.
 pub fn is_xattr_whiteout(fd: &OwnedFd, st: &FileStat) -> Result<bool> {
+    is_xattr_whiteout_of(ObjRef::Fd(fd.as_fd()), st)
+}
+
+fn is_xattr_whiteout_of(obj: ObjRef<'_>, st: &FileStat) -> Result<bool> {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
         return Ok(false);
     }
     for x in whiteout::WHITEOUT_XATTRS {
-        if sys::xattr::get(fd.as_fd(), OsStr::new(x))?.is_some() {
+        if obj.xattr(OsStr::new(x))?.is_some() {
             return Ok(true);
         }
     }
@@ -259,15 +318,20 @@ pub fn lookup(
         // its union path).
         let cur_path = cands[i].dir_path.join(&cur_name);
         let probe_res = probe(&cands[i], &cur_name, &cur_path)?;
+        let dir = Arc::clone(&cands[i].dir);
         i += 1;
         let (fd, st) = match probe_res {
             Probe::Absent => continue,
             Probe::Whiteout => break,
             Probe::Object(fd, st) => (fd, st),
         };
+        let obj = match &fd {
+            Some(fd) => ObjRef::Fd(fd.as_fd()),
+            None => ObjRef::At(dir.as_fd(), &cur_name),
+        };
         let kind = Kind::from_mode(st.st_mode);
         if top.is_none() && cands[i - 1].impure {
-            recorded_ino = recorded_ino_of(&fd)?;
+            recorded_ino = recorded_ino_at(obj)?;
         }
         if kind != Kind::Dir {
             // A non-directory ends the walk; below a directory it is hidden.
@@ -279,12 +343,12 @@ pub fn lookup(
             if !wanted || (!layers.is_empty() && kind != Kind::File) {
                 break;
             }
-            let mut layer = Layer::new(branch, fd, cur_path);
             let meta = if kind == Kind::File && may_be_metacopy(&st) {
-                metacopy_info(&layer)?
+                metacopy_info(obj)?
             } else {
                 None
             };
+            let mut layer = layer_of(branch, fd, &dir, &cur_name, cur_path)?;
             layer.metacopy = meta.is_some();
             layers.push(layer);
             top.get_or_insert((st, kind));
@@ -304,13 +368,15 @@ pub fn lookup(
         if top.is_some() && layers.last().is_some_and(|l| l.metacopy) {
             break;
         }
-        let sealed = branch.is_mount_point(fd.as_fd());
+        let sealed = fd
+            .as_ref()
+            .is_some_and(|fd| branch.is_mount_point(fd.as_fd()));
         let info = if sealed {
             DirInfo::default()
         } else {
-            dir_info(branch, &fd, &cur_path)?
+            dir_info_of(branch, obj, &cur_path)?
         };
-        let mut layer = Layer::new(branch, fd, cur_path.clone());
+        let mut layer = layer_of(branch, fd, &dir, &cur_name, cur_path.clone())?;
         layer.opacity = if sealed {
             Opacity::Opaque
         } else {
@@ -365,9 +431,8 @@ fn may_be_metacopy(st: &FileStat) -> bool {
 }
 
 /// For a metadata-only file: `Some(where its data is)`, `None` otherwise.
-fn metacopy_info(l: &Layer) -> Result<Option<Option<Redirect>>> {
-    let fd = l.fd()?;
-    let names = sys::xattr::list(fd.as_fd())?;
+fn metacopy_info(obj: ObjRef<'_>) -> Result<Option<Option<Redirect>>> {
+    let names = obj.xattrs()?;
     let has = |set: &[&str]| {
         names
             .iter()
@@ -377,7 +442,7 @@ fn metacopy_info(l: &Layer) -> Result<Option<Option<Redirect>>> {
         return Ok(None);
     }
     let redirect = match has(&whiteout::REDIRECT_XATTRS) {
-        Some(n) => sys::xattr::get(fd.as_fd(), n)?.and_then(|v| whiteout::parse_redirect(&v)),
+        Some(n) => obj.xattr(n)?.and_then(|v| whiteout::parse_redirect(&v)),
         None => None,
     };
     Ok(Some(redirect))
@@ -385,12 +450,36 @@ fn metacopy_info(l: &Layer) -> Result<Option<Option<Redirect>>> {
 
 /// The union inode number recorded on a copied-up object.
 pub fn recorded_ino_of(fd: &OwnedFd) -> Result<Option<u64>> {
+    recorded_ino_at(ObjRef::Fd(fd.as_fd()))
+}
+
+fn recorded_ino_at(obj: ObjRef<'_>) -> Result<Option<u64>> {
     for x in whiteout::INO_XATTRS {
-        if let Some(v) = sys::xattr::get_u64(fd.as_fd(), OsStr::new(x))? {
+        if let Some(v) = obj.xattr_u64(OsStr::new(x))? {
             return Ok(Some(v));
         }
     }
     Ok(None)
+}
+
+/// The layer of an object found in `branch`: by its fd, or — found by
+/// name — by its file handle alone (falling back to an fd when the handle
+/// cannot be had).
+fn layer_of(
+    branch: &Branch,
+    fd: Option<OwnedFd>,
+    dir: &OwnedFd,
+    name: &OsStr,
+    path: PathBuf,
+) -> Result<Layer> {
+    let fd = match fd {
+        Some(fd) => fd,
+        None => match branch.backing_at(dir.as_fd(), name) {
+            Some(backing) => return Ok(Layer::with_backing(branch, backing, path)),
+            None => sys::fs::open_path_at(dir.as_fd(), name)?,
+        },
+    };
+    Ok(Layer::new(branch, fd, path))
 }
 
 /// The root directory: every branch root down to the first opaque one.

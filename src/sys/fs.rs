@@ -525,6 +525,42 @@ pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
     traced!("name_to_handle_at", fd.as_raw_fd(), res)
 }
 
+/// The file handle of `dir/name` (not following a final symlink), without
+/// opening it.
+pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<ObjectHandle> {
+    let cname =
+        std::ffi::CString::new(name.as_bytes()).map_err(|_| crate::error::Error::Invalid)?;
+    let mut buf = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
+    buf[0] = MAX_HANDLE_SZ as u32;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: as in `name_to_handle`; `cname` is NUL-terminated.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast::<libc::file_handle>(),
+            &mut mount_id,
+            0,
+        )
+    };
+    let res = if r == 0 {
+        let len = (buf[0] as usize).min(MAX_HANDLE_SZ);
+        let ty = buf[1] as i32;
+        let bytes: Vec<u8> = buf[2..]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .take(len)
+            .collect();
+        Ok(ObjectHandle {
+            ty,
+            bytes: bytes.into_boxed_slice(),
+        })
+    } else {
+        Err(nix::errno::Errno::last())
+    };
+    traced!("name_to_handle_at", (dir.as_raw_fd(), name), res)
+}
+
 /// Opens the object with handle `h` on the filesystem of `mount` (needs
 /// CAP_DAC_READ_SEARCH).
 pub fn open_by_handle(mount: BorrowedFd<'_>, h: &ObjectHandle, flags: OFlag) -> Result<OwnedFd> {

@@ -168,12 +168,72 @@ pub fn get_u64(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<u64>> {
     u64_value(r, &buf)
 }
 
+/// The `/proc/self/fd/D/entry` path of `dir/entry`.
+fn entry_path(dir: BorrowedFd<'_>, entry: &OsStr) -> Result<CString> {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(entry.as_bytes());
+    CString::new(p).map_err(|_| Error::Invalid)
+}
+
+/// Names of the xattrs of `dir/entry` (not following a final symlink),
+/// without opening the entry.
+pub fn list_at(dir: BorrowedFd<'_>, entry: &OsStr) -> Result<Vec<OsString>> {
+    let path = entry_path(dir, entry)?;
+    let res = sized(|buf| {
+        // SAFETY: path is NUL-terminated; buf is valid for buf.len() bytes.
+        len_or_errno(unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+    });
+    tracing::trace!(
+        "llistxattr({}/{:?}) = {:?}",
+        dir.as_raw_fd(),
+        entry,
+        res.as_ref().map(|v| v.len())
+    );
+    match res {
+        Ok(raw) => Ok(raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsString::from_vec(s.to_vec()))
+            .collect()),
+        Err(Errno::EOPNOTSUPP) => Ok(Vec::new()),
+        Err(e) => Err(Error::sys("llistxattr", e)),
+    }
+}
+
+/// The value of xattr `name` of `dir/entry` (not following a final
+/// symlink), without opening the entry; `None` when it has none.
+pub fn get_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let path = entry_path(dir, entry)?;
+    let cname = cstr(name)?;
+    let res = sized(|buf| {
+        // SAFETY: path and name are NUL-terminated; buf is valid for buf.len() bytes.
+        len_or_errno(unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })
+    });
+    tracing::trace!(
+        "lgetxattr({}/{:?}, {:?}) = {:?}",
+        dir.as_raw_fd(),
+        entry,
+        name,
+        res.as_ref().map(|v| v.len())
+    );
+    match res {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(Error::sys("lgetxattr", e)),
+    }
+}
+
 /// An 8-byte little-endian xattr of `dir/entry` (not following a final
 /// symlink), in one syscall and without opening the entry.
 pub fn get_u64_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> Result<Option<u64>> {
-    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-    p.extend_from_slice(entry.as_bytes());
-    let path = CString::new(p).map_err(|_| Error::Invalid)?;
+    let path = entry_path(dir, entry)?;
     let cname = cstr(name)?;
     let mut buf = [0u8; 8];
     // SAFETY: path and name are NUL-terminated; buf is valid for 8 bytes.
