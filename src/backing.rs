@@ -4,9 +4,10 @@
 //! Invariant: an object whose filesystem gives persistent handles
 //! (`name_to_handle_at`) is held by its handle, and its O_PATH fd lives only
 //! in a bounded LRU cache (reopened by handle on a miss); so the daemon's
-//! open fds do not grow with the number of inodes looked up. Objects without
-//! handles (no CAP_DAC_READ_SEARCH, or a filesystem without export support)
-//! keep their fd pinned, as before.
+//! open fds do not grow with the number of inodes looked up. A lookup in a
+//! read-only branch may hand over a handle alone (no fd opened yet).
+//! Objects without handles (no CAP_DAC_READ_SEARCH, or a filesystem
+//! without export support) keep their fd pinned.
 //! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove.
 
 use std::os::fd::{AsFd, OwnedFd};

@@ -2,8 +2,9 @@
 //! converts arguments, calls the core (`ops`), and replies.
 //!
 //! Invariant: no union logic lives here, and no request path can panic
-//! (a panicking daemon hangs every process using the mount). Takes no
-//! locks of its own.
+//! (a panicking daemon hangs every process using the mount). The kernel's
+//! per-inode I/O mode (passthrough or page cache) is FUSE business and is
+//! mirrored in `iomode`, whose locks are its own; the adapter takes none.
 
 use std::ffi::OsStr;
 use std::sync::Arc;

@@ -1,11 +1,13 @@
 //! Union lookup: find a name in the branches of its parent directory.
 //!
 //! Invariant: the walk goes top-down through the parent's layers; a
-//! whiteout ends it with ENOENT (or ends a merge), a non-directory ends it,
-//! a directory continues downward unless opaque, and a redirect moves the
-//! rest of the walk to another path. Every whiteout and opaque format of
-//! FORMATS.md is recognised in every branch. Takes no locks (it works on a
-//! snapshot of the parent's state).
+//! whiteout ends it with ENOENT (or ends a merge), a non-directory ends it
+//! (a metadata-only one continues it to the file with its data), a
+//! directory continues downward unless opaque, and a redirect moves the
+//! rest of the walk to another path. Every whiteout, opaque and metacopy
+//! format of FORMATS.md is recognised in every branch. In branches the
+//! union never changes, found objects are not opened (see `Probe`). Takes
+//! no locks (it works on a snapshot of the parent's state).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};

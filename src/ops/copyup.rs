@@ -1,5 +1,10 @@
 //! Copy-up orchestration: giving an object (and its parents, first) an
-//! upper instance.
+//! upper instance — whole, or metadata only (`CopyUpData::Meta`), and
+//! completing a metadata-only one with its data (`complete_data`).
+//!
+//! Invariant: a copy appears in the upper in one rename, complete; a
+//! metadata-only copy keeps its marker until its data is complete, so
+//! until then its data is read from below.
 //!
 //! Locks: one of `COPY_LOCKS` striped mutexes, keyed by the object's inode
 //! number, is held while that object is copied up, so concurrent writers to
