@@ -44,6 +44,10 @@ impl crate::ops::Invalidate for KernelInvalidator {
     }
 }
 
+/// Above this much page cache of a file, its copy-up open keeps the cache
+/// (cached I/O) instead of switching to passthrough (which drops it).
+const KEEP_CACHE_ABOVE: u64 = 64 << 20;
+
 /// How long a writer waits for the RELEASE of a lower file's last
 /// passthrough reader before it gets ETXTBSY.
 const PIN_GRACE: Duration = Duration::from_millis(200);
@@ -79,11 +83,16 @@ impl FuseAdapter {
         o: Opened,
         register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> Result<Grant<BackingId>, Error> {
-        let want = match self.passthrough {
-            Passthrough::Off => false,
-            Passthrough::Upper => o.on_upper,
-            Passthrough::All => true,
-        };
+        // A file the kernel caches a lot of, rightly (read through the page
+        // cache, e.g. from below, and written only through it since), stays
+        // on the page cache: passthrough would make the kernel drop it.
+        let keep_big_cache = self.io.big_valid_cache(i, KEEP_CACHE_ABOVE);
+        let want = !keep_big_cache
+            && match self.passthrough {
+                Passthrough::Off => false,
+                Passthrough::Upper => o.on_upper,
+                Passthrough::All => true,
+            };
         let res = self.io.grant(i, o.fh.0, want, o.on_upper, || {
             self.fs
                 .with_fd(o.fh, register)
@@ -292,6 +301,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
+        self.io.forget(i.0);
         self.fs.forget(ino(i), nlookup);
     }
 
@@ -331,7 +341,8 @@ impl Filesystem for FuseAdapter {
                 reply.opened_passthrough(FileHandle(o.fh.0), FopenFlags::empty(), &b)
             }
             Ok((o, Grant::Cached)) => {
-                let f = if o.keep_cache {
+                let keep = o.keep_cache || self.io.big_valid_cache(i.0, KEEP_CACHE_ABOVE);
+                let f = if keep {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
@@ -345,7 +356,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         h: FileHandle,
         offset: u64,
         size: u32,
@@ -354,7 +365,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         match self.fs.read(fh(h), offset, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                self.io.note_read(i.0, d.len());
+                reply.data(&d)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

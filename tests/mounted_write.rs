@@ -859,3 +859,55 @@ fn racing_readers_and_writers_never_trip_the_kernels_io_mode() {
         m.unmount();
     }
 }
+
+/// A big lower file read through the union's page cache and then written:
+/// its handles stay on the (still right) page cache instead of passthrough,
+/// whose open would make the kernel drop it. Every reader sees every write.
+#[test]
+fn a_big_cached_file_written_after_reading_stays_coherent() {
+    if !can_mount_fuse() {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let t = Setup::new("bigcache");
+    let size: u64 = 128 << 20;
+    {
+        let f = fs::File::create(t.l1.join("big")).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(b"lower", 0).unwrap();
+    }
+    let m = t.mount(&[]);
+    let p = m.mnt.join("big");
+    assert_eq!(fs::read(&p).unwrap().len() as u64, size);
+    let old = fs::File::open(&p).unwrap();
+    {
+        let w = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        w.write_all_at(b"UPPER", 0).unwrap();
+        w.write_all_at(b"mid", 100 << 20).unwrap();
+    }
+    let at = |f: &fs::File, off: u64, n: usize| {
+        let mut b = vec![0u8; n];
+        f.read_exact_at(&mut b, off).unwrap();
+        b
+    };
+    for f in [&old, &fs::File::open(&p).unwrap()] {
+        assert_eq!(at(f, 0, 5), b"UPPER");
+        assert_eq!(at(f, 100 << 20, 3), b"mid");
+    }
+    drop(old);
+    // A later writer and reader, and truncation, still agree.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .write_all_at(b"again", 5)
+        .unwrap();
+    assert_eq!(at(&fs::File::open(&p).unwrap(), 0, 10), b"UPPERagain");
+    nix::unistd::truncate(&p, 1 << 20).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 1 << 20);
+    assert_eq!(&fs::read(&p).unwrap()[..10], b"UPPERagain");
+    let up = fs::read(t.u.join("big")).unwrap();
+    assert_eq!((up.len(), &up[..10]), (1 << 20, &b"UPPERagain"[..]));
+    assert_eq!(&fs::read(t.l1.join("big")).unwrap()[..5], b"lower");
+    m.unmount();
+}

@@ -68,6 +68,17 @@ pub struct IoModes<B> {
     nodes: DashMap<u64, NodeIo<B>>,
     handles: DashMap<u64, (u64, Option<Arc<B>>)>,
     unpinned: (Mutex<()>, Condvar),
+    /// Per node the kernel still holds: bytes the daemon served to its page
+    /// cache (READ only comes for cached handles) — roughly what the kernel
+    /// caches of it — and whether any handle was passthrough since (the
+    /// cache may then be stale: passthrough writes bypass it).
+    cache: DashMap<u64, CacheState>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct CacheState {
+    read_bytes: u64,
+    passthrough_seen: bool,
 }
 
 impl<B> Default for IoModes<B> {
@@ -76,6 +87,7 @@ impl<B> Default for IoModes<B> {
             nodes: DashMap::new(),
             handles: DashMap::new(),
             unpinned: (Mutex::new(()), Condvar::new()),
+            cache: DashMap::new(),
         }
     }
 }
@@ -86,6 +98,26 @@ impl<B> IoModes<B> {
         self.nodes
             .get(&ino)
             .is_some_and(|n| n.lower && n.backing.strong_count() > 0)
+    }
+
+    /// `n` bytes of `ino` went into the kernel's page cache.
+    pub fn note_read(&self, ino: u64, n: usize) {
+        self.cache.entry(ino).or_default().read_bytes += n as u64;
+    }
+
+    /// True when the kernel likely caches at least `above` bytes of `ino`
+    /// and that cache is still right (no passthrough handle since). Opening
+    /// such a node for passthrough, or cached without FOPEN_KEEP_CACHE,
+    /// would make the kernel drop it (about 150 ms per GiB here).
+    pub fn big_valid_cache(&self, ino: u64, above: u64) -> bool {
+        self.cache
+            .get(&ino)
+            .is_some_and(|c| c.read_bytes >= above && !c.passthrough_seen)
+    }
+
+    /// The kernel forgot `ino` (and its page cache).
+    pub fn forget(&self, ino: u64) {
+        self.cache.remove(&ino);
     }
 
     /// Waits up to `limit` for `ino` to be unpinned; true if it is.
@@ -139,7 +171,12 @@ impl<B> IoModes<B> {
         drop(n);
         let held = match &grant {
             Grant::Cached => None,
-            Grant::Passthrough(b) => Some(Arc::clone(b)),
+            Grant::Passthrough(b) => {
+                if let Some(mut c) = self.cache.get_mut(&ino) {
+                    c.passthrough_seen = true;
+                }
+                Some(Arc::clone(b))
+            }
         };
         self.handles.insert(fh, (ino, held));
         Ok(grant)
@@ -261,5 +298,31 @@ mod tests {
         assert!(matches!(g, Ok(Grant::Cached)));
         io.release(1);
         assert!(io.nodes.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn a_big_cache_is_kept_until_a_passthrough_handle() {
+        let io: IoModes<()> = IoModes::default();
+        assert!(!io.big_valid_cache(7, 100));
+        io.note_read(7, 60);
+        io.note_read(7, 60);
+        assert!(io.big_valid_cache(7, 100));
+        assert!(matches!(
+            io.grant(7, 1, true, true, || Ok(())),
+            Ok(Grant::Passthrough(_))
+        ));
+        io.release(1);
+        assert!(
+            !io.big_valid_cache(7, 100),
+            "passthrough may have written past it"
+        );
+        io.forget(7);
+        io.note_read(7, 120);
+        assert!(io.big_valid_cache(7, 100), "a new inode starts afresh");
     }
 }
