@@ -237,6 +237,13 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
         .options
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // With passthrough=all a writer may wait for a reader's RELEASE, which
+    // another event loop must be free to take.
+    let threads = if passthrough == Passthrough::All {
+        threads.max(2)
+    } else {
+        threads
+    };
     let acl = if allow_other {
         SessionACL::All
     } else {
