@@ -75,18 +75,20 @@ impl FuseAdapter {
         }
     }
 
-    /// Chooses the kernel's I/O mode for a new handle; `register` makes a
-    /// backing id of the handle's fd. On error the handle is closed again.
+    /// Chooses the kernel's I/O mode for a new handle, and whether a cached
+    /// one keeps the page cache (returned in `keep_cache`); `register` makes
+    /// a backing id of the handle's fd. On error the handle is closed again.
     fn grant(
         &self,
         i: u64,
-        o: Opened,
+        mut o: Opened,
         register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingId>,
-    ) -> Result<Grant<BackingId>, Error> {
+    ) -> Result<(Opened, Grant<BackingId>), Error> {
         // A file the kernel caches a lot of, rightly (read through the page
         // cache, e.g. from below, and written only through it since), stays
         // on the page cache: passthrough would make the kernel drop it.
         let keep_big_cache = self.io.big_valid_cache(i, KEEP_CACHE_ABOVE);
+        o.keep_cache |= keep_big_cache;
         let want = !keep_big_cache
             && match self.passthrough {
                 Passthrough::Off => false,
@@ -101,7 +103,7 @@ impl FuseAdapter {
         if res.is_err() {
             self.fs.release(o.fh);
         }
-        res
+        res.map(|g| (o, g))
     }
 
     /// Refuses to change the data of a node whose readers the kernel serves
@@ -335,14 +337,13 @@ impl Filesystem for FuseAdapter {
         };
         let res = res
             .and_then(|()| self.fs.open(ino(i), flags.0))
-            .and_then(|o| Ok((o, self.grant(i.0, o, |fd| reply.open_backing(fd))?)));
+            .and_then(|o| self.grant(i.0, o, |fd| reply.open_backing(fd)));
         match res {
             Ok((o, Grant::Passthrough(b))) => {
                 reply.opened_passthrough(FileHandle(o.fh.0), FopenFlags::empty(), &b)
             }
             Ok((o, Grant::Cached)) => {
-                let keep = o.keep_cache || self.io.big_valid_cache(i.0, KEEP_CACHE_ABOVE);
-                let f = if keep {
+                let f = if o.keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
@@ -656,7 +657,7 @@ impl Filesystem for FuseAdapter {
                     on_upper: true,
                 };
                 match self.grant(e.attr.ino.0, o, |fd| reply.open_backing(fd)) {
-                    Ok(Grant::Passthrough(b)) => reply.created_passthrough(
+                    Ok((_, Grant::Passthrough(b))) => reply.created_passthrough(
                         &self.ttl,
                         &file_attr(&e.attr),
                         Generation(0),
@@ -664,7 +665,7 @@ impl Filesystem for FuseAdapter {
                         FopenFlags::empty(),
                         &b,
                     ),
-                    Ok(Grant::Cached) => reply.created(
+                    Ok((_, Grant::Cached)) => reply.created(
                         &self.ttl,
                         &file_attr(&e.attr),
                         Generation(0),

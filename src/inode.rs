@@ -107,16 +107,7 @@ impl Layer {
     /// A plain layer (transparent, not impure, not from the index) for
     /// the object `fd` at `path` in `branch`.
     pub fn new(branch: &crate::branch::Branch, fd: OwnedFd, path: PathBuf) -> Layer {
-        Layer {
-            branch: branch.id,
-            backing: branch.backing(fd),
-            path,
-            opacity: Opacity::Transparent,
-            impure: false,
-            indexed: false,
-            sealed: false,
-            metacopy: false,
-        }
+        Self::with_backing(branch, branch.backing(fd), path)
     }
 
     /// A plain layer for an object already held by `backing`.

@@ -274,6 +274,31 @@ fn redirect_candidates<'a>(
     Ok(out)
 }
 
+/// Moves the rest of a walk in `branch` to where `redirect` points:
+/// another name in the same directories (relative), or a path from every
+/// branch root below `branch` (absolute; one without a name is ignored).
+fn follow<'a>(
+    stack: &'a BranchStack,
+    branch: &Branch,
+    redirect: Option<Redirect>,
+    cur_name: &mut OsString,
+    cands: &mut Vec<Candidate<'a>>,
+    i: &mut usize,
+) -> Result<()> {
+    match redirect {
+        Some(Redirect::Absolute(p)) => {
+            if let Some(n) = p.file_name() {
+                *cur_name = n.to_os_string();
+                *cands = redirect_candidates(stack, branch, &p)?;
+                *i = 0;
+            }
+        }
+        Some(Redirect::Relative(n)) => *cur_name = n,
+        None => {}
+    }
+    Ok(())
+}
+
 /// Looks `name` up in the directory whose state is `parent`.
 pub fn lookup(
     stack: &BranchStack,
@@ -354,17 +379,8 @@ pub fn lookup(
             layer.metacopy = meta.is_some();
             layers.push(layer);
             top.get_or_insert((st, kind));
-            match meta {
-                None => break,
-                Some(Some(Redirect::Absolute(p))) => {
-                    let Some(n) = p.file_name() else { break };
-                    cur_name = n.to_os_string();
-                    cands = redirect_candidates(stack, branch, &p)?;
-                    i = 0;
-                }
-                Some(Some(Redirect::Relative(n))) => cur_name = n,
-                Some(None) => {}
-            }
+            let Some(redirect) = meta else { break };
+            follow(stack, branch, redirect, &mut cur_name, &mut cands, &mut i)?;
             continue;
         }
         if top.is_some() && layers.last().is_some_and(|l| l.metacopy) {
@@ -393,16 +409,14 @@ pub fn lookup(
         if info.opacity == Opacity::Opaque {
             break;
         }
-        match info.redirect {
-            Some(Redirect::Absolute(p)) => {
-                let Some(n) = p.file_name() else { continue };
-                cur_name = n.to_os_string();
-                cands = redirect_candidates(stack, branch, &p)?;
-                i = 0;
-            }
-            Some(Redirect::Relative(n)) => cur_name = n,
-            None => {}
-        }
+        follow(
+            stack,
+            branch,
+            info.redirect,
+            &mut cur_name,
+            &mut cands,
+            &mut i,
+        )?;
     }
     let (stat, kind) = top.ok_or(Error::NotFound)?;
     if layers.last().is_some_and(|l| l.metacopy) {

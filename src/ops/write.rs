@@ -353,8 +353,7 @@ impl UnionFs {
             sys::fs::unlink_at(pfd.as_fd(), name, false)?;
             return Ok(true);
         }
-        let fd = sys::fs::open_path_at(pfd.as_fd(), name)?;
-        for n in sys::xattr::list(fd.as_fd())? {
+        for n in sys::xattr::list_at(pfd.as_fd(), name)? {
             if whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x)) {
                 return Ok(false);
             }

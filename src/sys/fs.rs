@@ -489,40 +489,52 @@ pub struct ObjectHandle {
 
 const MAX_HANDLE_SZ: usize = 128;
 
-/// The handle of the object behind any fd (AT_EMPTY_PATH).
-pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
+/// One `name_to_handle_at` call: the handle of `dir/path` (`path` empty
+/// with AT_EMPTY_PATH: of `dir` itself).
+fn handle_raw(
+    dir: BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+) -> std::result::Result<ObjectHandle, nix::errno::Errno> {
     // u32 words keep the struct's alignment.
     let mut buf = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
     buf[0] = MAX_HANDLE_SZ as u32;
     let mut mount_id: libc::c_int = 0;
     // SAFETY: buf starts with a file_handle header whose handle_bytes says
     // how much room follows (MAX_HANDLE_SZ bytes, which the buffer has); the
-    // empty path is NUL-terminated; mount_id is a valid out pointer.
+    // path is NUL-terminated; mount_id is a valid out pointer.
     let r = unsafe {
         libc::name_to_handle_at(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
+            dir.as_raw_fd(),
+            path.as_ptr(),
             buf.as_mut_ptr().cast::<libc::file_handle>(),
             &mut mount_id,
-            libc::AT_EMPTY_PATH,
+            flags,
         )
     };
-    let res = if r == 0 {
-        let len = (buf[0] as usize).min(MAX_HANDLE_SZ);
-        let ty = buf[1] as i32;
-        let bytes: Vec<u8> = buf[2..]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .take(len)
-            .collect();
-        Ok(ObjectHandle {
-            ty,
-            bytes: bytes.into_boxed_slice(),
-        })
-    } else {
-        Err(nix::errno::Errno::last())
-    };
-    traced!("name_to_handle_at", fd.as_raw_fd(), res)
+    if r != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    let len = (buf[0] as usize).min(MAX_HANDLE_SZ);
+    let ty = buf[1] as i32;
+    let bytes: Vec<u8> = buf[2..]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(len)
+        .collect();
+    Ok(ObjectHandle {
+        ty,
+        bytes: bytes.into_boxed_slice(),
+    })
+}
+
+/// The handle of the object behind any fd (AT_EMPTY_PATH).
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
+    traced!(
+        "name_to_handle_at",
+        fd.as_raw_fd(),
+        handle_raw(fd, c"", libc::AT_EMPTY_PATH)
+    )
 }
 
 /// The file handle of `dir/name` (not following a final symlink), without
@@ -530,35 +542,11 @@ pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
 pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<ObjectHandle> {
     let cname =
         std::ffi::CString::new(name.as_bytes()).map_err(|_| crate::error::Error::Invalid)?;
-    let mut buf = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
-    buf[0] = MAX_HANDLE_SZ as u32;
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: as in `name_to_handle`; `cname` is NUL-terminated.
-    let r = unsafe {
-        libc::name_to_handle_at(
-            dir.as_raw_fd(),
-            cname.as_ptr(),
-            buf.as_mut_ptr().cast::<libc::file_handle>(),
-            &mut mount_id,
-            0,
-        )
-    };
-    let res = if r == 0 {
-        let len = (buf[0] as usize).min(MAX_HANDLE_SZ);
-        let ty = buf[1] as i32;
-        let bytes: Vec<u8> = buf[2..]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .take(len)
-            .collect();
-        Ok(ObjectHandle {
-            ty,
-            bytes: bytes.into_boxed_slice(),
-        })
-    } else {
-        Err(nix::errno::Errno::last())
-    };
-    traced!("name_to_handle_at", (dir.as_raw_fd(), name), res)
+    traced!(
+        "name_to_handle_at",
+        (dir.as_raw_fd(), name),
+        handle_raw(dir, &cname, 0)
+    )
 }
 
 /// Opens the object with handle `h` on the filesystem of `mount` (needs

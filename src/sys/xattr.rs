@@ -88,11 +88,7 @@ pub fn get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
         name,
         res.as_ref().map(|v| v.len())
     );
-    match res {
-        Ok(v) => Ok(Some(v)),
-        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
-        Err(e) => Err(Error::sys("getxattrat", e)),
-    }
+    value(res, "getxattrat")
 }
 
 /// Every xattr name of the object (empty when xattrs are unsupported).
@@ -103,6 +99,11 @@ pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
         fd.as_raw_fd(),
         res.as_ref().map(|v| v.len())
     );
+    names(res, "listxattrat")
+}
+
+/// The names in a raw listxattr result (none when xattrs are unsupported).
+fn names(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<Vec<OsString>> {
     match res {
         Ok(raw) => Ok(raw
             .split(|b| *b == 0)
@@ -110,7 +111,16 @@ pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
             .map(|s| OsString::from_vec(s.to_vec()))
             .collect()),
         Err(Errno::EOPNOTSUPP) => Ok(Vec::new()),
-        Err(e) => Err(Error::sys("listxattrat", e)),
+        Err(e) => Err(Error::sys(op, e)),
+    }
+}
+
+/// A raw getxattr result as "the value, or none".
+fn value(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<Option<Vec<u8>>> {
+    match res {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(Error::sys(op, e)),
     }
 }
 
@@ -189,15 +199,7 @@ pub fn list_at(dir: BorrowedFd<'_>, entry: &OsStr) -> Result<Vec<OsString>> {
         entry,
         res.as_ref().map(|v| v.len())
     );
-    match res {
-        Ok(raw) => Ok(raw
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| OsString::from_vec(s.to_vec()))
-            .collect()),
-        Err(Errno::EOPNOTSUPP) => Ok(Vec::new()),
-        Err(e) => Err(Error::sys("llistxattr", e)),
-    }
+    names(res, "llistxattr")
 }
 
 /// The value of xattr `name` of `dir/entry` (not following a final
@@ -223,11 +225,7 @@ pub fn get_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> Result<Option
         name,
         res.as_ref().map(|v| v.len())
     );
-    match res {
-        Ok(v) => Ok(Some(v)),
-        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
-        Err(e) => Err(Error::sys("lgetxattr", e)),
-    }
+    value(res, "lgetxattr")
 }
 
 /// An 8-byte little-endian xattr of `dir/entry` (not following a final
