@@ -561,6 +561,15 @@ impl Drop for Restore {
     }
 }
 
+/// Removes a directory tree when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn rootless_container_and_no_user_namespaces() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -578,16 +587,33 @@ fn rootless_container_and_no_user_namespaces() {
     ));
     let _ = std::fs::remove_dir_all(&state);
     std::fs::create_dir(&state).unwrap();
+    let _state = RemoveDir(state.clone());
     nix::unistd::chown(
         &state,
         Some(nix::unistd::Uid::from_raw(65534)),
         Some(nix::unistd::Gid::from_raw(65534)),
     )
     .unwrap();
+    // The build directory may be unreachable for nobody (a checkout in a
+    // 0700 `mktemp -d`): run copies of the two binaries from the state dir.
+    let bins = PathBuf::from(format!(
+        "/dev/shm/unionfs-run-test-rootless-bin-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&bins);
+    std::fs::create_dir(&bins).unwrap();
+    std::fs::set_permissions(&bins, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _bins = RemoveDir(bins.clone());
+    for b in [bin(), bin().with_file_name("unionfs")] {
+        let to = bins.join(b.file_name().unwrap());
+        std::fs::copy(&b, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let launcher = bins.join(bin().file_name().unwrap());
     let as_nobody = |args: &[&str]| {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(bin())
+            .arg(&launcher)
             .args(args)
             .env("UNIONFS_RUN_DIR", &state)
             .env("HOME", "/")
