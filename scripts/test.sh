@@ -19,4 +19,20 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 
-exec cargo test --workspace "$@"
+# Mounted tests run twice when the kernel has FUSE over io_uring: once with
+# requests read from /dev/fuse, once through the daemon's io_uring rings
+# (unionfs asks for it whenever the fuse module parameter is on). The
+# parameter is put back as it was.
+uring=/sys/module/fuse/parameters/enable_uring
+if [ "$(id -u)" = 0 ] && [ -w "$uring" ]; then
+  was=$(cat "$uring")
+  trap 'echo "$was" > "$uring"' EXIT
+  echo N > "$uring"
+  echo "== the suite, requests through /dev/fuse ==" >&2
+  cargo test --workspace "$@"
+  echo Y > "$uring"
+  echo "== the suite again, requests through FUSE over io_uring ==" >&2
+  cargo test --workspace "$@"
+else
+  cargo test --workspace "$@"
+fi

@@ -136,6 +136,20 @@ pub enum Passthrough {
     All,
 }
 
+/// Whether requests come through FUSE over io_uring (kernel >= 6.14, fuse
+/// module parameter `enable_uring`) instead of reads of /dev/fuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Uring {
+    /// When the kernel offers it (the parameter is on).
+    #[default]
+    Auto,
+    /// Always: as root, turn the module parameter on if it is off; fail
+    /// the mount if the kernel cannot do it.
+    On,
+    /// Never.
+    Off,
+}
+
 /// Options given with `-o`, parsed but not yet checked against the disk.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MountOptions {
@@ -171,6 +185,8 @@ pub struct MountOptions {
     pub copyup: Option<crate::copy_up::Strategy>,
     /// `passthrough=off|upper|all`.
     pub passthrough: Option<Passthrough>,
+    /// `uring=auto|on|off`.
+    pub uring: Option<Uring>,
     /// Mount flags: `nosuid`, `nodev`, `noexec`, `noatime`...
     pub flags: Vec<String>,
     /// Keys that were ignored (overlay dialect, fstab noise), for a warning.
@@ -325,6 +341,15 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                     "off" => Passthrough::Off,
                     "upper" => Passthrough::Upper,
                     "all" => Passthrough::All,
+                    _ => return Err(bad(&v)),
+                });
+            }
+            "uring" => {
+                let v = need(value)?;
+                o.uring = Some(match v.as_str() {
+                    "auto" => Uring::Auto,
+                    "on" => Uring::On,
+                    "off" => Uring::Off,
                     _ => return Err(bad(&v)),
                 });
             }
@@ -607,6 +632,7 @@ mod tests {
                 "fsname=x",
                 "whiteout=overlay",
                 "passthrough=all",
+                "uring=on",
                 "metacopy=off",
                 "copyup=readwrite",
                 "nosuid",
@@ -626,6 +652,7 @@ mod tests {
         assert_eq!(o.threads, Some(4));
         assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
         assert_eq!(o.passthrough, Some(Passthrough::All));
+        assert_eq!(o.uring, Some(Uring::On));
         assert_eq!(o.metacopy, Some(false));
         assert_eq!(o.copyup, Some(crate::copy_up::Strategy::ReadWrite));
         assert_eq!(o.flags, v(&["nosuid"]));
@@ -641,6 +668,7 @@ mod tests {
             "threads=a",
             "whiteout=zfs",
             "passthrough=yes",
+            "uring=yes",
             "metacopy=1",
             "copyup=fast",
             "ttl",

@@ -10,13 +10,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use fuser::{Config, Session, SessionACL};
 use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
-use crate::config::{join_branches, MountConfig, Passthrough, WhiteoutFormat};
+use crate::config::{join_branches, MountConfig, Passthrough, Uring, WhiteoutFormat};
 use crate::fuse::FuseAdapter;
 use crate::ops::{CoreOptions, UnionFs};
 use crate::sys;
@@ -203,6 +203,29 @@ pub fn run_mount(cfg: MountConfig) -> Result<()> {
     res
 }
 
+/// The fuse module parameter that lets a daemon use io_uring.
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Settles `uring=`: `on` turns the module parameter on (root only) or
+/// fails here, before anything is mounted.
+fn uring_mode(mode: Uring, root: bool) -> Result<Uring> {
+    if mode != Uring::On {
+        return Ok(mode);
+    }
+    let now = std::fs::read_to_string(ENABLE_URING).with_context(|| {
+        format!("uring=on: this kernel has no FUSE over io_uring ({ENABLE_URING})")
+    })?;
+    if now.trim() != "Y" {
+        if !root {
+            bail!("uring=on: FUSE over io_uring is off; as root: echo Y > {ENABLE_URING}");
+        }
+        std::fs::write(ENABLE_URING, "Y")
+            .with_context(|| format!("uring=on: cannot turn on {ENABLE_URING}"))?;
+        tracing::info!("turned on FUSE over io_uring ({ENABLE_URING})");
+    }
+    Ok(mode)
+}
+
 fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
     let (stack, upper) = open_stack(cfg)?;
     let stack = Arc::new(stack);
@@ -230,7 +253,8 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
         Arc::clone(&core),
         cfg.options.ttl.unwrap_or(DEFAULT_TTL),
         passthrough,
-    );
+    )
+    .with_uring(uring_mode(cfg.options.uring.unwrap_or_default(), root)?);
     let allow_other = cfg.options.allow_other.unwrap_or(root);
     let default_permissions = cfg.options.default_permissions.unwrap_or(root);
     let threads = cfg
@@ -253,6 +277,9 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
     fconf.acl = acl;
     fconf.n_threads = Some(threads);
     fconf.clone_fd = true;
+    // Two ring threads per CPU: a request that waits (a writer waiting for
+    // a reader's RELEASE, a long copy-up) does not hold up its CPU's queue.
+    fconf.uring_threads_per_queue = Some(2);
     let mnt = cfg.mountpoint.clone();
     let session = if root {
         let mut data = Vec::new();

@@ -25,7 +25,7 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
-use crate::config::Passthrough;
+use crate::config::{Passthrough, Uring};
 use crate::error::Error;
 use crate::handle::Fh;
 use crate::inode::{Ino, Kind};
@@ -59,6 +59,9 @@ pub struct FuseAdapter {
     ttl: Duration,
     /// Passthrough as asked for, and as the kernel agreed to at init.
     passthrough: Passthrough,
+    /// Ask for FUSE over io_uring at init; `Uring::On` fails the mount
+    /// when the kernel does not offer it.
+    uring: Uring,
     io: IoModes<BackingId>,
 }
 
@@ -71,8 +74,15 @@ impl FuseAdapter {
             fs,
             ttl,
             passthrough,
+            uring: Uring::Off,
             io: IoModes::default(),
         }
+    }
+
+    /// Requests FUSE over io_uring (see [`Uring`]).
+    pub fn with_uring(mut self, uring: Uring) -> Self {
+        self.uring = uring;
+        self
     }
 
     /// Chooses the kernel's I/O mode for a new handle, and whether a cached
@@ -273,6 +283,22 @@ impl Filesystem for FuseAdapter {
             let _ = config.add_capabilities(cap);
         }
         let _ = config.set_max_readahead(1 << 20);
+        if self.uring != Uring::Off {
+            // Each ring entry has a payload buffer of max_write bytes; the
+            // kernel sends at most max_pages (here 1 MiB) anyway.
+            let _ = config.set_max_write(1 << 20);
+            if config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_err()
+            {
+                if self.uring == Uring::On {
+                    return Err(std::io::Error::other(
+                        "the kernel does not offer FUSE over io_uring",
+                    ));
+                }
+                tracing::debug!("no FUSE over io_uring: requests come through /dev/fuse");
+            }
+        }
         // Backing files must sit on a non-stacked filesystem (depth 0), so
         // the union itself can still be stacked under overlayfs.
         if self.passthrough != Passthrough::Off

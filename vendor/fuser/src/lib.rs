@@ -101,6 +101,8 @@ mod request;
 mod request_param;
 mod session;
 mod time;
+#[cfg(target_os = "linux")]
+mod uring;
 
 /// We generally support async reads
 #[cfg(not(target_os = "macos"))]
@@ -383,6 +385,13 @@ impl KernelConfig {
             None => (u32::from(self.max_background) * 3 / 4) as u16,
             Some(value) => min(value, self.max_background),
         }
+    }
+
+    /// The payload buffer a FUSE-over-io_uring entry needs: the kernel takes
+    /// the largest of 8 KiB, max_write and max_pages pages.
+    pub(crate) fn uring_payload_size(&self) -> usize {
+        let pages = self.max_pages() as usize * page_size::get();
+        max(max(8192, self.max_write as usize), pages)
     }
 
     fn max_pages(&self) -> u16 {

@@ -18,6 +18,12 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// FUSE over io_uring: the number of ring threads per CPU queue, each
+    /// with one ring entry, used when the filesystem asked for
+    /// `InitFlags::FUSE_OVER_IO_URING` in `init` and the kernel agreed.
+    /// `None` or 0 means one. The /dev/fuse event loops keep running for
+    /// what the kernel never sends through the ring (FORGET, INTERRUPT).
+    pub uring_threads_per_queue: Option<usize>,
 }
 
 /// Mount options accepted by the FUSE filesystem type
