@@ -19,8 +19,12 @@
 #   QUICK=1        smoke run: 3 runs, 128 MiB file, 1,000-file repo, untar of usr/share only
 #   TIMEOUT=S      time limit of one workload on one system, one run (default 300; 120 quick)
 #   FIO_RUNTIME=S  seconds per fio run (default 4; 2 quick)
-#   SYSTEMS=a,b    subset of: native,overlay,fuse-overlayfs,unionfs-fuse,unionfs,unionfs-pt-all
-#                  (unionfs-pt-all: unionfs -o passthrough=all, lower files in the kernel too)
+#   SYSTEMS=a,b    subset of: native,overlay,fuse-overlayfs,unionfs-fuse,unionfs,unionfs-uring,
+#                  unionfs-pt-all. unionfs: as mounted on a stock kernel (requests read from
+#                  /dev/fuse; -o uring=off so a parameter left on cannot change it);
+#                  unionfs-uring: -o uring=on, FUSE over io_uring (turns the fuse module
+#                  parameter enable_uring on for the run, then back as it was);
+#                  unionfs-pt-all: -o passthrough=all, lower files in the kernel too
 #   WORKLOADS=a,b  subset of: walk-names,walk-stat,read,untar,readdir,git,copyup-big,copyup-small
 #   BENCH_CACHE    where the data set image lives (default /var/cache/unionfs-bench)
 #   UNIONFS_BIN    use this unionfs binary instead of building target/release/unionfs
@@ -42,6 +46,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-peers: needs root" >&2; exit 1; }
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring_was=$(cat "$uring_param" 2>/dev/null || true)  # put back by cleanup()
 if [ "${QUICK:-0}" = 1 ]; then mode=quick; export RUNS=${RUNS:-3}; else mode=full; export RUNS=${RUNS:-5}; fi
 
 # --- tools and peers -------------------------------------------------------------------
@@ -85,6 +91,7 @@ FS=$RUN_BASE/fs
 mkdir "$FS"
 loopdev=
 cleanup() {
+  [ -z "$uring_was" ] || echo "$uring_was" > "$uring_param" 2>/dev/null || true
   # innermost first; FUSE connections are aborted so that a hung daemon cannot block us
   awk -v d="$FS/" 'index($5, d) == 1 {print $3, $5, $9}' /proc/self/mountinfo | sort -r -k2 |
   while read -r dev mnt fstype; do

@@ -674,7 +674,8 @@ How each row is measured (every run mounts fresh over the same lower, with an em
 """
 
 COLORS = {"native": "#9e9e9e", "overlay": "#4c72b0", "fuse-overlayfs": "#dd8452",
-          "unionfs-fuse": "#c44e52", "unionfs": "#55a868"}
+          "unionfs-fuse": "#c44e52", "unionfs": "#55a868", "unionfs-uring": "#2e7d32",
+          "unionfs-pt-all": "#8fd19e"}
 
 
 def svg_chart(systems, ratios):
@@ -748,9 +749,10 @@ def main_run():
     all_systems = [Native("native", "native ext4"), Overlay("overlay", "kernel overlayfs"),
                    FuseOverlayfs("fuse-overlayfs", "fuse-overlayfs 1.10", "fuse-overlayfs"),
                    UnionfsFuse("unionfs-fuse", "unionfs-fuse 1.0", "unionfs-fuse"),
-                   Unionfs("unionfs", "unionfs", "unionfs"),
+                   Unionfs("unionfs", "unionfs", "unionfs", ",uring=off"),
+                   Unionfs("unionfs-uring", "unionfs uring=on", "unionfs", ",uring=on"),
                    Unionfs("unionfs-pt-all", "unionfs passthrough=all", "unionfs",
-                           ",passthrough=all")]
+                           ",passthrough=all,uring=off")]
     want = env.get("SYSTEMS", "").split(",") if env.get("SYSTEMS") else None
     systems = [s for s in all_systems if not want or s.key in want]
     groups = env.get("WORKLOADS", "").split(",") if env.get("WORKLOADS") else list(GROUPS)
