@@ -21,6 +21,10 @@
 //! notifications, so the /dev/fuse loops keep running beside these threads.
 //! If registering fails the kernel goes on using /dev/fuse, so a failure here
 //! costs speed, never service.
+//!
+//! Locks: each request's reply slot has a mutex, held only to store or take
+//! the reply bytes. The ring and its entry belong to one thread and are never
+//! shared.
 
 use std::io;
 use std::io::IoSlice;
