@@ -224,6 +224,28 @@ fn allocated(path: &Path) -> u64 {
 
 /// The union's data copy, timed from opening the source to closing the
 /// copy, as `std::fs::copy` is.
+/// Benches a path-to-path copy of `src`, timed up to the closed copy; the
+/// copy is removed untimed (`Unlink`).
+fn path_copy(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    label: &str,
+    src: &Path,
+    fresh: &dyn Fn() -> PathBuf,
+    copy: fn(&Path, &Path),
+) {
+    g.bench_with_input(BenchmarkId::new(name, label), src, |b, src| {
+        b.iter_batched(
+            fresh,
+            |dst| {
+                copy(src, &dst);
+                Unlink(dst)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+}
+
 fn copy_with_copy_data(src: &Path, dst: &Path) {
     let input = File::open(src).unwrap();
     let size = input.metadata().unwrap().len();
@@ -308,20 +330,9 @@ fn bench_copy_up(c: &mut Criterion) {
         // `stage`, which the union holds from the lookup; a path for the
         // others) to a complete, closed copy; creating the copy is timed,
         // removing it is not (see `Unlink`).
-        g.bench_with_input(
-            BenchmarkId::new("copy_up::copy_data", label),
-            &src,
-            |b, src| {
-                b.iter_batched(
-                    &fresh,
-                    |dst| {
-                        copy_with_copy_data(src, &dst);
-                        Unlink(dst)
-                    },
-                    BatchSize::PerIteration,
-                )
-            },
-        );
+        path_copy(&mut g, "copy_up::copy_data", label, &src, &fresh, |s, d| {
+            copy_with_copy_data(s, d)
+        });
         let ino = AtomicU64::new(1000);
         g.bench_with_input(BenchmarkId::new("copy_up::stage", label), &st, |b, st| {
             b.iter_batched(
@@ -348,18 +359,14 @@ fn bench_copy_up(c: &mut Criterion) {
         // Note: std::fs::copy does not keep holes (copy_file_range over the
         // whole length), so for the sparse case it writes 1 GiB of zeros.
         g.measurement_time(Duration::from_secs(base_secs));
-        g.bench_with_input(
-            BenchmarkId::new("baseline std::fs::copy", label),
+        path_copy(
+            &mut g,
+            "baseline std::fs::copy",
+            label,
             &src,
-            |b, src| {
-                b.iter_batched(
-                    &fresh,
-                    |dst| {
-                        std::fs::copy(src, &dst).unwrap();
-                        Unlink(dst)
-                    },
-                    BatchSize::PerIteration,
-                )
+            &fresh,
+            |s, d| {
+                std::fs::copy(s, d).unwrap();
             },
         );
         std::fs::remove_file(&src).unwrap();

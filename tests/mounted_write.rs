@@ -154,6 +154,16 @@ fn copy_up_keeps_type_mode_owner_times_xattrs_and_inode() {
     }
 }
 
+/// Makes a sparse file of `size` bytes holding `parts` at their offsets.
+fn sparse_file(path: &Path, size: u64, parts: &[(u64, &[u8])]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    for (at, bytes) in parts {
+        f.write_all_at(bytes, *at).unwrap();
+    }
+}
+
 #[test]
 fn sparse_file_stays_sparse_after_copy_up() {
     if !can_mount_fuse() {
@@ -161,14 +171,11 @@ fn sparse_file_stays_sparse_after_copy_up() {
     }
     let t = Setup::new("copyup-sparse");
     let size: u64 = 1 << 30;
-    {
-        let f = fs::File::create(t.l1.join("big")).unwrap();
-        f.set_len(size).unwrap();
-        use std::os::unix::fs::FileExt;
-        f.write_at(b"head", 0).unwrap();
-        f.write_at(b"middle", size / 2).unwrap();
-        f.write_at(b"tail", size - 4).unwrap();
-    }
+    sparse_file(
+        &t.l1.join("big"),
+        size,
+        &[(0, b"head"), (size / 2, b"middle"), (size - 4, b"tail")],
+    );
     let lower_blocks = fs::metadata(t.l1.join("big")).unwrap().blocks();
     let m = t.mount(&[]);
     let p = m.mnt.join("big");
@@ -871,11 +878,7 @@ fn a_big_cached_file_written_after_reading_stays_coherent() {
     use std::os::unix::fs::FileExt;
     let t = Setup::new("bigcache");
     let size: u64 = 128 << 20;
-    {
-        let f = fs::File::create(t.l1.join("big")).unwrap();
-        f.set_len(size).unwrap();
-        f.write_all_at(b"lower", 0).unwrap();
-    }
+    sparse_file(&t.l1.join("big"), size, &[(0, b"lower")]);
     let m = t.mount(&[]);
     let p = m.mnt.join("big");
     assert_eq!(fs::read(&p).unwrap().len() as u64, size);
