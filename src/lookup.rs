@@ -227,8 +227,12 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path) -> Result<Probe> {
 }
 
 /// True for an empty regular file carrying an overlay whiteout xattr.
-pub fn is_xattr_whiteout(fd: &OwnedFd, st: &FileStat) -> Result<bool> {
-    is_xattr_whiteout_of(ObjRef::Fd(fd.as_fd()), st)
+pub fn is_xattr_whiteout_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    st: &FileStat,
+) -> Result<bool> {
+    is_xattr_whiteout_of(ObjRef::At(dir, name), st)
 }
 
 fn is_xattr_whiteout_of(obj: ObjRef<'_>, st: &FileStat) -> Result<bool> {

@@ -263,6 +263,50 @@ fn handmade_formats_vs_kernel_overlay() {
     handmade(sut_from_env(), "diff-handmade");
 }
 
+/// A merged directory big enough that unionfs reads its layers in parallel
+/// (`readdir::PARALLEL_LISTING_BYTES`, 64 KiB of directory): names only
+/// below, only above, in both, whited out (char 0:0) and re-created above a
+/// whiteout of a lower name, plus an opaque subdirectory. Built on tmpfs,
+/// whose directory size is 20 bytes per entry.
+#[test]
+fn big_merged_directory_vs_kernel_overlay() {
+    let sut = sut_from_env();
+    if !can_run(sut) || !can_mount_overlay() {
+        return;
+    }
+    let s = Scratch::new_in("diff-bigdir", Path::new("/dev/shm"));
+    let (l1, l2) = (s.dir("l1"), s.dir("l2"));
+    for i in 0..2400 {
+        let below = format!("d/n{i:05}");
+        file(&l2, &below, &c("l2", &below), 0o644);
+        let above = format!("d/n{:05}", i + 1200);
+        match i % 6 {
+            // every sixth lower name is whited out instead
+            0 => {
+                wh_chardev(&l1, &below);
+            }
+            _ => {
+                file(&l1, &above, &c("l1", &above), 0o600);
+            }
+        }
+    }
+    file(&l2, "d/sub/hidden", b"below", 0o644);
+    file(&l1, "d/sub/shown", b"above", 0o644);
+    set_xattr(&l1, "d/sub", "trusted.overlay.opaque", b"y");
+    let bytes =
+        fs::metadata(l1.join("d")).unwrap().len() + fs::metadata(l2.join("d")).unwrap().len();
+    assert!(
+        bytes >= 64 * 1024,
+        "only {bytes} bytes of directory: the parallel path is not taken"
+    );
+    let kernel = compare_with_kernel(&s, &[&l1, &l2], sut);
+    let listed = kernel
+        .keys()
+        .filter(|p| p.parent() == Some(Path::new("/d")))
+        .count();
+    assert!(listed > 3000, "only {listed} entries in d");
+}
+
 // ---------------------------------------------------------------------------------------
 // Generated trees
 // ---------------------------------------------------------------------------------------
