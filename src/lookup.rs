@@ -55,7 +55,16 @@ enum ObjRef<'a> {
     At(std::os::fd::BorrowedFd<'a>, &'a OsStr),
 }
 
-impl ObjRef<'_> {
+impl<'a> ObjRef<'a> {
+    /// This object as a directory: one known by its fd is named as `.`
+    /// inside itself, so its xattrs are read with the cheap `*at` calls.
+    fn as_dir(self) -> ObjRef<'a> {
+        match self {
+            ObjRef::Fd(fd) => ObjRef::At(fd, OsStr::new(".")),
+            at => at,
+        }
+    }
+
     fn xattrs(self) -> Result<Vec<OsString>> {
         match self {
             ObjRef::Fd(fd) => sys::xattr::list(fd),
@@ -133,6 +142,7 @@ pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
 }
 
 fn dir_info_of(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo> {
+    let obj = obj.as_dir();
     let mut info = DirInfo::default();
     let names = obj.xattrs()?;
     for n in &names {
