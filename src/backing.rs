@@ -8,7 +8,18 @@
 //! read-only branch may hand over a handle alone (no fd opened yet).
 //! Objects without handles (no CAP_DAC_READ_SEARCH, or a filesystem
 //! without export support) keep their fd pinned.
-//! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove.
+//!
+//! A backing object also remembers that it has no visible xattrs, once a
+//! listing showed none: the kernel asks for `security.capability` before
+//! every write and chown, and the answer is then given without a syscall.
+//! That knowledge stays true, because a visible xattr can only appear
+//! through this union's setxattr (which forgets it) — lowers never change,
+//! the upper is the union's alone while mounted, a copy-up makes a new
+//! backing object, and the kernel only removes xattrs on its own (kill-priv;
+//! an IMA appraisal policy that writes `security.ima` into the upper is the
+//! exception, and not supported).
+//! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove;
+//! the xattr knowledge is one atomic.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +34,12 @@ use crate::sys;
 use crate::sys::fs::ObjectHandle;
 
 const SHARDS: usize = 32;
+
+/// What is known of an object's visible xattrs (see `Backing::xattrs`).
+const XATTRS_UNKNOWN: u64 = 0;
+const XATTRS_NONE: u64 = 1;
+const XATTRS_SOME: u64 = 2;
+const XATTRS_MASK: u64 = 3;
 
 /// Default number of cached O_PATH fds (all shards together).
 pub const DEFAULT_CACHED_FDS: usize = 4096;
@@ -76,6 +93,10 @@ pub struct Backing {
     id: u64,
     mount: Option<Arc<OwnedFd>>,
     reach: Reach,
+    /// The low two bits: what a listing showed (`XATTRS_*`). Above them:
+    /// an era, moved on by every change through the union, so that a
+    /// listing taken before a change cannot record its answer after it.
+    xattrs: AtomicU64,
 }
 
 impl Backing {
@@ -98,6 +119,7 @@ impl Backing {
             id,
             mount: mount.cloned(),
             reach,
+            xattrs: AtomicU64::new(0),
         })
     }
 
@@ -108,12 +130,50 @@ impl Backing {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             mount: Some(Arc::clone(mount)),
             reach: Reach::Handle(h),
+            xattrs: AtomicU64::new(0),
         })
     }
 
     /// An object whose fd stays open (branch roots).
     pub fn pinned(fd: OwnedFd) -> Arc<Backing> {
         Self::new(None, fd)
+    }
+
+    /// True when the object is known to have no visible xattrs.
+    pub fn has_no_xattrs(&self) -> bool {
+        self.xattrs.load(Ordering::Acquire) & XATTRS_MASK == XATTRS_NONE
+    }
+
+    /// True when a listing of the object's visible xattrs was recorded.
+    pub fn xattrs_listed(&self) -> bool {
+        self.xattrs.load(Ordering::Acquire) & XATTRS_MASK != XATTRS_UNKNOWN
+    }
+
+    /// The xattr era to hand to `note_xattrs`: read it before listing.
+    pub fn xattr_era(&self) -> u64 {
+        self.xattrs.load(Ordering::Acquire) & !XATTRS_MASK
+    }
+
+    /// Records that a listing begun in `era` showed visible xattrs or not;
+    /// dropped when the union changed the object's xattrs since.
+    pub fn note_xattrs(&self, era: u64, any: bool) {
+        let known = if any { XATTRS_SOME } else { XATTRS_NONE };
+        let _ = self.xattrs.compare_exchange(
+            era | XATTRS_UNKNOWN,
+            era | known,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Forgets what is known of the object's xattrs: call after setting or
+    /// removing one through the union.
+    pub fn forget_xattrs(&self) {
+        let _ = self
+            .xattrs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some((v & !XATTRS_MASK).wrapping_add(XATTRS_MASK + 1))
+            });
     }
 
     /// An O_PATH fd of the object (cached, or reopened by handle).
@@ -145,5 +205,40 @@ impl Drop for Backing {
                 c.shard(self.id).lock().pop(&self.id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // a test fails by panicking
+mod tests {
+    use super::*;
+
+    fn backing() -> Arc<Backing> {
+        Backing::pinned(OwnedFd::from(std::fs::File::open("/").expect("open /")))
+    }
+
+    #[test]
+    fn xattr_knowledge_follows_listings_and_changes() {
+        let b = backing();
+        assert!(!b.xattrs_listed() && !b.has_no_xattrs());
+        let era = b.xattr_era();
+        b.note_xattrs(era, false);
+        assert!(b.xattrs_listed() && b.has_no_xattrs());
+        b.forget_xattrs();
+        assert!(!b.xattrs_listed() && !b.has_no_xattrs());
+        let era = b.xattr_era();
+        b.note_xattrs(era, true);
+        assert!(b.xattrs_listed() && !b.has_no_xattrs());
+    }
+
+    /// A listing that began before a change through the union must not
+    /// record its (stale) answer after the change.
+    #[test]
+    fn a_listing_older_than_a_change_is_dropped() {
+        let b = backing();
+        let era = b.xattr_era();
+        b.forget_xattrs(); // an xattr was set meanwhile
+        b.note_xattrs(era, false);
+        assert!(!b.has_no_xattrs() && !b.xattrs_listed());
     }
 }

@@ -201,8 +201,9 @@ fn hidden_floor(stack: &BranchStack, path: &Path) -> Result<Option<crate::branch
     Ok(None)
 }
 
-/// Looks `name` up in one branch directory.
-fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path) -> Result<Probe> {
+/// Looks `name` up in one branch directory; `last` when no directory is
+/// below it (a whiteout there would hide nothing, so none is looked for).
+fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Probe> {
     let found = if c.branch.reach_by_name() {
         not_found_is_none(sys::fs::stat_at(c.dir.as_fd(), name))?.map(|st| (None, st))
     } else {
@@ -215,6 +216,9 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path) -> Result<Probe> {
         }
     };
     let Some((fd, st)) = found else {
+        if last {
+            return Ok(Probe::Absent);
+        }
         let wh = whiteout::whiteout_name(name);
         if not_found_is_none(sys::fs::stat_at(c.dir.as_fd(), &wh))?.is_some()
             || hidden_in(c.branch, path)?
@@ -358,7 +362,7 @@ pub fn lookup(
         // Where the name lives in this branch (below a redirect, not at
         // its union path).
         let cur_path = cands[i].dir_path.join(&cur_name);
-        let probe_res = probe(&cands[i], &cur_name, &cur_path)?;
+        let probe_res = probe(&cands[i], &cur_name, &cur_path, i + 1 == cands.len())?;
         let dir = Arc::clone(&cands[i].dir);
         i += 1;
         let (fd, st) = match probe_res {

@@ -914,3 +914,53 @@ fn a_big_cached_file_written_after_reading_stays_coherent() {
     assert_eq!(&fs::read(t.l1.join("big")).unwrap()[..5], b"lower");
     m.unmount();
 }
+
+/// The daemon remembers that an object has no xattrs (the kernel asks for
+/// `security.capability` before every write); an xattr set or removed
+/// through the union must show at once, on an upper file, on a lower file
+/// (set after a copy-up) and on a directory, after absent ones were asked
+/// for and after a write.
+#[test]
+fn xattrs_show_at_once_after_absent_ones_were_asked_for() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("xattr-absent");
+    file(&t.l1, "low", b"lower", 0o644);
+    mkdir(&t.l1, "dir", 0o755);
+    let m = t.mount(&[]);
+    fs::write(m.mnt.join("new"), b"upper").unwrap();
+    for name in ["new", "low", "dir"] {
+        let p = m.mnt.join(name);
+        assert_eq!(xattr_of(&p, "user.a"), None, "{name}");
+        assert_eq!(xattr::list_deref(&p).unwrap().count(), 0, "{name}");
+        if name != "dir" {
+            // A write: the kernel asks for security.capability first.
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .unwrap()
+                .write_all(b"+")
+                .unwrap();
+            assert_eq!(xattr_of(&p, "security.capability"), None, "{name}");
+        }
+        xattr::set_deref(&p, "user.a", b"1").unwrap();
+        assert_eq!(xattr_of(&p, "user.a").as_deref(), Some(&b"1"[..]), "{name}");
+        let names: Vec<_> = xattr::list_deref(&p).unwrap().collect();
+        assert_eq!(names, vec![OsStr::new("user.a").to_os_string()], "{name}");
+        xattr::remove_deref(&p, "user.a").unwrap();
+        assert_eq!(xattr_of(&p, "user.a"), None, "{name}");
+        xattr::set_deref(&p, "user.b", b"2").unwrap();
+        assert_eq!(xattr_of(&p, "user.b").as_deref(), Some(&b"2"[..]), "{name}");
+    }
+    m.unmount();
+    // And on disk: the upper holds them.
+    assert_eq!(
+        xattr_of(&t.u.join("new"), "user.b").as_deref(),
+        Some(&b"2"[..])
+    );
+    assert_eq!(
+        xattr_of(&t.u.join("low"), "user.b").as_deref(),
+        Some(&b"2"[..])
+    );
+}

@@ -325,6 +325,8 @@ impl UnionFs {
             copy_up::sync_copy(upper, out.as_fd(), how)?;
             if let Some(v) = cap {
                 sys::xattr::set(tfd.as_fd(), caps, &v, 0)?;
+                // A listing while the data was written saw it gone.
+                top.backing.forget_xattrs();
             }
             sys::fs::chmod_fd(tfd.as_fd(), st.st_mode & 0o7777)?;
             sys::fs::utimes_fd(
