@@ -169,6 +169,9 @@ pub struct MountOptions {
     pub ttl: Option<Duration>,
     /// `threads=N` FUSE event loops.
     pub threads: Option<usize>,
+    /// `spin=USEC`: each event loop busy-polls this long for the next
+    /// request before it sleeps. `None` or zero: it sleeps at once.
+    pub spin: Option<Duration>,
     /// `fsname=` shown in /proc/mounts.
     pub fsname: Option<String>,
     /// `whiteout=aufs|overlay`.
@@ -307,6 +310,14 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                     return Err(bad(&v));
                 }
                 o.threads = Some(n);
+            }
+            "spin" => {
+                let v = need(value)?;
+                let us: u64 = v.parse().map_err(|_| bad(&v))?;
+                if us > 100_000 {
+                    return Err(bad(&v));
+                }
+                o.spin = Some(Duration::from_micros(us));
             }
             "fsname" => o.fsname = Some(need(value)?),
             "whiteout" => {
@@ -629,6 +640,7 @@ mod tests {
                 "nodefault_permissions",
                 "ttl=2.5",
                 "threads=4",
+                "spin=500",
                 "fsname=x",
                 "whiteout=overlay",
                 "passthrough=all",
@@ -650,6 +662,7 @@ mod tests {
         assert_eq!(o.default_permissions, Some(false));
         assert_eq!(o.ttl, Some(Duration::from_millis(2500)));
         assert_eq!(o.threads, Some(4));
+        assert_eq!(o.spin, Some(Duration::from_micros(500)));
         assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
         assert_eq!(o.passthrough, Some(Passthrough::All));
         assert_eq!(o.uring, Some(Uring::On));
@@ -665,6 +678,9 @@ mod tests {
             "ttl=x",
             "ttl=-1",
             "threads=0",
+            "spin=-1",
+            "spin=100001",
+            "spin=fast",
             "threads=a",
             "whiteout=zfs",
             "passthrough=yes",

@@ -280,6 +280,7 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
     // Two ring threads per CPU: a request that waits (a writer waiting for
     // a reader's RELEASE, a long copy-up) does not hold up its CPU's queue.
     fconf.uring_threads_per_queue = Some(2);
+    fconf.busy_poll = cfg.options.spin.filter(|d| !d.is_zero());
     let mnt = cfg.mountpoint.clone();
     let session = if root {
         let mut data = Vec::new();

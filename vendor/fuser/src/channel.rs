@@ -31,6 +31,23 @@ impl Channel {
         nix::unistd::read(&self.0, buffer)
     }
 
+    /// Polls (without sleeping, yielding the CPU between polls) for up to
+    /// `d` until a request is waiting; returns early when one is.
+    pub(crate) fn poll_for(&self, d: std::time::Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let until = std::time::Instant::now() + d;
+        loop {
+            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+            if matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+                return;
+            }
+            if std::time::Instant::now() >= until {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Receives data up to the capacity of the given buffer (can block),
     /// retrying on errors that are safe to retry (ENOENT, EINTR, EAGAIN).
     ///

@@ -306,6 +306,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                busy_poll: config.busy_poll,
             };
             threads.push(
                 thread::Builder::new()
@@ -324,6 +325,7 @@ impl<FS: Filesystem> Session<FS> {
                 session_owner,
                 payload,
                 threads_per_queue,
+                config.busy_poll,
             ));
         }
         #[cfg(not(target_os = "linux"))]
@@ -545,6 +547,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// See `Config::busy_poll`.
+    pub(crate) busy_poll: Option<std::time::Duration>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -554,6 +558,9 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
         loop {
+            if let Some(d) = self.busy_poll {
+                self.ch.poll_for(d);
+            }
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {

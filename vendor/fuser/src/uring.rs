@@ -122,6 +122,7 @@ pub(crate) fn spawn<FS: Filesystem>(
     session_owner: Uid,
     payload: usize,
     threads_per_queue: usize,
+    busy_poll: Option<std::time::Duration>,
 ) -> Vec<JoinHandle<io::Result<()>>> {
     let mut threads = Vec::new();
     for qid in 0..possible_cpus() {
@@ -133,6 +134,7 @@ pub(crate) fn spawn<FS: Filesystem>(
                 ch: ch.clone(),
                 allowed,
                 session_owner,
+                busy_poll,
             };
             match thread::Builder::new().name(name).spawn(move || {
                 // A ring that cannot run leaves its CPU's requests to
@@ -231,14 +233,38 @@ fn ring_loop<FS: Filesystem>(
         // use them.
         unsafe { ring.submission().push(&next) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        // Busy-polling (see `Config::busy_poll`): the commit is submitted
+        // alone, then the ring is looked at (running the task work that
+        // delivers a new request) until one came or the time is up.
+        let spin_until = se.busy_poll.map(|d| std::time::Instant::now() + d);
+        let mut submitted = false;
         let cqe = loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => {}
+            let spinning = registered && spin_until.is_some_and(|t| std::time::Instant::now() < t);
+            let r = if spinning {
+                if !submitted {
+                    submitted = true;
+                    ring.submit().map(|_| ())
+                } else {
+                    // SAFETY: no argument is passed.
+                    unsafe {
+                        ring.submitter()
+                            .enter::<libc::sigset_t>(0, 0, 1 /* IORING_ENTER_GETEVENTS */, None)
+                    }
+                    .map(|_| ())
+                }
+            } else {
+                ring.submit_and_wait(1).map(|_| ())
+            };
+            match r {
+                Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(e),
             }
             if let Some(c) = ring.completion().next() {
                 break c;
+            }
+            if spinning {
+                thread::yield_now();
             }
         };
         let res = cqe.result();
