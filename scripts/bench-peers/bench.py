@@ -357,6 +357,44 @@ class Unionfs(System):
         return [BIN, "umount", mnt]
 
 
+class FloorFs(System):
+    """examples/floorfs.rs: answers from memory what the lower holds; the FUSE floor.
+
+    It mirrors one directory (the merged result for the readdir pair), runs in the
+    foreground until unmounted, and cannot copy up (its lower files are read-only).
+    """
+    skip = {"copyup-big", "copyup-small"}
+
+    def __init__(self, key, label, uring=False):
+        super().__init__(key, label)
+        self.uring = uring
+
+    def mount(self, lowers, upper, work, mnt, timeout):
+        src = os.path.join(RD, "native") if lowers[0].endswith("/rd/top") else lowers[0]
+        self.pid = None
+        if self.uring:  # as unionfs -o uring=on does; the script puts it back at exit
+            with open("/sys/module/fuse/parameters/enable_uring", "w") as f:
+                f.write("Y")
+        cmd = [FLOOR_BIN, src, mnt, upper] + (["uring"] if self.uring else [])
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while not mountinfo(mnt):
+            if self.proc.poll() is not None:
+                raise Fail(f"floorfs exit {self.proc.returncode}: "
+                           f"{self.proc.stderr.read().decode(errors='replace').strip()[:200]}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise Fail("floorfs did not mount")
+            time.sleep(0.02)
+
+    def unmount(self, mnt, timeout=60):
+        super().unmount(mnt, timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 # ---------------------------------------------------------------------------
 # Metrics: (key, label, unit, baseline system: the row's ratios are relative to it; None = absolute)
 
@@ -730,9 +768,11 @@ def svg_chart(systems, ratios):
 # ---------------------------------------------------------------------------
 
 def main_run():
+    global FLOOR_BIN
     global RUN_DIR, BIN, LOWER, RD, TARBALL, CONF, FIO_RUNTIME, BIG_HEAD, SMALL_HEAD
     env = os.environ
     RUN_DIR, BIN, cache = env["RUN_DIR"], env["UNIONFS_BIN"], env["CACHE"]
+    FLOOR_BIN = env.get("FLOORFS_BIN", "")
     mode = "quick" if env.get("QUICK") == "1" else "full"
     CONF = SIZES[mode]
     LOWER, RD, TARBALL = os.path.join(cache, "lower"), os.path.join(cache, "rd"), \
@@ -752,7 +792,12 @@ def main_run():
                    Unionfs("unionfs", "unionfs", "unionfs", ",uring=off"),
                    Unionfs("unionfs-uring", "unionfs uring=on", "unionfs", ",uring=on"),
                    Unionfs("unionfs-pt-all", "unionfs passthrough=all", "unionfs",
-                           ",passthrough=all,uring=off")]
+                           ",passthrough=all,uring=off"),
+                   Unionfs("unionfs-spin", "unionfs spin=200", "unionfs", ",spin=200,uring=off"),
+                   Unionfs("unionfs-uring-spin", "unionfs uring=on,spin=200", "unionfs",
+                           ",uring=on,spin=200"),
+                   FloorFs("floor", "FUSE floor (floorfs)"),
+                   FloorFs("floor-uring", "FUSE floor uring", uring=True)]
     want = env.get("SYSTEMS", "").split(",") if env.get("SYSTEMS") else None
     systems = [s for s in all_systems if not want or s.key in want]
     groups = env.get("WORKLOADS", "").split(",") if env.get("WORKLOADS") else list(GROUPS)
@@ -769,6 +814,8 @@ def main_run():
                 # interleaved, and the order rotates so that no system always goes first
                 order = systems[rep % len(systems):] + systems[:rep % len(systems)]
                 for s in order:
+                    if g in getattr(s, "skip", ()):
+                        continue
                     run = Run(s, g, rep, timeout)
                     got, err = [], None
                     try:
