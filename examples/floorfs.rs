@@ -11,7 +11,7 @@
 //! file system to keep data in: created files live in unnamed tmpfs files
 //! and are gone at unmount.
 //!
-//! `floorfs SOURCE MOUNTPOINT [DATADIR] [uring]`: mirrors the metadata of the tree at
+//! `floorfs SOURCE MOUNTPOINT [DATADIR] [uring] [spin=USEC]`: mirrors the metadata of the tree at
 //! SOURCE (read once at start; file data is read from SOURCE through
 //! passthrough, so SOURCE's files must not change) and serves it until
 //! unmounted. Mirrored files are read-only (EROFS when opened for writing);
@@ -829,20 +829,26 @@ impl Filesystem for FloorFs {
 }
 
 fn main() -> std::process::ExitCode {
-    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let uring = args.last().is_some_and(|a| a == "uring");
-    if uring {
-        args.pop();
+    const USAGE: &str = "usage: floorfs SOURCE MOUNTPOINT [DATADIR] [uring] [spin=USEC]";
+    let (mut uring, mut spin, mut paths) = (false, None, Vec::new());
+    for a in std::env::args_os().skip(1) {
+        match a.to_str() {
+            Some("uring") => uring = true,
+            Some(s) if s.starts_with("spin=") => match s["spin=".len()..].parse::<u64>() {
+                Ok(us) => spin = Some(Duration::from_micros(us)).filter(|d| !d.is_zero()),
+                Err(_) => {
+                    eprintln!("{USAGE}");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            _ => paths.push(PathBuf::from(a)),
+        }
     }
-    let (source, mnt, tmp_dir) = match args.as_slice() {
-        [s, m] => (
-            PathBuf::from(s),
-            PathBuf::from(m),
-            PathBuf::from("/dev/shm"),
-        ),
-        [s, m, d] => (PathBuf::from(s), PathBuf::from(m), PathBuf::from(d)),
+    let (source, mnt, tmp_dir) = match paths.as_slice() {
+        [s, m] => (s.clone(), m.clone(), PathBuf::from("/dev/shm")),
+        [s, m, d] => (s.clone(), m.clone(), d.clone()),
         _ => {
-            eprintln!("usage: floorfs SOURCE MOUNTPOINT [DATADIR] [uring]");
+            eprintln!("{USAGE}");
             return std::process::ExitCode::from(2);
         }
     };
@@ -862,6 +868,7 @@ fn main() -> std::process::ExitCode {
     conf.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()));
     conf.clone_fd = true;
     conf.uring_threads_per_queue = Some(2);
+    conf.busy_poll = spin;
     if let Err(e) = fuser::mount(fs, &mnt, &conf) {
         eprintln!("floorfs: cannot serve {}: {e}", mnt.display());
         return std::process::ExitCode::FAILURE;

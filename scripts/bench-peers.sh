@@ -20,7 +20,7 @@
 #   TIMEOUT=S      time limit of one workload on one system, one run (default 300; 120 quick)
 #   FIO_RUNTIME=S  seconds per fio run (default 4; 2 quick)
 #   SYSTEMS=a,b    subset of: native,overlay,fuse-overlayfs,unionfs-fuse,unionfs,unionfs-uring,
-#                  unionfs-pt-all,unionfs-spin,unionfs-uring-spin,floor,floor-uring.
+#                  unionfs-pt-all,unionfs-spin,unionfs-uring-spin,floor,floor-best.
 #                  unionfs: as mounted on a stock kernel (requests read from
 #                  /dev/fuse; -o uring=off so a parameter left on cannot change it);
 #                  unionfs-uring: -o uring=on, FUSE over io_uring (turns the fuse module
@@ -28,8 +28,9 @@
 #                  unionfs-pt-all: -o passthrough=all, lower files in the kernel too;
 #                  unionfs-spin, unionfs-uring-spin: -o spin=200 (busy-polling), over
 #                  /dev/fuse and over io_uring;
-#                  floor, floor-uring: examples/floorfs.rs, an in-memory FUSE file system
-#                  with unionfs's kernel settings: what the protocol alone costs
+#                  floor, floor-best: examples/floorfs.rs, an in-memory FUSE file system
+#                  with unionfs's kernel settings, what the protocol alone costs: as
+#                  unionfs is mounted by default, and with uring=on,spin=200
 #   WORKLOADS=a,b  subset of: walk-names,walk-stat,read,untar,readdir,git,copyup-big,copyup-small
 #   BENCH_CACHE    where the data set image lives (default /var/cache/unionfs-bench)
 #   UNIONFS_BIN    use this unionfs binary instead of building target/release/unionfs

@@ -365,9 +365,9 @@ class FloorFs(System):
     """
     skip = {"copyup-big", "copyup-small"}
 
-    def __init__(self, key, label, uring=False):
+    def __init__(self, key, label, uring=False, spin=0):
         super().__init__(key, label)
-        self.uring = uring
+        self.uring, self.spin = uring, spin
 
     def mount(self, lowers, upper, work, mnt, timeout):
         src = os.path.join(RD, "native") if lowers[0].endswith("/rd/top") else lowers[0]
@@ -375,7 +375,7 @@ class FloorFs(System):
         if self.uring:  # as unionfs -o uring=on does; the script puts it back at exit
             with open("/sys/module/fuse/parameters/enable_uring", "w") as f:
                 f.write("Y")
-        cmd = [FLOOR_BIN, src, mnt, upper] + (["uring"] if self.uring else [])
+        cmd = [FLOOR_BIN, src, mnt, upper, f"spin={self.spin}"] + (["uring"] if self.uring else [])
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while not mountinfo(mnt):
@@ -797,7 +797,7 @@ def main_run():
                    Unionfs("unionfs-uring-spin", "unionfs uring=on,spin=200", "unionfs",
                            ",uring=on,spin=200"),
                    FloorFs("floor", "FUSE floor (floorfs)"),
-                   FloorFs("floor-uring", "FUSE floor uring", uring=True)]
+                   FloorFs("floor-best", "FUSE floor uring=on,spin=200", uring=True, spin=200)]
     want = env.get("SYSTEMS", "").split(",") if env.get("SYSTEMS") else None
     systems = [s for s in all_systems if not want or s.key in want]
     groups = env.get("WORKLOADS", "").split(",") if env.get("WORKLOADS") else list(GROUPS)
