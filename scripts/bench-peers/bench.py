@@ -4,6 +4,7 @@
 Subcommands:
   build CACHE ROOTFS QUICK      build the lower data set once into CACHE
   run                           run the benchmark (configuration in environment variables)
+  chart JSON SVG                redraw the chart of a finished run from its .json
   op NAME ARGS...               one timed operation in a child process (so a hung FUSE
                                 call is killed by the per-workload time limit, not us)
 
@@ -713,7 +714,8 @@ How each row is measured (every run mounts fresh over the same lower, with an em
 
 COLORS = {"native": "#9e9e9e", "overlay": "#4c72b0", "fuse-overlayfs": "#dd8452",
           "unionfs-fuse": "#c44e52", "unionfs": "#55a868", "unionfs-uring": "#2e7d32",
-          "unionfs-pt-all": "#8fd19e"}
+          "unionfs-pt-all": "#8fd19e", "unionfs-spin": "#b8e186", "unionfs-uring-spin": "#00441b",
+          "floor": "#b2abd2", "floor-best": "#542788"}
 
 
 def svg_chart(systems, ratios):
@@ -729,7 +731,7 @@ def svg_chart(systems, ratios):
     group_h = bar * len(keys) + gap
     height = top + group_h * len(rows) + 40
     X = lambda r: left + (math.log10(r) - lo_e) / (hi_e - lo_e) * width
-    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 150}" height="{height}" '
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 240}" height="{height}" '
          'font-family="sans-serif" font-size="11">',
          '<rect width="100%" height="100%" fill="white"/>',
          f'<text x="{left}" y="18" font-size="13" font-weight="bold">time ratio (log scale, '
@@ -750,8 +752,10 @@ def svg_chart(systems, ratios):
             r = ratios.get((m, k))
             if r is None:
                 if k != base:
+                    group = next((g for g, ms in GROUP_METRICS.items() if m in ms), None)
+                    why = "n/a" if group in getattr(systems[j], "skip", ()) else "fail"
                     o.append(f'<text x="{left + 3}" y="{y + bar - 1}" font-size="8" '
-                             f'fill="{COLORS.get(k, "#000")}">fail / n/a</text>')
+                             f'fill="{COLORS.get(k, "#000")}">{why}</text>')
                 continue
             x0, x1 = X(10 ** lo_e), X(max(r, 10 ** lo_e))
             o.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="{bar - 1}" '
@@ -766,6 +770,34 @@ def svg_chart(systems, ratios):
 
 
 # ---------------------------------------------------------------------------
+
+def every_system():
+    """Every system the benchmark knows, in column order."""
+    return [Native("native", "native ext4"), Overlay("overlay", "kernel overlayfs"),
+            FuseOverlayfs("fuse-overlayfs", "fuse-overlayfs 1.10", "fuse-overlayfs"),
+            UnionfsFuse("unionfs-fuse", "unionfs-fuse 1.0", "unionfs-fuse"),
+            Unionfs("unionfs", "unionfs", "unionfs", ",uring=off"),
+            Unionfs("unionfs-uring", "unionfs uring=on", "unionfs", ",uring=on"),
+            Unionfs("unionfs-pt-all", "unionfs passthrough=all", "unionfs",
+                    ",passthrough=all,uring=off"),
+            Unionfs("unionfs-spin", "unionfs spin=200", "unionfs", ",spin=200,uring=off"),
+            Unionfs("unionfs-uring-spin", "unionfs uring=on,spin=200", "unionfs",
+                    ",uring=on,spin=200"),
+            FloorFs("floor", "FUSE floor (floorfs)"),
+            FloorFs("floor-best", "FUSE floor uring=on,spin=200", uring=True, spin=200)]
+
+
+def chart_main(json_path, svg_path):
+    """Redraws the chart of a finished run from its .json."""
+    with open(json_path) as f:
+        raw = json.load(f)["results"]
+    results = {tuple(k.split("|")): v for k, v in raw.items()}
+    present = {s for _, s in results}
+    systems = [s for s in every_system() if s.key in present]
+    _, ratios = report(systems, results, {}, "")  # (no errors: RUN_DIR is not needed)
+    with open(svg_path, "w") as f:
+        f.write(svg_chart(systems, ratios))
+
 
 def main_run():
     global FLOOR_BIN
@@ -786,18 +818,7 @@ def main_run():
     with open(os.path.join(LOWER, "small", "s00000"), "rb") as f:
         SMALL_HEAD = f.read(16)
 
-    all_systems = [Native("native", "native ext4"), Overlay("overlay", "kernel overlayfs"),
-                   FuseOverlayfs("fuse-overlayfs", "fuse-overlayfs 1.10", "fuse-overlayfs"),
-                   UnionfsFuse("unionfs-fuse", "unionfs-fuse 1.0", "unionfs-fuse"),
-                   Unionfs("unionfs", "unionfs", "unionfs", ",uring=off"),
-                   Unionfs("unionfs-uring", "unionfs uring=on", "unionfs", ",uring=on"),
-                   Unionfs("unionfs-pt-all", "unionfs passthrough=all", "unionfs",
-                           ",passthrough=all,uring=off"),
-                   Unionfs("unionfs-spin", "unionfs spin=200", "unionfs", ",spin=200,uring=off"),
-                   Unionfs("unionfs-uring-spin", "unionfs uring=on,spin=200", "unionfs",
-                           ",uring=on,spin=200"),
-                   FloorFs("floor", "FUSE floor (floorfs)"),
-                   FloorFs("floor-best", "FUSE floor uring=on,spin=200", uring=True, spin=200)]
+    all_systems = every_system()
     want = env.get("SYSTEMS", "").split(",") if env.get("SYSTEMS") else None
     systems = [s for s in all_systems if not want or s.key in want]
     groups = env.get("WORKLOADS", "").split(",") if env.get("WORKLOADS") else list(GROUPS)
@@ -877,6 +898,8 @@ if __name__ == "__main__":
         op_main(sys.argv[2], sys.argv[3:])
     elif len(sys.argv) == 5 and sys.argv[1] == "build":
         build_dataset(sys.argv[2], sys.argv[3], "quick" if sys.argv[4] == "1" else "full")
+    elif len(sys.argv) == 4 and sys.argv[1] == "chart":
+        chart_main(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 2 and sys.argv[1] == "run":
         try:
             main_run()
