@@ -40,20 +40,6 @@ fn isolated_requests(pid: i32, mnt: &Path, n: usize) -> Duration {
     cpu_time(pid) - before
 }
 
-fn mount(l: &Path, u: &Path, mnt: &Path, opts: &str) -> Mount {
-    Mount::unionfs_args(
-        &[
-            "mount".as_ref(),
-            l.as_os_str(),
-            u.as_os_str(),
-            mnt.as_os_str(),
-            "-o".as_ref(),
-            opts.as_ref(),
-        ],
-        mnt,
-    )
-}
-
 /// With spin=20000 each isolated request is followed by ~20 ms of polling
 /// (CPU time of the daemon), without it by none; the answers are right on
 /// both, and on the io_uring rings too where the kernel has them.
@@ -91,7 +77,7 @@ fn event_loops_poll_for_the_next_request_when_asked() {
         let mut cpu = Vec::new();
         for spin in ["spin=0", "spin=20000"] {
             let u = s.dir(&format!("upper-{k}-{spin}"));
-            let m = mount(&l, &u, &mnt, &format!("{transport},{spin}"));
+            let m = Mount::unionfs_opts(&l, &u, &mnt, &format!("{transport},{spin}"));
             let pid = m.daemon_pids[0];
             let t = Instant::now();
             cpu.push(isolated_requests(pid, &m.mnt, N));

@@ -117,19 +117,8 @@ fn requests_come_through_io_uring_when_asked() {
         .map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     fs::write(l.join("big"), &big).unwrap();
-    let mount = |mode: &str| {
-        Mount::unionfs_args(
-            &[
-                "mount".as_ref(),
-                l.as_os_str(),
-                u.as_os_str(),
-                mnt.as_os_str(),
-                "-o".as_ref(),
-                format!("uring={mode},passthrough=off").as_ref(),
-            ],
-            &mnt,
-        )
-    };
+    let mount =
+        |mode: &str| Mount::unionfs_opts(&l, &u, &mnt, &format!("uring={mode},passthrough=off"));
 
     let m = mount("on");
     let pid = m.daemon_pids[0];

@@ -444,6 +444,21 @@ impl Mount {
         Self::unionfs_args(&args, mnt)
     }
 
+    /// `unionfs mount LOWER UPPER MNT -o OPTS`; panics unless it mounted.
+    pub fn unionfs_opts(lower: &Path, upper: &Path, mnt: &Path, opts: &str) -> Mount {
+        Self::unionfs_args(
+            &[
+                "mount".as_ref(),
+                lower.as_os_str(),
+                upper.as_os_str(),
+                mnt.as_os_str(),
+                "-o".as_ref(),
+                OsStr::new(opts),
+            ],
+            mnt,
+        )
+    }
+
     /// Runs the binary with `args` (which must mount at `mnt`). Exit 0 must mean the mount
     /// is live: it is checked immediately after the command returns.
     pub fn unionfs_args<S: AsRef<OsStr>>(args: &[S], mnt: &Path) -> Mount {
