@@ -122,9 +122,23 @@ fn requests_come_through_io_uring_when_asked() {
 
     let m = mount("on");
     let pid = m.daemon_pids[0];
+    // The daemon starts its ring threads once the mount is live (after the
+    // INIT handshake), so the mount command may return a moment before.
     assert!(
-        ring_threads(pid) > 0,
+        wait_until(std::time::Duration::from_secs(10), || ring_threads(pid) > 0),
         "uring=on mounted without ring threads"
+    );
+    // The kernel uses the rings once every CPU's queue has an entry: ask
+    // for names that are not there until a ring thread answers.
+    let mut n = 0;
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            let before = switches(pid)["ring"];
+            n += 1;
+            let _ = fs::metadata(m.mnt.join(format!("absent-{n}")));
+            switches(pid)["ring"] > before
+        }),
+        "the ring threads never answered"
     );
     let before = switches(pid);
     let requests = workload(&m.mnt, &big);
