@@ -351,7 +351,8 @@ const NR_FCHMODAT2: Option<libc::c_long> = Some(452);
 )))]
 const NR_FCHMODAT2: Option<libc::c_long> = None;
 
-/// False once `fchmodat2` said ENOSYS (or refused AT_EMPTY_PATH).
+/// False once `fchmodat2` said ENOSYS (or refused AT_EMPTY_PATH, or a
+/// seccomp filter said EPERM where the `/proc` path worked).
 static FCHMODAT2: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(NR_FCHMODAT2.is_some());
 
@@ -381,9 +382,23 @@ pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
             Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL) => {
                 FCHMODAT2.store(false, Ordering::Relaxed)
             }
+            // EPERM may be a seccomp filter that does not know the call:
+            // the /proc path tells (and the call is not tried again).
+            Err(nix::errno::Errno::EPERM) => {
+                let r = chmod_proc(fd, mode);
+                if r.is_ok() {
+                    FCHMODAT2.store(false, Ordering::Relaxed);
+                }
+                return r;
+            }
             res => return traced!("fchmodat2", (fd.as_raw_fd(), mode), res),
         }
     }
+    chmod_proc(fd, mode)
+}
+
+/// chmod through `/proc/self/fd/N`.
+fn chmod_proc(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
     let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     traced!(
         "fchmodat",

@@ -207,7 +207,8 @@ const NR_XATTRAT: Option<(libc::c_long, libc::c_long)> = Some((464, 465));
 )))]
 const NR_XATTRAT: Option<(libc::c_long, libc::c_long)> = None;
 
-/// False once the kernel said ENOSYS to an `*xattrat` call.
+/// False once the kernel said ENOSYS to an `*xattrat` call (or a seccomp
+/// filter EPERM where the `/proc` path worked).
 static XATTRAT: AtomicBool = AtomicBool::new(NR_XATTRAT.is_some());
 
 /// `struct xattr_args` of `getxattrat`.
@@ -226,14 +227,22 @@ fn at_or_proc(
     at: impl FnOnce((libc::c_long, libc::c_long)) -> isize,
     fallback: impl FnOnce(&CStr) -> isize,
 ) -> std::result::Result<usize, Errno> {
+    let mut refused = false;
     if let Some(nrs) = NR_XATTRAT.filter(|_| XATTRAT.load(Ordering::Relaxed)) {
         match len_or_errno(at(nrs)) {
             Err(Errno::ENOSYS) => XATTRAT.store(false, Ordering::Relaxed),
+            // A seccomp filter that does not know the call (container
+            // runtimes' default profiles) answers EPERM: ask the old way.
+            Err(Errno::EPERM) => refused = true,
             r => return r,
         }
     }
     let path = entry_path(dir, entry)?;
-    len_or_errno(fallback(&path))
+    let r = len_or_errno(fallback(&path));
+    if refused && r != Err(Errno::EPERM) {
+        XATTRAT.store(false, Ordering::Relaxed);
+    }
+    r
 }
 
 /// One raw `getxattrat(dir, entry, AT_SYMLINK_NOFOLLOW)`.
@@ -349,6 +358,9 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
+    /// The tests that flip `XATTRAT` take turns.
+    static FLAG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn open_path(p: &std::path::Path) -> std::os::fd::OwnedFd {
         nix::fcntl::open(
             p,
@@ -386,6 +398,7 @@ mod tests {
         ::xattr::set(&file, "user.ino", &42u64.to_le_bytes()).expect("set");
         ::xattr::set(tmp.path(), "user.big", b"dir").expect("set dir");
         let dir = open_path(tmp.path());
+        let _turn = FLAG.lock();
         let want_file = (
             vec![OsString::from("user.big"), OsString::from("user.ino")],
             Some(big),
@@ -404,6 +417,37 @@ mod tests {
             let missing = list_at(dir.as_fd(), OsStr::new("missing"));
             assert!(missing.is_err_and(|e| e.is_not_found()), "xattrat={at}");
         }
+        XATTRAT.store(had, Ordering::Relaxed);
+    }
+
+    /// A seccomp filter that does not know `listxattrat` answers EPERM:
+    /// the `/proc` path answers instead, and the call is not tried again;
+    /// a real EPERM (the `/proc` path says it too) is passed on.
+    #[test]
+    fn an_xattrat_refused_by_a_filter_falls_back_for_good() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("f"), b"x").expect("write");
+        let dir = open_path(tmp.path());
+        let refused = |_| {
+            Errno::set_raw(libc::EPERM);
+            -1
+        };
+        let _turn = FLAG.lock();
+        let had = XATTRAT.load(Ordering::Relaxed);
+        XATTRAT.store(NR_XATTRAT.is_some(), Ordering::Relaxed);
+        let also_eperm = at_or_proc(dir.as_fd(), c"f", refused, |_| {
+            Errno::set_raw(libc::EPERM);
+            -1
+        });
+        assert_eq!(also_eperm, Err(Errno::EPERM));
+        assert_eq!(XATTRAT.load(Ordering::Relaxed), NR_XATTRAT.is_some());
+        let mut buf = [0u8; 64];
+        let r = at_or_proc(dir.as_fd(), c"f", refused, |path| {
+            // SAFETY: path is NUL-terminated; buf is valid for its length.
+            unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+        });
+        assert!(r.is_ok(), "{r:?}");
+        assert!(!XATTRAT.load(Ordering::Relaxed));
         XATTRAT.store(had, Ordering::Relaxed);
     }
 }
