@@ -699,6 +699,9 @@ impl Filesystem for FloorFs {
         reply: ReplyEntry,
     ) {
         let mut nodes = self.nodes.write();
+        if !nodes.contains_key(&i.0) {
+            return reply.error(Errno::ENOENT);
+        }
         let Some(p) = nodes.get_mut(&newparent.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -756,11 +759,30 @@ impl Filesystem for FloorFs {
             if old == ino {
                 return reply.ok();
             }
-            if is_dir(&nodes, old) && nodes.get(&old).is_some_and(|n| !n.entries.is_empty()) {
+            let old_dir = is_dir(&nodes, old);
+            if old_dir != is_dir(&nodes, ino) {
+                return reply.error(if old_dir {
+                    Errno::EISDIR
+                } else {
+                    Errno::ENOTDIR
+                });
+            }
+            if old_dir && nodes.get(&old).is_some_and(|n| !n.entries.is_empty()) {
                 return reply.error(Errno::ENOTEMPTY);
+            }
+            // The replaced object loses its name (a directory all its links).
+            if let Some(n) = nodes.get_mut(&old) {
+                n.attr.nlink = if old_dir {
+                    0
+                } else {
+                    n.attr.nlink.saturating_sub(1)
+                };
             }
             if let Some(p) = nodes.get_mut(&newparent.0) {
                 p.remove(newname);
+                if old_dir {
+                    p.attr.nlink -= 1;
+                }
             }
         }
         let moved_dir = is_dir(&nodes, ino);
@@ -798,16 +820,17 @@ impl Filesystem for FloorFs {
             Err(e) => return reply.error(Errno::from_i32(e as i32)),
         };
         let data = Arc::new(file);
+        let handle_file = match Self::reopen(&data) {
+            Ok(f) => f,
+            Err(e) => return reply.error(io_errno(&e)),
+        };
         let mut n = Node::new(self.new_attr(req, FileType::RegularFile, mode & !umask, 0));
         n.data = Some(Data::Tmp(Arc::clone(&data)));
         let a = match self.insert(parent, name, n) {
             Ok(a) => a,
             Err(e) => return reply.error(e),
         };
-        let file = match Self::reopen(&data) {
-            Ok(f) => f,
-            Err(e) => return reply.error(io_errno(&e)),
-        };
+        let file = handle_file;
         match self.new_handle(a.ino.0, file, |fd| reply.open_backing(fd)) {
             (fh, Some(b)) => reply.created_passthrough(
                 &TTL,

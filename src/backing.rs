@@ -12,14 +12,18 @@
 //! A backing object also remembers that it has no visible xattrs, once a
 //! listing showed none: the kernel asks for `security.capability` before
 //! every write and chown, and the answer is then given without a syscall.
-//! That knowledge stays true, because a visible xattr can only appear
-//! through this union's setxattr (which forgets it) — lowers never change,
-//! the upper is the union's alone while mounted, a copy-up makes a new
-//! backing object, and the kernel only removes xattrs on its own (kill-priv;
-//! an IMA appraisal policy that writes `security.ima` into the upper is the
+//! That knowledge is trusted only while no xattr was set or removed
+//! through the union since the listing (one process-wide generation,
+//! `forget_xattrs`: sets are rare, and an object may be served by several
+//! backing objects over time, one per lookup), and it is only recorded on
+//! filesystems whose listings show every xattr (the caller decides). A
+//! visible xattr cannot appear otherwise: lowers never change, the upper is
+//! the union's alone while mounted, a copy-up makes a new backing object,
+//! and the kernel only removes xattrs on its own (kill-priv; an IMA
+//! appraisal policy that writes `security.ima` into the upper is the
 //! exception, and not supported).
 //! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove;
-//! the xattr knowledge is one atomic.
+//! the xattr knowledge is atomics.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,11 +39,9 @@ use crate::sys::fs::ObjectHandle;
 
 const SHARDS: usize = 32;
 
-/// What is known of an object's visible xattrs (see `Backing::xattrs`).
-const XATTRS_UNKNOWN: u64 = 0;
-const XATTRS_NONE: u64 = 1;
-const XATTRS_SOME: u64 = 2;
-const XATTRS_MASK: u64 = 3;
+/// Bumped by every xattr change through the union: what a backing object
+/// learnt before it is no longer trusted.
+static XATTR_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Default number of cached O_PATH fds (all shards together).
 pub const DEFAULT_CACHED_FDS: usize = 4096;
@@ -93,10 +95,20 @@ pub struct Backing {
     id: u64,
     mount: Option<Arc<OwnedFd>>,
     reach: Reach,
-    /// The low two bits: what a listing showed (`XATTRS_*`). Above them:
-    /// an era, moved on by every change through the union, so that a
-    /// listing taken before a change cannot record its answer after it.
-    xattrs: AtomicU64,
+    /// The xattr generation in which a listing showed no visible xattrs
+    /// (0: not known).
+    no_xattrs_since: AtomicU64,
+}
+
+/// The current xattr generation (see `Backing::note_no_xattrs`).
+pub fn xattr_generation() -> u64 {
+    XATTR_GENERATION.load(Ordering::Acquire)
+}
+
+/// Forgets what every backing object knows of its xattrs: call after an
+/// xattr was set or removed through the union.
+pub fn forget_xattrs() {
+    XATTR_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
 impl Backing {
@@ -119,7 +131,7 @@ impl Backing {
             id,
             mount: mount.cloned(),
             reach,
-            xattrs: AtomicU64::new(0),
+            no_xattrs_since: AtomicU64::new(0),
         })
     }
 
@@ -130,7 +142,7 @@ impl Backing {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             mount: Some(Arc::clone(mount)),
             reach: Reach::Handle(h),
-            xattrs: AtomicU64::new(0),
+            no_xattrs_since: AtomicU64::new(0),
         })
     }
 
@@ -141,39 +153,14 @@ impl Backing {
 
     /// True when the object is known to have no visible xattrs.
     pub fn has_no_xattrs(&self) -> bool {
-        self.xattrs.load(Ordering::Acquire) & XATTRS_MASK == XATTRS_NONE
+        self.no_xattrs_since.load(Ordering::Acquire) == XATTR_GENERATION.load(Ordering::Acquire)
     }
 
-    /// True when a listing of the object's visible xattrs was recorded.
-    pub fn xattrs_listed(&self) -> bool {
-        self.xattrs.load(Ordering::Acquire) & XATTRS_MASK != XATTRS_UNKNOWN
-    }
-
-    /// The xattr era to hand to `note_xattrs`: read it before listing.
-    pub fn xattr_era(&self) -> u64 {
-        self.xattrs.load(Ordering::Acquire) & !XATTRS_MASK
-    }
-
-    /// Records that a listing begun in `era` showed visible xattrs or not;
-    /// dropped when the union changed the object's xattrs since.
-    pub fn note_xattrs(&self, era: u64, any: bool) {
-        let known = if any { XATTRS_SOME } else { XATTRS_NONE };
-        let _ = self.xattrs.compare_exchange(
-            era | XATTRS_UNKNOWN,
-            era | known,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
-
-    /// Forgets what is known of the object's xattrs: call after setting or
-    /// removing one through the union.
-    pub fn forget_xattrs(&self) {
-        let _ = self
-            .xattrs
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some((v & !XATTRS_MASK).wrapping_add(XATTRS_MASK + 1))
-            });
+    /// Records that a listing begun in `generation` (read it with
+    /// `xattr_generation` before listing) showed no visible xattrs; ignored
+    /// when an xattr was changed through the union since.
+    pub fn note_no_xattrs(&self, generation: u64) {
+        self.no_xattrs_since.store(generation, Ordering::Release);
     }
 
     /// An O_PATH fd of the object (cached, or reopened by handle).
@@ -217,28 +204,31 @@ mod tests {
         Backing::pinned(OwnedFd::from(std::fs::File::open("/").expect("open /")))
     }
 
+    /// The tests that move the process-wide generation take turns.
+    static GENERATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
-    fn xattr_knowledge_follows_listings_and_changes() {
-        let b = backing();
-        assert!(!b.xattrs_listed() && !b.has_no_xattrs());
-        let era = b.xattr_era();
-        b.note_xattrs(era, false);
-        assert!(b.xattrs_listed() && b.has_no_xattrs());
-        b.forget_xattrs();
-        assert!(!b.xattrs_listed() && !b.has_no_xattrs());
-        let era = b.xattr_era();
-        b.note_xattrs(era, true);
-        assert!(b.xattrs_listed() && !b.has_no_xattrs());
+    fn xattr_knowledge_holds_until_any_change() {
+        let _turn = GENERATION.lock();
+        let (b, c) = (backing(), backing());
+        assert!(!b.has_no_xattrs());
+        b.note_no_xattrs(xattr_generation());
+        c.note_no_xattrs(xattr_generation());
+        assert!(b.has_no_xattrs() && c.has_no_xattrs());
+        // A change through another backing object of the same file, or of
+        // any other: both forget.
+        forget_xattrs();
+        assert!(!b.has_no_xattrs() && !c.has_no_xattrs());
     }
 
-    /// A listing that began before a change through the union must not
-    /// record its (stale) answer after the change.
+    /// A listing that began before a change must not be trusted after it.
     #[test]
-    fn a_listing_older_than_a_change_is_dropped() {
+    fn a_listing_older_than_a_change_is_not_trusted() {
+        let _turn = GENERATION.lock();
         let b = backing();
-        let era = b.xattr_era();
-        b.forget_xattrs(); // an xattr was set meanwhile
-        b.note_xattrs(era, false);
-        assert!(!b.has_no_xattrs() && !b.xattrs_listed());
+        let generation = xattr_generation();
+        forget_xattrs(); // an xattr was set meanwhile
+        b.note_no_xattrs(generation);
+        assert!(!b.has_no_xattrs());
     }
 }

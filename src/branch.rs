@@ -69,7 +69,15 @@ pub struct Branch {
     /// Whether a char 0:0 device in this branch is a whiteout. False only for
     /// an upper recorded in AUFS format, where such a device is a user's device.
     pub char_whiteouts: bool,
+    /// Whether the branch's filesystem lists every xattr it has (local disk
+    /// filesystems and tmpfs; network ones have readable xattrs they do not
+    /// list), so that an empty listing means no xattr at all.
+    pub lists_all_xattrs: bool,
 }
+
+/// Filesystems (`f_type`) whose `listxattr` shows every xattr `getxattr`
+/// can read: ext2/3/4, xfs, btrfs, tmpfs, f2fs.
+const LISTS_ALL_XATTRS: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
 
 impl Branch {
     /// Opens the branch at `path`.
@@ -85,6 +93,8 @@ impl Branch {
         let st = sys::fs::fstat(root.as_fd())?;
         let mnt_id = sys::fs::mount_id_fd(root.as_fd()).unwrap_or(0);
         let fs_uuid = sys::fs::fs_uuid(root.as_fd()).ok();
+        let lists_all_xattrs =
+            sys::fs::fs_type(root.as_fd()).is_ok_and(|t| LISTS_ALL_XATTRS.contains(&t));
         let mut hidden = None;
         for name in whiteout::UNIONFS_FUSE_DIRS {
             if let Ok(fd) = sys::fs::open_path_at(root.as_fd(), OsStr::new(name)) {
@@ -120,6 +130,7 @@ impl Branch {
             view,
             mnt_id,
             fs_uuid,
+            lists_all_xattrs,
             hidden,
             char_whiteouts: true,
         })

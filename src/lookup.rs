@@ -142,7 +142,17 @@ pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
 }
 
 fn dir_info_of(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo> {
-    let obj = obj.as_dir();
+    match dir_info_raw(branch, obj.as_dir(), path) {
+        // `.` inside a directory needs search permission on it, which an
+        // unprivileged daemon may lack; the object itself does not.
+        Err(e) if e.errno() == nix::errno::Errno::EACCES && matches!(obj, ObjRef::Fd(_)) => {
+            dir_info_raw(branch, obj, path)
+        }
+        r => r,
+    }
+}
+
+fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo> {
     let mut info = DirInfo::default();
     let names = obj.xattrs()?;
     for n in &names {

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -18,44 +17,6 @@ use std::path::Path;
 use common::*;
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
-
-/// Context switches of the daemon's threads, summed by kind: ring threads
-/// ("fuser-ring-*") and the others.
-fn switches(pid: i32) -> BTreeMap<&'static str, u64> {
-    let mut out = BTreeMap::from([("ring", 0), ("other", 0)]);
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let n: u64 = status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
-        let kind = if comm.starts_with("fuser-ring") {
-            "ring"
-        } else {
-            "other"
-        };
-        *out.entry(kind).or_default() += n;
-    }
-    out
-}
-
-fn ring_threads(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter(|t| {
-                    fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.starts_with("fuser-ring"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
 
 /// Creates, writes, lists, reads back and renames through the mount; every
 /// answer is checked. Returns how many requests it made at least.
@@ -125,20 +86,8 @@ fn requests_come_through_io_uring_when_asked() {
     // The daemon starts its ring threads once the mount is live (after the
     // INIT handshake), so the mount command may return a moment before.
     assert!(
-        wait_until(std::time::Duration::from_secs(10), || ring_threads(pid) > 0),
-        "uring=on mounted without ring threads"
-    );
-    // The kernel uses the rings once every CPU's queue has an entry: ask
-    // for names that are not there until a ring thread answers.
-    let mut n = 0;
-    assert!(
-        wait_until(std::time::Duration::from_secs(10), || {
-            let before = switches(pid)["ring"];
-            n += 1;
-            let _ = fs::metadata(m.mnt.join(format!("absent-{n}")));
-            switches(pid)["ring"] > before
-        }),
-        "the ring threads never answered"
+        wait_for_rings(pid, &m.mnt),
+        "uring=on: no ring thread answered"
     );
     let before = switches(pid);
     let requests = workload(&m.mnt, &big);

@@ -69,6 +69,10 @@ fn unprivileged_mount_through_fusermount3() {
     fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
     let s = Scratch::new_in("unpriv", Path::new("/dev/shm"));
     let (l, _undo) = lower_with_a_submount(&s);
+    // A directory the daemon's user may not search: its attributes still
+    // show (the union reads its markers without entering it).
+    file(&l, "private/secret", b"s", 0o600);
+    fs::set_permissions(l.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
     let u = s.dir("upper");
     let mnt = s.dir("mnt");
     for d in [&u, &mnt] {
@@ -112,6 +116,18 @@ fn unprivileged_mount_through_fusermount3() {
             "{uid_line}"
         );
     }
+    let o = nobody(&[
+        "stat".as_ref(),
+        "-c".as_ref(),
+        "%a %u".as_ref(),
+        m.mnt.join("private").as_os_str(),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "700 0\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // The mount point inside the branch is sealed: empty, never crossed.
     let o = nobody(&["ls".as_ref(), "-A".as_ref(), m.mnt.join("sub").as_os_str()]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "");

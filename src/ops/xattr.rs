@@ -4,8 +4,9 @@
 //!
 //! Invariant: no private (`*.overlay.*`, `*.unionfs.*`, fuse-overlayfs)
 //! attribute is ever shown, set or removed through the mount. An object
-//! known to have no visible xattrs (see `Backing::has_no_xattrs`) is
-//! answered without a syscall; setting or removing one forgets that.
+//! known to have no visible xattrs (see `Backing::has_no_xattrs`; only on
+//! filesystems whose listings are complete) is answered without a syscall;
+//! setting or removing any xattr through the union forgets all of that.
 //! Locks: node state (read); copy-up's striped lock.
 
 use std::ffi::OsStr;
@@ -13,6 +14,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
 use super::UnionFs;
+use crate::backing;
 use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::inode::Ino;
@@ -28,19 +30,23 @@ impl UnionFs {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let top = state.top()?;
-        if top.backing.has_no_xattrs() {
+        let knowable = self.lists_all_xattrs(top);
+        if knowable && top.backing.has_no_xattrs() {
             return Err(Error::NoXattr);
         }
-        if !top.backing.xattrs_listed() {
-            // The first question about this object: list its xattrs (as
-            // cheap as asking for one), so that the next questions about
-            // absent ones (the kernel asks before every write) are free.
-            let names = self.visible_xattrs(top)?;
-            if !names.split(|b| *b == 0).any(|n| n == name.as_bytes()) {
-                return Err(Error::NoXattr);
+        let generation = backing::xattr_generation();
+        let fd = top.fd()?;
+        match sys::xattr::get(fd.as_fd(), name)? {
+            Some(v) => Ok(v),
+            None => {
+                // Not this one: learn whether there are any at all, so the
+                // next question (the kernel asks before every write) is free.
+                if knowable && self.visible_xattrs(fd.as_fd()).is_ok_and(|l| l.is_empty()) {
+                    top.backing.note_no_xattrs(generation);
+                }
+                Err(Error::NoXattr)
             }
         }
-        sys::xattr::get(top.fd()?.as_fd(), name)?.ok_or(Error::NoXattr)
     }
 
     /// The NUL-separated xattr names of `ino`, private ones left out.
@@ -48,24 +54,34 @@ impl UnionFs {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let top = state.top()?;
-        if top.backing.has_no_xattrs() {
+        let knowable = self.lists_all_xattrs(top);
+        if knowable && top.backing.has_no_xattrs() {
             return Ok(Vec::new());
         }
-        self.visible_xattrs(top)
+        let generation = backing::xattr_generation();
+        let out = self.visible_xattrs(top.fd()?.as_fd())?;
+        if knowable && out.is_empty() {
+            top.backing.note_no_xattrs(generation);
+        }
+        Ok(out)
     }
 
-    /// The visible xattr names of `layer`'s object, NUL-separated; records
-    /// whether there are any.
-    fn visible_xattrs(&self, layer: &crate::inode::Layer) -> Result<Vec<u8>> {
-        let era = layer.backing.xattr_era();
+    /// Whether an empty listing of `layer`'s object means it has no xattr.
+    fn lists_all_xattrs(&self, layer: &crate::inode::Layer) -> bool {
+        self.stack
+            .get(layer.branch)
+            .is_some_and(|b| b.lists_all_xattrs)
+    }
+
+    /// The visible xattr names of the object behind `fd`, NUL-separated.
+    fn visible_xattrs(&self, fd: std::os::fd::BorrowedFd<'_>) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        for n in sys::xattr::list(layer.fd()?.as_fd())? {
+        for n in sys::xattr::list(fd)? {
             if !whiteout::is_private_xattr(&n) {
                 out.extend_from_slice(n.as_bytes());
                 out.push(0);
             }
         }
-        layer.backing.note_xattrs(era, !out.is_empty());
         Ok(out)
     }
 }
@@ -78,9 +94,8 @@ impl UnionFs {
             return Err(Error::NotSupported);
         }
         let state = self.copy_up(ino, CopyUpData::Meta)?;
-        let top = state.top()?;
-        let res = sys::xattr::set(top.fd()?.as_fd(), name, value, flags);
-        top.backing.forget_xattrs();
+        let res = sys::xattr::set(state.top()?.fd()?.as_fd(), name, value, flags);
+        backing::forget_xattrs();
         res
     }
 
@@ -92,9 +107,8 @@ impl UnionFs {
         // Nothing to remove: fail without copying up.
         self.getxattr(ino, name)?;
         let state = self.copy_up(ino, CopyUpData::Meta)?;
-        let top = state.top()?;
-        let res = sys::xattr::remove(top.fd()?.as_fd(), name);
-        top.backing.forget_xattrs();
+        let res = sys::xattr::remove(state.top()?.fd()?.as_fd(), name);
+        backing::forget_xattrs();
         res
     }
 }

@@ -650,6 +650,16 @@ pub struct FsUuid2 {
 
 nix::ioctl_read!(getfsuuid_ioctl, 0x15, 0, FsUuid2);
 
+/// The filesystem type (`f_type` of fstatfs) of the object behind any fd.
+#[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
+pub fn fs_type(fd: BorrowedFd<'_>) -> Result<i64> {
+    traced!(
+        "fstatfs",
+        fd.as_raw_fd(),
+        nix::sys::statfs::fstatfs(fd).map(|s| s.filesystem_type().0 as i64)
+    )
+}
+
 /// The filesystem's UUID as the kernel knows it (`s_uuid`, FS_IOC_GETFSUUID).
 pub fn fs_uuid(fd: BorrowedFd<'_>) -> Result<[u8; 16]> {
     let dir = reopen(fd, OFlag::O_RDONLY)?;

@@ -384,7 +384,8 @@ mod tests {
 
     /// The `*xattrat` syscalls and the `/proc` fallback (taken on kernels
     /// before 6.13) read the same thing: names, a value larger than the
-    /// first buffer, an 8-byte number, and a directory named as `.`.
+    /// first buffer, an 8-byte number, and a directory named as `.`. (On a
+    /// kernel without the syscalls both rounds take the `/proc` path.)
     #[test]
     fn xattrat_and_proc_fallback_agree() {
         let tmp = tempfile::tempdir().expect("tempdir");

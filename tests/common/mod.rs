@@ -1650,3 +1650,58 @@ impl Rng {
         }
     }
 }
+
+/// Context switches of a daemon's threads, summed by kind: ring threads
+/// ("fuser-ring-*") and the others.
+pub fn switches(pid: i32) -> std::collections::BTreeMap<&'static str, u64> {
+    let mut out = std::collections::BTreeMap::from([("ring", 0), ("other", 0)]);
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let n: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        let kind = if comm.starts_with("fuser-ring") {
+            "ring"
+        } else {
+            "other"
+        };
+        *out.entry(kind).or_default() += n;
+    }
+    out
+}
+
+/// How many io_uring threads ("fuser-ring-*") a daemon runs.
+pub fn ring_threads(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("fuser-ring"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until the daemon's io_uring threads exist and answer requests
+/// (the kernel uses the rings once every CPU's queue has an entry): asks
+/// for absent names under `mnt` until a ring thread has answered one.
+pub fn wait_for_rings(pid: i32, mnt: &Path) -> bool {
+    if !wait_until(Duration::from_secs(10), || ring_threads(pid) > 0) {
+        return false;
+    }
+    let mut n = 0;
+    wait_until(Duration::from_secs(10), || {
+        let before = switches(pid)["ring"];
+        n += 1;
+        let _ = fs::metadata(mnt.join(format!("absent-{n}")));
+        switches(pid)["ring"] > before
+    })
+}
