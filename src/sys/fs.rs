@@ -334,82 +334,44 @@ pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Resul
     )
 }
 
-/// `fchmodat2` (Linux 6.6): the same number on x86_64 and on every
-/// architecture of the generic table; elsewhere the `/proc` path is used.
-#[cfg(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64",
-    target_arch = "loongarch64"
-))]
-const NR_FCHMODAT2: Option<libc::c_long> = Some(452);
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64",
-    target_arch = "loongarch64"
-)))]
-const NR_FCHMODAT2: Option<libc::c_long> = None;
-
-/// False once `fchmodat2` said ENOSYS (or refused AT_EMPTY_PATH, or a
-/// seccomp filter said EPERM where the `/proc` path worked).
-static FCHMODAT2: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(NR_FCHMODAT2.is_some());
+/// `fchmodat2` (Linux 6.6), which takes AT_EMPTY_PATH.
+static FCHMODAT2: super::NewCall = super::NewCall::new(452);
 
 /// Changes the mode of the object behind an O_PATH fd (not for symlinks):
 /// `fchmodat2(fd, "", AT_EMPTY_PATH)`, a third of the cost of going
-/// through `/proc/self/fd/N`, which older kernels need.
+/// through `/proc/self/fd/N`, which older kernels need (EINVAL: a kernel
+/// whose fchmodat2 refuses AT_EMPTY_PATH).
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
-    use std::sync::atomic::Ordering;
-    if let Some(nr) = NR_FCHMODAT2.filter(|_| FCHMODAT2.load(Ordering::Relaxed)) {
-        // SAFETY: the path is an empty NUL-terminated string; the fd is
-        // borrowed for the call.
-        let r = unsafe {
-            libc::syscall(
-                nr,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                mode & 0o7777,
-                libc::AT_EMPTY_PATH,
+    let res = FCHMODAT2.run(
+        &[nix::errno::Errno::EINVAL],
+        |nr| {
+            // SAFETY: the path is an empty NUL-terminated string; the fd is
+            // borrowed for the call.
+            let r = unsafe {
+                libc::syscall(
+                    nr,
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    mode & 0o7777,
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(nix::errno::Errno::last())
+            }
+        },
+        || {
+            nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+                Mode::from_bits_truncate(mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
             )
-        };
-        let res = if r == 0 {
-            Ok(())
-        } else {
-            Err(nix::errno::Errno::last())
-        };
-        match res {
-            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL) => {
-                FCHMODAT2.store(false, Ordering::Relaxed)
-            }
-            // EPERM may be a seccomp filter that does not know the call:
-            // the /proc path tells (and the call is not tried again).
-            Err(nix::errno::Errno::EPERM) => {
-                let r = chmod_proc(fd, mode);
-                if r.is_ok() {
-                    FCHMODAT2.store(false, Ordering::Relaxed);
-                }
-                return r;
-            }
-            res => return traced!("fchmodat2", (fd.as_raw_fd(), mode), res),
-        }
-    }
-    chmod_proc(fd, mode)
-}
-
-/// chmod through `/proc/self/fd/N`.
-fn chmod_proc(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
-    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    traced!(
-        "fchmodat",
-        (fd.as_raw_fd(), mode),
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            proc_path.as_str(),
-            Mode::from_bits_truncate(mode),
-            nix::sys::stat::FchmodatFlags::FollowSymlink
-        )
-    )
+        },
+    );
+    traced!("fchmodat2", (fd.as_raw_fd(), mode), res)
 }
 
 /// A time to set: a value, "now", or "leave alone".

@@ -12,7 +12,6 @@
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 
@@ -88,23 +87,23 @@ pub fn get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
     let cname = cstr(name)?;
     let res = sized(|buf| get_raw(fd, &cname, buf));
     tracing::trace!(
-        "getxattrat({}, {:?}) = {:?}",
+        "getxattr({}, {:?}) = {:?}",
         fd.as_raw_fd(),
         name,
         res.as_ref().map(|v| v.len())
     );
-    value(res, "getxattrat")
+    value(res, "getxattr")
 }
 
 /// Every xattr name of the object (empty when xattrs are unsupported).
 pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
     let res = sized(|buf| list_raw(fd, buf));
     tracing::trace!(
-        "listxattrat({}) = {:?}",
+        "listxattr({}) = {:?}",
         fd.as_raw_fd(),
         res.as_ref().map(|v| v.len())
     );
-    names(res, "listxattrat")
+    names(res, "listxattr")
 }
 
 /// The names in a raw listxattr result (none when xattrs are unsupported).
@@ -190,26 +189,9 @@ fn entry_path(dir: BorrowedFd<'_>, entry: &CStr) -> std::result::Result<CString,
     CString::new(p).map_err(|_| Errno::EINVAL)
 }
 
-/// The `*xattrat` syscall numbers: the same on x86_64 and on every
-/// architecture of the generic table; elsewhere the `/proc` path is used.
-#[cfg(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64",
-    target_arch = "loongarch64"
-))]
-const NR_XATTRAT: Option<(libc::c_long, libc::c_long)> = Some((464, 465));
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64",
-    target_arch = "loongarch64"
-)))]
-const NR_XATTRAT: Option<(libc::c_long, libc::c_long)> = None;
-
-/// False once the kernel said ENOSYS to an `*xattrat` call (or a seccomp
-/// filter EPERM where the `/proc` path worked).
-static XATTRAT: AtomicBool = AtomicBool::new(NR_XATTRAT.is_some());
+/// `getxattrat` and `listxattrat` (Linux 6.13).
+static GETXATTRAT: super::NewCall = super::NewCall::new(464);
+static LISTXATTRAT: super::NewCall = super::NewCall::new(465);
 
 /// `struct xattr_args` of `getxattrat`.
 #[repr(C)]
@@ -219,30 +201,20 @@ struct XattrArgs {
     flags: u32,
 }
 
-/// Runs the `*xattrat` form `at` (given the syscall numbers) when the
-/// kernel has it, else `fallback` on the `/proc` path of `dir/entry`.
+/// Runs the `*xattrat` form `at` (given its number) while `call` is
+/// usable, else `fallback` on the `/proc` path of `dir/entry`.
 fn at_or_proc(
+    call: &super::NewCall,
     dir: BorrowedFd<'_>,
     entry: &CStr,
-    at: impl FnOnce((libc::c_long, libc::c_long)) -> isize,
+    at: impl FnOnce(libc::c_long) -> isize,
     fallback: impl FnOnce(&CStr) -> isize,
 ) -> std::result::Result<usize, Errno> {
-    let mut refused = false;
-    if let Some(nrs) = NR_XATTRAT.filter(|_| XATTRAT.load(Ordering::Relaxed)) {
-        match len_or_errno(at(nrs)) {
-            Err(Errno::ENOSYS) => XATTRAT.store(false, Ordering::Relaxed),
-            // A seccomp filter that does not know the call (container
-            // runtimes' default profiles) answers EPERM: ask the old way.
-            Err(Errno::EPERM) => refused = true,
-            r => return r,
-        }
-    }
-    let path = entry_path(dir, entry)?;
-    let r = len_or_errno(fallback(&path));
-    if refused && r != Err(Errno::EPERM) {
-        XATTRAT.store(false, Ordering::Relaxed);
-    }
-    r
+    call.run(
+        &[],
+        |nr| len_or_errno(at(nr)),
+        || len_or_errno(fallback(&entry_path(dir, entry)?)),
+    )
 }
 
 /// One raw `getxattrat(dir, entry, AT_SYMLINK_NOFOLLOW)`.
@@ -259,11 +231,12 @@ fn get_at_raw(
         flags: 0,
     };
     at_or_proc(
+        &GETXATTRAT,
         dir,
         entry,
         // SAFETY: entry and name are NUL-terminated; args is a valid
         // xattr_args whose value buffer holds `size` bytes.
-        |(get, _)| unsafe {
+        |get| unsafe {
             libc::syscall(
                 get,
                 dir.as_raw_fd(),
@@ -287,10 +260,11 @@ fn list_at_raw(
 ) -> std::result::Result<usize, Errno> {
     let (ptr, len) = (buf.as_mut_ptr(), buf.len());
     at_or_proc(
+        &LISTXATTRAT,
         dir,
         entry,
         // SAFETY: entry is NUL-terminated; buf is valid for len bytes.
-        |(_, list)| unsafe {
+        |list| unsafe {
             libc::syscall(
                 list,
                 dir.as_raw_fd(),
@@ -358,7 +332,7 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    /// The tests that flip `XATTRAT` take turns.
+    /// The tests that flip the `*xattrat` calls on and off take turns.
     static FLAG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     fn open_path(p: &std::path::Path) -> std::os::fd::OwnedFd {
@@ -410,15 +384,17 @@ mod tests {
             Some(b"dir".to_vec()),
             None,
         );
-        let had = XATTRAT.load(Ordering::Relaxed);
-        for at in [had, false] {
-            XATTRAT.store(at, Ordering::Relaxed);
+        let had = (GETXATTRAT.usable(), LISTXATTRAT.usable());
+        for at in [had.0 && had.1, false] {
+            GETXATTRAT.set_usable(at);
+            LISTXATTRAT.set_usable(at);
             assert_eq!(read_all(dir.as_fd(), "f"), want_file, "xattrat={at}");
             assert_eq!(read_all(dir.as_fd(), "."), want_dir, "xattrat={at}");
             let missing = list_at(dir.as_fd(), OsStr::new("missing"));
             assert!(missing.is_err_and(|e| e.is_not_found()), "xattrat={at}");
         }
-        XATTRAT.store(had, Ordering::Relaxed);
+        GETXATTRAT.set_usable(had.0);
+        LISTXATTRAT.set_usable(had.1);
     }
 
     /// A seccomp filter that does not know `listxattrat` answers EPERM:
@@ -433,22 +409,20 @@ mod tests {
             Errno::set_raw(libc::EPERM);
             -1
         };
-        let _turn = FLAG.lock();
-        let had = XATTRAT.load(Ordering::Relaxed);
-        XATTRAT.store(NR_XATTRAT.is_some(), Ordering::Relaxed);
-        let also_eperm = at_or_proc(dir.as_fd(), c"f", refused, |_| {
+        let call = super::super::NewCall::new(465);
+        let at_first = call.usable();
+        let also_eperm = at_or_proc(&call, dir.as_fd(), c"f", refused, |_| {
             Errno::set_raw(libc::EPERM);
             -1
         });
         assert_eq!(also_eperm, Err(Errno::EPERM));
-        assert_eq!(XATTRAT.load(Ordering::Relaxed), NR_XATTRAT.is_some());
+        assert_eq!(call.usable(), at_first);
         let mut buf = [0u8; 64];
-        let r = at_or_proc(dir.as_fd(), c"f", refused, |path| {
+        let r = at_or_proc(&call, dir.as_fd(), c"f", refused, |path| {
             // SAFETY: path is NUL-terminated; buf is valid for its length.
             unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
         });
         assert!(r.is_ok(), "{r:?}");
-        assert!(!XATTRAT.load(Ordering::Relaxed));
-        XATTRAT.store(had, Ordering::Relaxed);
+        assert!(!call.usable());
     }
 }
