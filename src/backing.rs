@@ -95,9 +95,10 @@ pub struct Backing {
     id: u64,
     mount: Option<Arc<OwnedFd>>,
     reach: Reach,
-    /// The xattr generation in which a listing showed no visible xattrs
-    /// (0: not known).
-    no_xattrs_since: AtomicU64,
+    /// What the last listing of its visible xattrs showed, and when: the
+    /// xattr generation it began in, shifted left by one, with bit 0 set
+    /// when it showed none (0: never listed).
+    listed: AtomicU64,
 }
 
 /// The current xattr generation (see `Backing::note_no_xattrs`).
@@ -131,7 +132,7 @@ impl Backing {
             id,
             mount: mount.cloned(),
             reach,
-            no_xattrs_since: AtomicU64::new(0),
+            listed: AtomicU64::new(0),
         })
     }
 
@@ -142,7 +143,7 @@ impl Backing {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             mount: Some(Arc::clone(mount)),
             reach: Reach::Handle(h),
-            no_xattrs_since: AtomicU64::new(0),
+            listed: AtomicU64::new(0),
         })
     }
 
@@ -153,14 +154,22 @@ impl Backing {
 
     /// True when the object is known to have no visible xattrs.
     pub fn has_no_xattrs(&self) -> bool {
-        self.no_xattrs_since.load(Ordering::Acquire) == XATTR_GENERATION.load(Ordering::Acquire)
+        self.listed.load(Ordering::Acquire) == (xattr_generation() << 1 | 1)
     }
 
-    /// Records that a listing begun in `generation` (read it with
-    /// `xattr_generation` before listing) showed no visible xattrs; ignored
-    /// when an xattr was changed through the union since.
-    pub fn note_no_xattrs(&self, generation: u64) {
-        self.no_xattrs_since.store(generation, Ordering::Release);
+    /// True when a listing of the object's visible xattrs was recorded and
+    /// no xattr was changed through the union since (so listing again
+    /// would tell nothing new).
+    pub fn xattrs_listed(&self) -> bool {
+        self.listed.load(Ordering::Acquire) >> 1 == xattr_generation()
+    }
+
+    /// Records what a listing begun in `generation` (read it with
+    /// `xattr_generation` before listing) showed: visible xattrs or none.
+    /// Not trusted when an xattr was changed through the union since.
+    pub fn note_xattrs(&self, generation: u64, any: bool) {
+        self.listed
+            .store(generation << 1 | u64::from(!any), Ordering::Release);
     }
 
     /// An O_PATH fd of the object (cached, or reopened by handle).
@@ -212,13 +221,17 @@ mod tests {
         let _turn = GENERATION.lock();
         let (b, c) = (backing(), backing());
         assert!(!b.has_no_xattrs());
-        b.note_no_xattrs(xattr_generation());
-        c.note_no_xattrs(xattr_generation());
+        b.note_xattrs(xattr_generation(), false);
+        c.note_xattrs(xattr_generation(), false);
         assert!(b.has_no_xattrs() && c.has_no_xattrs());
         // A change through another backing object of the same file, or of
         // any other: both forget.
         forget_xattrs();
         assert!(!b.has_no_xattrs() && !c.has_no_xattrs());
+        assert!(!b.xattrs_listed());
+        // One with xattrs: listed, not empty.
+        b.note_xattrs(xattr_generation(), true);
+        assert!(b.xattrs_listed() && !b.has_no_xattrs());
     }
 
     /// A listing that began before a change must not be trusted after it.
@@ -228,7 +241,7 @@ mod tests {
         let b = backing();
         let generation = xattr_generation();
         forget_xattrs(); // an xattr was set meanwhile
-        b.note_no_xattrs(generation);
-        assert!(!b.has_no_xattrs());
+        b.note_xattrs(generation, false);
+        assert!(!b.has_no_xattrs() && !b.xattrs_listed());
     }
 }

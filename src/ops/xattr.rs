@@ -39,10 +39,13 @@ impl UnionFs {
         match sys::xattr::get(fd.as_fd(), name)? {
             Some(v) => Ok(v),
             None => {
-                // Not this one: learn whether there are any at all, so the
-                // next question (the kernel asks before every write) is free.
-                if knowable && self.visible_xattrs(fd.as_fd()).is_ok_and(|l| l.is_empty()) {
-                    top.backing.note_no_xattrs(generation);
+                // Not this one: learn (once) whether there are any at all,
+                // so that the next question (the kernel asks before every
+                // write) is free when there are none.
+                if knowable && !top.backing.xattrs_listed() {
+                    if let Ok(l) = self.visible_xattrs(fd.as_fd()) {
+                        top.backing.note_xattrs(generation, !l.is_empty());
+                    }
                 }
                 Err(Error::NoXattr)
             }
@@ -60,8 +63,8 @@ impl UnionFs {
         }
         let generation = backing::xattr_generation();
         let out = self.visible_xattrs(top.fd()?.as_fd())?;
-        if knowable && out.is_empty() {
-            top.backing.note_no_xattrs(generation);
+        if knowable {
+            top.backing.note_xattrs(generation, !out.is_empty());
         }
         Ok(out)
     }
