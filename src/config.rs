@@ -267,6 +267,19 @@ const FLAG_WORDS: [&str; 12] = [
     "dirsync",
 ];
 
+/// The value of option `key` given as one of `words`.
+fn choice<T: Copy>(key: &str, value: Option<&str>, words: &[(&str, T)]) -> Result<T, ConfigError> {
+    let v = value.unwrap_or_default();
+    words
+        .iter()
+        .find(|(w, _)| *w == v)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| ConfigError::BadValue {
+            key: key.to_string(),
+            value: v.to_string(),
+        })
+}
+
 /// Parses `-o` items.
 pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions, ConfigError> {
     let mut o = MountOptions::default();
@@ -284,6 +297,14 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
         let bad = |v: &str| ConfigError::BadValue {
             key: key.to_string(),
             value: v.to_string(),
+        };
+        // A whole number within `range`.
+        let number = |range: std::ops::RangeInclusive<u64>| -> Result<u64, ConfigError> {
+            let v = need(value)?;
+            v.parse()
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| bad(&v))
         };
         match key {
             "lowerdir" => o.lowerdir = Some(need(value)?),
@@ -303,66 +324,56 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                 }
                 o.ttl = Some(Duration::from_secs_f64(secs));
             }
-            "threads" => {
-                let v = need(value)?;
-                let n: usize = v.parse().map_err(|_| bad(&v))?;
-                if n == 0 || n > 64 {
-                    return Err(bad(&v));
-                }
-                o.threads = Some(n);
-            }
-            "spin" => {
-                let v = need(value)?;
-                let us: u64 = v.parse().map_err(|_| bad(&v))?;
-                if us > 100_000 {
-                    return Err(bad(&v));
-                }
-                o.spin = Some(Duration::from_micros(us));
-            }
+            "threads" => o.threads = Some(number(1..=64)? as usize),
+            "spin" => o.spin = Some(Duration::from_micros(number(0..=100_000)?)),
             "fsname" => o.fsname = Some(need(value)?),
             "whiteout" => {
-                let v = need(value)?;
-                o.whiteout = Some(match v.as_str() {
-                    "aufs" => WhiteoutFormat::Aufs,
-                    "overlay" => WhiteoutFormat::Overlay,
-                    _ => return Err(bad(&v)),
-                });
+                o.whiteout = Some(choice(
+                    key,
+                    value,
+                    &[
+                        ("aufs", WhiteoutFormat::Aufs),
+                        ("overlay", WhiteoutFormat::Overlay),
+                    ],
+                )?)
             }
-            "metacopy" => {
-                let v = need(value)?;
-                o.metacopy = Some(match v.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(bad(&v)),
-                });
-            }
+            "metacopy" => o.metacopy = Some(choice(key, value, &[("on", true), ("off", false)])?),
             "copyup" => {
-                let v = need(value)?;
-                o.copyup = match v.as_str() {
-                    "auto" => None,
-                    "reflink" => Some(crate::copy_up::Strategy::Reflink),
-                    "copy_file_range" => Some(crate::copy_up::Strategy::CopyFileRange),
-                    "readwrite" => Some(crate::copy_up::Strategy::ReadWrite),
-                    _ => return Err(bad(&v)),
-                };
+                o.copyup = choice(
+                    key,
+                    value,
+                    &[
+                        ("auto", None),
+                        ("reflink", Some(crate::copy_up::Strategy::Reflink)),
+                        (
+                            "copy_file_range",
+                            Some(crate::copy_up::Strategy::CopyFileRange),
+                        ),
+                        ("readwrite", Some(crate::copy_up::Strategy::ReadWrite)),
+                    ],
+                )?
             }
             "passthrough" => {
-                let v = need(value)?;
-                o.passthrough = Some(match v.as_str() {
-                    "off" => Passthrough::Off,
-                    "upper" => Passthrough::Upper,
-                    "all" => Passthrough::All,
-                    _ => return Err(bad(&v)),
-                });
+                o.passthrough = Some(choice(
+                    key,
+                    value,
+                    &[
+                        ("off", Passthrough::Off),
+                        ("upper", Passthrough::Upper),
+                        ("all", Passthrough::All),
+                    ],
+                )?)
             }
             "uring" => {
-                let v = need(value)?;
-                o.uring = Some(match v.as_str() {
-                    "auto" => Uring::Auto,
-                    "on" => Uring::On,
-                    "off" => Uring::Off,
-                    _ => return Err(bad(&v)),
-                });
+                o.uring = Some(choice(
+                    key,
+                    value,
+                    &[
+                        ("auto", Uring::Auto),
+                        ("on", Uring::On),
+                        ("off", Uring::Off),
+                    ],
+                )?)
             }
             k if value.is_none() && FLAG_WORDS.contains(&k) => o.flags.push(k.to_string()),
             k if value.is_none() && FSTAB_NOISE.contains(&k) => o.ignored.push(k.to_string()),
