@@ -61,6 +61,10 @@ pub enum Error {
     /// directly (`passthrough=all`), so it cannot be written now.
     #[error("file busy")]
     Busy,
+    /// A metadata-only file (`*.metacopy`) has no file with its data in
+    /// the layers below: the union cannot serve it (overlayfs: EIO).
+    #[error("metadata-only file without data below it")]
+    MetacopyWithoutData,
 }
 
 impl Error {
@@ -81,6 +85,7 @@ impl Error {
             Error::Access => Errno::EACCES,
             Error::NotSupported => Errno::EOPNOTSUPP,
             Error::Busy => Errno::ETXTBSY,
+            Error::MetacopyWithoutData => Errno::EIO,
         }
     }
 
@@ -115,6 +120,7 @@ mod tests {
             Error::Access,
             Error::NotSupported,
             Error::Busy,
+            Error::MetacopyWithoutData,
         ];
         let mut seen = std::collections::HashSet::new();
         for e in &all {

@@ -1,14 +1,22 @@
 //! Union lookup: find a name in the branches of its parent directory.
 //!
-//! Invariant: the walk goes top-down through the parent's layers; a
-//! whiteout ends it with ENOENT (or ends a merge), a non-directory ends it
-//! (a metadata-only one continues it to the file with its data), a
-//! directory continues downward unless opaque, and a redirect moves the
-//! rest of the walk to another path. Every whiteout, opaque and metacopy
+//! Invariant: a lookup is a walk over layers, topmost first, in which every
+//! layer gives one of the outcomes of [`Outcome`] and each outcome has one
+//! rule: absent — go on to the next layer; whiteout — stop (deleted here
+//! and below); directory — go on below unless it is opaque (or a sealed
+//! mount point); non-directory — stop (a metadata-only file goes on, to the
+//! file holding its data; below a directory it is hidden). A redirect on a
+//! directory (or metadata-only file) moves the rest of the walk to another
+//! path, in the layers below it only: the directories of that path are
+//! found by the same walk, component by component from the branch roots,
+//! so a non-directory, a whiteout or an opaque directory on the way ends
+//! the search in that layer and below — never an error for the caller
+//! (overlayfs `ovl_lookup_layer`). Every whiteout, opaque and metacopy
 //! format of FORMATS.md is recognised in every branch. In branches the
 //! union never changes, found objects are not opened (see `Probe`). Takes
 //! no locks (it works on a snapshot of the parent's state).
 
+use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -35,16 +43,28 @@ pub struct Found {
     pub recorded_ino: Option<u64>,
 }
 
-/// What one branch directory says about a name.
-enum Probe {
-    /// Nothing here: keep looking below.
+/// What one layer says about a name: one step of the walk.
+#[derive(Debug)]
+enum Outcome {
+    /// Nothing here: the walk goes on in the next layer.
     Absent,
-    /// A whiteout here: the name is deleted for all branches below.
+    /// A whiteout here: the name is deleted in this layer and every layer
+    /// below; the walk ends.
     Whiteout,
-    /// An object: an fd of it, or (`None`) reachable as its name in the
-    /// candidate directory (read-only branches with file handles: no fd is
-    /// opened for a lookup at all).
-    Object(Option<OwnedFd>, FileStat),
+    /// A directory: the walk goes on below unless it is opaque; a redirect
+    /// on it moves the rest of the walk.
+    Dir(Probe),
+    /// Anything else: the walk ends (a metadata-only file excepted).
+    NonDir(Probe),
+}
+
+/// An object found in one layer: an fd of it, or (`fd: None`) reachable as
+/// its name in the candidate directory (read-only branches with file
+/// handles: no fd is opened for a lookup at all).
+#[derive(Debug)]
+struct Probe {
+    fd: Option<OwnedFd>,
+    stat: FileStat,
 }
 
 /// An object whose union markers are read: through an fd of it, or by its
@@ -118,20 +138,32 @@ pub struct DirInfo {
     pub impure: bool,
 }
 
-fn not_found_is_none<T>(r: Result<T>) -> Result<Option<T>> {
+/// `None` where a name or path does not lead to an object in a branch:
+/// it is absent, too long for the branch, or a component on the way is not
+/// a directory. None of these is an error of the union: the walk treats
+/// the layer as holding nothing there.
+fn absent_is_none<T>(r: Result<T>) -> Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_not_found() || e.errno() == nix::errno::Errno::ENAMETOOLONG => Ok(None),
+        Err(e)
+            if e.is_not_found()
+                || matches!(
+                    e.errno(),
+                    nix::errno::Errno::ENAMETOOLONG | nix::errno::Errno::ENOTDIR
+                ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
 
-/// Like `not_found_is_none`, for markers inside a directory the daemon may
+/// Like `absent_is_none`, for markers inside a directory the daemon may
 /// not search (an unprivileged daemon): no marker seen, no marker.
 fn marker_absent<T>(r: Result<T>) -> Result<Option<T>> {
     match r {
         Err(e) if e.errno() == nix::errno::Errno::EACCES => Ok(None),
-        r => not_found_is_none(r),
+        r => absent_is_none(r),
     }
 }
 
@@ -191,7 +223,7 @@ fn hidden_in(branch: &Branch, path: &Path) -> Result<bool> {
         return Ok(false);
     };
     let marker = path.with_file_name(whiteout::hidden_name(name));
-    Ok(not_found_is_none(sys::fs::open_path_beneath(hidden.as_fd(), &marker))?.is_some())
+    Ok(absent_is_none(sys::fs::open_path_beneath(hidden.as_fd(), &marker))?.is_some())
 }
 
 /// True for the names of unionfs-fuse's whiteout trees.
@@ -211,13 +243,14 @@ fn hidden_floor(stack: &BranchStack, path: &Path) -> Result<Option<crate::branch
     Ok(None)
 }
 
-/// Looks `name` up in one branch directory; `last` when no directory is
-/// below it (a whiteout there would hide nothing, so none is looked for).
-fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Probe> {
+/// Classifies `name` in one layer (candidate directory `c`); `last` when no
+/// layer is below it (a whiteout there would hide nothing, so none is
+/// looked for).
+fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Outcome> {
     let found = if c.branch.reach_by_name() {
-        not_found_is_none(sys::fs::stat_at(c.dir.as_fd(), name))?.map(|st| (None, st))
+        absent_is_none(sys::fs::stat_at(c.dir.as_fd(), name))?.map(|st| (None, st))
     } else {
-        match not_found_is_none(sys::fs::open_path_at(c.dir.as_fd(), name))? {
+        match absent_is_none(sys::fs::open_path_at(c.dir.as_fd(), name))? {
             Some(fd) => {
                 let st = sys::fs::fstat(fd.as_fd())?;
                 Some((Some(fd), st))
@@ -225,29 +258,40 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Pro
             None => None,
         }
     };
-    let Some((fd, st)) = found else {
+    let Some((fd, stat)) = found else {
         if last {
-            return Ok(Probe::Absent);
+            return Ok(Outcome::Absent);
         }
         let wh = whiteout::whiteout_name(name);
-        if not_found_is_none(sys::fs::stat_at(c.dir.as_fd(), &wh))?.is_some()
+        if absent_is_none(sys::fs::stat_at(c.dir.as_fd(), &wh))?.is_some()
             || hidden_in(c.branch, path)?
         {
-            return Ok(Probe::Whiteout);
+            return Ok(Outcome::Whiteout);
         }
-        return Ok(Probe::Absent);
+        return Ok(Outcome::Absent);
     };
-    if c.branch.char_whiteouts && whiteout::is_char_whiteout(st.st_mode, st.st_rdev) {
-        return Ok(Probe::Whiteout);
+    if c.branch.char_whiteouts && whiteout::is_char_whiteout(stat.st_mode, stat.st_rdev) {
+        return Ok(Outcome::Whiteout);
     }
-    let obj = match &fd {
-        Some(fd) => ObjRef::Fd(fd.as_fd()),
-        None => ObjRef::At(c.dir.as_fd(), name),
-    };
-    if c.xwhiteouts && is_xattr_whiteout_of(obj, &st)? {
-        return Ok(Probe::Whiteout);
+    let p = Probe { fd, stat };
+    if c.xwhiteouts && is_xattr_whiteout_of(p.obj(c, name), &p.stat)? {
+        return Ok(Outcome::Whiteout);
     }
-    Ok(Probe::Object(fd, st))
+    Ok(if Kind::from_mode(stat.st_mode) == Kind::Dir {
+        Outcome::Dir(p)
+    } else {
+        Outcome::NonDir(p)
+    })
+}
+
+impl Probe {
+    /// The object, for reading its union markers.
+    fn obj<'a>(&'a self, c: &'a Candidate<'_>, name: &'a OsStr) -> ObjRef<'a> {
+        match &self.fd {
+            Some(fd) => ObjRef::Fd(fd.as_fd()),
+            None => ObjRef::At(c.dir.as_fd(), name),
+        }
+    }
 }
 
 /// True for an empty regular file carrying an overlay whiteout xattr.
@@ -271,60 +315,208 @@ fn is_xattr_whiteout_of(obj: ObjRef<'_>, st: &FileStat) -> Result<bool> {
     Ok(false)
 }
 
-/// The directories `path`'s parent in every branch below `below`.
-fn redirect_candidates<'a>(
-    stack: &'a BranchStack,
-    below: &Branch,
-    path: &Path,
-) -> Result<Vec<Candidate<'a>>> {
-    let parent = path.parent().unwrap_or(Path::new(""));
-    let mut out = Vec::new();
-    for b in stack.below(below.id) {
-        let dir = if parent.as_os_str().is_empty() {
-            Some(sys::fs::dup(b.root())?)
-        } else {
-            // A redirect through a whiteout or a file finds nothing here.
-            match sys::fs::open_path_beneath(b.root(), parent) {
-                Err(e) if e.errno() == nix::errno::Errno::ENOTDIR => None,
-                r => not_found_is_none(r)?,
-            }
-        };
-        if let Some(dir) = dir {
-            out.push(Candidate {
-                branch: b,
-                dir: Arc::new(dir),
-                dir_path: parent.to_path_buf(),
-                xwhiteouts: true,
-                impure: false,
-            });
+impl<'a> Candidate<'a> {
+    /// The directory instance `layer` of `branch`, as a place to look in.
+    fn of_layer(branch: &'a Branch, l: &Layer) -> Result<Candidate<'a>> {
+        Ok(Candidate {
+            branch,
+            dir: l.fd()?,
+            dir_path: l.path.clone(),
+            xwhiteouts: l.opacity == Opacity::HasXattrWhiteouts,
+            impure: l.impure,
+        })
+    }
+}
+
+/// The layers of a directory, as places to look in (sealed mount points,
+/// shown empty, have nothing to look in).
+fn candidates_of<'a>(stack: &'a BranchStack, layers: &[Layer]) -> Result<Vec<Candidate<'a>>> {
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers.iter().filter(|l| !l.sealed) {
+        if let Some(branch) = stack.get(l.branch) {
+            out.push(Candidate::of_layer(branch, l)?);
         }
     }
     Ok(out)
 }
 
-/// Moves the rest of a walk in `branch` to where `redirect` points:
-/// another name in the same directories (relative), or a path from every
-/// branch root below `branch` (absolute; one without a name is ignored).
-fn follow<'a>(
-    stack: &'a BranchStack,
-    branch: &Branch,
-    redirect: Option<Redirect>,
-    cur_name: &mut OsString,
-    cands: &mut Vec<Candidate<'a>>,
-    i: &mut usize,
-) -> Result<()> {
-    match redirect {
-        Some(Redirect::Absolute(p)) => {
-            if let Some(n) = p.file_name() {
-                *cur_name = n.to_os_string();
-                *cands = redirect_candidates(stack, branch, &p)?;
-                *i = 0;
-            }
+/// Where the walk's result comes from: the layers found, topmost first.
+#[derive(Default)]
+struct Walked {
+    layers: Vec<Layer>,
+    /// stat and kind of the topmost instance.
+    top: Option<(FileStat, Kind)>,
+    recorded_ino: Option<u64>,
+}
+
+impl Walked {
+    /// True when the last layer found holds metadata only, so the walk
+    /// looks for the file with its data.
+    fn wants_data(&self) -> bool {
+        self.layers.last().is_some_and(|l| l.metacopy)
+    }
+}
+
+/// Walks `name` down the layers `cands` (topmost first): the union path of
+/// the name is `path`. Each layer's [`Outcome`] decides whether the walk
+/// goes on; a redirect replaces the layers still to visit.
+fn walk(
+    stack: &BranchStack,
+    cands: Vec<Candidate<'_>>,
+    name: &OsStr,
+    path: &Path,
+) -> Result<Walked> {
+    // unionfs-fuse whiteouts are path-based: a branch may hide a path even
+    // where it lacks the parent directory. The topmost such branch is a floor.
+    let floor = hidden_floor(stack, path)?.map(|f| stack.position(f));
+    let at_root = path.parent().is_none_or(|p| p.as_os_str().is_empty());
+    let mut name = name.to_os_string();
+    let mut queue: VecDeque<Candidate<'_>> = cands.into();
+    let mut w = Walked::default();
+    while let Some(c) = queue.pop_front() {
+        if floor.is_some_and(|f| stack.position(c.branch.id) > f) {
+            break;
         }
-        Some(Redirect::Relative(n)) => *cur_name = n,
-        None => {}
+        if at_root && c.branch.hidden.is_some() && is_unionfs_fuse_dir(&name) {
+            continue;
+        }
+        // Where the name lives in this branch (below a redirect, not at
+        // its union path).
+        let here = c.dir_path.join(&name);
+        let redirect = match probe(&c, &name, &here, queue.is_empty())? {
+            Outcome::Absent => continue,
+            Outcome::Whiteout => break,
+            Outcome::Dir(p) => {
+                if w.wants_data() {
+                    break;
+                }
+                let Some(redirect) = add_dir(&mut w, &c, &name, p, here)? else {
+                    break;
+                };
+                redirect
+            }
+            Outcome::NonDir(p) => {
+                // Below a directory a non-directory is hidden, below a
+                // metadata-only file only a regular file can hold its data.
+                let kind = Kind::from_mode(p.stat.st_mode);
+                if !w.layers.is_empty() && (!w.wants_data() || kind != Kind::File) {
+                    break;
+                }
+                let Some(redirect) = add_non_dir(&mut w, &c, &name, p, here)? else {
+                    break;
+                };
+                redirect
+            }
+        };
+        match redirect {
+            Some(Redirect::Absolute(p)) => {
+                // One without a name (the root) is ignored.
+                if let Some(n) = p.file_name() {
+                    name = n.to_os_string();
+                    let parent = p.parent().unwrap_or(Path::new(""));
+                    queue = resolve_dir(stack, c.branch, parent)?.into();
+                }
+            }
+            Some(Redirect::Relative(n)) => name = n,
+            None => {}
+        }
+    }
+    Ok(w)
+}
+
+/// Outcome "directory": adds its layer. `Ok(None)` when the walk ends here
+/// (opaque or sealed), otherwise `Ok(Some(its redirect))`.
+fn add_dir(
+    w: &mut Walked,
+    c: &Candidate<'_>,
+    name: &OsStr,
+    p: Probe,
+    here: PathBuf,
+) -> Result<Option<Option<Redirect>>> {
+    let sealed =
+        p.fd.as_ref()
+            .is_some_and(|fd| c.branch.is_mount_point(fd.as_fd()));
+    let info = if sealed {
+        DirInfo {
+            opacity: Opacity::Opaque,
+            ..DirInfo::default()
+        }
+    } else {
+        dir_info_of(c.branch, p.obj(c, name), &here)?
+    };
+    note_top(w, c, name, &p)?;
+    let mut layer = layer_of(c.branch, p.fd, &c.dir, name, here)?;
+    layer.opacity = info.opacity;
+    layer.impure = info.impure;
+    layer.sealed = sealed;
+    w.layers.push(layer);
+    Ok((info.opacity != Opacity::Opaque).then_some(info.redirect))
+}
+
+/// Outcome "non-directory": adds its layer. `Ok(None)` when the walk ends
+/// here, `Ok(Some(where its data is))` for a metadata-only file.
+fn add_non_dir(
+    w: &mut Walked,
+    c: &Candidate<'_>,
+    name: &OsStr,
+    p: Probe,
+    here: PathBuf,
+) -> Result<Option<Option<Redirect>>> {
+    let meta = if Kind::from_mode(p.stat.st_mode) == Kind::File && may_be_metacopy(&p.stat) {
+        metacopy_info(p.obj(c, name))?
+    } else {
+        None
+    };
+    note_top(w, c, name, &p)?;
+    let mut layer = layer_of(c.branch, p.fd, &c.dir, name, here)?;
+    layer.metacopy = meta.is_some();
+    w.layers.push(layer);
+    Ok(meta)
+}
+
+/// Records the topmost instance's stat (and recorded inode number).
+fn note_top(w: &mut Walked, c: &Candidate<'_>, name: &OsStr, p: &Probe) -> Result<()> {
+    if w.top.is_none() {
+        if c.impure {
+            w.recorded_ino = recorded_ino_at(p.obj(c, name))?;
+        }
+        w.top = Some((p.stat, Kind::from_mode(p.stat.st_mode)));
     }
     Ok(())
+}
+
+/// The directories at union path `path` in the branches below `above`,
+/// topmost first, found by the walk itself, one component at a time from
+/// the branch roots: where the path meets a non-directory, a whiteout or
+/// an opaque directory in some layer, that layer and those below give
+/// nothing (a redirect's "lower layers only").
+fn resolve_dir<'a>(
+    stack: &'a BranchStack,
+    above: &Branch,
+    path: &Path,
+) -> Result<Vec<Candidate<'a>>> {
+    let mut cands = Vec::new();
+    for b in stack.below(above.id) {
+        let layer = root_layer(b)?;
+        let opaque = layer.opacity == Opacity::Opaque;
+        cands.push(Candidate::of_layer(b, &layer)?);
+        if opaque {
+            break;
+        }
+    }
+    let mut at = PathBuf::new();
+    for comp in path.components() {
+        let std::path::Component::Normal(comp) = comp else {
+            return Ok(Vec::new());
+        };
+        at.push(comp);
+        let w = walk(stack, cands, comp, &at)?;
+        if !w.top.is_some_and(|(_, k)| k == Kind::Dir) {
+            return Ok(Vec::new());
+        }
+        cands = candidates_of(stack, &w.layers)?;
+    }
+    Ok(cands)
 }
 
 /// Looks `name` up in the directory whose state is `parent`.
@@ -338,128 +530,22 @@ pub fn lookup(
     if whiteout::is_reserved(name) {
         return Err(Error::NotFound);
     }
-    let child_path = parent_path.join(name);
-    let at_root = parent_path.as_os_str().is_empty();
-    // unionfs-fuse whiteouts are path-based: a branch may hide a path even
-    // where it lacks the parent directory. The topmost such branch is a floor.
-    let floor = hidden_floor(stack, &child_path)?;
-    let mut cands: Vec<Candidate<'_>> = Vec::with_capacity(parent.layers.len());
-    for l in parent.layers.iter().filter(|l| !l.sealed) {
-        if let Some(branch) = stack.get(l.branch) {
-            cands.push(Candidate {
-                branch,
-                dir: l.fd()?,
-                dir_path: l.path.clone(),
-                xwhiteouts: l.opacity == Opacity::HasXattrWhiteouts,
-                impure: l.impure,
-            });
-        }
-    }
-    let mut cur_name: OsString = name.to_os_string();
-    let mut layers: Vec<Layer> = Vec::new();
-    let mut top: Option<(FileStat, Kind)> = None;
-    let mut recorded_ino = None;
-    let mut i = 0;
-    while i < cands.len() {
-        let branch = cands[i].branch;
-        if floor.is_some_and(|f| stack.position(branch.id) > stack.position(f)) {
-            break;
-        }
-        if at_root && branch.hidden.is_some() && is_unionfs_fuse_dir(&cur_name) {
-            i += 1;
-            continue;
-        }
-        // Where the name lives in this branch (below a redirect, not at
-        // its union path).
-        let cur_path = cands[i].dir_path.join(&cur_name);
-        let probe_res = probe(&cands[i], &cur_name, &cur_path, i + 1 == cands.len())?;
-        let dir = Arc::clone(&cands[i].dir);
-        i += 1;
-        let (fd, st) = match probe_res {
-            Probe::Absent => continue,
-            Probe::Whiteout => break,
-            Probe::Object(fd, st) => (fd, st),
-        };
-        let obj = match &fd {
-            Some(fd) => ObjRef::Fd(fd.as_fd()),
-            None => ObjRef::At(dir.as_fd(), &cur_name),
-        };
-        let kind = Kind::from_mode(st.st_mode);
-        if top.is_none() && cands[i - 1].impure {
-            recorded_ino = recorded_ino_at(obj)?;
-        }
-        if kind != Kind::Dir {
-            // A non-directory ends the walk; below a directory it is hidden.
-            // A metadata-only file continues it, to the file with its data.
-            let wanted = match layers.last() {
-                None => true,
-                Some(l) => l.metacopy,
-            };
-            if !wanted || (!layers.is_empty() && kind != Kind::File) {
-                break;
-            }
-            let meta = if kind == Kind::File && may_be_metacopy(&st) {
-                metacopy_info(obj)?
-            } else {
-                None
-            };
-            let mut layer = layer_of(branch, fd, &dir, &cur_name, cur_path)?;
-            layer.metacopy = meta.is_some();
-            layers.push(layer);
-            top.get_or_insert((st, kind));
-            let Some(redirect) = meta else { break };
-            follow(stack, branch, redirect, &mut cur_name, &mut cands, &mut i)?;
-            continue;
-        }
-        if top.is_some() && layers.last().is_some_and(|l| l.metacopy) {
-            break;
-        }
-        let sealed = fd
-            .as_ref()
-            .is_some_and(|fd| branch.is_mount_point(fd.as_fd()));
-        let info = if sealed {
-            DirInfo::default()
-        } else {
-            dir_info_of(branch, obj, &cur_path)?
-        };
-        let mut layer = layer_of(branch, fd, &dir, &cur_name, cur_path.clone())?;
-        layer.opacity = if sealed {
-            Opacity::Opaque
-        } else {
-            info.opacity
-        };
-        layer.impure = info.impure;
-        layer.sealed = sealed;
-        layers.push(layer);
-        if top.is_none() {
-            top = Some((st, kind));
-        }
-        if info.opacity == Opacity::Opaque {
-            break;
-        }
-        follow(
-            stack,
-            branch,
-            info.redirect,
-            &mut cur_name,
-            &mut cands,
-            &mut i,
-        )?;
-    }
-    let (stat, kind) = top.ok_or(Error::NotFound)?;
-    if layers.last().is_some_and(|l| l.metacopy) {
+    let cands = candidates_of(stack, &parent.layers)?;
+    let w = walk(stack, cands, name, &parent_path.join(name))?;
+    let (stat, kind) = w.top.ok_or(Error::NotFound)?;
+    if w.wants_data() {
         // Metadata without data anywhere below: as overlayfs, an I/O error.
-        return Err(Error::sys("lookup", nix::errno::Errno::EIO));
+        return Err(Error::MetacopyWithoutData);
     }
     Ok(Found {
         state: NodeState {
             parent: parent_ino,
             name: name.to_os_string(),
-            layers,
+            layers: w.layers,
         },
         stat,
         kind,
-        recorded_ino,
+        recorded_ino: w.recorded_ino,
     })
 }
 
@@ -531,21 +617,11 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
     let mut layers = Vec::new();
     let mut top = None;
     for b in stack.iter() {
-        let fd = sys::fs::dup(b.root())?;
-        let st = sys::fs::fstat(fd.as_fd())?;
-        let info = dir_info(b, &fd, Path::new(""))?;
-        top.get_or_insert(st);
-        layers.push(Layer {
-            branch: b.id,
-            backing: crate::backing::Backing::pinned(fd),
-            opacity: info.opacity,
-            impure: info.impure,
-            indexed: false,
-            sealed: false,
-            metacopy: false,
-            path: PathBuf::new(),
-        });
-        if info.opacity == Opacity::Opaque {
+        let layer = root_layer(b)?;
+        top.get_or_insert(sys::fs::fstat(layer.fd()?.as_fd())?);
+        let opaque = layer.opacity == Opacity::Opaque;
+        layers.push(layer);
+        if opaque {
             break;
         }
     }
@@ -558,4 +634,318 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
         },
         st,
     ))
+}
+
+/// The root directory of `b` as a layer.
+fn root_layer(b: &Branch) -> Result<Layer> {
+    let fd = sys::fs::dup(b.root())?;
+    let info = dir_info(b, &fd, Path::new(""))?;
+    Ok(Layer {
+        branch: b.id,
+        backing: crate::backing::Backing::pinned(fd),
+        opacity: info.opacity,
+        impure: info.impure,
+        indexed: false,
+        sealed: false,
+        metacopy: false,
+        path: PathBuf::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each outcome of the walk, on branches in temp dirs (no FUSE mount,
+    //! no privilege: whiteouts are AUFS `.wh.` files, markers `user.*`
+    //! xattrs).
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::branch::{BranchId, BranchMode};
+    use std::fs;
+
+    /// Branches `u` (writable) and `l1`, `l2`, ... under one temp dir.
+    struct Stack {
+        _dir: tempfile::TempDir,
+        stack: BranchStack,
+    }
+
+    fn stack(build: impl FnOnce(&Path)) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        for b in ["u", "l1", "l2", "l3"] {
+            fs::create_dir(dir.path().join(b)).unwrap();
+        }
+        build(dir.path());
+        let branches = ["u", "l1", "l2", "l3"]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mode = if i == 0 {
+                    BranchMode::ReadWrite
+                } else {
+                    BranchMode::ReadOnly
+                };
+                Branch::open(BranchId(i as u16), &dir.path().join(b), mode, false).unwrap()
+            })
+            .collect();
+        Stack {
+            _dir: dir,
+            stack: BranchStack::new(branches),
+        }
+    }
+
+    fn mkdir(root: &Path, p: &str) {
+        fs::create_dir_all(root.join(p)).unwrap();
+    }
+
+    fn file(root: &Path, p: &str, data: &str) {
+        if let Some(d) = Path::new(p).parent() {
+            mkdir(root, d.to_str().unwrap());
+        }
+        fs::write(root.join(p), data).unwrap();
+    }
+
+    fn redirect(root: &Path, p: &str, to: &str) {
+        xattr::set(root.join(p), "user.overlay.redirect", to.as_bytes()).unwrap();
+    }
+
+    impl Stack {
+        /// Looks up a union path from the root, one component at a time.
+        fn find(&self, path: &str) -> Result<Found> {
+            let (mut state, _) = root(&self.stack)?;
+            let mut at = PathBuf::new();
+            let mut found = None;
+            for c in Path::new(path).iter() {
+                let f = lookup(&self.stack, ROOT_INO, &state, &at, c)?;
+                at.push(c);
+                state = f.state.clone();
+                found = Some(f);
+            }
+            Ok(found.expect("a non-empty path"))
+        }
+
+        /// The (branch, path in branch) of each layer of `path`.
+        fn layers(&self, path: &str) -> Vec<(&'static str, String)> {
+            let names = ["u", "l1", "l2", "l3"];
+            self.find(path)
+                .unwrap()
+                .state
+                .layers
+                .iter()
+                .map(|l| {
+                    (
+                        names[l.branch.0 as usize],
+                        l.path.to_string_lossy().into_owned(),
+                    )
+                })
+                .collect()
+        }
+
+        fn errno(&self, path: &str) -> nix::errno::Errno {
+            self.find(path).map(|_| ()).unwrap_err().errno()
+        }
+    }
+
+    fn l(b: &'static str, p: &str) -> (&'static str, String) {
+        (b, p.to_string())
+    }
+
+    #[test]
+    fn absent_goes_on_to_the_next_layer() {
+        let s = stack(|r| file(r, "l2/f", "2"));
+        assert_eq!(s.layers("f"), [l("l2", "f")]);
+        assert_eq!(s.errno("nothing"), nix::errno::Errno::ENOENT);
+    }
+
+    #[test]
+    fn whiteout_ends_the_walk() {
+        let s = stack(|r| {
+            file(r, "l1/.wh.f", "");
+            file(r, "l2/f", "2");
+            file(r, "l1/.wh.d", "");
+            mkdir(r, "l2/d");
+        });
+        assert_eq!(s.errno("f"), nix::errno::Errno::ENOENT);
+        assert_eq!(s.errno("d"), nix::errno::Errno::ENOENT);
+    }
+
+    #[test]
+    fn directory_goes_on_below() {
+        let s = stack(|r| {
+            mkdir(r, "u/d");
+            mkdir(r, "l2/d");
+        });
+        assert_eq!(s.layers("d"), [l("u", "d"), l("l2", "d")]);
+        assert_eq!(s.find("d").unwrap().kind, Kind::Dir);
+    }
+
+    #[test]
+    fn opaque_directory_ends_the_walk() {
+        let s = stack(|r| {
+            file(r, "l1/d/.wh..wh..opq", "");
+            mkdir(r, "l2/d");
+            mkdir(r, "l1/e");
+            xattr::set(r.join("l1/e"), "user.overlay.opaque", b"y").unwrap();
+            mkdir(r, "l2/e");
+        });
+        assert_eq!(s.layers("d"), [l("l1", "d")]);
+        assert_eq!(s.layers("e"), [l("l1", "e")]);
+        assert_eq!(
+            s.find("e").unwrap().state.layers[0].opacity,
+            Opacity::Opaque
+        );
+    }
+
+    #[test]
+    fn non_directory_ends_the_walk_and_is_hidden_below_a_directory() {
+        let s = stack(|r| {
+            file(r, "l1/d", "file over a dir");
+            mkdir(r, "l2/d");
+            mkdir(r, "l1/e");
+            file(r, "l2/e", "file under a dir");
+        });
+        let f = s.find("d").unwrap();
+        assert_eq!(f.kind, Kind::File);
+        assert_eq!(s.layers("d"), [l("l1", "d")]);
+        assert_eq!(s.layers("e"), [l("l1", "e")]);
+    }
+
+    #[test]
+    fn relative_redirect_renames_in_the_same_layers() {
+        let s = stack(|r| {
+            mkdir(r, "u/new");
+            redirect(r, "u/new", "old");
+            file(r, "l1/old/f", "1");
+        });
+        assert_eq!(s.layers("new"), [l("u", "new"), l("l1", "old")]);
+        assert_eq!(s.layers("new/f"), [l("l1", "old/f")]);
+    }
+
+    #[test]
+    fn absolute_redirect_goes_on_in_lower_layers_only() {
+        let s = stack(|r| {
+            mkdir(r, "u/a/new");
+            redirect(r, "u/a/new", "/d/d");
+            mkdir(r, "u/d/d"); // the upper's own d/d is not the redirect's
+            mkdir(r, "l1/d/d");
+            mkdir(r, "l2/d/d");
+        });
+        assert_eq!(
+            s.layers("a/new"),
+            [l("u", "a/new"), l("l1", "d/d"), l("l2", "d/d")]
+        );
+    }
+
+    /// The shape of issue 11: a non-directory on a redirect's path in a
+    /// lower ends the search in that lower and below, silently.
+    #[test]
+    fn redirect_through_a_non_directory_stops_in_that_layer() {
+        let s = stack(|r| {
+            mkdir(r, "u/a/new");
+            redirect(r, "u/a/new", "/d/d");
+            mkdir(r, "l1/d/d");
+            file(r, "l2/d", "a file where l1 has a directory");
+            mkdir(r, "l3/d/d");
+            file(r, "l3/d/d/hidden", "3");
+        });
+        assert_eq!(s.layers("a/new"), [l("u", "a/new"), l("l1", "d/d")]);
+        assert_eq!(s.errno("a/new/hidden"), nix::errno::Errno::ENOENT);
+    }
+
+    #[test]
+    fn redirect_through_a_symlink_or_missing_component_finds_nothing_there() {
+        let s = stack(|r| {
+            mkdir(r, "u/new");
+            redirect(r, "u/new", "/d/d/d");
+            std::os::unix::fs::symlink("/", r.join("l1/d")).unwrap();
+            mkdir(r, "l2/d/d/d");
+        });
+        // l1's d is a symlink: not a directory of the union; the walk stops there.
+        assert_eq!(s.layers("new"), [l("u", "new")]);
+        let s = stack(|r| {
+            mkdir(r, "u/new");
+            redirect(r, "u/new", "/d/d/d");
+            mkdir(r, "l1/d");
+            mkdir(r, "l2/d/d/d");
+        });
+        // l1 lacks d/d: absent, so l2 shows through.
+        assert_eq!(s.layers("new"), [l("u", "new"), l("l2", "d/d/d")]);
+    }
+
+    #[test]
+    fn redirect_through_a_whiteout_or_opaque_directory_stops_below_it() {
+        let s = stack(|r| {
+            mkdir(r, "u/new");
+            redirect(r, "u/new", "/d/d");
+            file(r, "l1/.wh.d", "");
+            mkdir(r, "l2/d/d");
+        });
+        assert_eq!(s.layers("new"), [l("u", "new")]);
+        let s = stack(|r| {
+            mkdir(r, "u/new");
+            redirect(r, "u/new", "/d/d");
+            mkdir(r, "l1/d/d");
+            file(r, "l1/d/.wh..wh..opq", "");
+            mkdir(r, "l2/d/d");
+        });
+        assert_eq!(s.layers("new"), [l("u", "new"), l("l1", "d/d")]);
+    }
+
+    #[test]
+    fn redirect_to_a_non_directory_or_nothing_gives_the_directory_alone() {
+        let s = stack(|r| {
+            mkdir(r, "u/new");
+            redirect(r, "u/new", "/d/d");
+            file(r, "l1/d/d", "a file");
+            mkdir(r, "u/other");
+            redirect(r, "u/other", "/nowhere/at/all");
+        });
+        assert_eq!(s.layers("new"), [l("u", "new")]);
+        assert_eq!(s.layers("other"), [l("u", "other")]);
+        assert_eq!(s.find("new").unwrap().kind, Kind::Dir);
+    }
+
+    #[test]
+    fn redirect_in_a_lower_is_followed_on_the_way() {
+        // l1 is a former upper: its d was renamed from e.
+        let s = stack(|r| {
+            mkdir(r, "u/new");
+            redirect(r, "u/new", "/d/x");
+            mkdir(r, "l1/d/x");
+            redirect(r, "l1/d", "/e");
+            mkdir(r, "l2/e/x");
+            mkdir(r, "l2/d/x");
+        });
+        assert_eq!(
+            s.layers("new"),
+            [l("u", "new"), l("l1", "d/x"), l("l2", "e/x")]
+        );
+    }
+
+    #[test]
+    fn unionfs_fuse_marker_paths_through_files_hide_nothing() {
+        let s = stack(|r| {
+            // .unionfs/d is a file, so no marker below it can exist
+            file(r, "u/.unionfs/d", "");
+            mkdir(r, "l1/d");
+            file(r, "l1/d/f", "1");
+        });
+        assert_eq!(s.layers("d/f"), [l("l1", "d/f")]);
+    }
+
+    #[test]
+    fn metadata_only_file_without_data_is_an_error_of_its_own() {
+        let s = stack(|r| {
+            file(r, "u/f", "");
+            fs::OpenOptions::new()
+                .write(true)
+                .open(r.join("u/f"))
+                .unwrap()
+                .set_len(100)
+                .unwrap();
+            xattr::set(r.join("u/f"), "user.overlay.metacopy", b"").unwrap();
+            file(r, "l1/g", "data");
+        });
+        assert!(matches!(s.find("f"), Err(Error::MetacopyWithoutData)));
+        assert_eq!(s.errno("f"), nix::errno::Errno::EIO);
+    }
 }
