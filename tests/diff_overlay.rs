@@ -583,7 +583,7 @@ fn random_tree_generation_is_deterministic() {
     let a = vec![s.dir("a1"), s.dir("a2"), s.dir("a3")];
     let b = vec![s.dir("b1"), s.dir("b2"), s.dir("b3")];
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root (trusted xattrs, mknod, chown)");
+        skip_or_fail("needs root (trusted xattrs, mknod, chown)");
         return;
     }
     build_random_lowers(7, &a);
@@ -684,7 +684,7 @@ fn harness_detects_a_different_view() {
 #[test]
 fn real_rootfs_vs_kernel_overlay() {
     let Some(root) = std::env::var_os("UNIONFS_TEST_ROOTFS") else {
-        eprintln!("SKIP: UNIONFS_TEST_ROOTFS is not set");
+        skip_or_fail("UNIONFS_TEST_ROOTFS is not set (scripts/debian-rootfs.sh)");
         return;
     };
     let sut = sut_from_env();

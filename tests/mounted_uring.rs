@@ -60,7 +60,7 @@ fn requests_come_through_io_uring_when_asked() {
         return;
     }
     if !Path::new(ENABLE_URING).exists() {
-        eprintln!("skipped: this kernel has no FUSE over io_uring");
+        skip_or_fail("this kernel has no FUSE over io_uring");
         return;
     }
     // uring=on turns the parameter on; put it back as it was afterwards.

@@ -34,7 +34,9 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_unionfs"))
 }
 
-fn skip_or_fail(why: &str) -> bool {
+/// Returns false (the test skips) after saying why, or panics when
+/// `UNIONFS_TEST_REQUIRE=1` (CI), where a test that cannot run is a failure.
+pub fn skip_or_fail(why: &str) -> bool {
     if std::env::var_os("UNIONFS_TEST_REQUIRE").is_some_and(|v| v == "1") {
         panic!("UNIONFS_TEST_REQUIRE=1 but the test cannot run: {why}");
     }
