@@ -58,7 +58,11 @@ fn root_mount_shows_what_lies_under_a_mount_point() {
 
 #[test]
 fn unprivileged_mount_through_fusermount3() {
-    if !can_mount_fuse() || Command::new("setpriv").arg("--version").output().is_err() {
+    if !can_mount_fuse() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip_or_fail("setpriv (util-linux) is missing");
         return;
     }
     let old = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
