@@ -65,6 +65,10 @@ pub enum Error {
     /// the layers below: the union cannot serve it (overlayfs: EIO).
     #[error("metadata-only file without data below it")]
     MetacopyWithoutData,
+    /// Redirects in the branches lead a lookup through more layers than
+    /// one lookup may probe (hostile or corrupt layers).
+    #[error("redirects lead too far")]
+    RedirectsTooDeep,
 }
 
 impl Error {
@@ -86,6 +90,7 @@ impl Error {
             Error::NotSupported => Errno::EOPNOTSUPP,
             Error::Busy => Errno::ETXTBSY,
             Error::MetacopyWithoutData => Errno::EIO,
+            Error::RedirectsTooDeep => Errno::ELOOP,
         }
     }
 
@@ -121,6 +126,7 @@ mod tests {
             Error::NotSupported,
             Error::Busy,
             Error::MetacopyWithoutData,
+            Error::RedirectsTooDeep,
         ];
         let mut seen = std::collections::HashSet::new();
         for e in &all {

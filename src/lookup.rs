@@ -204,7 +204,7 @@ fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo
             && whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x))
         {
             if let Some(v) = obj.xattr(n)? {
-                info.redirect = whiteout::parse_redirect(&v);
+                info.redirect = redirect_of(&v, path);
             }
         }
     }
@@ -215,6 +215,21 @@ fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo
         info.opacity = Opacity::Opaque;
     }
     Ok(info)
+}
+
+/// The redirect a marker's value asks for; one that cannot be honoured
+/// safely (`..`, too long, a relative value with a slash) is ignored, with
+/// a line in the log: the object keeps its own layer only.
+fn redirect_of(value: &[u8], path: &Path) -> Option<Redirect> {
+    let r = whiteout::parse_redirect(value);
+    if r.is_none() {
+        tracing::warn!(
+            "ignoring the redirect of {:?} ({} bytes): not a path inside the branches",
+            path,
+            value.len()
+        );
+    }
+    r
 }
 
 /// True when the unionfs-fuse whiteout tree of `branch` hides `path`.
@@ -357,15 +372,50 @@ impl Walked {
     }
 }
 
+/// How many layers one lookup may probe. A plain lookup probes each layer
+/// once; a redirect adds a walk of its path. Hostile layers (redirects on
+/// every directory of a deep stack, each to a long path) could make that
+/// grow without bound: past this the lookup fails instead.
+const MAX_PROBES: u32 = 1 << 16;
+
+/// What one lookup walks over, and what it may still spend.
+struct Ctx<'a> {
+    stack: &'a BranchStack,
+    probes_left: std::cell::Cell<u32>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(stack: &'a BranchStack) -> Self {
+        Ctx {
+            stack,
+            probes_left: std::cell::Cell::new(MAX_PROBES),
+        }
+    }
+
+    /// Counts one probe; an error of its own when the budget is spent.
+    fn spend(&self, path: &Path) -> Result<()> {
+        match self.probes_left.get().checked_sub(1) {
+            Some(n) => {
+                self.probes_left.set(n);
+                Ok(())
+            }
+            None => {
+                tracing::warn!(
+                    "lookup of {} gave up after {MAX_PROBES} probes: redirects in the \
+                     branches lead too far",
+                    path.display()
+                );
+                Err(Error::RedirectsTooDeep)
+            }
+        }
+    }
+}
+
 /// Walks `name` down the layers `cands` (topmost first): the union path of
 /// the name is `path`. Each layer's [`Outcome`] decides whether the walk
 /// goes on; a redirect replaces the layers still to visit.
-fn walk(
-    stack: &BranchStack,
-    cands: Vec<Candidate<'_>>,
-    name: &OsStr,
-    path: &Path,
-) -> Result<Walked> {
+fn walk(cx: &Ctx<'_>, cands: Vec<Candidate<'_>>, name: &OsStr, path: &Path) -> Result<Walked> {
+    let stack = cx.stack;
     // unionfs-fuse whiteouts are path-based: a branch may hide a path even
     // where it lacks the parent directory. The topmost such branch is a floor.
     let floor = hidden_floor(stack, path)?.map(|f| stack.position(f));
@@ -383,6 +433,7 @@ fn walk(
         // Where the name lives in this branch (below a redirect, not at
         // its union path).
         let here = c.dir_path.join(&name);
+        cx.spend(path)?;
         let redirect = match probe(&c, &name, &here, queue.is_empty())? {
             Outcome::Absent => continue,
             Outcome::Whiteout => break,
@@ -414,7 +465,7 @@ fn walk(
                 if let Some(n) = p.file_name() {
                     name = n.to_os_string();
                     let parent = p.parent().unwrap_or(Path::new(""));
-                    queue = resolve_dir(stack, c.branch, parent)?.into();
+                    queue = resolve_dir(cx, c.branch, parent)?.into();
                 }
             }
             Some(Redirect::Relative(n)) => name = n,
@@ -490,11 +541,8 @@ fn note_top(w: &mut Walked, c: &Candidate<'_>, name: &OsStr, p: &Probe) -> Resul
 /// the branch roots: where the path meets a non-directory, a whiteout or
 /// an opaque directory in some layer, that layer and those below give
 /// nothing (a redirect's "lower layers only").
-fn resolve_dir<'a>(
-    stack: &'a BranchStack,
-    above: &Branch,
-    path: &Path,
-) -> Result<Vec<Candidate<'a>>> {
+fn resolve_dir<'a>(cx: &Ctx<'a>, above: &Branch, path: &Path) -> Result<Vec<Candidate<'a>>> {
+    let stack = cx.stack;
     let mut cands = Vec::new();
     for b in stack.below(above.id) {
         let layer = root_layer(b)?;
@@ -510,7 +558,7 @@ fn resolve_dir<'a>(
             return Ok(Vec::new());
         };
         at.push(comp);
-        let w = walk(stack, cands, comp, &at)?;
+        let w = walk(cx, cands, comp, &at)?;
         if !w.top.is_some_and(|(_, k)| k == Kind::Dir) {
             return Ok(Vec::new());
         }
@@ -531,7 +579,7 @@ pub fn lookup(
         return Err(Error::NotFound);
     }
     let cands = candidates_of(stack, &parent.layers)?;
-    let w = walk(stack, cands, name, &parent_path.join(name))?;
+    let w = walk(&Ctx::new(stack), cands, name, &parent_path.join(name))?;
     let (stat, kind) = w.top.ok_or(Error::NotFound)?;
     if w.wants_data() {
         // Metadata without data anywhere below: as overlayfs, an I/O error.
@@ -572,7 +620,7 @@ fn metacopy_info(obj: ObjRef<'_>) -> Result<Option<Option<Redirect>>> {
         return Ok(None);
     }
     let redirect = match has(&whiteout::REDIRECT_XATTRS) {
-        Some(n) => obj.xattr(n)?.and_then(|v| whiteout::parse_redirect(&v)),
+        Some(n) => obj.xattr(n)?.and_then(|v| redirect_of(&v, Path::new(""))),
         None => None,
     };
     Ok(Some(redirect))
@@ -947,5 +995,81 @@ mod tests {
         });
         assert!(matches!(s.find("f"), Err(Error::MetacopyWithoutData)));
         assert_eq!(s.errno("f"), nix::errno::Errno::EIO);
+    }
+
+    // Hostile layers: an image layer is untrusted input.
+
+    #[test]
+    fn redirect_out_of_the_branch_is_ignored() {
+        let s = stack(|r| {
+            file(r, "secret/f", "outside every branch");
+            mkdir(r, "u/a");
+            redirect(r, "u/a", "/../secret");
+            mkdir(r, "u/b");
+            redirect(r, "u/b", "../secret");
+            // a long path of components no branch has (the limit of
+            // PATH_MAX is parse_redirect's, tested there: ext4 cannot
+            // even store such a value)
+            mkdir(r, "u/c");
+            redirect(r, "u/c", &format!("/{}", "x/".repeat(1500)));
+        });
+        for d in ["a", "b", "c"] {
+            assert_eq!(s.layers(d), [l("u", d)], "{d}");
+            assert_eq!(s.errno(&format!("{d}/f")), nix::errno::Errno::ENOENT);
+        }
+    }
+
+    #[test]
+    fn redirect_loops_end() {
+        // l1/a -> /b, l2/b -> /a: each step goes strictly down the stack.
+        let s = stack(|r| {
+            mkdir(r, "l1/a");
+            redirect(r, "l1/a", "/b");
+            mkdir(r, "l2/b");
+            redirect(r, "l2/b", "/a");
+            mkdir(r, "l3/a");
+            mkdir(r, "u/b");
+            redirect(r, "u/b", "b");
+            mkdir(r, "l1/b");
+            redirect(r, "l1/b", "b");
+        });
+        assert_eq!(s.layers("a"), [l("l1", "a"), l("l2", "b"), l("l3", "a")]);
+        assert_eq!(
+            s.layers("b"),
+            [l("u", "b"), l("l1", "b"), l("l2", "b"), l("l3", "a")]
+        );
+    }
+
+    #[test]
+    fn a_lookup_that_needs_too_many_probes_fails_on_its_own() {
+        let s = stack(|r| {
+            mkdir(r, "u/new");
+            redirect(r, "u/new", "/d/d/d/d");
+            mkdir(r, "l1/d/d/d/d");
+            mkdir(r, "l2/d/d/d/d");
+        });
+        let (root_state, _) = root(&s.stack).unwrap();
+        let cands = candidates_of(&s.stack, &root_state.layers).unwrap();
+        let cx = Ctx {
+            stack: &s.stack,
+            probes_left: std::cell::Cell::new(6),
+        };
+        let r = walk(&cx, cands, OsStr::new("new"), Path::new("new"));
+        assert!(matches!(r, Err(Error::RedirectsTooDeep)));
+        assert_eq!(Error::RedirectsTooDeep.errno(), nix::errno::Errno::ELOOP);
+        // with the real budget it resolves
+        assert_eq!(s.layers("new").len(), 3);
+    }
+
+    #[test]
+    fn whiteouts_of_dot_names_hide_nothing_they_should_not() {
+        let s = stack(|r| {
+            file(r, "l1/d/.wh.", "");
+            file(r, "l1/d/.wh..", "");
+            file(r, "l1/d/.wh...", "");
+            file(r, "l2/d/f", "2");
+        });
+        assert_eq!(s.layers("d/f"), [l("l2", "d/f")]);
+        assert_eq!(s.layers("d"), [l("l1", "d"), l("l2", "d")]);
     }
 }

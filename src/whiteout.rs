@@ -150,10 +150,11 @@ pub enum Redirect {
 }
 
 /// Parses a redirect xattr value; `None` for values that cannot be honoured
-/// safely (empty, `..` components, a relative value with a slash).
+/// safely (empty, longer than PATH_MAX, `..` components, a relative value
+/// with a slash).
 pub fn parse_redirect(value: &[u8]) -> Option<Redirect> {
     let value = value.strip_suffix(b"\0").unwrap_or(value);
-    if value.is_empty() {
+    if value.is_empty() || value.len() >= libc::PATH_MAX as usize {
         return None;
     }
     if let Some(abs) = value.strip_prefix(b"/") {
@@ -269,6 +270,9 @@ mod tests {
         assert_eq!(parse_redirect(b"a/b"), None);
         assert_eq!(parse_redirect(b""), None);
         assert_eq!(parse_redirect(b".."), None);
+        let long = [b"/".as_slice(), &[b'a'; 4095]].concat();
+        assert_eq!(parse_redirect(&long), None);
+        assert!(parse_redirect(&long[..4095]).is_some());
     }
 
     #[test]
