@@ -5,6 +5,14 @@
 //! redirects where a directory with lower content is renamed (never EXDEV,
 //! never a copy of the subtree).
 //!
+//! Names: a new name (create, mknod, mkdir, symlink, link, rename target)
+//! longer than the union's NAME_MAX is ENAMETOOLONG, and `.wh.*` is
+//! reserved. In AUFS format a lower name of 252 to 255 bytes cannot be
+//! deleted or renamed away, because its whiteout `.wh.<name>` would not fit
+//! in a directory: that is refused with ENAMETOOLONG and one warning, before
+//! anything changes. In overlay format a char 0:0 device *is* a whiteout,
+//! so mknod of one is EPERM, as in overlayfs.
+//!
 //! Locks: none of their own; copy-up takes its striped lock. The kernel
 //! serialises namespace changes within one directory (i_rwsem).
 
@@ -59,7 +67,7 @@ pub enum RenameHow {
     Exchange,
 }
 
-fn check_name(name: &OsStr) -> Result<()> {
+fn check_reserved(name: &OsStr) -> Result<()> {
     if whiteout::is_reserved(name) {
         return Err(Error::Reserved);
     }
@@ -67,6 +75,44 @@ fn check_name(name: &OsStr) -> Result<()> {
 }
 
 impl UnionFs {
+    /// Checks a name about to be created: not longer than the union's
+    /// NAME_MAX, not reserved.
+    fn check_new_name(&self, name: &OsStr) -> Result<()> {
+        self.check_new_len(name)?;
+        check_reserved(name)
+    }
+
+    /// Refuses to remove `name` from the view where that needs a whiteout
+    /// the upper's format cannot write (an AUFS `.wh.<name>` longer than a
+    /// name may be); says why once in the log, since ENAMETOOLONG for a name
+    /// that is plainly there puzzles. Changes nothing.
+    fn check_whiteout_fits(
+        &self,
+        upper: &Upper,
+        pino: Ino,
+        pstate: &NodeState,
+        ppath: &Path,
+        name: &OsStr,
+    ) -> Result<()> {
+        if upper.format != crate::config::WhiteoutFormat::Aufs
+            || whiteout::aufs_whiteout_fits(name)
+            || !self.lower_has(pino, pstate, ppath, name)?
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            "cannot delete or rename away {:?} ({} bytes) in {}: a lower branch holds it and \
+             its AUFS whiteout would be longer than {} bytes (whiteout=aufs hides lower names \
+             of at most {} bytes)",
+            name,
+            name.len(),
+            Path::new("/").join(ppath).display(),
+            whiteout::NAME_MAX,
+            whiteout::AUFS_NAME_MAX,
+        );
+        Err(Error::NameTooLong)
+    }
+
     /// The union state of directory `ino` with an upper instance, and its path.
     fn upper_parent(&self, ino: Ino) -> Result<(NodeState, std::path::PathBuf)> {
         let node = self.inodes.get(ino)?;
@@ -244,8 +290,16 @@ impl UnionFs {
         mode: u32,
         caller: Caller,
     ) -> Result<(Entry, Option<Fh>)> {
-        check_name(name)?;
+        self.check_new_name(name)?;
         let upper = self.upper_ctx()?;
+        if let NewObject::Node { rdev } = what {
+            if upper.format == crate::config::WhiteoutFormat::Overlay
+                && whiteout::is_char_whiteout(mode, rdev)
+            {
+                // It would be read back as a whiteout: the name would vanish.
+                return Err(Error::Reserved);
+            }
+        }
         let (pstate, ppath) = self.upper_parent(parent)?;
         let pfd = pstate.top()?.fd()?;
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
@@ -262,7 +316,7 @@ impl UnionFs {
 
     /// Links node `ino` as `newparent/newname`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Entry> {
-        check_name(newname)?;
+        self.check_new_name(newname)?;
         let upper = self.upper_ctx()?;
         let node = self.inodes.get(ino)?;
         if node.kind == Kind::Dir {
@@ -301,15 +355,19 @@ impl UnionFs {
     }
 
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+        super::namei::check_lookup_len(name)?;
         let upper = self.upper_ctx()?;
-        if self.remove_in_upper_only_dir(parent, name, dir)? {
+        if self
+            .remove_in_upper_only_dir(parent, name, dir)
+            .map_err(|e| self.or_too_long(e, name))?
+        {
             return Ok(());
         }
         // Everything that can fail is checked before anything is copied up.
         let (pstate, ppath) = self.dir_state(parent)?;
         let found = self
             .find(parent, &pstate, &ppath, name)?
-            .ok_or(Error::NotFound)?;
+            .ok_or_else(|| self.or_too_long(Error::NotFound, name))?;
         match (dir, found.kind == Kind::Dir) {
             (false, true) => return Err(Error::IsDir),
             (true, false) => return Err(Error::NotDir),
@@ -318,6 +376,7 @@ impl UnionFs {
         if dir && !self.merged_dir_is_empty(&found, &ppath.join(name))? {
             return Err(Error::sys("rmdir", Errno::ENOTEMPTY));
         }
+        self.check_whiteout_fits(upper, parent, &pstate, &ppath, name)?;
         let (pstate, _) = self.upper_parent(parent)?;
         let pfd = pstate.top()?.fd()?;
         let in_upper = self.in_upper(&found.state);
@@ -429,7 +488,15 @@ impl UnionFs {
         newname: &OsStr,
         how: RenameHow,
     ) -> Result<()> {
-        check_name(newname)?;
+        super::namei::check_lookup_len(name)?;
+        if how == RenameHow::Exchange {
+            // Both names exist already and stay: nothing new is named and
+            // no whiteout is needed.
+            super::namei::check_lookup_len(newname)?;
+            check_reserved(newname)?;
+        } else {
+            self.check_new_name(newname)?;
+        }
         let upper = self.upper_ctx()?;
         // Everything that can fail is checked before anything is copied up.
         let (pstate, ppath) = self.dir_state(parent)?;
@@ -440,13 +507,13 @@ impl UnionFs {
         };
         let src = self
             .find(parent, &pstate, &ppath, name)?
-            .ok_or(Error::NotFound)?;
+            .ok_or_else(|| self.or_too_long(Error::NotFound, name))?;
         let dst = self.find(newparent, &npstate, &nppath, newname)?;
         let src_ino = self.ino_of(&src);
         let dst_ino = dst.as_ref().map(|d| self.ino_of(d));
         match (how, &dst) {
             (RenameHow::NoReplace, Some(_)) => return Err(Error::sys("rename", Errno::EEXIST)),
-            (RenameHow::Exchange, None) => return Err(Error::NotFound),
+            (RenameHow::Exchange, None) => return Err(self.or_too_long(Error::NotFound, newname)),
             _ => {}
         }
         if dst_ino == Some(src_ino) && how != RenameHow::Exchange {
@@ -462,6 +529,9 @@ impl UnionFs {
                 }
                 _ => {}
             }
+        }
+        if how != RenameHow::Exchange {
+            self.check_whiteout_fits(upper, parent, &pstate, &ppath, name)?;
         }
         let (pstate, _) = self.upper_parent(parent)?;
         let (npstate, _) = if newparent == parent {
