@@ -726,3 +726,206 @@ impl UnionFs {
         Ok(left_whiteout)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    //! The name rules on the core itself, without a mount: the kernel's
+    //! lookup pre-empts most of these checks through FUSE, so here they are
+    //! checked where they are made.
+
+    use std::ffi::OsString;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
+    use crate::config::WhiteoutFormat;
+    use crate::inode::ROOT_INO;
+    use crate::ops::CoreOptions;
+    use crate::upper::XattrNs;
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+
+    fn name(c: char, n: usize) -> OsString {
+        OsString::from(c.to_string().repeat(n))
+    }
+
+    /// A union over `<dir>/lower` (holding a 253-byte name and a 252-byte
+    /// one) with upper `<dir>/upper`, writing `format`.
+    fn union(dir: &Path, format: WhiteoutFormat) -> UnionFs {
+        for d in ["lower", "upper", "work"] {
+            std::fs::create_dir(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("lower").join(name('a', 253)), b"a").unwrap();
+        std::fs::write(dir.join("lower").join(name('y', 252)), b"y").unwrap();
+        let ub = Branch::open(
+            BranchId(0),
+            &dir.join("upper"),
+            BranchMode::ReadWrite,
+            false,
+        )
+        .unwrap();
+        let up = Upper::open(&ub, Some(&dir.join("work")), format, true, XattrNs::User).unwrap();
+        let lb =
+            Branch::open(BranchId(1), &dir.join("lower"), BranchMode::ReadOnly, false).unwrap();
+        let stack = Arc::new(BranchStack::new(vec![ub, lb]));
+        let opts = CoreOptions {
+            name_max: format.name_max(),
+        };
+        UnionFs::new(stack, Some(up), opts).unwrap()
+    }
+
+    fn err<T>(r: Result<T>) -> Option<Errno> {
+        r.err().map(|e| e.errno())
+    }
+
+    fn upper_names(dir: &Path) -> Vec<OsString> {
+        std::fs::read_dir(dir.join("upper"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
+
+    #[test]
+    fn aufs_core_refuses_long_new_names_and_undeletable_lower_names() {
+        let td = tempfile::tempdir().unwrap();
+        let fs = union(td.path(), WhiteoutFormat::Aufs);
+        let long = name('n', 252);
+        let file = NewObject::File {
+            flags: libc::O_RDWR,
+        };
+        assert_eq!(
+            err(fs.create_object(ROOT_INO, &long, file, 0o100_644, ROOT)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            err(fs.create_object(ROOT_INO, &long, NewObject::Dir, 0o40_755, ROOT)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        let ok = name('o', 251);
+        let (e, fh) = fs
+            .create_object(ROOT_INO, &ok, NewObject::Dir, 0o40_755, ROOT)
+            .unwrap();
+        assert!(fh.is_none());
+        let dir_ino = e.attr.ino;
+        // link and rename to a long name, also onto a lower name that long.
+        let src = fs.lookup(ROOT_INO, &name('a', 253)).unwrap().attr.ino;
+        assert_eq!(
+            err(fs.link(src, ROOT_INO, &long)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        let how = RenameHow::Replace;
+        assert_eq!(
+            err(fs.rename(ROOT_INO, &ok, ROOT_INO, &long, how)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            err(fs.rename(ROOT_INO, &ok, ROOT_INO, &name('y', 252), how)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        // Lower names of 252-255 bytes are found; absent ones too long.
+        assert!(fs.lookup(ROOT_INO, &name('y', 252)).is_ok());
+        assert_eq!(err(fs.lookup(ROOT_INO, &long)), Some(Errno::ENAMETOOLONG));
+        assert_eq!(
+            err(fs.lookup(ROOT_INO, &name('z', 251))),
+            Some(Errno::ENOENT)
+        );
+        assert_eq!(
+            err(fs.lookup(ROOT_INO, &name('z', 300))),
+            Some(Errno::ENAMETOOLONG)
+        );
+        // Their whiteout cannot fit: refused before anything changes.
+        assert_eq!(
+            err(fs.unlink(ROOT_INO, &name('a', 253))),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            err(fs.rename(ROOT_INO, &name('a', 253), dir_ino, OsStr::new("x"), how)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(err(fs.unlink(ROOT_INO, &long)), Some(Errno::ENAMETOOLONG));
+        let mut names = upper_names(td.path());
+        names.sort();
+        assert_eq!(names, vec![ok.clone()]);
+        // Exchange names nothing new and needs no whiteout.
+        fs.rename(
+            ROOT_INO,
+            &ok,
+            ROOT_INO,
+            &name('a', 253),
+            RenameHow::Exchange,
+        )
+        .unwrap();
+        // A char 0:0 device is a device in AUFS format.
+        let dev = NewObject::Node { rdev: 0 };
+        fs.create_object(
+            dir_ino,
+            OsStr::new("dev00"),
+            dev,
+            libc::S_IFCHR | 0o600,
+            ROOT,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn overlay_core_refuses_char_0_0_and_names_over_255() {
+        let td = tempfile::tempdir().unwrap();
+        let fs = union(td.path(), WhiteoutFormat::Overlay);
+        let dev = |rdev| NewObject::Node { rdev };
+        assert_eq!(
+            err(fs.create_object(
+                ROOT_INO,
+                OsStr::new("d"),
+                dev(0),
+                libc::S_IFCHR | 0o600,
+                ROOT
+            )),
+            Some(Errno::EPERM)
+        );
+        let null = nix::sys::stat::makedev(1, 3);
+        fs.create_object(
+            ROOT_INO,
+            OsStr::new("null"),
+            dev(null),
+            libc::S_IFCHR | 0o600,
+            ROOT,
+        )
+        .unwrap();
+        // rdev 0 is fine for other types (a fifo).
+        fs.create_object(
+            ROOT_INO,
+            OsStr::new("p"),
+            dev(0),
+            libc::S_IFIFO | 0o600,
+            ROOT,
+        )
+        .unwrap();
+        let mut names = upper_names(td.path());
+        names.sort();
+        assert_eq!(names, vec![OsString::from("null"), OsString::from("p")]);
+        // 255 bytes: created and deleted; a lower name of 253 deleted too.
+        let max = name('m', 255);
+        fs.create_object(ROOT_INO, &max, NewObject::Dir, 0o40_755, ROOT)
+            .unwrap();
+        fs.rmdir(ROOT_INO, &max).unwrap();
+        fs.unlink(ROOT_INO, &name('a', 253)).unwrap();
+        assert_eq!(
+            err(fs.lookup(ROOT_INO, &name('a', 253))),
+            Some(Errno::ENOENT)
+        );
+        assert_eq!(
+            err(fs.create_object(ROOT_INO, &name('m', 256), NewObject::Dir, 0o40_755, ROOT)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            err(fs.lookup(ROOT_INO, &name('m', 256))),
+            Some(Errno::ENAMETOOLONG)
+        );
+    }
+}
