@@ -42,7 +42,7 @@ pub enum Error {
     /// The name or object is reserved for the union's own bookkeeping:
     /// `.wh.*` names, and char 0:0 devices where they are the written
     /// whiteout format (overlayfs refuses such a mknod with EPERM too).
-    #[error("name or object is reserved for whiteouts")]
+    #[error("name or object is reserved for the union's bookkeeping")]
     Reserved,
     /// A union rule on name length: the name is longer than the union's
     /// NAME_MAX (to create, or to look up where no branch holds it), or a
