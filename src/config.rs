@@ -111,6 +111,18 @@ pub enum WhiteoutFormat {
     Overlay,
 }
 
+impl WhiteoutFormat {
+    /// The NAME_MAX of a union writing this format: names longer than it
+    /// are neither created nor found. AUFS whiteouts prefix a name with
+    /// `.wh.`, so every name the union creates must leave room for it.
+    pub fn name_max(self) -> usize {
+        match self {
+            WhiteoutFormat::Aufs => crate::whiteout::AUFS_NAME_MAX,
+            WhiteoutFormat::Overlay => crate::whiteout::NAME_MAX,
+        }
+    }
+}
+
 impl std::fmt::Display for WhiteoutFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -583,6 +595,12 @@ pub fn join_branches(paths: &[PathBuf]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_max_leaves_room_for_the_written_whiteouts() {
+        assert_eq!(WhiteoutFormat::Aufs.name_max(), 251);
+        assert_eq!(WhiteoutFormat::Overlay.name_max(), 255);
+    }
 
     fn v(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()

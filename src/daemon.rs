@@ -228,19 +228,13 @@ fn uring_mode(mode: Uring, root: bool) -> Result<Uring> {
 
 fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
     let (stack, upper) = open_stack(cfg)?;
-    let stack = Arc::new(stack);
-    let writes_aufs = upper
+    // What the union writes must stay deletable in its format.
+    let name_max = upper
         .as_ref()
-        .is_some_and(|u| u.format == WhiteoutFormat::Aufs);
-    let core = UnionFs::new(
-        Arc::clone(&stack),
-        upper,
-        CoreOptions {
-            // Any name must be whiteable with a `.wh.` prefix.
-            name_max: if writes_aufs { 251 } else { 255 },
-        },
-    )
-    .context("cannot read the branch roots")?;
+        .map_or(crate::whiteout::NAME_MAX, |u| u.format.name_max());
+    let stack = Arc::new(stack);
+    let core = UnionFs::new(Arc::clone(&stack), upper, CoreOptions { name_max })
+        .context("cannot read the branch roots")?;
     let core = Arc::new(core);
     let root = is_root();
     // Registering a backing file needs CAP_SYS_ADMIN.

@@ -39,9 +39,16 @@ pub enum Error {
     /// The mount has no writable upper branch.
     #[error("read-only union")]
     ReadOnly,
-    /// The name is reserved for the union's own bookkeeping (`.wh.*`).
-    #[error("name is reserved")]
+    /// The name or object is reserved for the union's own bookkeeping:
+    /// `.wh.*` names, and char 0:0 devices where they are the written
+    /// whiteout format (overlayfs refuses such a mknod with EPERM too).
+    #[error("name or object is reserved for the union's bookkeeping")]
     Reserved,
+    /// A union rule on name length: the name is longer than the union's
+    /// NAME_MAX (to create, or to look up where no branch holds it), or a
+    /// lower name whose whiteout would not fit cannot be deleted.
+    #[error("name too long")]
+    NameTooLong,
     /// The extended attribute does not exist (or is private to the union).
     #[error("no such attribute")]
     NoXattr,
@@ -83,6 +90,7 @@ impl Error {
             Error::IsDir => Errno::EISDIR,
             Error::ReadOnly => Errno::EROFS,
             Error::Reserved => Errno::EPERM,
+            Error::NameTooLong => Errno::ENAMETOOLONG,
             Error::NoXattr => Errno::ENODATA,
             Error::Range => Errno::ERANGE,
             Error::Invalid => Errno::EINVAL,
@@ -119,6 +127,7 @@ mod tests {
             Error::IsDir,
             Error::ReadOnly,
             Error::Reserved,
+            Error::NameTooLong,
             Error::NoXattr,
             Error::Range,
             Error::Invalid,

@@ -95,6 +95,22 @@ pub fn classify_name(name: &OsStr) -> NameClass<'_> {
     }
 }
 
+/// The longest name a Linux branch directory holds (NAME_MAX): longer
+/// names cannot exist in any branch, whatever the union's format.
+pub const NAME_MAX: usize = 255;
+
+/// The longest name whose AUFS whiteout `.wh.<name>` still fits in a branch
+/// directory: what a union writing AUFS whiteouts reports as its NAME_MAX,
+/// so that anything it creates can later be deleted.
+pub const AUFS_NAME_MAX: usize = NAME_MAX - WH_PREFIX.len();
+
+/// True when the AUFS whiteout of `name` fits in a branch directory. A
+/// lower name longer than [`AUFS_NAME_MAX`] cannot be whited out in that
+/// format, so an AUFS-format union cannot delete it.
+pub fn aufs_whiteout_fits(name: &OsStr) -> bool {
+    name.len() <= AUFS_NAME_MAX
+}
+
 /// True for names that cannot be created through the mount (OCI rule).
 pub fn is_reserved(name: &OsStr) -> bool {
     name.as_bytes().starts_with(WH_PREFIX)
@@ -194,6 +210,18 @@ mod tests {
 
     fn os(s: &str) -> &OsStr {
         OsStr::new(s)
+    }
+
+    #[test]
+    fn aufs_whiteouts_fit_names_up_to_251_bytes() {
+        assert_eq!(AUFS_NAME_MAX, 251);
+        let name = |n: usize| std::ffi::OsString::from("a".repeat(n));
+        assert!(aufs_whiteout_fits(&name(1)));
+        assert!(aufs_whiteout_fits(&name(251)));
+        assert_eq!(whiteout_name(&name(251)).len(), NAME_MAX);
+        for n in 252..=NAME_MAX {
+            assert!(!aufs_whiteout_fits(&name(n)), "{n}");
+        }
     }
 
     #[test]

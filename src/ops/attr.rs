@@ -124,7 +124,12 @@ impl UnionFs {
             files: s.files(),
             ffree: s.files_free(),
             bsize: u32::try_from(s.block_size()).unwrap_or(4096),
-            namelen: u32::try_from(self.opts.name_max.min(s.name_max())).unwrap_or(255),
+            namelen: u32::try_from(
+                u64::try_from(self.opts.name_max)
+                    .unwrap_or(u64::MAX)
+                    .min(s.name_max()),
+            )
+            .unwrap_or(255),
             frsize: u32::try_from(s.fragment_size()).unwrap_or(4096),
         })
     }

@@ -96,8 +96,9 @@ pub struct DirEntryOut {
 /// Options of the core that do not come from the branches.
 #[derive(Debug, Clone)]
 pub struct CoreOptions {
-    /// Name length the union reports in statfs.
-    pub name_max: u64,
+    /// The union's NAME_MAX: reported in statfs; longer names are never
+    /// created and, where no branch holds them, looked up as ENAMETOOLONG.
+    pub name_max: usize,
 }
 
 /// The union filesystem.

@@ -1,7 +1,13 @@
-//! Name operations of the read path: lookup and forget.
+//! Name operations of the read path: lookup and forget, and the union's
+//! rule for names longer than its NAME_MAX.
 //!
 //! Invariant: a lookup counts exactly one kernel reference on the node it
-//! returns (`InodeTable::remember`), and `forget` gives them back.
+//! returns (`InodeTable::remember`), and `forget` gives them back. A name
+//! longer than the union's NAME_MAX is ENAMETOOLONG unless a branch holds
+//! it (FUSE hands the daemon names of up to 4 KiB; the kernel leaves the
+//! limit to the filesystem). Only an AUFS-format union, whose NAME_MAX is
+//! 251, can meet such names in its lowers (252 to 255 bytes): they stay
+//! visible, readable and copyable, though not deletable (see `ops::write`).
 //! Locks: the inode table's shard lock, then the node's state lock (via
 //! `InodeTable`); none held across a branch syscall.
 
@@ -23,17 +29,39 @@ impl UnionFs {
     }
 
     pub(super) fn lookup_node(&self, parent: Ino, name: &OsStr) -> Result<(Entry, Arc<Node>)> {
+        check_lookup_len(name)?;
         let pnode = self.inodes.get(parent)?;
         if pnode.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
         let pstate = pnode.snapshot();
         let ppath = self.inodes.path_of(parent)?;
-        let found = self.find_union(parent, &pstate, &ppath, name)?;
+        let found = self
+            .find_union(parent, &pstate, &ppath, name)
+            .map_err(|e| self.or_too_long(e, name))?;
         let ino = self.ino_of(&found);
         let attr = self.attr_of(ino, &found.stat, &found.state);
         let node = self.inodes.remember(ino, found.kind, found.state);
         Ok((Entry { attr }, node))
+    }
+
+    /// What "`name` is not there" is to the caller: ENAMETOOLONG for a name
+    /// longer than the union's NAME_MAX, else `e` as it is.
+    pub(super) fn or_too_long(&self, e: Error, name: &OsStr) -> Error {
+        if e.is_not_found() && name.len() > self.opts.name_max {
+            Error::NameTooLong
+        } else {
+            e
+        }
+    }
+
+    /// Refuses a name to be created that is longer than the union's
+    /// NAME_MAX (the kernel's FUSE client leaves this to the filesystem).
+    pub(super) fn check_new_len(&self, name: &OsStr) -> Result<()> {
+        if name.len() > self.opts.name_max {
+            return Err(Error::NameTooLong);
+        }
+        Ok(())
     }
 
     /// The union inode number of a found object: the one recorded at
@@ -58,4 +86,12 @@ impl UnionFs {
             }
         }
     }
+}
+
+/// Refuses, before any branch is asked, a name no branch can hold.
+pub(super) fn check_lookup_len(name: &OsStr) -> Result<()> {
+    if name.len() > crate::whiteout::NAME_MAX {
+        return Err(Error::NameTooLong);
+    }
+    Ok(())
 }

@@ -5,6 +5,14 @@
 //! redirects where a directory with lower content is renamed (never EXDEV,
 //! never a copy of the subtree).
 //!
+//! Names: a new name (create, mknod, mkdir, symlink, link, rename target)
+//! longer than the union's NAME_MAX is ENAMETOOLONG, and `.wh.*` is
+//! reserved. In AUFS format a lower name of 252 to 255 bytes cannot be
+//! deleted or renamed away, because its whiteout `.wh.<name>` would not fit
+//! in a directory: that is refused with ENAMETOOLONG and one warning, before
+//! anything changes. In overlay format a char 0:0 device *is* a whiteout,
+//! so mknod of one is EPERM, as in overlayfs.
+//!
 //! Locks: none of their own; copy-up takes its striped lock. The kernel
 //! serialises namespace changes within one directory (i_rwsem).
 
@@ -59,7 +67,7 @@ pub enum RenameHow {
     Exchange,
 }
 
-fn check_name(name: &OsStr) -> Result<()> {
+fn check_reserved(name: &OsStr) -> Result<()> {
     if whiteout::is_reserved(name) {
         return Err(Error::Reserved);
     }
@@ -67,6 +75,44 @@ fn check_name(name: &OsStr) -> Result<()> {
 }
 
 impl UnionFs {
+    /// Checks a name about to be created: not longer than the union's
+    /// NAME_MAX, not reserved.
+    fn check_new_name(&self, name: &OsStr) -> Result<()> {
+        self.check_new_len(name)?;
+        check_reserved(name)
+    }
+
+    /// Refuses to remove `name` from the view where that needs a whiteout
+    /// the upper's format cannot write (an AUFS `.wh.<name>` longer than a
+    /// name may be); says why once in the log, since ENAMETOOLONG for a name
+    /// that is plainly there puzzles. Changes nothing.
+    fn check_whiteout_fits(
+        &self,
+        upper: &Upper,
+        pino: Ino,
+        pstate: &NodeState,
+        ppath: &Path,
+        name: &OsStr,
+    ) -> Result<()> {
+        if upper.format != crate::config::WhiteoutFormat::Aufs
+            || whiteout::aufs_whiteout_fits(name)
+            || !self.lower_has(pino, pstate, ppath, name)?
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            "cannot delete or rename away {:?} ({} bytes) in {}: a lower branch holds it and \
+             its AUFS whiteout would be longer than {} bytes (whiteout=aufs hides lower names \
+             of at most {} bytes)",
+            name,
+            name.len(),
+            Path::new("/").join(ppath).display(),
+            whiteout::NAME_MAX,
+            whiteout::AUFS_NAME_MAX,
+        );
+        Err(Error::NameTooLong)
+    }
+
     /// The union state of directory `ino` with an upper instance, and its path.
     fn upper_parent(&self, ino: Ino) -> Result<(NodeState, std::path::PathBuf)> {
         let node = self.inodes.get(ino)?;
@@ -244,8 +290,16 @@ impl UnionFs {
         mode: u32,
         caller: Caller,
     ) -> Result<(Entry, Option<Fh>)> {
-        check_name(name)?;
+        self.check_new_name(name)?;
         let upper = self.upper_ctx()?;
+        if let NewObject::Node { rdev } = what {
+            if upper.format == crate::config::WhiteoutFormat::Overlay
+                && whiteout::is_char_whiteout(mode, rdev)
+            {
+                // It would be read back as a whiteout: the name would vanish.
+                return Err(Error::Reserved);
+            }
+        }
         let (pstate, ppath) = self.upper_parent(parent)?;
         let pfd = pstate.top()?.fd()?;
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
@@ -262,7 +316,7 @@ impl UnionFs {
 
     /// Links node `ino` as `newparent/newname`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Entry> {
-        check_name(newname)?;
+        self.check_new_name(newname)?;
         let upper = self.upper_ctx()?;
         let node = self.inodes.get(ino)?;
         if node.kind == Kind::Dir {
@@ -301,15 +355,19 @@ impl UnionFs {
     }
 
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+        super::namei::check_lookup_len(name)?;
         let upper = self.upper_ctx()?;
-        if self.remove_in_upper_only_dir(parent, name, dir)? {
+        if self
+            .remove_in_upper_only_dir(parent, name, dir)
+            .map_err(|e| self.or_too_long(e, name))?
+        {
             return Ok(());
         }
         // Everything that can fail is checked before anything is copied up.
         let (pstate, ppath) = self.dir_state(parent)?;
         let found = self
             .find(parent, &pstate, &ppath, name)?
-            .ok_or(Error::NotFound)?;
+            .ok_or_else(|| self.or_too_long(Error::NotFound, name))?;
         match (dir, found.kind == Kind::Dir) {
             (false, true) => return Err(Error::IsDir),
             (true, false) => return Err(Error::NotDir),
@@ -318,6 +376,7 @@ impl UnionFs {
         if dir && !self.merged_dir_is_empty(&found, &ppath.join(name))? {
             return Err(Error::sys("rmdir", Errno::ENOTEMPTY));
         }
+        self.check_whiteout_fits(upper, parent, &pstate, &ppath, name)?;
         let (pstate, _) = self.upper_parent(parent)?;
         let pfd = pstate.top()?.fd()?;
         let in_upper = self.in_upper(&found.state);
@@ -429,7 +488,15 @@ impl UnionFs {
         newname: &OsStr,
         how: RenameHow,
     ) -> Result<()> {
-        check_name(newname)?;
+        super::namei::check_lookup_len(name)?;
+        if how == RenameHow::Exchange {
+            // Both names exist already and stay: nothing new is named and
+            // no whiteout is needed.
+            super::namei::check_lookup_len(newname)?;
+            check_reserved(newname)?;
+        } else {
+            self.check_new_name(newname)?;
+        }
         let upper = self.upper_ctx()?;
         // Everything that can fail is checked before anything is copied up.
         let (pstate, ppath) = self.dir_state(parent)?;
@@ -440,13 +507,13 @@ impl UnionFs {
         };
         let src = self
             .find(parent, &pstate, &ppath, name)?
-            .ok_or(Error::NotFound)?;
+            .ok_or_else(|| self.or_too_long(Error::NotFound, name))?;
         let dst = self.find(newparent, &npstate, &nppath, newname)?;
         let src_ino = self.ino_of(&src);
         let dst_ino = dst.as_ref().map(|d| self.ino_of(d));
         match (how, &dst) {
             (RenameHow::NoReplace, Some(_)) => return Err(Error::sys("rename", Errno::EEXIST)),
-            (RenameHow::Exchange, None) => return Err(Error::NotFound),
+            (RenameHow::Exchange, None) => return Err(self.or_too_long(Error::NotFound, newname)),
             _ => {}
         }
         if dst_ino == Some(src_ino) && how != RenameHow::Exchange {
@@ -462,6 +529,9 @@ impl UnionFs {
                 }
                 _ => {}
             }
+        }
+        if how != RenameHow::Exchange {
+            self.check_whiteout_fits(upper, parent, &pstate, &ppath, name)?;
         }
         let (pstate, _) = self.upper_parent(parent)?;
         let (npstate, _) = if newparent == parent {
@@ -654,5 +724,208 @@ impl UnionFs {
         };
         upper.remove_aufs_whiteout(to_dir, to)?;
         Ok(left_whiteout)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    //! The name rules on the core itself, without a mount: the kernel's
+    //! lookup pre-empts most of these checks through FUSE, so here they are
+    //! checked where they are made.
+
+    use std::ffi::OsString;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
+    use crate::config::WhiteoutFormat;
+    use crate::inode::ROOT_INO;
+    use crate::ops::CoreOptions;
+    use crate::upper::XattrNs;
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+
+    fn name(c: char, n: usize) -> OsString {
+        OsString::from(c.to_string().repeat(n))
+    }
+
+    /// A union over `<dir>/lower` (holding a 253-byte name and a 252-byte
+    /// one) with upper `<dir>/upper`, writing `format`.
+    fn union(dir: &Path, format: WhiteoutFormat) -> UnionFs {
+        for d in ["lower", "upper", "work"] {
+            std::fs::create_dir(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("lower").join(name('a', 253)), b"a").unwrap();
+        std::fs::write(dir.join("lower").join(name('y', 252)), b"y").unwrap();
+        let ub = Branch::open(
+            BranchId(0),
+            &dir.join("upper"),
+            BranchMode::ReadWrite,
+            false,
+        )
+        .unwrap();
+        let up = Upper::open(&ub, Some(&dir.join("work")), format, true, XattrNs::User).unwrap();
+        let lb =
+            Branch::open(BranchId(1), &dir.join("lower"), BranchMode::ReadOnly, false).unwrap();
+        let stack = Arc::new(BranchStack::new(vec![ub, lb]));
+        let opts = CoreOptions {
+            name_max: format.name_max(),
+        };
+        UnionFs::new(stack, Some(up), opts).unwrap()
+    }
+
+    fn err<T>(r: Result<T>) -> Option<Errno> {
+        r.err().map(|e| e.errno())
+    }
+
+    fn upper_names(dir: &Path) -> Vec<OsString> {
+        std::fs::read_dir(dir.join("upper"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
+
+    #[test]
+    fn aufs_core_refuses_long_new_names_and_undeletable_lower_names() {
+        let td = tempfile::tempdir().unwrap();
+        let fs = union(td.path(), WhiteoutFormat::Aufs);
+        let long = name('n', 252);
+        let file = NewObject::File {
+            flags: libc::O_RDWR,
+        };
+        assert_eq!(
+            err(fs.create_object(ROOT_INO, &long, file, 0o100_644, ROOT)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            err(fs.create_object(ROOT_INO, &long, NewObject::Dir, 0o40_755, ROOT)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        let ok = name('o', 251);
+        let (e, fh) = fs
+            .create_object(ROOT_INO, &ok, NewObject::Dir, 0o40_755, ROOT)
+            .unwrap();
+        assert!(fh.is_none());
+        let dir_ino = e.attr.ino;
+        // link and rename to a long name, also onto a lower name that long.
+        let src = fs.lookup(ROOT_INO, &name('a', 253)).unwrap().attr.ino;
+        assert_eq!(
+            err(fs.link(src, ROOT_INO, &long)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        let how = RenameHow::Replace;
+        assert_eq!(
+            err(fs.rename(ROOT_INO, &ok, ROOT_INO, &long, how)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            err(fs.rename(ROOT_INO, &ok, ROOT_INO, &name('y', 252), how)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        // Lower names of 252-255 bytes are found; absent ones too long.
+        assert!(fs.lookup(ROOT_INO, &name('y', 252)).is_ok());
+        assert_eq!(err(fs.lookup(ROOT_INO, &long)), Some(Errno::ENAMETOOLONG));
+        assert_eq!(
+            err(fs.lookup(ROOT_INO, &name('z', 251))),
+            Some(Errno::ENOENT)
+        );
+        assert_eq!(
+            err(fs.lookup(ROOT_INO, &name('z', 300))),
+            Some(Errno::ENAMETOOLONG)
+        );
+        // Their whiteout cannot fit: refused before anything changes.
+        assert_eq!(
+            err(fs.unlink(ROOT_INO, &name('a', 253))),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            err(fs.rename(ROOT_INO, &name('a', 253), dir_ino, OsStr::new("x"), how)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(err(fs.unlink(ROOT_INO, &long)), Some(Errno::ENAMETOOLONG));
+        let mut names = upper_names(td.path());
+        names.sort();
+        assert_eq!(names, vec![ok.clone()]);
+        // Exchange names nothing new and needs no whiteout.
+        fs.rename(
+            ROOT_INO,
+            &ok,
+            ROOT_INO,
+            &name('a', 253),
+            RenameHow::Exchange,
+        )
+        .unwrap();
+        // A char 0:0 device is a device in AUFS format.
+        let dev = NewObject::Node { rdev: 0 };
+        fs.create_object(
+            dir_ino,
+            OsStr::new("dev00"),
+            dev,
+            libc::S_IFCHR | 0o600,
+            ROOT,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn overlay_core_refuses_char_0_0_and_names_over_255() {
+        let td = tempfile::tempdir().unwrap();
+        let fs = union(td.path(), WhiteoutFormat::Overlay);
+        let dev = |rdev| NewObject::Node { rdev };
+        assert_eq!(
+            err(fs.create_object(
+                ROOT_INO,
+                OsStr::new("d"),
+                dev(0),
+                libc::S_IFCHR | 0o600,
+                ROOT
+            )),
+            Some(Errno::EPERM)
+        );
+        let null = nix::sys::stat::makedev(1, 3);
+        fs.create_object(
+            ROOT_INO,
+            OsStr::new("null"),
+            dev(null),
+            libc::S_IFCHR | 0o600,
+            ROOT,
+        )
+        .unwrap();
+        // rdev 0 is fine for other types (a fifo).
+        fs.create_object(
+            ROOT_INO,
+            OsStr::new("p"),
+            dev(0),
+            libc::S_IFIFO | 0o600,
+            ROOT,
+        )
+        .unwrap();
+        let mut names = upper_names(td.path());
+        names.sort();
+        assert_eq!(names, vec![OsString::from("null"), OsString::from("p")]);
+        // 255 bytes: created and deleted; a lower name of 253 deleted too.
+        let max = name('m', 255);
+        fs.create_object(ROOT_INO, &max, NewObject::Dir, 0o40_755, ROOT)
+            .unwrap();
+        fs.rmdir(ROOT_INO, &max).unwrap();
+        fs.unlink(ROOT_INO, &name('a', 253)).unwrap();
+        assert_eq!(
+            err(fs.lookup(ROOT_INO, &name('a', 253))),
+            Some(Errno::ENOENT)
+        );
+        assert_eq!(
+            err(fs.create_object(ROOT_INO, &name('m', 256), NewObject::Dir, 0o40_755, ROOT)),
+            Some(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            err(fs.lookup(ROOT_INO, &name('m', 256))),
+            Some(Errno::ENAMETOOLONG)
+        );
     }
 }
