@@ -67,6 +67,44 @@ pub trait Syscall {
     fn sethostname(&self, name: &str) -> SysResult<()>;
     /// Brings the loopback interface up (in the current network namespace).
     fn loopback_up(&self) -> SysResult<()>;
+    /// What is at `path`: `None` when nothing is.
+    fn kind(&self, path: &Path) -> SysResult<Option<Kind>>;
+    /// The per-mount flags (MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC...)
+    /// of the mount holding `path`: a remount must repeat the ones a user
+    /// namespace locked.
+    fn mount_flags(&self, path: &Path) -> SysResult<MsFlags>;
+    /// prctl(PR_SET_NO_NEW_PRIVS, 1).
+    fn set_no_new_privs(&self) -> SysResult<()>;
+    /// seccomp(SECCOMP_SET_MODE_FILTER) with this program (no flags, so
+    /// it does not set no_new_privs by itself).
+    fn load_seccomp(&self, program: &[seccompiler::sock_filter]) -> SysResult<()>;
+    /// prctl(PR_CAPBSET_DROP, cap).
+    fn drop_bounding(&self, cap: caps::Capability) -> SysResult<()>;
+    /// Sets the inheritable, effective and permitted sets to `keep`.
+    fn set_caps(&self, keep: &[caps::Capability]) -> SysResult<()>;
+    /// prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL).
+    fn clear_ambient(&self) -> SysResult<()>;
+}
+
+/// What a path names, for choosing how to mask it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// Anything else.
+    File,
+}
+
+fn caps_ctx(what: String, e: caps::errors::CapsError) -> SysError {
+    // The caps crate keeps only the text; the errno is still the last one.
+    let errno = match nix::errno::Errno::last() {
+        nix::errno::Errno::UnknownErrno => nix::errno::Errno::EPERM,
+        e => e,
+    };
+    SysError {
+        what: format!("{what} ({e})"),
+        errno,
+    }
 }
 
 /// The real thing.
@@ -191,6 +229,105 @@ impl Syscall for Linux {
         }
         Ok(())
     }
+
+    fn kind(&self, path: &Path) -> SysResult<Option<Kind>> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Some(Kind::Dir)),
+            Ok(_) => Ok(Some(Kind::File)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_ctx(format!("stat {}", path.display()), &e)),
+        }
+    }
+
+    fn mount_flags(&self, path: &Path) -> SysResult<MsFlags> {
+        use nix::sys::statvfs::FsFlags;
+        let st = ctx(
+            || format!("statvfs {}", path.display()),
+            nix::sys::statvfs::statvfs(path),
+        )?;
+        let f = st.flags();
+        let mut m = MsFlags::empty();
+        for (fs, ms) in [
+            (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if f.contains(fs) {
+                m |= ms;
+            }
+        }
+        Ok(m)
+    }
+
+    fn set_no_new_privs(&self) -> SysResult<()> {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if r != 0 {
+            return Err(SysError {
+                what: "prctl(PR_SET_NO_NEW_PRIVS)".into(),
+                errno: nix::errno::Errno::last(),
+            });
+        }
+        Ok(())
+    }
+
+    fn load_seccomp(&self, program: &[seccompiler::sock_filter]) -> SysResult<()> {
+        let len = u16::try_from(program.len()).map_err(|_| SysError {
+            what: format!("seccomp filter of {} instructions", program.len()),
+            errno: nix::errno::Errno::E2BIG,
+        })?;
+        // seccompiler's sock_filter has the kernel's layout (code, jt, jf, k).
+        let prog = libc::sock_fprog {
+            len,
+            filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+        };
+        // SAFETY: prog points to `len` valid instructions that outlive the
+        // call; the kernel copies them and keeps no pointer.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if r != 0 {
+            return Err(SysError {
+                what: format!("seccomp(SET_MODE_FILTER, {len} instructions)"),
+                errno: nix::errno::Errno::last(),
+            });
+        }
+        Ok(())
+    }
+
+    fn drop_bounding(&self, cap: caps::Capability) -> SysResult<()> {
+        caps::drop(None, caps::CapSet::Bounding, cap)
+            .map_err(|e| caps_ctx(format!("drop {cap} from the bounding set"), e))
+    }
+
+    fn set_caps(&self, keep: &[caps::Capability]) -> SysResult<()> {
+        let set: caps::CapsHashSet = keep.iter().copied().collect();
+        // Inheritable first (it may not exceed permitted), then effective,
+        // then permitted (effective may not exceed it).
+        for cs in [
+            caps::CapSet::Inheritable,
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+        ] {
+            caps::set(None, cs, &set)
+                .map_err(|e| caps_ctx(format!("set {cs:?} capabilities"), e))?;
+        }
+        Ok(())
+    }
+
+    fn clear_ambient(&self) -> SysResult<()> {
+        caps::clear(None, caps::CapSet::Ambient)
+            .map_err(|e| caps_ctx("clear the ambient capabilities".into(), e))
+    }
 }
 
 /// One recorded call.
@@ -222,13 +359,31 @@ pub enum Call {
     Hostname(String),
     /// lo up.
     LoopbackUp,
+    /// no_new_privs set.
+    NoNewPrivs,
+    /// A seccomp program of this many instructions loaded.
+    Seccomp(usize),
+    /// A capability dropped from the bounding set.
+    DropBounding(caps::Capability),
+    /// Inheritable, effective and permitted set to these.
+    SetCaps(Vec<caps::Capability>),
+    /// Ambient set cleared.
+    ClearAmbient,
 }
 
-/// A double that records every call and succeeds.
+/// A double that records every call and succeeds. Queries are not
+/// recorded: `kind` answers `Dir` for `dirs`, nothing for `missing`, and
+/// `File` otherwise; `mount_flags` answers `flags`.
 #[derive(Debug, Default)]
 pub struct Recorder {
     /// The calls, in order.
     pub calls: RefCell<Vec<Call>>,
+    /// Paths `kind` calls directories.
+    pub dirs: Vec<PathBuf>,
+    /// Paths `kind` says do not exist.
+    pub missing: Vec<PathBuf>,
+    /// What `mount_flags` answers (none by default).
+    pub flags: Option<MsFlags>,
 }
 
 impl Recorder {
@@ -284,6 +439,33 @@ impl Syscall for Recorder {
     }
     fn loopback_up(&self) -> SysResult<()> {
         self.push(Call::LoopbackUp)
+    }
+    fn kind(&self, path: &Path) -> SysResult<Option<Kind>> {
+        Ok(if self.missing.iter().any(|p| p == path) {
+            None
+        } else if self.dirs.iter().any(|p| p == path) {
+            Some(Kind::Dir)
+        } else {
+            Some(Kind::File)
+        })
+    }
+    fn mount_flags(&self, _path: &Path) -> SysResult<MsFlags> {
+        Ok(self.flags.unwrap_or(MsFlags::empty()))
+    }
+    fn set_no_new_privs(&self) -> SysResult<()> {
+        self.push(Call::NoNewPrivs)
+    }
+    fn load_seccomp(&self, program: &[seccompiler::sock_filter]) -> SysResult<()> {
+        self.push(Call::Seccomp(program.len()))
+    }
+    fn drop_bounding(&self, cap: caps::Capability) -> SysResult<()> {
+        self.push(Call::DropBounding(cap))
+    }
+    fn set_caps(&self, keep: &[caps::Capability]) -> SysResult<()> {
+        self.push(Call::SetCaps(keep.to_vec()))
+    }
+    fn clear_ambient(&self) -> SysResult<()> {
+        self.push(Call::ClearAmbient)
     }
 }
 
