@@ -665,7 +665,11 @@ mod tests {
         let p = programs(&default_caps()).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(p.len(), 2);
         // Within the kernel's 4096-instruction limit per program.
-        assert!(p.iter().all(|p| !p.is_empty() && p.len() < 4096), "{}", p[0].len());
+        assert!(
+            p.iter().all(|p| !p.is_empty() && p.len() < 4096),
+            "{}",
+            p[0].len()
+        );
         let all = programs(&capabilities::all()).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(all[0].len() > p[0].len());
     }

@@ -140,6 +140,13 @@ impl Syscall for Linux {
 
     fn mkdir_all(&self, path: &Path, mode: u32) -> SysResult<()> {
         use std::os::unix::fs::DirBuilderExt;
+        // A mount point an image has as a symlink (`proc -> /proc`) would
+        // send the mount wherever it points, outside the container's root,
+        // and leave a loop inside: it is replaced by a directory.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(path)
+                .map_err(|e| io_ctx(format!("replace symlink {}", path.display()), &e))?;
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)
@@ -494,5 +501,29 @@ pub fn sigwaitinfo(set: &nix::sys::signal::SigSet) -> nix::Result<libc::siginfo_
         Err(nix::errno::Errno::last())
     } else {
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_mount_point_becomes_a_directory() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap_or_else(|e| unreachable!("{e}"));
+        let link = t.path().join("proc");
+        std::os::unix::fs::symlink(&outside, &link).unwrap_or_else(|e| unreachable!("{e}"));
+        Linux
+            .mkdir_all(&link, 0o555)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let m = std::fs::symlink_metadata(&link).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(m.is_dir() && !m.file_type().is_symlink());
+        assert!(outside.is_dir(), "the link's target is left alone");
+        // An existing directory stays as it is.
+        Linux
+            .mkdir_all(&link, 0o555)
+            .unwrap_or_else(|e| unreachable!("{e}"));
     }
 }
