@@ -159,7 +159,15 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     std::fs::create_dir_all(state_root())
         .map_err(|e| fail(format!("cannot create {}: {e}", state_root().display())))?;
     match std::fs::create_dir(&state) {
-        Ok(()) => td.state = Some(state.clone()),
+        Ok(()) => {
+            td.state = Some(state.clone());
+            // Only the launcher's user may enter: the upper holds whatever
+            // the container made, device nodes and set-uid files included,
+            // on a host file system that allows them.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(format!("cannot restrict {}: {e}", state.display())))?;
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(fail(format!(
                 "a container named {} exists (or its state is left in {})",

@@ -204,6 +204,18 @@ fn upper_is_kept_without_rm_and_shows_the_changes() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let upper = s.0.join("t-keep/upper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.0.join("t-keep"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "others could reach the upper's device nodes"
+        );
+    }
     assert!(
         stderr(&o).contains(&upper.display().to_string()),
         "{}",
@@ -621,9 +633,15 @@ fn rootless_container_and_no_user_namespaces() {
             .output()
             .unwrap()
     };
-    let o = as_nobody(&["--rm", "--", "sh", "-c", "id -u; echo pid=$$; ls /sys/class/net; echo x > /etc/rootless-file && cat /etc/rootless-file"]);
+    let o = as_nobody(&["--rm", "--", "sh", "-c", "id -u; echo pid=$$; ls /sys/class/net; echo x > /etc/rootless-file && cat /etc/rootless-file; grep -E '^(CapBnd|Seccomp):' /proc/self/status | tr -d '\\t'"]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
-    assert_eq!(stdout(&o), "0\npid=2\nlo\nx\n", "{}", stderr(&o));
+    // Confined as a root container is, inside its user namespace.
+    assert_eq!(
+        stdout(&o),
+        "0\npid=2\nlo\nx\nCapBnd:00000000a80425fb\nSeccomp:2\n",
+        "{}",
+        stderr(&o)
+    );
     assert!(!Path::new("/etc/rootless-file").exists());
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&*state.to_string_lossy()), "{mounts}");
