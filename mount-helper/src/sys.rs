@@ -476,6 +476,102 @@ impl Syscall for Recorder {
     }
 }
 
+/// The part of `union bpf_attr` BPF_PROG_LOAD reads (the kernel zeroes
+/// what a shorter attr leaves out).
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// The part of `union bpf_attr` BPF_PROG_ATTACH reads.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgAttach {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// Loads a BPF_PROG_TYPE_CGROUP_DEVICE program (`insns`: 8-byte eBPF
+/// instructions) and returns its fd.
+pub fn bpf_load_device_program(insns: &[u8]) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if insns.is_empty() || insns.len() % 8 != 0 {
+        return Err(nix::errno::Errno::EINVAL);
+    }
+    let license = c"Apache-2.0";
+    let attr = BpfProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(insns.len() / 8).map_err(|_| nix::errno::Errno::E2BIG)?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..BpfProgLoad::default()
+    };
+    // SAFETY: attr is a valid BPF_PROG_LOAD attr of the size passed; the
+    // instruction and license buffers outlive the call, and the kernel
+    // copies them.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const BpfProgLoad,
+            std::mem::size_of::<BpfProgLoad>(),
+        )
+    };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    let fd = i32::try_from(fd).map_err(|_| nix::errno::Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd, owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches device program `prog` to the v2 cgroup directory `cgroup`
+/// (BPF_F_ALLOW_MULTI: programs of the ancestors still run, and all must
+/// allow).
+pub fn bpf_attach_device_program(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = BpfProgAttach {
+        target_fd: u32::try_from(cgroup.as_raw_fd()).map_err(|_| nix::errno::Errno::EBADF)?,
+        attach_bpf_fd: u32::try_from(prog.as_raw_fd()).map_err(|_| nix::errno::Errno::EBADF)?,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+    };
+    // SAFETY: attr is a valid BPF_PROG_ATTACH attr of the size passed,
+    // naming two open fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const BpfProgAttach,
+            std::mem::size_of::<BpfProgAttach>(),
+        )
+    };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
 /// fork(2). Call only while the process has one thread.
 pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
     // SAFETY: the launcher and its init are single-threaded when they fork,

@@ -925,7 +925,8 @@ fn cap_add_drop_and_security_opts_change_the_defaults() {
             "--",
             "sh",
             "-c",
-            "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'; unshare -m true 2>/dev/null && echo unshare=ok || echo unshare=refused",
+            "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'; unshare -m true 2>/dev/null && echo unshare=ok || echo unshare=refused; \
+             mount -t tmpfs t /mnt 2>/dev/null && mknod /mnt/l b 7 0 && { head -c 0 /mnt/l 2>/dev/null && echo dev-on-own-tmpfs=ok || echo dev-on-own-tmpfs=refused; }; true",
         ]);
         let o = s.run(&a);
         assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", stderr(&o));
@@ -935,6 +936,8 @@ fn cap_add_drop_and_security_opts_change_the_defaults() {
     let o = status(&["--cap-add", "sys_admin"]);
     assert!(o.contains("CapEff:00000000a82425fb"), "{o}");
     assert!(o.contains("unshare=ok"), "{o}");
+    // It can mount a tmpfs without nodev; the device list still holds.
+    assert!(o.contains("dev-on-own-tmpfs=refused"), "{o}");
     let o = status(&["--cap-drop", "ALL", "--cap-add", "CAP_CHOWN"]);
     assert!(o.contains("CapEff:0000000000000001"), "{o}");
     let o = status(&["--security-opt", "seccomp=unconfined"]);
@@ -1180,4 +1183,52 @@ fn v2_hugetlb_limit_under_a_populated_launcher_cgroup() {
     );
     assert!(!dir.exists(), "container cgroup left behind");
     s.assert_clean();
+}
+
+/// The BPF device program alone (v1 devices of the test process allow
+/// everything): a process in a v2 cgroup with it attached may use
+/// /dev/null but not open a block device the host itself can open.
+#[test]
+fn v2_device_program_refuses_devices_off_the_list() {
+    if !ready_or_required("the v2 device program test") {
+        return;
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(root) = mi.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        post.starts_with("cgroup2 ")
+            .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap_or("")))
+    }) else {
+        eprintln!("skipped: no cgroup v2 hierarchy");
+        return;
+    };
+    if !host_can_open_block(7, 0) {
+        eprintln!("skipped: root on this host cannot open a loop device to compare");
+        return;
+    }
+    let cg = root.join(format!("unionfs-run-test-devprog-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap();
+    let _rm = V2Restore {
+        root: root.clone(),
+        had_hugetlb: true,
+        test_cgroup: cg.clone(),
+    };
+    unionfs_run::cgroup::devices::attach_v2(&cg).unwrap();
+    let node = format!("/var/tmp/unionfs-run-devprog-{}", std::process::id());
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs || exit 9; \
+             mknod {node} b 7 0 && echo mknod=ok; \
+             head -c 0 {node} 2>&1 && echo open=ok; rm -f {node}; \
+             echo x > /dev/null && echo null=ok",
+            cg.display()
+        ))
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(out.contains("mknod=ok"), "{out}");
+    assert!(!out.contains("open=ok"), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("null=ok"), "{out}");
 }

@@ -204,10 +204,11 @@ pub struct Cgroup {
     pub parents: Vec<PathBuf>,
 }
 
-/// Whether a cgroup is needed at all: limits, or the device allow-list on
-/// a host with a v1 devices hierarchy.
+/// Whether a cgroup is needed at all: limits, or the device allow-list
+/// (v1 devices hierarchy, or a device program in the unified one).
 pub fn needed(layout: &Layout, limits: &Limits, devices: bool) -> bool {
-    *limits != Limits::default() || (devices && layout.v1.contains_key("devices"))
+    *limits != Limits::default()
+        || (devices && (layout.v1.contains_key("devices") || layout.v2.is_some()))
 }
 
 impl Cgroup {
@@ -251,10 +252,20 @@ impl Cgroup {
                 .filter(|c| limited(c, limits) && layout.version_of(c) == Some(2))
                 .collect();
             if let Some((root, _)) = &layout.v2 {
-                if !v2_ctrls.is_empty() {
+                // Device programs need no controller: every container gets
+                // a v2 cgroup for one. Where a v1 devices hierarchy holds
+                // the list already, a kernel without cgroup BPF is no error.
+                if !v2_ctrls.is_empty() || devices {
                     let dir = create_v2(root, name, &v2_ctrls, &mut cg)?;
                     for c in &v2_ctrls {
                         v2::limit(&dir, c, limits)?;
+                    }
+                    if devices {
+                        if let Err(e) = devices::attach_v2(&dir) {
+                            if !layout.v1.contains_key("devices") {
+                                return Err(e);
+                            }
+                        }
                     }
                 }
             }
@@ -455,7 +466,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
         // The launcher's own cgroup (and the root) hold processes.
         std::fs::write(t.path().join("cgroup.procs"), "1\n77\n").unwrap_or_default();
-        let mut cg = Cgroup::create(&pure_v2(t.path()), "box", &limits(), true)
+        let mut cg = Cgroup::create(&pure_v2(t.path()), "box", &limits(), false)
             .unwrap_or_else(|e| unreachable!("{e}"));
         let read = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap_or_default();
         assert_eq!(read("cgroup.subtree_control"), "+memory +pids +cpu");
@@ -473,6 +484,11 @@ mod tests {
         assert_eq!(cg.dirs, vec![t.path().join("unionfs-run/box")]);
         // No devices file on v2 (see devices.rs).
         assert!(!t.path().join("unionfs-run/box/devices.deny").exists());
+        // Where no device program can be attached (a plain directory is no
+        // cgroup), a pure v2 host refuses to run instead of running open.
+        let e = Cgroup::create(&pure_v2(t.path()), "box2", &Limits::default(), true);
+        assert!(e.is_err_and(|e| e.to_string().contains("device program")));
+        assert!(!t.path().join("unionfs-run/box2").exists());
         for d in &cg.dirs {
             for e in std::fs::read_dir(d).unwrap_or_else(|e| unreachable!("{e}")) {
                 let _ = std::fs::remove_file(e.map(|e| e.path()).unwrap_or_default());
