@@ -10,8 +10,9 @@
 //!    CAP_SETPCAP / CAP_SYS_ADMIN ends the right to do any of the above.
 //!
 //! Device nodes are confined before this, outside: the launcher puts init
-//! in a v1 `devices` cgroup with docker's allow-list (`cgroup::devices`),
-//! and `rootfs` mounts the root and /dev `nodev`.
+//! in cgroups holding docker's allow-list (`cgroup::devices`: the v1
+//! `devices` files and a BPF device program in the unified hierarchy), and
+//! `rootfs` mounts the root and /dev `nodev`.
 //!
 //! Invariant: a `Plan` is built (and can fail) in the launcher before any
 //! container process exists; `apply` only issues `Syscall`s, so the whole
