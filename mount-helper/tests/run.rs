@@ -1061,8 +1061,12 @@ struct V2Restore {
 impl Drop for V2Restore {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.test_cgroup);
-        let _ = std::fs::remove_dir(self.root.join("unionfs-run"));
         if !self.had_hugetlb {
+            // Containers of other tests may still be in the shared parent:
+            // take hugetlb back there first, so the root can let it go.
+            let parent = self.root.join("unionfs-run");
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "-hugetlb");
+            let _ = std::fs::remove_dir(parent);
             let _ = std::fs::write(self.root.join("cgroup.subtree_control"), "-hugetlb");
         }
     }
