@@ -1,6 +1,9 @@
 //! The one place the container's confinement is applied, in one fixed
 //! order, after the mounts and pivot_root and before the command's exec:
 //!
+//! 0. init made not dumpable, always (even `--privileged`): it runs the
+//!    launcher's binary from the host, and /proc/1/exe would hand the
+//!    container that file (runc's CVE-2019-5736), /proc/1/fd its fds;
 //! 1. masked and read-only paths (`masks`), while mounting is still allowed;
 //! 2. no_new_privs, when asked for;
 //! 3. the seccomp programs (`seccomp`), loaded while the process still has
@@ -58,6 +61,7 @@ impl Plan {
 /// Applies `plan` to the calling process (the container's init, whose
 /// children inherit it).
 pub fn apply(sys: &dyn Syscall, plan: &Plan) -> SysResult<()> {
+    sys.set_not_dumpable()?;
     if plan.masks {
         crate::masks::apply(sys)?;
     }
@@ -98,12 +102,12 @@ mod tests {
     }
 
     #[test]
-    fn privileged_plan_does_nothing() {
+    fn privileged_plan_only_hides_init() {
         let p = plan(true, &[]);
         assert_eq!(p, Plan::default());
         let r = Recorder::default();
         apply(&r, &p).unwrap_or_else(|e| unreachable!("{e}"));
-        assert!(r.calls.into_inner().is_empty());
+        assert_eq!(r.calls.into_inner(), vec![Call::NotDumpable]);
     }
 
     #[test]
@@ -113,6 +117,7 @@ mod tests {
         apply(&r, &p).unwrap_or_else(|e| unreachable!("{e}"));
         let calls = r.calls.into_inner();
         let pos = |f: &dyn Fn(&Call) -> bool| calls.iter().position(f);
+        assert_eq!(calls.first(), Some(&Call::NotDumpable));
         let last_mount = calls.iter().rposition(|c| matches!(c, Call::Mount(..)));
         let nnp = pos(&|c| *c == Call::NoNewPrivs);
         let seccomp = pos(&|c| matches!(c, Call::Seccomp(_)));

@@ -207,6 +207,12 @@ pub fn init(spec: &ContainerSpec, root: &Path, plan: &Plan, go: OwnedFd) -> ! {
     if go.read_exact(&mut b).is_err() {
         sys::exit_now(EXIT_LAUNCHER);
     }
+    drop(go);
+    // Nothing the launcher's caller left open reaches the command.
+    if let Err(e) = sys::cloexec_from(3) {
+        eprintln!("unionfs-run: cannot mark inherited fds close-on-exec: {e}");
+        sys::exit_now(EXIT_LAUNCHER);
+    }
     let set = waited_signals();
     if let Err(e) = setup(&sys::Linux, spec, root, plan) {
         eprintln!("unionfs-run: cannot set up the container: {e}");
@@ -367,6 +373,8 @@ mod tests {
         let unshare = pos(&|c| matches!(c, Call::Unshare(_)));
         let pivot = pos(&|c| matches!(c, Call::PivotRoot(..)));
         let detach = pos(&|c| matches!(c, Call::Umount(p, _) if p == Path::new(".")));
+        let not_dumpable = pos(&|c| *c == Call::NotDumpable);
+        assert!(detach < not_dumpable, "init is hidden once in its root");
         let first_mask = pos(&|c| {
             matches!(c, Call::Mount(Some(s), p, ..)
             if s == "/dev/null" && p.starts_with("/proc"))

@@ -75,6 +75,10 @@ pub trait Syscall {
     fn mount_flags(&self, path: &Path) -> SysResult<MsFlags>;
     /// prctl(PR_SET_NO_NEW_PRIVS, 1).
     fn set_no_new_privs(&self) -> SysResult<()>;
+    /// prctl(PR_SET_DUMPABLE, 0): /proc/PID of this process (exe, mem,
+    /// root, fd) and ptrace are closed to processes without
+    /// CAP_SYS_PTRACE. An exec resets it, so the command is unaffected.
+    fn set_not_dumpable(&self) -> SysResult<()>;
     /// seccomp(SECCOMP_SET_MODE_FILTER) with this program (no flags, so
     /// it does not set no_new_privs by itself).
     fn load_seccomp(&self, program: &[seccompiler::sock_filter]) -> SysResult<()>;
@@ -270,6 +274,13 @@ impl Syscall for Linux {
         Ok(m)
     }
 
+    fn set_not_dumpable(&self) -> SysResult<()> {
+        ctx(
+            || "prctl(PR_SET_DUMPABLE, 0)".to_string(),
+            nix::sys::prctl::set_dumpable(false),
+        )
+    }
+
     fn set_no_new_privs(&self) -> SysResult<()> {
         // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
@@ -368,6 +379,8 @@ pub enum Call {
     LoopbackUp,
     /// no_new_privs set.
     NoNewPrivs,
+    /// Made not dumpable.
+    NotDumpable,
     /// A seccomp program of this many instructions loaded.
     Seccomp(usize),
     /// A capability dropped from the bounding set.
@@ -461,6 +474,9 @@ impl Syscall for Recorder {
     }
     fn set_no_new_privs(&self) -> SysResult<()> {
         self.push(Call::NoNewPrivs)
+    }
+    fn set_not_dumpable(&self) -> SysResult<()> {
+        self.push(Call::NotDumpable)
     }
     fn load_seccomp(&self, program: &[seccompiler::sock_filter]) -> SysResult<()> {
         self.push(Call::Seccomp(program.len()))
@@ -564,6 +580,27 @@ pub fn bpf_attach_device_program(
             BPF_PROG_ATTACH,
             &attr as *const BpfProgAttach,
             std::mem::size_of::<BpfProgAttach>(),
+        )
+    };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
+/// Marks every fd from `first` up close-on-exec (close_range with
+/// CLOSE_RANGE_CLOEXEC): fds the launcher's caller left open must not
+/// reach the container's command (an fd of a host directory is a way out
+/// of any root). The fds stay valid here, so nothing owning one is hurt.
+pub fn cloexec_from(first: u32) -> nix::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on
+    // open fds; it closes none and takes no pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
         )
     };
     if r < 0 {

@@ -737,6 +737,10 @@ for where in ["/tmp", "/dev"]:
         node = f"{where}/probe-{name}"
         t(f"mknod:{where}:{name}", lambda: os.mknod(node, 0o600 | 0o60000, dev))
         t(f"open:{where}:{name}", lambda: os.close(os.open(node, os.O_RDONLY)))
+t("init-exe", lambda: os.close(os.open("/proc/1/exe", os.O_PATH)))
+t("init-fds", lambda: os.close(os.open("/proc/1/fd/0", os.O_PATH)))
+fds = sorted(int(f) for f in os.listdir("/proc/self/fd") if int(f) > 2)
+print("inherited-fds=" + ",".join(str(f) for f in fds[:-1]), flush=True)
 libc.syscall.restype = ctypes.c_long
 r = libc.syscall(435, None, ctypes.c_size_t(0))
 print("clone3=" + errno.errorcode.get(ctypes.get_errno(), "?"), flush=True)
@@ -755,7 +759,17 @@ fn probe(s: &StateDir, extra: &[&str]) -> std::collections::BTreeMap<String, Str
     let mut args = vec!["--rm"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "python3", "-c", PROBE, &major, &minor]);
-    let o = s.run(&args);
+    // The caller leaves fd 7 open on the host's / (no close-on-exec): it
+    // must not reach the container.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("exec 7</ && exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(&args)
+        .env("UNIONFS_RUN_DIR", &s.0)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     stdout(&o)
         .lines()
@@ -860,6 +874,11 @@ fn default_container_refuses_what_docker_refuses_and_privileged_allows_it() {
         }
     }
     assert_eq!(get(&d, "clone3"), "ENOSYS", "glibc must fall back to clone");
+    // Init runs the launcher's host binary: /proc/1 is closed to the
+    // container (runc's CVE-2019-5736), and no fd of the caller leaks in.
+    assert_eq!(get(&d, "init-exe"), "refused:EACCES");
+    assert_eq!(get(&d, "init-fds"), "refused:EACCES");
+    assert_eq!(get(&d, "inherited-fds"), "");
     for set in ["CapBnd", "CapEff", "CapPrm", "CapInh"] {
         assert_eq!(get(&d, set), "00000000a80425fb", "{set}: docker's 14");
     }
@@ -902,6 +921,7 @@ fn default_container_refuses_what_docker_refuses_and_privileged_allows_it() {
         }
     }
     assert_ne!(get(&p, "clone3"), "ENOSYS");
+    assert_eq!(get(&p, "inherited-fds"), "");
     assert_eq!(get(&p, "Seccomp"), "0");
     let host_bnd = std::fs::read_to_string("/proc/self/status")
         .unwrap()
