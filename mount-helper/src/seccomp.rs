@@ -127,7 +127,6 @@ const ALWAYS: &[i64] = &[
     libc::SYS_io_getevents,
     libc::SYS_io_setup,
     libc::SYS_io_submit,
-    libc::SYS_ioctl,
     libc::SYS_ioprio_get,
     libc::SYS_ioprio_set,
     libc::SYS_kill,
@@ -458,6 +457,14 @@ pub const PERSONALITIES: [u64; 5] = [0, 8, 0x20000, 0x20008, 0xffff_ffff];
 /// AF_VSOCK: the one socket family docker refuses.
 pub const AF_VSOCK: u64 = 40;
 
+/// ioctls refused on every fd: TIOCSTI pushes input into a terminal and
+/// TIOCLINUX can paste into a virtual console. The command shares the
+/// caller's terminal (there is no pty of its own, and docker's setsid would
+/// cost an interactive shell its job control), so either would type
+/// commands into the caller's shell once the container exits.
+#[allow(clippy::unnecessary_cast)] // an Ioctl is not a u64 on every libc
+pub const REFUSED_IOCTLS: [u64; 2] = [libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
+
 fn cond(
     arg: u8,
     len: SeccompCmpArgLen,
@@ -507,6 +514,18 @@ pub fn allow_rules(caps: &[Capability]) -> Result<BTreeMap<i64, Vec<SeccompRule>
             0,
         )?,
     );
+    let ioctl: Result<Vec<SeccompCondition>, SeccompError> = REFUSED_IOCTLS
+        .iter()
+        .map(|&cmd| {
+            Ok(SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Ne,
+                cmd,
+            )?)
+        })
+        .collect();
+    conditional(libc::SYS_ioctl, SeccompRule::new(ioctl?)?);
     conditional(
         libc::SYS_socket,
         cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, AF_VSOCK)?,
@@ -625,6 +644,7 @@ mod tests {
             assert_eq!(rules.get(&nr).map(Vec::len), Some(0), "{nr}");
         }
         // Allowed with arguments checked.
+        assert_eq!(rules.get(&libc::SYS_ioctl).map(Vec::len), Some(1));
         assert_eq!(rules.get(&libc::SYS_clone).map(Vec::len), Some(1));
         assert_eq!(rules.get(&libc::SYS_socket).map(Vec::len), Some(1));
         assert_eq!(rules.get(&libc::SYS_personality).map(Vec::len), Some(5));

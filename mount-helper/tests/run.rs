@@ -1256,3 +1256,49 @@ fn v2_device_program_refuses_devices_off_the_list() {
     assert!(out.contains("Operation not permitted"), "{out}");
     assert!(out.contains("null=ok"), "{out}");
 }
+
+/// The command shares the caller's terminal: TIOCSTI would type into the
+/// caller's shell (a command run as the caller once the container exits).
+/// `script` gives the launcher a terminal of its own to try it on.
+#[test]
+fn terminal_input_cannot_be_injected() {
+    if !ready_or_required("the terminal injection test") {
+        return;
+    }
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("UNIONFS_TEST_REQUIRE").is_none_or(|v| v != "1"),
+            "no script(1) (util-linux), and UNIONFS_TEST_REQUIRE=1"
+        );
+        eprintln!("skipped: no script(1)");
+        return;
+    }
+    let s = StateDir::new("tty");
+    let inject = "import fcntl, termios\ntry:\n    fcntl.ioctl(1, termios.TIOCSTI, b'#')\n    print('TIOCSTI=ok')\nexcept OSError as e:\n    print('TIOCSTI=refused', e.errno)";
+    let run = |extra: &str| {
+        let o = Command::new("script")
+            .arg("-qec")
+            .arg(format!(
+                "{} --rm {extra} -- python3 -c \"{inject}\"",
+                bin().display()
+            ))
+            .arg("/dev/null")
+            .env("UNIONFS_RUN_DIR", &s.0)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        stdout(&o)
+    };
+    let out = run("");
+    assert!(
+        out.contains(&format!("TIOCSTI=refused {}", libc::EPERM)),
+        "{out}"
+    );
+    // The check is real: unconfined, the same ioctl goes through here
+    // (where the kernel still allows TIOCSTI to a process on its tty).
+    if std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").is_ok_and(|v| v.trim() == "1") {
+        let out = run("--security-opt seccomp=unconfined");
+        assert!(out.contains("TIOCSTI=ok"), "{out}");
+    }
+    s.assert_clean();
+}
