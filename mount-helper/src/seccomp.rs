@@ -11,7 +11,9 @@
 //! they had before, as they do under docker. The kernel runs both and
 //! keeps the most restrictive answer (the later filter on a tie).
 //! A call from another ABI (i386 on x86_64) kills the process: stricter
-//! than docker, which allows the 32-bit ABI with the same list.
+//! than docker, which allows the 32-bit ABI with the same list. Also
+//! stricter: `ioctl` is refused for TIOCSTI and TIOCLINUX, since the
+//! command shares the caller's terminal (docs/SECURITY.md).
 //! Takes no locks.
 
 use std::collections::btree_map::Entry;
