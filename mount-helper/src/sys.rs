@@ -323,8 +323,25 @@ impl Syscall for Linux {
     }
 
     fn drop_bounding(&self, cap: caps::Capability) -> SysResult<()> {
-        caps::drop(None, caps::CapSet::Bounding, cap)
-            .map_err(|e| caps_ctx(format!("drop {cap} from the bounding set"), e))
+        // SAFETY: PR_CAPBSET_DROP takes integer arguments only.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                libc::c_ulong::from(cap.index()),
+                0,
+                0,
+                0,
+            )
+        };
+        match nix::errno::Errno::result(r) {
+            Ok(_) => Ok(()),
+            // Newer than this kernel (past cap_last_cap): nothing to drop.
+            Err(nix::errno::Errno::EINVAL) => Ok(()),
+            Err(errno) => Err(SysError {
+                what: format!("drop {cap} from the bounding set"),
+                errno,
+            }),
+        }
     }
 
     fn set_caps(&self, keep: &[caps::Capability]) -> SysResult<()> {
