@@ -341,7 +341,9 @@ fn create_v2(
     loop {
         tries += 1;
         let res = (|| {
-            v2::enable(root, true, ctrls)?;
+            // The mount's root is the hierarchy's root unless a cgroup
+            // namespace put it lower (only non-root cgroups have a type).
+            v2::enable(root, !root.join("cgroup.type").exists(), ctrls)?;
             mkdir(&parent)?;
             v2::enable(&parent, false, ctrls)?;
             match std::fs::create_dir(&dir) {
@@ -500,6 +502,24 @@ mod tests {
             !t.path().join("unionfs-run").exists(),
             "an unused parent goes"
         );
+    }
+
+    #[test]
+    fn v2_root_of_a_cgroup_namespace_is_not_the_root() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        // A namespace root (it has a type) that holds the launcher.
+        std::fs::write(t.path().join("cgroup.type"), "domain\n").unwrap_or_default();
+        std::fs::write(t.path().join("cgroup.procs"), "1\n").unwrap_or_default();
+        let only_pids = Limits {
+            pids: Some(5),
+            ..Limits::default()
+        };
+        let e = Cgroup::create(&pure_v2(t.path()), "box", &only_pids, false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("no-internal-process"), "{e}");
+        assert!(!t.path().join("cgroup.subtree_control").exists());
     }
 
     #[test]
