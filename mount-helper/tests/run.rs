@@ -1198,7 +1198,15 @@ fn v2_hugetlb_limit_under_a_populated_launcher_cgroup() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(max.trim(), (4u64 << 20).to_string());
-    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    // The limit is written before init joins: wait for it to be there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let procs = loop {
+        let p = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if !p.trim().is_empty() || Instant::now() > deadline {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let st = child.wait().unwrap();
     assert!(st.success(), "{st}");
     assert!(
