@@ -1000,12 +1000,16 @@ fn v1_devices_cgroup_holds_dockers_allow_list() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
+    // Read once init is in: the list is complete before it may join.
     let list = loop {
         let found = cgroup_leftovers("t-dev");
-        if let Some(l) = found
-            .iter()
-            .find_map(|d| std::fs::read_to_string(d.join("devices.list")).ok())
-        {
+        if let Some(l) = found.iter().find_map(|d| {
+            let joined =
+                std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty());
+            joined
+                .then(|| std::fs::read_to_string(d.join("devices.list")).ok())
+                .flatten()
+        }) {
             break l;
         }
         assert!(Instant::now() < deadline, "no devices cgroup for t-dev");
