@@ -1084,7 +1084,15 @@ struct V2Restore {
 
 impl Drop for V2Restore {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.test_cgroup);
+        // The launcher's FUSE daemon started in the test cgroup and may
+        // still be exiting after the unmount.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.test_cgroup)
+            .is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if !self.had_hugetlb {
             // Containers of other tests may still be in the shared parent:
             // take hugetlb back there first, so the root can let it go.
@@ -1135,7 +1143,7 @@ fn v2_hugetlb_limit_under_a_populated_launcher_cgroup() {
         .any(|c| c == "hugetlb");
     let test_cgroup = root.join(format!("unionfs-run-test-launcher-{}", std::process::id()));
     std::fs::create_dir(&test_cgroup).unwrap();
-    let _restore = V2Restore {
+    let restore = V2Restore {
         root: root.clone(),
         had_hugetlb,
         test_cgroup: test_cgroup.clone(),
@@ -1149,8 +1157,8 @@ fn v2_hugetlb_limit_under_a_populated_launcher_cgroup() {
         ))
         .spawn()
         .unwrap();
-    // Dropped before `_restore`, so the test cgroup is empty when removed.
-    let _holder = KillOnDrop(holder);
+    // Dropped before `restore`, so the test cgroup is empty when removed.
+    let holder_guard = KillOnDrop(holder);
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::fs::read_to_string(test_cgroup.join("cgroup.procs"))
         .unwrap_or_default()
@@ -1219,6 +1227,9 @@ fn v2_hugetlb_limit_under_a_populated_launcher_cgroup() {
     );
     assert!(!dir.exists(), "container cgroup left behind");
     s.assert_clean();
+    drop(holder_guard);
+    drop(restore);
+    assert!(!test_cgroup.exists(), "test cgroup left behind");
 }
 
 /// The BPF device program alone (v1 devices of the test process allow
