@@ -8,11 +8,15 @@
 //! pivots into the union and runs the command. Teardown always happens:
 //! kill what is left, unmount, remove the cgroup, remove the upper with --rm.
 
+pub mod capabilities;
 pub mod cgroup;
+pub mod confine;
 pub mod image;
+pub mod masks;
 pub mod ns;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;
@@ -155,7 +159,15 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     std::fs::create_dir_all(state_root())
         .map_err(|e| fail(format!("cannot create {}: {e}", state_root().display())))?;
     match std::fs::create_dir(&state) {
-        Ok(()) => td.state = Some(state.clone()),
+        Ok(()) => {
+            td.state = Some(state.clone());
+            // Only the launcher's user may enter: the upper holds whatever
+            // the container made, device nodes and set-uid files included,
+            // on a host file system that allows them.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(format!("cannot restrict {}: {e}", state.display())))?;
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(fail(format!(
                 "a container named {} exists (or its state is left in {})",
@@ -188,13 +200,22 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     td.upper = Some(upper.clone());
     td.remove_upper = spec.remove;
 
-    // Without limits there is nothing for a cgroup to do: the pid
-    // namespace already ends every process of the container with its init.
-    if spec.limits != spec::Limits::default() {
+    // Built before any container process exists, so a filter that cannot
+    // be built is a launcher error.
+    let plan = confine::Plan::new(&spec.security).map_err(|e| fail(e.to_string()))?;
+
+    // Without limits or a device list there is nothing for a cgroup to do:
+    // the pid namespace already ends every process of the container with
+    // its init. Rootless, the devices cgroup is out of reach and not needed:
+    // a user namespace cannot make device nodes, and its mounts are nodev.
+    let layout = Layout::detect();
+    let devices = spec.security.devices() && !rootless;
+    if cgroup::needed(&layout, &spec.limits, devices) {
         let cg = Cgroup::create(
-            &Layout::detect(),
+            &layout,
             &format!("unionfs-run-{}", spec.name),
             &spec.limits,
+            devices,
         )
         .map_err(|e| {
             if rootless {
@@ -250,7 +271,7 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
                     nix::unistd::getuid().as_raw(),
                     nix::unistd::getgid().as_raw(),
                 );
-                process::rootless_relay(spec, &root, uid, gid)
+                process::rootless_relay(spec, &root, &plan, uid, gid)
             }
             ForkResult::Parent { child } => child,
         };
@@ -273,7 +294,7 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
             drop(go_wr);
             // Nothing of the launcher's teardown belongs to init.
             std::mem::forget(td);
-            process::init(spec, &root, go_rd)
+            process::init(spec, &root, &plan, go_rd)
         }
         ForkResult::Parent { child } => child,
     };

@@ -56,6 +56,22 @@ struct Args {
     /// Container name (cgroup and state directory).
     #[arg(long)]
     name: Option<String>,
+    /// Give the container every capability, no seccomp filter, no masked
+    /// /proc paths, a writable /sys and every device (as docker's).
+    #[arg(long)]
+    privileged: bool,
+    /// Add a capability to docker's default 14 (NAME, CAP_NAME or ALL).
+    #[arg(long, value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability from the default set (NAME, CAP_NAME or ALL).
+    #[arg(long, value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// seccomp=unconfined (no seccomp filter) or no-new-privileges.
+    #[arg(long, value_name = "OPT")]
+    security_opt: Vec<String>,
+    /// A hugetlb limit, PAGESIZE=LIMIT (e.g. 2MB=64M).
+    #[arg(long, value_name = "PAGESIZE=LIMIT", hide = true)]
+    hugetlb: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -82,6 +98,11 @@ fn main() -> ExitCode {
         workdir: args.workdir,
         user: args.user,
         name: args.name,
+        privileged: args.privileged,
+        cap_add: args.cap_add,
+        cap_drop: args.cap_drop,
+        security_opt: args.security_opt,
+        hugetlb: args.hugetlb,
         argv: args.command,
     };
     let default_name = format!(

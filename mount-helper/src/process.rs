@@ -21,8 +21,9 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
+use crate::confine::Plan;
 use crate::spec::ContainerSpec;
-use crate::sys::{self, Syscall};
+use crate::sys::{self, SysResult, Syscall};
 
 /// Exit status for the launcher's own failure.
 pub const EXIT_LAUNCHER: i32 = 125;
@@ -187,21 +188,33 @@ fn exec_command(spec: &ContainerSpec, env: &[(String, String)], err_pipe: OwnedF
     fail(exec_error_code(e), e)
 }
 
+/// Everything init does to itself between joining its cgroup and starting
+/// the command, in this order: the namespaces, the mounts and pivot_root
+/// (`rootfs`), then the confinement (`confine`: masks, no_new_privs,
+/// seccomp, capabilities). The command, forked after, inherits all of it.
+pub fn setup(sys: &dyn Syscall, spec: &ContainerSpec, root: &Path, plan: &Plan) -> SysResult<()> {
+    sys.unshare(crate::ns::init_namespaces(spec.net))?;
+    crate::rootfs::enter(sys, root, &spec.hostname, spec.net, &spec.security)?;
+    crate::confine::apply(sys, plan)
+}
+
 /// The container's init: pid 1 of the new pid namespace. Sets up the root
 /// at `root`, runs the command, and exits with its status. Never returns.
-pub fn init(spec: &ContainerSpec, root: &Path, go: OwnedFd) -> ! {
+pub fn init(spec: &ContainerSpec, root: &Path, plan: &Plan, go: OwnedFd) -> ! {
     // Wait until the launcher has put us in the cgroup.
     let mut b = [0u8; 1];
     let mut go = std::fs::File::from(go);
     if go.read_exact(&mut b).is_err() {
         sys::exit_now(EXIT_LAUNCHER);
     }
+    drop(go);
+    // Nothing the launcher's caller left open reaches the command.
+    if let Err(e) = sys::cloexec_from(3) {
+        eprintln!("unionfs-run: cannot mark inherited fds close-on-exec: {e}");
+        sys::exit_now(EXIT_LAUNCHER);
+    }
     let set = waited_signals();
-    let linux = sys::Linux;
-    let setup = linux
-        .unshare(crate::ns::init_namespaces(spec.net))
-        .and_then(|()| crate::rootfs::enter(&linux, root, &spec.hostname, spec.net));
-    if let Err(e) = setup {
+    if let Err(e) = setup(&sys::Linux, spec, root, plan) {
         eprintln!("unionfs-run: cannot set up the container: {e}");
         sys::exit_now(EXIT_LAUNCHER);
     }
@@ -284,7 +297,7 @@ pub fn enter_user_namespace(uid: u32, gid: u32) -> Result<(), String> {
 /// Rootless: a relay process enters a user namespace (caller -> root),
 /// then a pid namespace, and forks init; it forwards signals to init and
 /// exits with its status. Never returns.
-pub fn rootless_relay(spec: &ContainerSpec, root: &Path, uid: u32, gid: u32) -> ! {
+pub fn rootless_relay(spec: &ContainerSpec, root: &Path, plan: &Plan, uid: u32, gid: u32) -> ! {
     let set = waited_signals();
     if let Err(e) = enter_user_namespace(uid, gid).and_then(|()| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
@@ -299,7 +312,7 @@ pub fn rootless_relay(spec: &ContainerSpec, root: &Path, uid: u32, gid: u32) -> 
     let init_pid = match sys::fork() {
         Ok(ForkResult::Child) => {
             drop(go_wr);
-            init(spec, root, go_rd)
+            init(spec, root, plan, go_rd)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
@@ -322,6 +335,8 @@ pub fn block_signals() -> nix::Result<SigSet> {
 
 #[cfg(test)]
 mod tests {
+    use nix::mount::MsFlags;
+
     use super::*;
 
     #[test]
@@ -336,6 +351,69 @@ mod tests {
         assert_eq!(exec_error_code(Errno::ENOENT), 127);
         assert_eq!(exec_error_code(Errno::EACCES), 126);
         assert_eq!(exec_error_code(Errno::ENOEXEC), 126);
+    }
+
+    /// The whole recorded sequence of a default container: namespaces,
+    /// mounts, pivot_root, then masks, seccomp and capabilities, last.
+    #[test]
+    fn setup_sequence_confines_after_pivot_root() {
+        use crate::sys::{Call, Recorder};
+        let spec = crate::spec::RawSpec {
+            argv: vec!["true".into()],
+            security_opt: vec!["no-new-privileges".into()],
+            ..crate::spec::RawSpec::default()
+        }
+        .validate("box".into())
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let plan = Plan::new(&spec.security).unwrap_or_else(|e| unreachable!("{e}"));
+        let r = Recorder::default();
+        setup(&r, &spec, Path::new("/run/c/root"), &plan).unwrap_or_else(|e| unreachable!("{e}"));
+        let calls = r.calls.into_inner();
+        let pos = |f: &dyn Fn(&Call) -> bool| calls.iter().position(f);
+        let unshare = pos(&|c| matches!(c, Call::Unshare(_)));
+        let pivot = pos(&|c| matches!(c, Call::PivotRoot(..)));
+        let detach = pos(&|c| matches!(c, Call::Umount(p, _) if p == Path::new(".")));
+        let not_dumpable = pos(&|c| *c == Call::NotDumpable);
+        assert!(detach < not_dumpable, "init is hidden once in its root");
+        let first_mask = pos(&|c| {
+            matches!(c, Call::Mount(Some(s), p, ..)
+            if s == "/dev/null" && p.starts_with("/proc"))
+        });
+        let sysctl_ro = pos(&|c| {
+            matches!(c, Call::Mount(None, p, None, f, None)
+            if p == Path::new("/proc/sys") && f.contains(MsFlags::MS_RDONLY))
+        });
+        let nnp = pos(&|c| *c == Call::NoNewPrivs);
+        let seccomp: Vec<usize> = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, Call::Seccomp(_)))
+            .map(|(i, _)| i)
+            .collect();
+        let first_cap = pos(&|c| matches!(c, Call::DropBounding(_)));
+        let set_caps = pos(&|c| matches!(c, Call::SetCaps(_)));
+        assert_eq!(unshare, Some(0));
+        for (a, b, what) in [
+            (pivot, detach, "pivot_root, then detach the old root"),
+            (detach, first_mask, "masks after the pivot"),
+            (first_mask, sysctl_ro, "read-only paths after the masks"),
+            (sysctl_ro, nnp, "no_new_privs after the mounts"),
+            (nnp, seccomp.first().copied(), "seccomp after no_new_privs"),
+            (
+                seccomp.last().copied(),
+                first_cap,
+                "capabilities after seccomp",
+            ),
+            (first_cap, set_caps, "bounding set before the others"),
+        ] {
+            assert!(a.is_some() && b.is_some() && a < b, "{what}: {calls:?}");
+        }
+        assert_eq!(seccomp.len(), 2, "allow-list, then the ENOSYS filter");
+        assert_eq!(calls.last(), Some(&Call::ClearAmbient));
+        // Nothing mounts after the confinement starts.
+        assert!(!calls[nnp.unwrap_or(0)..]
+            .iter()
+            .any(|c| matches!(c, Call::Mount(..) | Call::Umount(..) | Call::Unshare(_))));
     }
 
     #[test]

@@ -11,14 +11,23 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::spec::Net;
+use crate::spec::{Net, Security};
 use crate::sys::{SysResult, Syscall};
 
 /// Device nodes bind-mounted from the host.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Sets up the mounts under `root` (the union's mount point) and enters it.
-pub fn enter(sys: &dyn Syscall, root: &Path, hostname: &str, net: Net) -> SysResult<()> {
+/// Unless `sec` is privileged, the root and /dev are `nodev`: a device node
+/// the container makes (CAP_MKNOD is a default) cannot be opened, whatever
+/// the cgroup version; only the bind-mounted allow-list and devpts work.
+pub fn enter(
+    sys: &dyn Syscall,
+    root: &Path,
+    hostname: &str,
+    net: Net,
+    sec: &Security,
+) -> SysResult<()> {
     let at = |p: &str| -> PathBuf { root.join(p) };
     // Nothing we mount from here on may propagate back to the host.
     sys.mount(
@@ -39,6 +48,22 @@ pub fn enter(sys: &dyn Syscall, root: &Path, hostname: &str, net: Net) -> SysRes
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
+    let nodev = if sec.devices() {
+        MsFlags::MS_NODEV
+    } else {
+        MsFlags::empty()
+    };
+    if sec.devices() {
+        // Repeat the flags the mount has: a user namespace locks them.
+        let have = sys.mount_flags(root)?;
+        sys.mount(
+            None,
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | have,
+            None,
+        )?;
+    }
 
     sys.mkdir_all(&at("proc"), 0o555)?;
     sys.mount(
@@ -54,7 +79,7 @@ pub fn enter(sys: &dyn Syscall, root: &Path, hostname: &str, net: Net) -> SysRes
         Some("tmpfs"),
         &at("dev"),
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | nodev,
         Some("mode=755,size=65536k"),
     )?;
     for d in DEVICES {
@@ -95,7 +120,15 @@ pub fn enter(sys: &dyn Syscall, root: &Path, hostname: &str, net: Net) -> SysRes
     }
 
     sys.mkdir_all(&at("sys"), 0o555)?;
-    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // Read-only unless privileged (as docker has it).
+    let ro = MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC
+        | if sec.privileged {
+            MsFlags::empty()
+        } else {
+            MsFlags::MS_RDONLY
+        };
     if let Err(e) = sys.mount(Some("sysfs"), &at("sys"), Some("sysfs"), ro, None) {
         // Without owning the network namespace (rootless with --net host)
         // sysfs cannot be mounted: bind the host's, read-only.
@@ -140,7 +173,8 @@ mod tests {
     fn mount_sequence_is_fixed() {
         let r = Recorder::default();
         let root = Path::new("/run/c/root");
-        enter(&r, root, "box", Net::None).unwrap_or_else(|e| unreachable!("{e}"));
+        enter(&r, root, "box", Net::None, &Security::default())
+            .unwrap_or_else(|e| unreachable!("{e}"));
         let calls = r.calls.into_inner();
         // Propagation is made private before anything is mounted.
         assert!(matches!(&calls[0], Call::Mount(None, p, None, f, None)
@@ -157,8 +191,21 @@ mod tests {
             (root.to_path_buf(), None),
             "self-bind first"
         );
-        assert_eq!(mount_targets[2], (root.join("proc"), Some("proc".into())));
-        assert_eq!(mount_targets[3], (root.join("dev"), Some("tmpfs".into())));
+        assert_eq!(
+            mount_targets[2],
+            (root.to_path_buf(), None),
+            "nodev remount"
+        );
+        assert!(matches!(&calls[2], Call::Mount(None, _, None, f, None)
+            if f.contains(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NODEV)));
+        assert_eq!(mount_targets[3], (root.join("proc"), Some("proc".into())));
+        assert_eq!(mount_targets[4], (root.join("dev"), Some("tmpfs".into())));
+        // /dev is nodev: nodes made there cannot be opened; the bound
+        // devices are mounts of their own and keep working.
+        assert!(calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount(_, t, Some(ty), f, _)
+            if t == &root.join("dev") && ty == "tmpfs" && f.contains(MsFlags::MS_NODEV))));
         assert!(mount_targets.contains(&(root.join("dev/pts"), Some("devpts".into()))));
         assert!(mount_targets.contains(&(root.join("dev/shm"), Some("tmpfs".into()))));
         for d in DEVICES {
@@ -195,7 +242,43 @@ mod tests {
     #[test]
     fn host_network_keeps_lo_alone() {
         let r = Recorder::default();
-        enter(&r, Path::new("/r"), "h", Net::Host).unwrap_or_else(|e| unreachable!("{e}"));
+        enter(&r, Path::new("/r"), "h", Net::Host, &Security::default())
+            .unwrap_or_else(|e| unreachable!("{e}"));
         assert!(!r.calls.into_inner().contains(&Call::LoopbackUp));
+    }
+
+    #[test]
+    fn privileged_keeps_devices_and_a_writable_sys() {
+        let r = Recorder::default();
+        let sec = Security {
+            privileged: true,
+            ..Security::default()
+        };
+        enter(&r, Path::new("/r"), "h", Net::None, &sec).unwrap_or_else(|e| unreachable!("{e}"));
+        let calls = r.calls.into_inner();
+        assert!(!calls.iter().any(|c| matches!(c, Call::Mount(_, _, _, f, _)
+            if f.contains(MsFlags::MS_REMOUNT))));
+        assert!(calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount(_, t, Some(ty), f, _)
+            if t == Path::new("/r/dev") && ty == "tmpfs" && !f.contains(MsFlags::MS_NODEV))));
+        assert!(calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount(_, t, Some(ty), f, _)
+            if t == Path::new("/r/sys") && ty == "sysfs" && !f.contains(MsFlags::MS_RDONLY))));
+    }
+
+    #[test]
+    fn nodev_remount_repeats_the_mounts_own_flags() {
+        let r = Recorder {
+            flags: Some(MsFlags::MS_NOSUID | MsFlags::MS_NODEV),
+            ..Recorder::default()
+        };
+        enter(&r, Path::new("/r"), "h", Net::None, &Security::default())
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(
+            matches!(&r.calls.borrow()[2], Call::Mount(None, t, None, f, None)
+            if t == Path::new("/r") && f.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_REMOUNT))
+        );
     }
 }

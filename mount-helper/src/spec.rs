@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use crate::capabilities::{self, Capability};
+
 /// A launcher configuration error (exit status 125).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -39,6 +41,15 @@ pub enum SpecError {
     /// No command.
     #[error("no command given (usage: unionfs-run [OPTIONS] -- CMD [ARGS...])")]
     NoCommand,
+    /// `--cap-add` / `--cap-drop` with an unknown capability.
+    #[error("bad capability '{0}' (a name such as NET_ADMIN or CAP_NET_ADMIN, or ALL)")]
+    Cap(String),
+    /// `--security-opt` value.
+    #[error("bad --security-opt '{0}' (seccomp=unconfined or no-new-privileges[=true|false])")]
+    SecurityOpt(String),
+    /// `--hugetlb` value.
+    #[error("bad --hugetlb '{0}' (use PAGESIZE=LIMIT, e.g. 2MB=64M)")]
+    Hugetlb(String),
 }
 
 /// Network setup of the container.
@@ -51,7 +62,7 @@ pub enum Net {
 }
 
 /// Resource limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Limits {
     /// Memory limit in bytes.
     pub memory: Option<u64>,
@@ -59,6 +70,47 @@ pub struct Limits {
     pub pids: Option<u64>,
     /// CPU quota in millionths of a CPU (0.5 CPU = 500_000).
     pub cpu_micros: Option<u64>,
+    /// A hugetlb limit: page size as the kernel names it ("2MB") and bytes.
+    pub hugetlb: Option<(String, u64)>,
+}
+
+/// How the container is confined (docs/SECURITY.md): docker's defaults
+/// unless changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    /// `--privileged`: every capability, no seccomp filter, no masked or
+    /// read-only paths, every device.
+    pub privileged: bool,
+    /// The capabilities kept (sorted by number).
+    pub caps: Vec<Capability>,
+    /// Load the seccomp filter.
+    pub seccomp: bool,
+    /// Set no_new_privs.
+    pub no_new_privs: bool,
+}
+
+impl Default for Security {
+    fn default() -> Security {
+        Security {
+            privileged: false,
+            caps: capabilities::sorted(capabilities::DEFAULT),
+            seccomp: true,
+            no_new_privs: false,
+        }
+    }
+}
+
+impl Security {
+    /// Whether /proc and /sys paths are masked and made read-only.
+    pub fn masks(&self) -> bool {
+        !self.privileged
+    }
+
+    /// Whether device nodes are limited to the allow-list (devices cgroup,
+    /// nodev mounts).
+    pub fn devices(&self) -> bool {
+        !self.privileged
+    }
 }
 
 /// One container run.
@@ -84,6 +136,8 @@ pub struct ContainerSpec {
     pub user: Option<(u32, u32)>,
     /// Name (cgroup and state directory).
     pub name: String,
+    /// Confinement.
+    pub security: Security,
     /// The command and its arguments.
     pub argv: Vec<String>,
 }
@@ -158,8 +212,63 @@ pub struct RawSpec {
     pub user: Option<String>,
     /// `--name`.
     pub name: Option<String>,
+    /// `--privileged`.
+    pub privileged: bool,
+    /// `--cap-add`.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`.
+    pub cap_drop: Vec<String>,
+    /// `--security-opt`.
+    pub security_opt: Vec<String>,
+    /// `--hugetlb` (hidden).
+    pub hugetlb: Option<String>,
     /// The command.
     pub argv: Vec<String>,
+}
+
+/// Parses `2MB=64M`: a page size as the kernel's hugetlb files name it,
+/// and a limit.
+pub fn parse_hugetlb(s: &str) -> Option<(String, u64)> {
+    let (page, limit) = s.split_once('=')?;
+    let digits = page.trim_end_matches('B').trim_end_matches(['K', 'M', 'G']);
+    let unit = page.strip_prefix(digits)?;
+    if digits.is_empty()
+        || !digits.chars().all(|c| c.is_ascii_digit())
+        || !["KB", "MB", "GB"].contains(&unit)
+    {
+        return None;
+    }
+    Some((page.to_string(), parse_size(limit)?))
+}
+
+/// Applies `--privileged`, `--cap-add`, `--cap-drop`, `--security-opt`.
+pub fn parse_security(
+    privileged: bool,
+    add: &[String],
+    drop: &[String],
+    opts: &[String],
+) -> Result<Security, SpecError> {
+    let mut sec = Security {
+        caps: capabilities::resolve(add, drop).map_err(SpecError::Cap)?,
+        ..Security::default()
+    };
+    for o in opts {
+        let (k, v) = o
+            .split_once(['=', ':'])
+            .map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
+        match (k, v) {
+            ("seccomp", Some("unconfined")) => sec.seccomp = false,
+            ("no-new-privileges", None | Some("true")) => sec.no_new_privs = true,
+            ("no-new-privileges", Some("false")) => sec.no_new_privs = false,
+            _ => return Err(SpecError::SecurityOpt(o.clone())),
+        }
+    }
+    if privileged {
+        sec.privileged = true;
+        sec.caps = capabilities::all();
+        sec.seccomp = false;
+    }
+    Ok(sec)
 }
 
 impl RawSpec {
@@ -196,6 +305,16 @@ impl RawSpec {
                 _ => Err(SpecError::Env(e)),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let security = parse_security(
+            self.privileged,
+            &self.cap_add,
+            &self.cap_drop,
+            &self.security_opt,
+        )?;
+        let hugetlb = self
+            .hugetlb
+            .map(|h| parse_hugetlb(&h).ok_or(SpecError::Hugetlb(h)))
+            .transpose()?;
         let user = self
             .user
             .map(|u| parse_user(&u).ok_or(SpecError::User(u)))
@@ -232,6 +351,7 @@ impl RawSpec {
                 memory,
                 pids,
                 cpu_micros,
+                hugetlb,
             },
             hostname,
             net,
@@ -239,6 +359,7 @@ impl RawSpec {
             workdir: self.workdir,
             user,
             name,
+            security,
             argv: self.argv,
         })
     }
@@ -302,5 +423,55 @@ mod tests {
         assert_eq!(s.net, Net::None);
         assert!(s.layers.is_empty());
         assert_eq!(s.limits, Limits::default());
+        assert_eq!(s.security, Security::default());
+        assert!(s.security.seccomp && !s.security.no_new_privs && s.security.masks());
+        assert_eq!(s.security.caps.len(), 14);
+    }
+
+    #[test]
+    fn security_options() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let sec = parse_security(false, &[], &[], &v(&["seccomp=unconfined"]));
+        assert!(matches!(sec, Ok(s) if !s.seccomp && !s.privileged && s.masks()));
+        for nnp in [
+            "no-new-privileges",
+            "no-new-privileges=true",
+            "no-new-privileges:true",
+        ] {
+            let sec = parse_security(false, &[], &[], &v(&[nnp]));
+            assert!(matches!(sec, Ok(s) if s.no_new_privs && s.seccomp), "{nnp}");
+        }
+        for bad in [
+            "seccomp=/etc/profile.json",
+            "apparmor=x",
+            "no-new-privileges=maybe",
+            "",
+        ] {
+            assert_eq!(
+                parse_security(false, &[], &[], &v(&[bad])),
+                Err(SpecError::SecurityOpt(bad.into()))
+            );
+        }
+        let p = parse_security(true, &[], &v(&["ALL"]), &[]);
+        assert!(
+            matches!(p, Ok(s) if s.privileged && !s.seccomp && !s.masks() && !s.devices()
+            && s.caps == capabilities::all())
+        );
+        assert_eq!(
+            parse_security(false, &v(&["SYS_BOGUS"]), &[], &[]),
+            Err(SpecError::Cap("SYS_BOGUS".into()))
+        );
+        let mut r = raw(&["true"]);
+        r.cap_drop = vec!["nope".into()];
+        assert_eq!(r.validate("c".into()), Err(SpecError::Cap("nope".into())));
+    }
+
+    #[test]
+    fn hugetlb_values() {
+        assert_eq!(parse_hugetlb("2MB=64M"), Some(("2MB".into(), 64 << 20)));
+        assert_eq!(parse_hugetlb("1GB=2G"), Some(("1GB".into(), 2 << 30)));
+        for bad in ["2MB", "2M=1M", "MB=1M", "2MB=x", "x2MB=1M", "=1M"] {
+            assert_eq!(parse_hugetlb(bad), None, "{bad}");
+        }
     }
 }

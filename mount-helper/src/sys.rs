@@ -67,6 +67,48 @@ pub trait Syscall {
     fn sethostname(&self, name: &str) -> SysResult<()>;
     /// Brings the loopback interface up (in the current network namespace).
     fn loopback_up(&self) -> SysResult<()>;
+    /// What is at `path`: `None` when nothing is.
+    fn kind(&self, path: &Path) -> SysResult<Option<Kind>>;
+    /// The per-mount flags (MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC...)
+    /// of the mount holding `path`: a remount must repeat the ones a user
+    /// namespace locked.
+    fn mount_flags(&self, path: &Path) -> SysResult<MsFlags>;
+    /// prctl(PR_SET_NO_NEW_PRIVS, 1).
+    fn set_no_new_privs(&self) -> SysResult<()>;
+    /// prctl(PR_SET_DUMPABLE, 0): /proc/PID of this process (exe, mem,
+    /// root, fd) and ptrace are closed to processes without
+    /// CAP_SYS_PTRACE. An exec resets it, so the command is unaffected.
+    fn set_not_dumpable(&self) -> SysResult<()>;
+    /// seccomp(SECCOMP_SET_MODE_FILTER) with this program (no flags, so
+    /// it does not set no_new_privs by itself).
+    fn load_seccomp(&self, program: &[seccompiler::sock_filter]) -> SysResult<()>;
+    /// prctl(PR_CAPBSET_DROP, cap).
+    fn drop_bounding(&self, cap: caps::Capability) -> SysResult<()>;
+    /// Sets the inheritable, effective and permitted sets to `keep`.
+    fn set_caps(&self, keep: &[caps::Capability]) -> SysResult<()>;
+    /// prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL).
+    fn clear_ambient(&self) -> SysResult<()>;
+}
+
+/// What a path names, for choosing how to mask it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// Anything else.
+    File,
+}
+
+fn caps_ctx(what: String, e: caps::errors::CapsError) -> SysError {
+    // The caps crate keeps only the text; the errno is still the last one.
+    let errno = match nix::errno::Errno::last() {
+        nix::errno::Errno::UnknownErrno => nix::errno::Errno::EPERM,
+        e => e,
+    };
+    SysError {
+        what: format!("{what} ({e})"),
+        errno,
+    }
 }
 
 /// The real thing.
@@ -102,6 +144,13 @@ impl Syscall for Linux {
 
     fn mkdir_all(&self, path: &Path, mode: u32) -> SysResult<()> {
         use std::os::unix::fs::DirBuilderExt;
+        // A mount point an image has as a symlink (`proc -> /proc`) would
+        // send the mount wherever it points, outside the container's root,
+        // and leave a loop inside: it is replaced by a directory.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(path)
+                .map_err(|e| io_ctx(format!("replace symlink {}", path.display()), &e))?;
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)
@@ -191,6 +240,129 @@ impl Syscall for Linux {
         }
         Ok(())
     }
+
+    fn kind(&self, path: &Path) -> SysResult<Option<Kind>> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Some(Kind::Dir)),
+            Ok(_) => Ok(Some(Kind::File)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_ctx(format!("stat {}", path.display()), &e)),
+        }
+    }
+
+    fn mount_flags(&self, path: &Path) -> SysResult<MsFlags> {
+        use nix::sys::statvfs::FsFlags;
+        let st = ctx(
+            || format!("statvfs {}", path.display()),
+            nix::sys::statvfs::statvfs(path),
+        )?;
+        let f = st.flags();
+        let mut m = MsFlags::empty();
+        for (fs, ms) in [
+            (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if f.contains(fs) {
+                m |= ms;
+            }
+        }
+        Ok(m)
+    }
+
+    fn set_not_dumpable(&self) -> SysResult<()> {
+        ctx(
+            || "prctl(PR_SET_DUMPABLE, 0)".to_string(),
+            nix::sys::prctl::set_dumpable(false),
+        )
+    }
+
+    fn set_no_new_privs(&self) -> SysResult<()> {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if r != 0 {
+            return Err(SysError {
+                what: "prctl(PR_SET_NO_NEW_PRIVS)".into(),
+                errno: nix::errno::Errno::last(),
+            });
+        }
+        Ok(())
+    }
+
+    fn load_seccomp(&self, program: &[seccompiler::sock_filter]) -> SysResult<()> {
+        let len = u16::try_from(program.len()).map_err(|_| SysError {
+            what: format!("seccomp filter of {} instructions", program.len()),
+            errno: nix::errno::Errno::E2BIG,
+        })?;
+        // seccompiler's sock_filter has the kernel's layout (code, jt, jf, k).
+        let prog = libc::sock_fprog {
+            len,
+            filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+        };
+        // SAFETY: prog points to `len` valid instructions that outlive the
+        // call; the kernel copies them and keeps no pointer.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if r != 0 {
+            return Err(SysError {
+                what: format!("seccomp(SET_MODE_FILTER, {len} instructions)"),
+                errno: nix::errno::Errno::last(),
+            });
+        }
+        Ok(())
+    }
+
+    fn drop_bounding(&self, cap: caps::Capability) -> SysResult<()> {
+        // SAFETY: PR_CAPBSET_DROP takes integer arguments only.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                libc::c_ulong::from(cap.index()),
+                0,
+                0,
+                0,
+            )
+        };
+        match nix::errno::Errno::result(r) {
+            Ok(_) => Ok(()),
+            // Newer than this kernel (past cap_last_cap): nothing to drop.
+            Err(nix::errno::Errno::EINVAL) => Ok(()),
+            Err(errno) => Err(SysError {
+                what: format!("drop {cap} from the bounding set"),
+                errno,
+            }),
+        }
+    }
+
+    fn set_caps(&self, keep: &[caps::Capability]) -> SysResult<()> {
+        let set: caps::CapsHashSet = keep.iter().copied().collect();
+        // Inheritable first (it may not exceed permitted), then effective,
+        // then permitted (effective may not exceed it).
+        for cs in [
+            caps::CapSet::Inheritable,
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+        ] {
+            caps::set(None, cs, &set)
+                .map_err(|e| caps_ctx(format!("set {cs:?} capabilities"), e))?;
+        }
+        Ok(())
+    }
+
+    fn clear_ambient(&self) -> SysResult<()> {
+        caps::clear(None, caps::CapSet::Ambient)
+            .map_err(|e| caps_ctx("clear the ambient capabilities".into(), e))
+    }
 }
 
 /// One recorded call.
@@ -222,13 +394,33 @@ pub enum Call {
     Hostname(String),
     /// lo up.
     LoopbackUp,
+    /// no_new_privs set.
+    NoNewPrivs,
+    /// Made not dumpable.
+    NotDumpable,
+    /// A seccomp program of this many instructions loaded.
+    Seccomp(usize),
+    /// A capability dropped from the bounding set.
+    DropBounding(caps::Capability),
+    /// Inheritable, effective and permitted set to these.
+    SetCaps(Vec<caps::Capability>),
+    /// Ambient set cleared.
+    ClearAmbient,
 }
 
-/// A double that records every call and succeeds.
+/// A double that records every call and succeeds. Queries are not
+/// recorded: `kind` answers `Dir` for `dirs`, nothing for `missing`, and
+/// `File` otherwise; `mount_flags` answers `flags`.
 #[derive(Debug, Default)]
 pub struct Recorder {
     /// The calls, in order.
     pub calls: RefCell<Vec<Call>>,
+    /// Paths `kind` calls directories.
+    pub dirs: Vec<PathBuf>,
+    /// Paths `kind` says do not exist.
+    pub missing: Vec<PathBuf>,
+    /// What `mount_flags` answers (none by default).
+    pub flags: Option<MsFlags>,
 }
 
 impl Recorder {
@@ -285,6 +477,153 @@ impl Syscall for Recorder {
     fn loopback_up(&self) -> SysResult<()> {
         self.push(Call::LoopbackUp)
     }
+    fn kind(&self, path: &Path) -> SysResult<Option<Kind>> {
+        Ok(if self.missing.iter().any(|p| p == path) {
+            None
+        } else if self.dirs.iter().any(|p| p == path) {
+            Some(Kind::Dir)
+        } else {
+            Some(Kind::File)
+        })
+    }
+    fn mount_flags(&self, _path: &Path) -> SysResult<MsFlags> {
+        Ok(self.flags.unwrap_or(MsFlags::empty()))
+    }
+    fn set_no_new_privs(&self) -> SysResult<()> {
+        self.push(Call::NoNewPrivs)
+    }
+    fn set_not_dumpable(&self) -> SysResult<()> {
+        self.push(Call::NotDumpable)
+    }
+    fn load_seccomp(&self, program: &[seccompiler::sock_filter]) -> SysResult<()> {
+        self.push(Call::Seccomp(program.len()))
+    }
+    fn drop_bounding(&self, cap: caps::Capability) -> SysResult<()> {
+        self.push(Call::DropBounding(cap))
+    }
+    fn set_caps(&self, keep: &[caps::Capability]) -> SysResult<()> {
+        self.push(Call::SetCaps(keep.to_vec()))
+    }
+    fn clear_ambient(&self) -> SysResult<()> {
+        self.push(Call::ClearAmbient)
+    }
+}
+
+/// The part of `union bpf_attr` BPF_PROG_LOAD reads (the kernel zeroes
+/// what a shorter attr leaves out).
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// The part of `union bpf_attr` BPF_PROG_ATTACH reads.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgAttach {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// Loads a BPF_PROG_TYPE_CGROUP_DEVICE program (`insns`: 8-byte eBPF
+/// instructions) and returns its fd.
+pub fn bpf_load_device_program(insns: &[u8]) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if insns.is_empty() || insns.len() % 8 != 0 {
+        return Err(nix::errno::Errno::EINVAL);
+    }
+    let license = c"Apache-2.0";
+    let attr = BpfProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(insns.len() / 8).map_err(|_| nix::errno::Errno::E2BIG)?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..BpfProgLoad::default()
+    };
+    // SAFETY: attr is a valid BPF_PROG_LOAD attr of the size passed; the
+    // instruction and license buffers outlive the call, and the kernel
+    // copies them.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const BpfProgLoad,
+            std::mem::size_of::<BpfProgLoad>(),
+        )
+    };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    let fd = i32::try_from(fd).map_err(|_| nix::errno::Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd, owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches device program `prog` to the v2 cgroup directory `cgroup`
+/// (BPF_F_ALLOW_MULTI: programs of the ancestors still run, and all must
+/// allow).
+pub fn bpf_attach_device_program(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = BpfProgAttach {
+        target_fd: u32::try_from(cgroup.as_raw_fd()).map_err(|_| nix::errno::Errno::EBADF)?,
+        attach_bpf_fd: u32::try_from(prog.as_raw_fd()).map_err(|_| nix::errno::Errno::EBADF)?,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+    };
+    // SAFETY: attr is a valid BPF_PROG_ATTACH attr of the size passed,
+    // naming two open fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const BpfProgAttach,
+            std::mem::size_of::<BpfProgAttach>(),
+        )
+    };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
+/// Marks every fd from `first` up close-on-exec (close_range with
+/// CLOSE_RANGE_CLOEXEC): fds the launcher's caller left open must not
+/// reach the container's command (an fd of a host directory is a way out
+/// of any root). The fds stay valid here, so nothing owning one is hurt.
+pub fn cloexec_from(first: u32) -> nix::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on
+    // open fds; it closes none and takes no pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
 }
 
 /// fork(2). Call only while the process has one thread.
@@ -312,5 +651,29 @@ pub fn sigwaitinfo(set: &nix::sys::signal::SigSet) -> nix::Result<libc::siginfo_
         Err(nix::errno::Errno::last())
     } else {
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_mount_point_becomes_a_directory() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap_or_else(|e| unreachable!("{e}"));
+        let link = t.path().join("proc");
+        std::os::unix::fs::symlink(&outside, &link).unwrap_or_else(|e| unreachable!("{e}"));
+        Linux
+            .mkdir_all(&link, 0o555)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let m = std::fs::symlink_metadata(&link).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(m.is_dir() && !m.file_type().is_symlink());
+        assert!(outside.is_dir(), "the link's target is left alone");
+        // An existing directory stays as it is.
+        Linux
+            .mkdir_all(&link, 0o555)
+            .unwrap_or_else(|e| unreachable!("{e}"));
     }
 }

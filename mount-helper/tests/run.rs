@@ -204,6 +204,18 @@ fn upper_is_kept_without_rm_and_shows_the_changes() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let upper = s.0.join("t-keep/upper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.0.join("t-keep"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "others could reach the upper's device nodes"
+        );
+    }
     assert!(
         stderr(&o).contains(&upper.display().to_string()),
         "{}",
@@ -621,9 +633,15 @@ fn rootless_container_and_no_user_namespaces() {
             .output()
             .unwrap()
     };
-    let o = as_nobody(&["--rm", "--", "sh", "-c", "id -u; echo pid=$$; ls /sys/class/net; echo x > /etc/rootless-file && cat /etc/rootless-file"]);
+    let o = as_nobody(&["--rm", "--", "sh", "-c", "id -u; echo pid=$$; ls /sys/class/net; echo x > /etc/rootless-file && cat /etc/rootless-file; grep -E '^(CapBnd|Seccomp):' /proc/self/status | tr -d '\\t'"]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
-    assert_eq!(stdout(&o), "0\npid=2\nlo\nx\n", "{}", stderr(&o));
+    // Confined as a root container is, inside its user namespace.
+    assert_eq!(
+        stdout(&o),
+        "0\npid=2\nlo\nx\nCapBnd:00000000a80425fb\nSeccomp:2\n",
+        "{}",
+        stderr(&o)
+    );
     assert!(!Path::new("/etc/rootless-file").exists());
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&*state.to_string_lossy()), "{mounts}");
@@ -654,4 +672,656 @@ fn rootless_container_and_no_user_namespaces() {
     }
     assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Like `ready`, but with UNIONFS_TEST_REQUIRE=1 a test that cannot run
+/// fails instead of skipping (CI sets it where root and /dev/fuse exist).
+fn ready_or_required(what: &str) -> bool {
+    let ok = ready();
+    if !ok && std::env::var_os("UNIONFS_TEST_REQUIRE").is_some_and(|v| v == "1") {
+        panic!("{what} cannot run here, and UNIONFS_TEST_REQUIRE=1");
+    }
+    ok
+}
+
+/// What a default `podman run` refuses, tried from inside: one
+/// `name=ok`, `name=refused:ERRNO` or `name=absent` line each, then the
+/// capability and seccomp lines of /proc/self/status. argv: the major and
+/// minor of the host's root disk.
+const PROBE: &str = r#"
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def say(name, err=None):
+    print(f"{name}=" + ("ok" if err is None else "refused:" + errno.errorcode.get(err, str(err))), flush=True)
+def t(name, f):
+    try:
+        f(); say(name)
+    except OSError as e:
+        say(name, e.errno)
+def c(name, r):
+    say(name, None if r == 0 else ctypes.get_errno())
+def rewrite(p):
+    v = open(p, "rb").read()
+    with open(p, "wb") as f:
+        f.write(v)
+for p in ["/proc/sys/kernel/core_pattern", "/proc/sys/vm/swappiness"]:
+    t("sysctl:" + p, lambda: rewrite(p))
+if os.path.exists("/proc/sysrq-trigger"):
+    t("sysrq", lambda: os.close(os.open("/proc/sysrq-trigger", os.O_WRONLY)))
+else:
+    print("sysrq=absent")
+os.makedirs("/tmp/probe-mnt", exist_ok=True)
+for fs in ["tmpfs", "proc"]:
+    r = libc.mount(fs.encode(), b"/tmp/probe-mnt", fs.encode(), 0, None)
+    c("mount:" + fs, r)
+    if r == 0:
+        libc.umount2(b"/tmp/probe-mnt", 2)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if libc.unshare(0x20000) == 0 else ctypes.get_errno())
+st = os.waitpid(pid, 0)[1]
+say("unshare-mount-ns", None if os.waitstatus_to_exitcode(st) == 0 else os.waitstatus_to_exitcode(st))
+for p in ["/proc/keys", "/proc/timer_list", "/proc/kcore", "/proc/sched_debug", "/proc/interrupts", "/proc/latency_stats", "/proc/timer_stats"]:
+    if not os.path.exists(p):
+        print(f"read:{p}=absent")
+        continue
+    try:
+        with open(p, "rb") as f:
+            data = f.read(4096)
+        say("read:" + p, None if data else errno.ENODATA)
+    except OSError as e:
+        say("read:" + p, e.errno)
+major, minor = int(sys.argv[1]), int(sys.argv[2])
+for where in ["/tmp", "/dev"]:
+    for name, dev in [("disk", os.makedev(major, minor)), ("loop0", os.makedev(7, 0))]:
+        node = f"{where}/probe-{name}"
+        t(f"mknod:{where}:{name}", lambda: os.mknod(node, 0o600 | 0o60000, dev))
+        t(f"open:{where}:{name}", lambda: os.close(os.open(node, os.O_RDONLY)))
+t("init-exe", lambda: os.close(os.open("/proc/1/exe", os.O_PATH)))
+t("init-fds", lambda: os.close(os.open("/proc/1/fd/0", os.O_PATH)))
+fds = sorted(int(f) for f in os.listdir("/proc/self/fd") if int(f) > 2)
+print("inherited-fds=" + ",".join(str(f) for f in fds[:-1]), flush=True)
+libc.syscall.restype = ctypes.c_long
+r = libc.syscall(435, None, ctypes.c_size_t(0))
+print("clone3=" + errno.errorcode.get(ctypes.get_errno(), "?"), flush=True)
+for l in open("/proc/self/status"):
+    if l.startswith("Cap") or l.startswith("Seccomp:") or l.startswith("NoNewPrivs:"):
+        print(l.strip().replace(":\t", "=").replace(": ", "="), flush=True)
+"#;
+
+fn probe(s: &StateDir, extra: &[&str]) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata("/").unwrap().dev();
+    let (major, minor) = (
+        nix::sys::stat::major(dev).to_string(),
+        nix::sys::stat::minor(dev).to_string(),
+    );
+    let mut args = vec!["--rm"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "python3", "-c", PROBE, &major, &minor]);
+    // The caller leaves fd 7 open on the host's / (no close-on-exec): it
+    // must not reach the container.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("exec 7</ && exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(&args)
+        .env("UNIONFS_RUN_DIR", &s.0)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    stdout(&o)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Whether root on the host can open a block device node it makes (this
+/// machine's own sandbox may refuse the disk even to root).
+fn host_can_open_block(major: u64, minor: u64) -> bool {
+    let p = PathBuf::from(format!(
+        "/var/tmp/unionfs-run-probe-{major}-{minor}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&p);
+    let made = nix::sys::stat::mknod(
+        &p,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(major, minor),
+    )
+    .is_ok();
+    let ok = made && std::fs::File::open(&p).is_ok();
+    let _ = std::fs::remove_file(&p);
+    ok
+}
+
+fn host_reads(p: &str) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 64];
+    std::fs::File::open(p)
+        .and_then(|mut f| f.read(&mut b))
+        .is_ok_and(|n| n > 0)
+}
+
+#[test]
+fn default_container_refuses_what_docker_refuses_and_privileged_allows_it() {
+    use std::os::unix::fs::MetadataExt;
+    if !ready_or_required("the confinement test") {
+        return;
+    }
+    let s = StateDir::new("confine");
+    let d = probe(&s, &[]);
+    let get = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+        m.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {k} in {m:?}"))
+    };
+    let refused = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+        let v = get(m, k);
+        assert!(v.starts_with("refused:"), "{k}={v} in a default container");
+    };
+    for k in [
+        "sysctl:/proc/sys/kernel/core_pattern",
+        "sysctl:/proc/sys/vm/swappiness",
+        "mount:tmpfs",
+        "mount:proc",
+        "unshare-mount-ns",
+    ] {
+        refused(&d, k);
+    }
+    assert_eq!(
+        get(&d, "sysctl:/proc/sys/kernel/core_pattern"),
+        "refused:EROFS"
+    );
+    assert_eq!(get(&d, "mount:tmpfs"), "refused:EPERM");
+    assert_eq!(get(&d, "unshare-mount-ns"), "refused:EPERM");
+    if Path::new("/proc/sysrq-trigger").exists() {
+        refused(&d, "sysrq");
+    }
+    let masked = [
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/kcore",
+        "/proc/sched_debug",
+        "/proc/interrupts",
+        "/proc/latency_stats",
+        "/proc/timer_stats",
+    ];
+    let mut checked = 0;
+    for p in masked {
+        if host_reads(p) {
+            checked += 1;
+            refused(&d, &format!("read:{p}"));
+        }
+    }
+    assert!(
+        checked > 0,
+        "no masked file is readable on this host to check"
+    );
+    // MKNOD is a default capability, as in docker: the node is made, and
+    // cannot be opened (nodev mounts, and the devices cgroup on v1).
+    for where_ in ["/tmp", "/dev"] {
+        for name in ["disk", "loop0"] {
+            assert_eq!(get(&d, &format!("mknod:{where_}:{name}")), "ok");
+            let o = get(&d, &format!("open:{where_}:{name}"));
+            assert!(
+                o == "refused:EACCES" || o == "refused:EPERM",
+                "open:{where_}:{name}={o}"
+            );
+        }
+    }
+    assert_eq!(get(&d, "clone3"), "ENOSYS", "glibc must fall back to clone");
+    // Init runs the launcher's host binary: /proc/1 is closed to the
+    // container (runc's CVE-2019-5736), and no fd of the caller leaks in.
+    assert_eq!(get(&d, "init-exe"), "refused:EACCES");
+    assert_eq!(get(&d, "init-fds"), "refused:EACCES");
+    assert_eq!(get(&d, "inherited-fds"), "");
+    for set in ["CapBnd", "CapEff", "CapPrm", "CapInh"] {
+        assert_eq!(get(&d, set), "00000000a80425fb", "{set}: docker's 14");
+    }
+    assert_eq!(get(&d, "CapAmb"), "0000000000000000");
+    assert_eq!(get(&d, "Seccomp"), "2");
+    assert_eq!(get(&d, "NoNewPrivs"), "0", "set-uid programs keep working");
+    s.assert_clean();
+
+    // --privileged: all of it allowed (what the host itself allows).
+    let p = probe(&s, &["--privileged"]);
+    for k in [
+        "sysctl:/proc/sys/kernel/core_pattern",
+        "sysctl:/proc/sys/vm/swappiness",
+        "mount:tmpfs",
+        "mount:proc",
+        "unshare-mount-ns",
+    ] {
+        assert_eq!(get(&p, k), "ok", "{k} with --privileged");
+    }
+    if Path::new("/proc/sysrq-trigger").exists() {
+        assert_eq!(get(&p, "sysrq"), "ok");
+    }
+    for m in masked {
+        if host_reads(m) {
+            assert_eq!(get(&p, &format!("read:{m}")), "ok", "{m} with --privileged");
+        }
+    }
+    let dev = std::fs::metadata("/").unwrap().dev();
+    let disk = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    for where_ in ["/tmp", "/dev"] {
+        for (name, (maj, min)) in [("disk", disk), ("loop0", (7, 0))] {
+            assert_eq!(get(&p, &format!("mknod:{where_}:{name}")), "ok");
+            if host_can_open_block(maj, min) {
+                assert_eq!(
+                    get(&p, &format!("open:{where_}:{name}")),
+                    "ok",
+                    "{name} with --privileged"
+                );
+            }
+        }
+    }
+    assert_ne!(get(&p, "clone3"), "ENOSYS");
+    assert_eq!(get(&p, "inherited-fds"), "");
+    assert_eq!(get(&p, "Seccomp"), "0");
+    let host_bnd = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
+        .unwrap();
+    assert_eq!(get(&p, "CapEff"), host_bnd);
+    s.assert_clean();
+}
+
+#[test]
+fn cap_add_drop_and_security_opts_change_the_defaults() {
+    if !ready_or_required("the capability options test") {
+        return;
+    }
+    let s = StateDir::new("capopts");
+    let status = |extra: &[&str]| {
+        let mut a = vec!["--rm"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&[
+            "--",
+            "sh",
+            "-c",
+            "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'; unshare -m true 2>/dev/null && echo unshare=ok || echo unshare=refused; \
+             mount -t tmpfs t /mnt 2>/dev/null && mknod /mnt/l b 7 0 && { head -c 0 /mnt/l 2>/dev/null && echo dev-on-own-tmpfs=ok || echo dev-on-own-tmpfs=refused; }; true",
+        ]);
+        let o = s.run(&a);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    // SYS_ADMIN opens mount namespaces (capability and seccomp both).
+    let o = status(&["--cap-add", "sys_admin"]);
+    assert!(o.contains("CapEff:00000000a82425fb"), "{o}");
+    assert!(o.contains("unshare=ok"), "{o}");
+    // It can mount a tmpfs without nodev; the device list still holds.
+    assert!(o.contains("dev-on-own-tmpfs=refused"), "{o}");
+    let o = status(&["--cap-drop", "ALL", "--cap-add", "CAP_CHOWN"]);
+    assert!(o.contains("CapEff:0000000000000001"), "{o}");
+    let o = status(&["--security-opt", "seccomp=unconfined"]);
+    assert!(
+        o.contains("Seccomp:0") && o.contains("unshare=refused"),
+        "{o}"
+    );
+    let o = status(&["--security-opt", "no-new-privileges"]);
+    assert!(o.contains("NoNewPrivs:1") && o.contains("Seccomp:2"), "{o}");
+    for bad in [
+        &["--cap-add", "CAP_NOPE"][..],
+        &["--cap-drop", "net admin"][..],
+        &["--security-opt", "apparmor=unconfined"][..],
+        &["--hugetlb", "2M"][..],
+    ] {
+        let mut a = vec!["--rm"];
+        a.extend_from_slice(bad);
+        a.extend_from_slice(&["--", "true"]);
+        let o = s.run(&a);
+        assert_eq!(o.status.code(), Some(125), "{bad:?}");
+        assert_eq!(stderr(&o).lines().count(), 1, "{bad:?}: {}", stderr(&o));
+    }
+    s.assert_clean();
+}
+
+#[test]
+fn v1_devices_cgroup_holds_dockers_allow_list() {
+    if !ready_or_required("the devices cgroup test") {
+        return;
+    }
+    let devices = Path::new("/sys/fs/cgroup/devices");
+    if !devices.join("devices.list").exists() {
+        eprintln!("no v1 devices hierarchy here: the nodev mounts are what holds (SECURITY.md)");
+        return;
+    }
+    let s = StateDir::new("devcg");
+    let mut child = Command::new(bin())
+        .args(["--rm", "--name", "t-dev", "--", "sleep", "2"])
+        .env("UNIONFS_RUN_DIR", &s.0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Read once init is in: the list is complete before it may join.
+    let list = loop {
+        let found = cgroup_leftovers("t-dev");
+        if let Some(l) = found.iter().find_map(|d| {
+            let joined =
+                std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty());
+            joined
+                .then(|| std::fs::read_to_string(d.join("devices.list")).ok())
+                .flatten()
+        }) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no devices cgroup for t-dev");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(child.wait().unwrap().success());
+    let mut got: Vec<&str> = list.lines().collect();
+    got.sort_unstable();
+    let mut want = unionfs_run::cgroup::devices::ALLOW.to_vec();
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "not 'a *:* rwm': the container could open any device"
+    );
+    assert!(cgroup_leftovers("t-dev").is_empty());
+    s.assert_clean();
+}
+
+#[test]
+fn debian_workload_runs_under_the_default_confinement() {
+    if !ready_or_required("the Debian workload test") {
+        return;
+    }
+    let Some(root) = debian_root() else {
+        assert!(
+            std::env::var_os("UNIONFS_TEST_REQUIRE").is_none_or(|v| v != "1"),
+            "UNIONFS_TEST_REQUIRE=1 but no Debian root: set UNIONFS_TEST_ROOTFS (scripts/debian-rootfs.sh)"
+        );
+        eprintln!("skipped: set UNIONFS_TEST_ROOTFS to a Debian root (scripts/debian-rootfs.sh)");
+        return;
+    };
+    let s = StateDir::new("debconf");
+    // apt's own sandbox user, dpkg, a set-uid su, chroot, bash: what a
+    // Dockerfile's RUN lines do, all offline.
+    let script = "set -e; apt-get check >/dev/null; dpkg -l | grep -c '^ii' >/dev/null; \
+        dpkg --configure -a; apt-get install -y --no-download dpkg 2>&1 | tail -1; \
+        useradd -m tester; su tester -c 'id -un'; chroot / true; \
+        bash -c 'echo bash-ok'; grep Seccomp: /proc/self/status | tr -d '\\t'";
+    let o = s.run(&[
+        "--rm",
+        "--image",
+        root.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("0 upgraded, 0 newly installed"), "{out}");
+    assert!(out.contains("tester\nbash-ok\nSeccomp:2"), "{out}");
+    s.assert_clean();
+}
+
+/// Kills and reaps a child when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Restores the v2 root's cgroup.subtree_control and removes a test
+/// cgroup when dropped.
+struct V2Restore {
+    root: PathBuf,
+    had_hugetlb: bool,
+    test_cgroup: PathBuf,
+}
+
+impl Drop for V2Restore {
+    fn drop(&mut self) {
+        // The launcher's FUSE daemon started in the test cgroup and may
+        // still be exiting after the unmount.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.test_cgroup)
+            .is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.had_hugetlb {
+            // Containers of other tests may still be in the shared parent:
+            // take hugetlb back there first, so the root can let it go.
+            let parent = self.root.join("unionfs-run");
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "-hugetlb");
+            let _ = std::fs::remove_dir(parent);
+            let _ = std::fs::write(self.root.join("cgroup.subtree_control"), "-hugetlb");
+        }
+    }
+}
+
+/// The real v2 path: the launcher itself sits in a non-root v2 cgroup
+/// that holds a process (a systemd session scope, in effect), where
+/// enabling `+hugetlb` fails with EBUSY; the container's cgroup must go
+/// under `<root>/unionfs-run/` instead, with the limit in place.
+#[test]
+fn v2_hugetlb_limit_under_a_populated_launcher_cgroup() {
+    if !ready_or_required("the cgroup v2 hugetlb test") {
+        return;
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(root) = mi.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        post.starts_with("cgroup2 ")
+            .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap_or("")))
+    }) else {
+        assert!(
+            std::env::var_os("UNIONFS_TEST_REQUIRE").is_none_or(|v| v != "1"),
+            "no cgroup2 mount, and UNIONFS_TEST_REQUIRE=1"
+        );
+        eprintln!("skipped: no cgroup v2 hierarchy");
+        return;
+    };
+    let offered = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let v1_hugetlb = mi
+        .lines()
+        .any(|l| l.contains(" - cgroup ") && l.contains("hugetlb"));
+    if !offered.split_whitespace().any(|c| c == "hugetlb")
+        || v1_hugetlb
+        || !Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists()
+    {
+        eprintln!("skipped: hugetlb (2MB pages) is not a v2 controller here");
+        return;
+    }
+    let had_hugetlb = std::fs::read_to_string(root.join("cgroup.subtree_control"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "hugetlb");
+    let test_cgroup = root.join(format!("unionfs-run-test-launcher-{}", std::process::id()));
+    std::fs::create_dir(&test_cgroup).unwrap();
+    let restore = V2Restore {
+        root: root.clone(),
+        had_hugetlb,
+        test_cgroup: test_cgroup.clone(),
+    };
+    // The EBUSY the old launcher hit: a populated non-root cgroup.
+    let holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec sleep 30",
+            test_cgroup.display()
+        ))
+        .spawn()
+        .unwrap();
+    // Dropped before `restore`, so the test cgroup is empty when removed.
+    let holder_guard = KillOnDrop(holder);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(test_cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "holder did not join");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // With hugetlb enabled in the root (as the launcher does), the
+    // populated child still refuses it for its own children.
+    std::fs::write(root.join("cgroup.subtree_control"), "+hugetlb").unwrap();
+    let e = std::fs::write(test_cgroup.join("cgroup.subtree_control"), "+hugetlb");
+    assert_eq!(
+        e.as_ref().err().and_then(std::io::Error::raw_os_error),
+        Some(libc::EBUSY),
+        "a populated cgroup should refuse +hugetlb: {e:?}"
+    );
+    // The launcher runs from inside that cgroup, as from a session scope.
+    let s = StateDir::new("v2huge");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$0\" --rm --name t-huge --hugetlb 2MB=4M -- sleep 2",
+            test_cgroup.display()
+        ))
+        .arg(bin())
+        .env("UNIONFS_RUN_DIR", &s.0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = root.join("unionfs-run/unionfs-run-t-huge");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let max = loop {
+        if let Ok(v) = std::fs::read_to_string(dir.join("hugetlb.2MB.max")) {
+            break v;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("launcher exited {st}: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no v2 cgroup at {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(max.trim(), (4u64 << 20).to_string());
+    // The limit is written before init joins: wait for it to be there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let procs = loop {
+        let p = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if !p.trim().is_empty() || Instant::now() > deadline {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert!(
+        !procs.trim().is_empty(),
+        "the container ran in its v2 cgroup"
+    );
+    assert!(!dir.exists(), "container cgroup left behind");
+    s.assert_clean();
+    drop(holder_guard);
+    drop(restore);
+    assert!(!test_cgroup.exists(), "test cgroup left behind");
+}
+
+/// The BPF device program alone (v1 devices of the test process allow
+/// everything): a process in a v2 cgroup with it attached may use
+/// /dev/null but not open a block device the host itself can open.
+#[test]
+fn v2_device_program_refuses_devices_off_the_list() {
+    if !ready_or_required("the v2 device program test") {
+        return;
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(root) = mi.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        post.starts_with("cgroup2 ")
+            .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap_or("")))
+    }) else {
+        eprintln!("skipped: no cgroup v2 hierarchy");
+        return;
+    };
+    if !host_can_open_block(7, 0) {
+        eprintln!("skipped: root on this host cannot open a loop device to compare");
+        return;
+    }
+    let cg = root.join(format!("unionfs-run-test-devprog-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap();
+    let _rm = V2Restore {
+        root: root.clone(),
+        had_hugetlb: true,
+        test_cgroup: cg.clone(),
+    };
+    unionfs_run::cgroup::devices::attach_v2(&cg).unwrap();
+    let node = format!("/var/tmp/unionfs-run-devprog-{}", std::process::id());
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs || exit 9; \
+             mknod {node} b 7 0 && echo mknod=ok; \
+             head -c 0 {node} 2>&1 && echo open=ok; rm -f {node}; \
+             echo x > /dev/null && echo null=ok",
+            cg.display()
+        ))
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(out.contains("mknod=ok"), "{out}");
+    assert!(!out.contains("open=ok"), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("null=ok"), "{out}");
+}
+
+/// The command shares the caller's terminal: TIOCSTI would type into the
+/// caller's shell (a command run as the caller once the container exits).
+/// `script` gives the launcher a terminal of its own to try it on.
+#[test]
+fn terminal_input_cannot_be_injected() {
+    if !ready_or_required("the terminal injection test") {
+        return;
+    }
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("UNIONFS_TEST_REQUIRE").is_none_or(|v| v != "1"),
+            "no script(1) (util-linux), and UNIONFS_TEST_REQUIRE=1"
+        );
+        eprintln!("skipped: no script(1)");
+        return;
+    }
+    let s = StateDir::new("tty");
+    let inject = "import fcntl, termios\ntry:\n    fcntl.ioctl(1, termios.TIOCSTI, b'#')\n    print('TIOCSTI=ok')\nexcept OSError as e:\n    print('TIOCSTI=refused', e.errno)";
+    let run = |extra: &str| {
+        let o = Command::new("script")
+            .arg("-qec")
+            .arg(format!(
+                "{} --rm {extra} -- python3 -c \"{inject}\"",
+                bin().display()
+            ))
+            .arg("/dev/null")
+            .env("UNIONFS_RUN_DIR", &s.0)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        stdout(&o)
+    };
+    let out = run("");
+    assert!(
+        out.contains(&format!("TIOCSTI=refused {}", libc::EPERM)),
+        "{out}"
+    );
+    // The check is real: unconfined, the same ioctl goes through here
+    // (where the kernel still allows TIOCSTI to a process on its tty).
+    if std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").is_ok_and(|v| v.trim() == "1") {
+        let out = run("--security-opt seccomp=unconfined");
+        assert!(out.contains("TIOCSTI=ok"), "{out}");
+    }
+    s.assert_clean();
 }

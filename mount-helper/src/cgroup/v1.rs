@@ -33,6 +33,14 @@ pub fn limit(dir: &Path, c: &str, l: &Limits) -> Result<(), CgroupError> {
                 write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
             }
         }
+        "hugetlb" => {
+            if let Some((page, bytes)) = &l.hugetlb {
+                write(
+                    &dir.join(format!("hugetlb.{page}.limit_in_bytes")),
+                    &bytes.to_string(),
+                )?;
+            }
+        }
         _ => {}
     }
     Ok(())
