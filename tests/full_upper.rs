@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-const SMALL_FS: &str = "size=4m,nr_inodes=256,mode=0755";
+const SMALL_FS: &str = "size=2m,nr_inodes=256,mode=0755";
 const MIB: usize = 1 << 20;
 
 /// The small filesystem the upper lives on, with the filler objects.
@@ -120,7 +120,7 @@ impl Small {
     fn fill_ispace(&mut self) {
         loop {
             let n = format!("user.f{}", self.xattrs.len());
-            match xattr::set(&self.fill, &n, &[0x5a; 32]) {
+            match xattr::set(&self.fill, &n, &vec![0x5a; ispace_step()]) {
                 Ok(()) => self.xattrs.push(n),
                 Err(e) if is_full(&e) => break,
                 Err(e) => panic!("filling the inode space: {e}"),
@@ -143,6 +143,14 @@ impl Small {
     fn fill_all(&mut self) {
         self.fill_blocks();
         self.fill_inodes();
+        // Trade a few inodes for small xattrs, so the sweep gives back the
+        // space of an inode in a dozen steps and meets every allocation of
+        // an operation (inode, then each xattr) one by one.
+        for _ in 0..4 {
+            if let Some(p) = self.inodes.pop() {
+                fs::remove_file(p).unwrap();
+            }
+        }
         self.fill_ispace();
     }
 
@@ -155,6 +163,16 @@ impl Small {
     fn free_bytes(&self) -> u64 {
         let st = nix::sys::statvfs::statvfs(&self.root).unwrap();
         st.blocks_available() as u64 * st.fragment_size() as u64
+    }
+}
+
+/// Bytes of xattr value per step of the inode-space sweep: fine when
+/// soaking, coarser (fewer attempts) in CI.
+fn ispace_step() -> usize {
+    if rounds() > 1 {
+        16
+    } else {
+        120
     }
 }
 
@@ -182,9 +200,9 @@ impl Setup {
         let s = Scratch::new(&format!("full-{format}"));
         let lower = s.dir("lower");
         // Bigger than the whole upper filesystem: can never be copied up.
-        file(&lower, "huge", &bytes_for("huge", 6 * MIB), 0o644);
+        file(&lower, "huge", &bytes_for("huge", 3 * MIB), 0o644);
         // Fits when the filesystem is empty, not when it is full.
-        file(&lower, "big", &bytes_for("big", MIB), 0o644);
+        file(&lower, "big", &bytes_for("big", MIB / 2), 0o644);
         for i in 0..4 {
             let n = format!("s/small{i}");
             file(&lower, &n, &bytes_for(&n, 64 << 10), 0o644);
@@ -193,6 +211,10 @@ impl Setup {
         file(&lower, "dir/sub/b", &bytes_for("dir/sub/b", 5000), 0o644);
         file(&lower, "h1", &bytes_for("h1", 200 << 10), 0o644);
         hardlink(&lower, "h1", "h2");
+        file(&lower, "h3", &bytes_for("h3", 20 << 10), 0o644);
+        hardlink(&lower, "h3", "h4");
+        file(&lower, "h5", &bytes_for("h5", 20 << 10), 0o644);
+        hardlink(&lower, "h5", "h6");
         file(&lower, "victim", b"delete me", 0o644);
         file(
             &lower,
@@ -287,6 +309,8 @@ struct Op {
     name: &'static str,
     /// What is freed between attempts: inodes, or bytes of data.
     budget: Budget,
+    /// Done first, while there is space.
+    prepare: fn(&Setup),
     run: fn(&Setup) -> io::Result<()>,
     done: fn(&Setup),
 }
@@ -314,42 +338,49 @@ fn ops() -> Vec<Op> {
     vec![
         Op {
             name: "create",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::File::create(s.m("new-file")).map(drop),
             done: |s| assert_eq!(fs::read(s.m("new-file")).unwrap(), b""),
         },
         Op {
             name: "mkdir",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::create_dir(s.m("new-dir")),
             done: |s| assert!(fs::metadata(s.m("new-dir")).unwrap().is_dir()),
         },
         Op {
             name: "symlink",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| std::os::unix::fs::symlink("target", s.m("new-link")),
             done: |s| assert_eq!(fs::read_link(s.m("new-link")).unwrap(), Path::new("target")),
         },
         Op {
             name: "copy-up of a small file",
+            prepare: |_| {},
             budget: Budget::Bytes(16 << 10),
             run: |s| copy_up_append(s, "s/small0"),
             done: |s| assert_appended(s, "s/small0", 64 << 10),
         },
         Op {
             name: "copy-up of a small file (inodes)",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| copy_up_append(s, "s/small1"),
             done: |s| assert_appended(s, "s/small1", 64 << 10),
         },
         Op {
             name: "copy-up of a file bigger than the free space",
-            budget: Budget::Bytes(256 << 10),
+            prepare: |_| {},
+            budget: Budget::Bytes(128 << 10),
             run: |s| copy_up_append(s, "big"),
-            done: |s| assert_appended(s, "big", MIB),
+            done: |s| assert_appended(s, "big", MIB / 2),
         },
         Op {
             name: "hard-link copy-up",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| copy_up_append(s, "h1"),
             done: |s| {
@@ -370,6 +401,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "link of a lower file",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::hard_link(s.m("s/small2"), s.m("s/small2-link")),
             done: |s| {
@@ -383,6 +415,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "rename of a lower directory (redirect + whiteout)",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::rename(s.m("dir"), s.m("dir-renamed")),
             done: |s| {
@@ -395,6 +428,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "rename of a lower file (whiteout)",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::rename(s.m("s/small3"), s.m("small3-moved")),
             done: |s| {
@@ -404,9 +438,37 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "unlink of a lower file (whiteout)",
+            prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::remove_file(s.m("victim")),
             done: |s| assert_absent(&s.mnt, &["/victim"]),
+        },
+        Op {
+            name: "unlink of one name of a lower hard-link pair (index + whiteout)",
+            prepare: |_| {},
+            budget: Budget::Inodes,
+            run: |s| fs::remove_file(s.m("h3")),
+            done: |s| {
+                assert_absent(&s.mnt, &["/h3"]);
+                let m = fs::metadata(s.m("h4")).unwrap();
+                assert_eq!(m.nlink(), 1, "h4 keeps a count of 2 after h3 went");
+                assert!(fs::read(s.m("h4")).unwrap() == bytes_for("h3", 20 << 10));
+            },
+        },
+        Op {
+            name: "rename of the second name of a copied-up hard link (link from the index)",
+            prepare: |s| copy_up_append(s, "h5").unwrap(),
+            budget: Budget::Inodes,
+            run: |s| fs::rename(s.m("h6"), s.m("h6-moved")),
+            done: |s| {
+                assert_absent(&s.mnt, &["/h6"]);
+                let mut want = bytes_for("h5", 20 << 10);
+                want.extend_from_slice(b"+appended");
+                for n in ["h5", "h6-moved"] {
+                    assert!(fs::read(s.m(n)).unwrap() == want, "{n}: wrong content");
+                    assert_eq!(fs::metadata(s.m(n)).unwrap().nlink(), 2, "{n}: nlink");
+                }
+            },
         },
     ]
 }
@@ -415,14 +477,14 @@ fn ops() -> Vec<Op> {
 /// ENOSPC whatever is free, and gives all the space it took back.
 fn huge_copy_up_fails_cleanly(s: &Setup) {
     let free = s.small.free_bytes();
-    let e = copy_up_append(s, "huge").expect_err("a 6 MiB copy-up into 4 MiB succeeded");
+    let e = copy_up_append(s, "huge").expect_err("a 3 MiB copy-up into 2 MiB succeeded");
     assert!(
         is_full(&e),
         "copy-up of huge: {} instead of ENOSPC",
         errname(&e)
     );
     assert!(
-        fs::read(s.m("huge")).unwrap() == bytes_for("huge", 6 * MIB),
+        fs::read(s.m("huge")).unwrap() == bytes_for("huge", 3 * MIB),
         "huge changed"
     );
     assert_eq!(
@@ -476,6 +538,7 @@ fn run_sweep(format: &'static str, seed: u64) {
     Rng::new(seed).shuffle(&mut ops);
     for op in &ops {
         s.small.free_all();
+        (op.prepare)(&s);
         s.small.fill_all();
         // Writing into the full filesystem.
         {
@@ -498,8 +561,8 @@ fn run_sweep(format: &'static str, seed: u64) {
             }
         }
         let mut attempts = 0;
+        let mut before = view(&s.mnt);
         loop {
-            let before = view(&s.mnt);
             match (op.run)(&s) {
                 Ok(()) => {
                     assert_eq!(s.work_junk(), Vec::<String>::new(), "{}: junk", op.name);
@@ -524,6 +587,7 @@ fn run_sweep(format: &'static str, seed: u64) {
                         &after,
                         AFTER_FAILURE,
                     );
+                    before = after;
                     assert_eq!(
                         s.work_junk(),
                         Vec::<String>::new(),
@@ -543,7 +607,7 @@ fn run_sweep(format: &'static str, seed: u64) {
                 Budget::Inodes => s.small.free_inodes(1),
                 Budget::Bytes(n) => s.small.free_blocks(n),
             }
-            if attempts > 150 {
+            if attempts > 300 {
                 s.small.free_all();
             }
         }

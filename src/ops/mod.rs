@@ -234,16 +234,14 @@ impl UnionFs {
     }
 
     /// Shifts the recorded link-count offset of an upper file, if it has one.
-    fn shift_nlink(&self, state: &NodeState, by: i64) {
+    fn shift_nlink(&self, state: &NodeState, by: i64) -> Result<()> {
         let (Some(upper), Some(top)) = (&self.upper, state.layers.first()) else {
-            return;
+            return Ok(());
         };
         if top.branch != upper.branch || by == 0 {
-            return;
+            return Ok(());
         }
-        if let Ok(fd) = top.fd() {
-            upper.shift_nlink_offset(std::os::fd::AsFd::as_fd(&*fd), by);
-        }
+        upper.shift_nlink_offset(std::os::fd::AsFd::as_fd(&*top.fd()?), by)
     }
 
     /// The union attributes of node `ino` whose topmost instance has `st`.
