@@ -216,6 +216,8 @@ impl Setup {
         file(&lower, "h5", &bytes_for("h5", 20 << 10), 0o644);
         hardlink(&lower, "h5", "h6");
         file(&lower, "victim", b"delete me", 0o644);
+        mkdir(&lower, "empty1", 0o755);
+        mkdir(&lower, "empty2", 0o755);
         file(
             &lower,
             "keep/reader",
@@ -469,6 +471,23 @@ fn ops() -> Vec<Op> {
                     assert_eq!(fs::metadata(s.m(n)).unwrap().nlink(), 2, "{n}: nlink");
                 }
             },
+        },
+        Op {
+            name: "rmdir of a lower directory (whiteout)",
+            prepare: |_| {},
+            budget: Budget::Inodes,
+            run: |s| fs::remove_dir(s.m("empty1")),
+            done: |s| assert_absent(&s.mnt, &["/empty1"]),
+        },
+        Op {
+            name: "rmdir of a copied-up directory (whiteout, upper dir moved out)",
+            prepare: |s| {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(s.m("empty2"), fs::Permissions::from_mode(0o700)).unwrap();
+            },
+            budget: Budget::Inodes,
+            run: |s| fs::remove_dir(s.m("empty2")),
+            done: |s| assert_absent(&s.mnt, &["/empty2"]),
         },
     ]
 }

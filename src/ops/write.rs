@@ -485,8 +485,18 @@ impl UnionFs {
                 }
             }
             (true, crate::config::WhiteoutFormat::Aufs) => {
+                let had = upper.whiteout_at(dir, name)?;
                 upper.write_aufs_whiteout_only(dir, name)?;
-                sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
+                if let Err(e) =
+                    sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)
+                {
+                    // The directory stays: so must the view, without a
+                    // whiteout that would outlive it.
+                    if !had {
+                        let _ = upper.remove_aufs_whiteout(dir, name);
+                    }
+                    return Err(e);
+                }
             }
             (false, _) => {
                 sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
