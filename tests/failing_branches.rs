@@ -183,6 +183,7 @@ fn faulty_fuse_lower_gives_eio_and_logs_once() {
     file(&src, "dir/bad_xattr", b"xattr fails", 0o644);
     file(&src, "bad_dir/inside", b"never listed", 0o644);
     file(&src, "bad_dir/sub/deeper", b"found by name", 0o644);
+    file(&src, "dir/bad_lookup", b"cannot be found", 0o644);
     let lower2 = s.dir("lower2");
     file(&lower2, "from_lower2", b"lower2", 0o644);
     file(&lower2, "bad_dir/also_in_lower2", b"x", 0o644);
@@ -195,6 +196,7 @@ fn faulty_fuse_lower_gives_eio_and_logs_once() {
     faults.add(FaultOp::Read, "bad_read", libc::EIO);
     faults.add(FaultOp::Readdir, "bad_dir", libc::EIO);
     faults.add(FaultOp::Getxattr, "bad_xattr", libc::EIO);
+    faults.add(FaultOp::Lookup, "bad_lookup", libc::EIO);
     let session = faultfs::spawn(&src, &fmnt, Arc::clone(&faults));
     let session = match session {
         Ok(se) => se,
@@ -236,6 +238,12 @@ fn faulty_fuse_lower_gives_eio_and_logs_once() {
         let p = mnt.join("dir/bad_xattr");
         let r = guarded("getxattr bad_xattr", move || xattr::get(p, "user.x"));
         assert_eq!(errno(&r), Some(libc::EIO), "getxattr of dir/bad_xattr #{k}");
+    }
+    // EIO on lookup (the name is there, the branch cannot say so).
+    for k in 0..n {
+        let p = mnt.join("dir/bad_lookup");
+        let r = guarded("stat bad_lookup", move || fs::metadata(p));
+        assert_eq!(errno(&r), Some(libc::EIO), "lookup of dir/bad_lookup #{k}");
     }
     // A copy-up of a file that cannot be read fails, leaving nothing.
     let p = mnt.join("bad_read");
@@ -307,8 +315,10 @@ fn faulty_fuse_lower_gives_eio_and_logs_once() {
         lines.join("\n")
     );
     assert_eq!(count("open", "/bad_read"), 1, "log:\n{}", lines.join("\n"));
+    // A failed lookup is logged against the directory it was made in.
+    assert_eq!(count("lookup", "/dir"), 1, "log:\n{}", lines.join("\n"));
     assert!(
-        lines.len() <= 6,
+        lines.len() <= 7,
         "more fault lines than distinct faults:\n{}",
         lines.join("\n")
     );
@@ -376,21 +386,25 @@ fn read_path(p: PathBuf) -> impl FnOnce() -> io::Result<Vec<u8>> + Send + 'stati
 
 /// Exercises a branch that went away under the union: the known, the
 /// open, the never-seen, a copy-up, a listing; then checks the rest.
-fn exercise_vanished(p: &Plain, d: &mut Daemon, gone: &str, open: fs::File) {
+/// `dead`: the whole branch answers nothing any more (not only `gone`).
+fn exercise_vanished(p: &Plain, d: &mut Daemon, gone: &str, open: fs::File, dead: bool) {
     let m = &p.mnt;
     let old1 = b"one".to_vec();
     for _ in 0..rounds() {
+        // (An earlier round's copy-up may have appended to it.)
         vanished_ok(
             "read of a known file",
-            guarded("read", read_path(m.join(format!("{gone}/f1")))),
+            guarded("read", read_path(m.join(format!("{gone}/f1"))))
+                .map(|d| d[..d.len().min(3)].to_vec()),
             &old1,
         );
-        let mut open = open.try_clone().unwrap();
+        let open = open.try_clone().unwrap();
         vanished_ok(
             "read through a handle opened before",
             guarded("read handle", move || {
-                let mut b = Vec::new();
-                open.read_to_end(&mut b).map(|_| b)
+                use std::os::unix::fs::FileExt;
+                let mut b = vec![0u8; 16];
+                open.read_at(&mut b, 0).map(|n| b[..n].to_vec())
             }),
             b"two",
         );
@@ -433,14 +447,45 @@ fn exercise_vanished(p: &Plain, d: &mut Daemon, gone: &str, open: fs::File) {
             "junk in the workdir"
         );
     }
-    // The rest of the view is not affected.
-    assert_files(m, &[("keep/file", b"kept"), ("top", b"top")]);
-    fs::write(m.join("new"), b"writes work").unwrap();
-    assert_eq!(fs::read(m.join("new")).unwrap(), b"writes work");
+    // The rest of the view is not affected: what the union found before
+    // (in other branches, or in the upper) serves, and writes to it work.
+    assert_files(
+        m,
+        &[
+            ("keep/file", b"kept"),
+            ("top", b"top"),
+            ("written", b"before"),
+        ],
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("written"))
+        .and_then(|mut f| f.write_all(b"+after"))
+        .unwrap();
+    assert_eq!(fs::read(m.join("written")).unwrap(), b"before+after");
+    // A name the union has not seen must be asked of every branch, the
+    // dead one too (it might hold the name, or a whiteout of it): while a
+    // branch is dead such a lookup is EIO — never a guess, never a hang.
+    let fresh = m.join("fresh");
+    let r = guarded("create fresh", move || fs::write(fresh, b"new"));
+    if dead {
+        assert_eq!(errno(&r), Some(libc::EIO), "a new name under a dead branch");
+    } else {
+        r.unwrap();
+        assert_eq!(fs::read(m.join("fresh")).unwrap(), b"new");
+    }
     assert!(d.alive(), "the daemon died");
-    // Vanished objects are not faults of the branch: no flood either way.
+    // No flood in the log either way.
     let lines = d.fault_lines();
-    assert!(lines.len() <= 8, "fault lines:\n{}", lines.join("\n"));
+    eprintln!("fault lines:\n{}", lines.join("\n"));
+    assert!(lines.len() <= 10, "fault lines:\n{}", lines.join("\n"));
+}
+
+/// Before the branch goes: the union and the kernel know these.
+fn visit_before(m: &Path) {
+    assert_eq!(fs::read(m.join("keep/file")).unwrap(), b"kept");
+    assert_eq!(fs::read(m.join("top")).unwrap(), b"top");
+    fs::write(m.join("written"), b"before").unwrap();
 }
 
 fn populate(root: &Path, gone: &str) {
@@ -463,8 +508,9 @@ fn lower_directory_removed_under_the_union() {
     // Known to the union and the kernel before it goes.
     assert_eq!(fs::read(p.mnt.join("d/f1")).unwrap(), b"one");
     let open = fs::File::open(p.mnt.join("d/f2")).unwrap();
+    visit_before(&p.mnt);
     fs::remove_dir_all(p.lower.join("d")).unwrap();
-    exercise_vanished(&p, &mut d, "d", open);
+    exercise_vanished(&p, &mut d, "d", open, false);
     d.stop();
 }
 
@@ -495,9 +541,60 @@ fn lower_filesystem_unmounted_under_the_union() {
     let mut d = Daemon::start(&[&lt, &p.lower], &p.upper, &p.work, &p.mnt, &log);
     assert_eq!(fs::read(p.mnt.join("d/f1")).unwrap(), b"one");
     let open = fs::File::open(p.mnt.join("d/f2")).unwrap();
+    visit_before(&p.mnt);
     let out = run("umount", &["-l", lt.to_str().unwrap()]);
     assert!(out.ok(), "lazy umount failed:\n{out}");
     assert!(!is_mounted(&lt));
-    exercise_vanished(&p, &mut d, "d", open);
+    exercise_vanished(&p, &mut d, "d", open, false);
     d.stop();
+}
+
+#[test]
+fn fuse_lower_aborted_under_the_union() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let p = plain("abort-lower");
+    let src = p.s.dir("src");
+    populate(&src, "d");
+    file(&p.lower, "keep/file", b"kept", 0o644);
+    file(&p.lower, "top", b"top", 0o644);
+    let fmnt = p.s.dir("faultmnt");
+    let session = match faultfs::spawn(&src, &fmnt, Arc::new(Faults::default())) {
+        Ok(se) => se,
+        Err(e) => {
+            skip_or_fail(&format!("cannot mount faultfs: {e}"));
+            return;
+        }
+    };
+    let _fguard = Mount::adopt(&fmnt);
+    assert!(
+        wait_until(HANG, || is_mounted(&fmnt)),
+        "faultfs not mounted"
+    );
+    let log = p.s.path("daemon.log");
+    let mut d = Daemon::start(&[&fmnt, &p.lower], &p.upper, &p.work, &p.mnt, &log);
+    assert_eq!(fs::read(p.mnt.join("d/f1")).unwrap(), b"one");
+    let open = fs::File::open(p.mnt.join("d/f2")).unwrap();
+    visit_before(&p.mnt);
+    // The lower's daemon goes away as if it crashed: its connection is
+    // aborted, and every request to it fails with ENOTCONN from now on.
+    // (fusectl mounted privately under the scratch dir, not at the
+    // machine-wide /sys/fs/fuse/connections.)
+    let ctl = p.s.dir("fusectl");
+    let out = run(
+        "mount",
+        &["-t", "fusectl", "fusectl", ctl.to_str().unwrap()],
+    );
+    if !out.ok() {
+        skip_or_fail(&format!("cannot mount fusectl:\n{out}"));
+        return;
+    }
+    let _cguard = Mount::adopt(&ctl);
+    let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&fmnt).unwrap());
+    let abort = ctl.join(format!("{}/abort", nix::sys::stat::minor(dev)));
+    fs::write(&abort, b"1").unwrap_or_else(|e| panic!("{}: {e}", abort.display()));
+    exercise_vanished(&p, &mut d, "d", open, true);
+    d.stop();
+    drop(session);
 }
