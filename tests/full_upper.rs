@@ -1,29 +1,33 @@
 //! A full upper (issue 14, item 1): the upper and its workdir live on a
-//! small tmpfs (`size=4m,nr_inodes=256`) that the test fills — data blocks
-//! with a filler file, inodes (and, on tmpfs, xattr space, which is
-//! counted against the inode budget) with empty files — and then frees
-//! again, a little at a time.
+//! small filesystem that the test fills and then frees again, a little at
+//! a time — a tmpfs (`size=2m,nr_inodes=256`: data blocks filled with a
+//! filler file; inodes, and the xattr space tmpfs counts with them, with
+//! empty files and small xattrs) and a loop-mounted 2 MiB ext4 image (1 KiB
+//! blocks, 64 inodes: data, directory and xattr blocks all counted in
+//! blocks, given back one block at a time).
 //!
 //! For every operation that needs space in the upper (write, create, mkdir,
 //! symlink, copy-up of a file bigger than the whole filesystem, of a file
-//! bigger than what is free, of a small file, of hard links, a rename that
-//! needs a redirect and a whiteout, an unlink that needs a whiteout, link)
-//! the test sweeps the free budget upwards from zero, one step at a time,
-//! and after every attempt checks:
+//! bigger than what is free, of a small file, of hard links, renames that
+//! need a redirect and a whiteout, unlink and rmdir that need a whiteout,
+//! link) the test first tries it with everything full, then sweeps the free
+//! budget of the resource it needs upwards, one step at a time, and after
+//! every attempt checks:
 //!
 //! * the caller got ENOSPC (or EDQUOT), or the operation succeeded;
 //! * on failure the merged view is exactly as before (content byte for byte,
 //!   inode numbers, link counts), and nothing is left in the workdir;
-//! * on success the merged view shows the complete new state;
+//! * on success the merged view shows the complete new state, and a
+//!   remount of the same upper and workdir shows the same view;
 //! * the daemon still serves (the other files read fine);
 //! * the lowers are untouched.
 //!
 //! At the end all space is freed, every operation works again, and a
-//! remount of the same upper and workdir shows the same view.
-//! Both whiteout formats are run.
+//! remount shows the same view. Both whiteout formats are run.
 //!
 //! Soak: `UNIONFS_SOAK_ROUNDS=N` repeats the whole sweep N times (fresh
-//! filesystem each round; the order of the operations is shuffled).
+//! filesystem each round; the order of the operations is shuffled; finer
+//! steps of inode space on tmpfs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -39,6 +43,16 @@ use common::*;
 const SMALL_FS: &str = "size=2m,nr_inodes=256,mode=0755";
 const MIB: usize = 1 << 20;
 
+/// Which small filesystem the upper is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SmallFs {
+    /// tmpfs: inodes and xattrs share one budget, given back in small steps.
+    Tmpfs,
+    /// A loop-mounted ext4 image (2 MiB, 1 KiB blocks, 64 inodes): blocks
+    /// for data, directories and xattrs, given back one block at a time.
+    Ext4,
+}
+
 /// The small filesystem the upper lives on, with the filler objects.
 struct Small {
     root: PathBuf,
@@ -48,6 +62,7 @@ struct Small {
     /// Small xattrs on `fill` eating what is left of the inode space, so
     /// that space can be given back in steps far smaller than an inode.
     xattrs: Vec<String>,
+    kind: SmallFs,
     _guard: Mount,
 }
 
@@ -56,20 +71,56 @@ fn is_full(e: &io::Error) -> bool {
 }
 
 impl Small {
-    fn mount(at: PathBuf) -> Small {
-        let out = run(
-            "mount",
-            &["-t", "tmpfs", "-o", SMALL_FS, "tmpfs", at.to_str().unwrap()],
-        );
-        assert!(out.ok(), "cannot mount a tmpfs:\n{out}");
+    fn mount(at: PathBuf, kind: SmallFs, image: &Path) -> Small {
+        match kind {
+            SmallFs::Tmpfs => {
+                let out = run(
+                    "mount",
+                    &["-t", "tmpfs", "-o", SMALL_FS, "tmpfs", at.to_str().unwrap()],
+                );
+                assert!(out.ok(), "cannot mount a tmpfs:\n{out}");
+            }
+            SmallFs::Ext4 => {
+                fs::File::create(image).unwrap().set_len(2 << 20).unwrap();
+                // 1 KiB blocks, 64 inodes, no reserve for root, no journal:
+                // every block the union needs is one the test can count.
+                let out = run(
+                    "mkfs.ext4",
+                    &[
+                        "-q",
+                        "-F",
+                        "-b",
+                        "1024",
+                        "-N",
+                        "64",
+                        "-m",
+                        "0",
+                        "-O",
+                        "^has_journal,^resize_inode",
+                        image.to_str().unwrap(),
+                    ],
+                );
+                assert!(out.ok(), "mkfs.ext4 failed:\n{out}");
+                // A loop device that goes away with the mount (autoclear).
+                let out = run(
+                    "mount",
+                    &["-o", "loop", image.to_str().unwrap(), at.to_str().unwrap()],
+                );
+                assert!(out.ok(), "cannot loop-mount the ext4 image:\n{out}");
+            }
+        }
         let guard = Mount::adopt(&at);
         let fill = at.join("fill");
         fs::create_dir(&fill).unwrap();
+        // The filler file exists for good: making it later would need an
+        // inode, and the inodes may be what is full.
+        fs::File::create(fill.join("blob")).unwrap();
         Small {
             blob: fill.join("blob"),
             fill,
             inodes: Vec::new(),
             xattrs: Vec::new(),
+            kind,
             root: at,
             _guard: guard,
         }
@@ -78,7 +129,6 @@ impl Small {
     /// Fills the data blocks: the filler file grows until the filesystem says no.
     fn fill_blocks(&self) {
         let mut f = fs::OpenOptions::new()
-            .create(true)
             .append(true)
             .open(&self.blob)
             .unwrap();
@@ -141,21 +191,26 @@ impl Small {
     }
 
     fn fill_all(&mut self) {
-        self.fill_blocks();
+        // Inodes first: on ext4 a full disk also stops new directory
+        // entries, which would leave inodes free.
         self.fill_inodes();
         // Trade a few inodes for small xattrs, so the sweep gives back the
         // space of an inode in a dozen steps and meets every allocation of
         // an operation (inode, then each xattr) one by one.
-        for _ in 0..4 {
-            if let Some(p) = self.inodes.pop() {
-                fs::remove_file(p).unwrap();
+        // (tmpfs only: ext4 keeps xattrs in the inode or in data blocks.)
+        if self.kind == SmallFs::Tmpfs {
+            for _ in 0..4 {
+                if let Some(p) = self.inodes.pop() {
+                    fs::remove_file(p).unwrap();
+                }
             }
+            self.fill_ispace();
         }
-        self.fill_ispace();
+        self.fill_blocks();
     }
 
     fn free_all(&mut self) {
-        let _ = fs::remove_file(&self.blob);
+        self.free_blocks(u64::MAX);
         let k = self.inodes.len() + self.xattrs.len();
         self.free_inodes(k);
     }
@@ -185,6 +240,7 @@ struct Setup {
     work: PathBuf,
     mnt: PathBuf,
     format: &'static str,
+    kind: SmallFs,
 }
 
 /// Deterministic content for a lower file.
@@ -196,8 +252,8 @@ fn bytes_for(name: &str, len: usize) -> Vec<u8> {
 }
 
 impl Setup {
-    fn new(format: &'static str) -> Setup {
-        let s = Scratch::new(&format!("full-{format}"));
+    fn new(format: &'static str, kind: SmallFs) -> Setup {
+        let s = Scratch::new(&format!("full-{kind:?}-{format}"));
         let lower = s.dir("lower");
         // Bigger than the whole upper filesystem: can never be copied up.
         file(&lower, "huge", &bytes_for("huge", 3 * MIB), 0o644);
@@ -205,11 +261,11 @@ impl Setup {
         file(&lower, "big", &bytes_for("big", MIB / 2), 0o644);
         for i in 0..4 {
             let n = format!("s/small{i}");
-            file(&lower, &n, &bytes_for(&n, 64 << 10), 0o644);
+            file(&lower, &n, &bytes_for(&n, 16 << 10), 0o644);
         }
         file(&lower, "dir/a", &bytes_for("dir/a", 3000), 0o644);
         file(&lower, "dir/sub/b", &bytes_for("dir/sub/b", 5000), 0o644);
-        file(&lower, "h1", &bytes_for("h1", 200 << 10), 0o644);
+        file(&lower, "h1", &bytes_for("h1", 48 << 10), 0o644);
         hardlink(&lower, "h1", "h2");
         file(&lower, "h3", &bytes_for("h3", 20 << 10), 0o644);
         hardlink(&lower, "h3", "h4");
@@ -224,7 +280,7 @@ impl Setup {
             &bytes_for("keep/reader", 100 << 10),
             0o644,
         );
-        let small = Small::mount(s.dir("small"));
+        let small = Small::mount(s.dir("small"), kind, &s.path("ext4.img"));
         let upper = small.root.join("upper");
         let work = small.root.join("work");
         fs::create_dir(&upper).unwrap();
@@ -236,6 +292,7 @@ impl Setup {
             upper,
             work,
             format,
+            kind,
             _s: s,
         }
     }
@@ -362,16 +419,16 @@ fn ops() -> Vec<Op> {
         Op {
             name: "copy-up of a small file",
             prepare: |_| {},
-            budget: Budget::Bytes(16 << 10),
+            budget: Budget::Bytes(4 << 10),
             run: |s| copy_up_append(s, "s/small0"),
-            done: |s| assert_appended(s, "s/small0", 64 << 10),
+            done: |s| assert_appended(s, "s/small0", 16 << 10),
         },
         Op {
             name: "copy-up of a small file (inodes)",
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| copy_up_append(s, "s/small1"),
-            done: |s| assert_appended(s, "s/small1", 64 << 10),
+            done: |s| assert_appended(s, "s/small1", 16 << 10),
         },
         Op {
             name: "copy-up of a file bigger than the free space",
@@ -386,8 +443,8 @@ fn ops() -> Vec<Op> {
             budget: Budget::Inodes,
             run: |s| copy_up_append(s, "h1"),
             done: |s| {
-                assert_appended(s, "h1", 200 << 10);
-                let mut want = bytes_for("h1", 200 << 10);
+                assert_appended(s, "h1", 48 << 10);
+                let mut want = bytes_for("h1", 48 << 10);
                 want.extend_from_slice(b"+appended");
                 assert!(fs::read(s.m("h2")).unwrap() == want, "h2 is not h1's data");
                 let (a, b) = (
@@ -412,7 +469,7 @@ fn ops() -> Vec<Op> {
                     fs::metadata(s.m("s/small2-link")).unwrap(),
                 );
                 assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
-                assert!(fs::read(s.m("s/small2-link")).unwrap() == bytes_for("s/small2", 64 << 10));
+                assert!(fs::read(s.m("s/small2-link")).unwrap() == bytes_for("s/small2", 16 << 10));
             },
         },
         Op {
@@ -435,7 +492,7 @@ fn ops() -> Vec<Op> {
             run: |s| fs::rename(s.m("s/small3"), s.m("small3-moved")),
             done: |s| {
                 assert_absent(&s.mnt, &["/s/small3"]);
-                assert!(fs::read(s.m("small3-moved")).unwrap() == bytes_for("s/small3", 64 << 10));
+                assert!(fs::read(s.m("small3-moved")).unwrap() == bytes_for("s/small3", 16 << 10));
             },
         },
         Op {
@@ -543,8 +600,8 @@ fn remount_same(s: &Setup, m: Mount, after: &str) -> Mount {
     m
 }
 
-fn run_sweep(format: &'static str, seed: u64) {
-    let mut s = Setup::new(format);
+fn run_sweep(format: &'static str, kind: SmallFs, seed: u64) {
+    let mut s = Setup::new(format, kind);
     let lowers = snapshot_all(&[&s.lower]);
     let mut m = s.mount();
     s.assert_serving();
@@ -571,14 +628,12 @@ fn run_sweep(format: &'static str, seed: u64) {
             let e = r.expect_err("a 256 KiB write into a full filesystem succeeded");
             assert!(is_full(&e), "write: {} instead of ENOSPC", errname(&e));
         }
-        // Each operation is refused for lack of one resource: the other is freed.
-        match op.budget {
-            Budget::Inodes => s.small.free_blocks(u64::MAX),
-            Budget::Bytes(_) => {
-                let k = s.small.inodes.len() + s.small.xattrs.len();
-                s.small.free_inodes(k);
-            }
-        }
+        // On ext4 everything the union writes — directory entries, xattr
+        // blocks, data — is counted in blocks: sweep those, a block a time.
+        let budget = match (s.kind, op.budget) {
+            (SmallFs::Ext4, Budget::Inodes) => Budget::Bytes(1024),
+            (_, b) => b,
+        };
         let mut attempts = 0;
         let mut before = view(&s.mnt);
         loop {
@@ -618,11 +673,23 @@ fn run_sweep(format: &'static str, seed: u64) {
             s.assert_serving();
             attempts += 1;
             assert!(
-                attempts < 200,
+                attempts < 400,
                 "{}: still failing with everything freed",
                 op.name
             );
-            match op.budget {
+            if attempts == 1 {
+                // Refused with everything full; from now on the operation
+                // lacks only the one resource swept: the other is freed.
+                match budget {
+                    Budget::Inodes => s.small.free_blocks(u64::MAX),
+                    Budget::Bytes(_) => {
+                        let k = s.small.inodes.len() + s.small.xattrs.len();
+                        s.small.free_inodes(k);
+                    }
+                }
+                continue;
+            }
+            match budget {
                 Budget::Inodes => s.small.free_inodes(1),
                 Budget::Bytes(n) => s.small.free_blocks(n),
             }
@@ -631,7 +698,7 @@ fn run_sweep(format: &'static str, seed: u64) {
             }
         }
         eprintln!(
-            "{format}: {}: succeeded after {attempts} refused attempt(s)",
+            "{kind:?} {format}: {}: succeeded after {attempts} refused attempt(s)",
             op.name
         );
         assert!(
@@ -669,13 +736,28 @@ fn rounds() -> u64 {
         .unwrap_or(1)
 }
 
+fn can_loop_mount_ext4() -> bool {
+    if !can_mount_fuse() {
+        return false;
+    }
+    if !run(
+        "sh",
+        &["-c", "command -v mkfs.ext4 && test -e /dev/loop-control"],
+    )
+    .ok()
+    {
+        return skip_or_fail("no mkfs.ext4 or no loop devices");
+    }
+    true
+}
+
 #[test]
 fn full_upper_aufs() {
     if !can_mount_fuse() {
         return;
     }
     for r in 0..rounds() {
-        run_sweep("aufs", r);
+        run_sweep("aufs", SmallFs::Tmpfs, r);
     }
 }
 
@@ -685,6 +767,26 @@ fn full_upper_overlay() {
         return;
     }
     for r in 0..rounds() {
-        run_sweep("overlay", 1000 + r);
+        run_sweep("overlay", SmallFs::Tmpfs, 1000 + r);
+    }
+}
+
+#[test]
+fn full_upper_ext4_aufs() {
+    if !can_loop_mount_ext4() {
+        return;
+    }
+    for r in 0..rounds() {
+        run_sweep("aufs", SmallFs::Ext4, 2000 + r);
+    }
+}
+
+#[test]
+fn full_upper_ext4_overlay() {
+    if !can_loop_mount_ext4() {
+        return;
+    }
+    for r in 0..rounds() {
+        run_sweep("overlay", SmallFs::Ext4, 3000 + r);
     }
 }
