@@ -273,6 +273,8 @@ impl Setup {
         hardlink(&lower, "h5", "h6");
         file(&lower, "victim", b"delete me", 0o644);
         mkdir(&lower, "empty1", 0o755);
+        file(&lower, "sdir/a", b"moving", 0o644);
+        file(&lower, "tdir/x", b"to be deleted", 0o644);
         mkdir(&lower, "empty2", 0o755);
         file(
             &lower,
@@ -545,6 +547,21 @@ fn ops() -> Vec<Op> {
             budget: Budget::Inodes,
             run: |s| fs::remove_dir(s.m("empty2")),
             done: |s| assert_absent(&s.mnt, &["/empty2"]),
+        },
+        Op {
+            name: "rename of a lower directory over an emptied one (moved aside, whiteout)",
+            // tdir is empty in the view but its upper instance holds a whiteout.
+            prepare: |s| {
+                if s.m("tdir/x").exists() {
+                    fs::remove_file(s.m("tdir/x")).unwrap();
+                }
+            },
+            budget: Budget::Inodes,
+            run: |s| fs::rename(s.m("sdir"), s.m("tdir")),
+            done: |s| {
+                assert_absent(&s.mnt, &["/sdir", "/tdir/x"]);
+                assert_eq!(fs::read(s.m("tdir/a")).unwrap(), b"moving");
+            },
         },
     ]
 }

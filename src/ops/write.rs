@@ -766,7 +766,20 @@ impl UnionFs {
                 // whiteouts, so move it aside first.
                 let tmp = upper.temp_name();
                 sys::fs::rename_at(to_dir, to, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
-                sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::NoReplace)?;
+                if let Err(e) =
+                    sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::NoReplace)
+                {
+                    // Put the replaced directory back: a failed rename
+                    // changes nothing.
+                    let _ = sys::fs::rename_at(
+                        upper.work.as_fd(),
+                        &tmp,
+                        to_dir,
+                        to,
+                        RenameMode::NoReplace,
+                    );
+                    return Err(e);
+                }
                 remove_tree(upper.work.as_fd(), &tmp)?;
                 false
             }
