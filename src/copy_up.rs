@@ -251,7 +251,7 @@ pub fn stage(
         }
         let fd = sys::fs::open_path_at(work, &tmp)?;
         copy_meta(src.as_fd(), st, fd.as_fd(), kind)?;
-        upper.record_ino(fd.as_fd(), ino);
+        upper.record_ino(fd.as_fd(), ino)?;
         Ok(fd)
     })();
     match made {

@@ -3,7 +3,10 @@
 //! Invariant: every variant maps to exactly one errno ([`Error::errno`] has no
 //! catch-all arm), and syscall failures keep their raw errno end to end — they
 //! are never routed through `io::ErrorKind`, which would lose EXDEV, ENOTEMPTY
-//! and friends. Takes no locks.
+//! and friends. One exception, a union rule: a branch's ENOTCONN (a FUSE or
+//! network lower whose server is gone) reaches the caller as EIO, because
+//! from the union ENOTCONN would say that the *union's* daemon is gone, and
+//! tools act on that (remount, give up on the mount). Takes no locks.
 
 use nix::errno::Errno;
 
@@ -82,6 +85,11 @@ impl Error {
     /// The errno reported to the kernel for this error.
     pub fn errno(&self) -> Errno {
         match self {
+            // The union is connected; its branch is not (see the module doc).
+            Error::Sys {
+                errno: Errno::ENOTCONN,
+                ..
+            } => Errno::EIO,
             Error::Sys { errno, .. } => *errno,
             Error::NotFound => Errno::ENOENT,
             Error::StaleInode => Errno::ESTALE,
@@ -146,6 +154,8 @@ mod tests {
             );
         }
         assert_eq!(Error::sys("openat", Errno::EXDEV).errno(), Errno::EXDEV);
+        // A lower whose server is gone is an I/O error of the union.
+        assert_eq!(Error::sys("pread", Errno::ENOTCONN).errno(), Errno::EIO);
         assert!(Error::sys("x", Errno::ENOENT).is_not_found());
     }
 }

@@ -128,6 +128,15 @@ impl FuseAdapter {
     }
 }
 
+impl FuseAdapter {
+    /// The errno for a failed request `op` about inode `i`, after telling
+    /// the core (which logs branch faults once each).
+    fn fail(&self, op: &'static str, i: INodeNo, e: &Error) -> Errno {
+        self.fs.note_failure(op, ino(i), e);
+        errno(e)
+    }
+}
+
 fn errno(e: &Error) -> Errno {
     Errno::from_i32(e.errno() as i32)
 }
@@ -324,7 +333,7 @@ impl Filesystem for FuseAdapter {
             Err(e) if e.is_not_found() => {
                 reply.entry_with_ttls(&Duration::ZERO, &self.ttl, &negative_attr(), Generation(0))
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("lookup", parent, &e)),
         }
     }
 
@@ -343,14 +352,14 @@ impl Filesystem for FuseAdapter {
         };
         match res {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("getattr", i, &e)),
         }
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
         match self.fs.readlink(ino(i)) {
             Ok(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("readlink", i, &e)),
         }
     }
 
@@ -376,7 +385,7 @@ impl Filesystem for FuseAdapter {
                 };
                 reply.opened(FileHandle(o.fh.0), f)
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("open", i, &e)),
         }
     }
 
@@ -396,7 +405,7 @@ impl Filesystem for FuseAdapter {
                 self.io.note_read(i.0, d.len());
                 reply.data(&d)
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("read", i, &e)),
         }
     }
 
@@ -452,7 +461,7 @@ impl Filesystem for FuseAdapter {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("readdir", i, &e)),
         }
     }
 
@@ -477,7 +486,7 @@ impl Filesystem for FuseAdapter {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("readdirplus", i, &e)),
         }
     }
 
@@ -503,11 +512,19 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.getxattr(ino(i), name));
+        let res = self.fs.getxattr(ino(i), name);
+        if let Err(e) = &res {
+            self.fs.note_failure("getxattr", ino(i), e);
+        }
+        reply_xattr(reply, size, res);
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.listxattr(ino(i)));
+        let res = self.fs.listxattr(ino(i));
+        if let Err(e) = &res {
+            self.fs.note_failure("listxattr", ino(i), e);
+        }
+        reply_xattr(reply, size, res);
     }
 
     fn access(&self, req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -709,7 +726,7 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         h: FileHandle,
         offset: u64,
         data: &[u8],
@@ -720,7 +737,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.write(fh(h), offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("write", i, &e)),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod copy_up;
 pub mod daemon;
 pub mod error;
+pub mod faults;
 pub mod fuse;
 pub mod handle;
 pub mod inode;

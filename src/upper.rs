@@ -87,6 +87,18 @@ pub fn nlink_offset(fd: BorrowedFd<'_>) -> Option<i64> {
     })
 }
 
+/// The result of writing one of the union's bookkeeping xattrs: an upper
+/// filesystem without xattrs (or without this namespace) is excused — the
+/// union then works without that record, as it always has — but any other
+/// failure, above all a full filesystem, fails the operation, which then
+/// changes nothing visible.
+fn bookkeeping(r: Result<()>) -> Result<()> {
+    match r {
+        Err(e) if matches!(e.errno(), Errno::EOPNOTSUPP | Errno::EPERM) => Ok(()),
+        r => r,
+    }
+}
+
 /// Reads the whiteout format recorded on an upper root, if any.
 pub fn recorded_format(root: BorrowedFd<'_>) -> Result<Option<WhiteoutFormat>> {
     for x in whiteout::FORMAT_XATTRS {
@@ -324,14 +336,22 @@ impl Upper {
     }
 
     /// Marks upper directory `dir` as holding objects with recorded inode
-    /// numbers (best effort).
-    pub fn mark_impure(&self, dir: BorrowedFd<'_>) {
-        let _ = sys::xattr::set(dir, &self.xattr("impure"), b"y", 0);
+    /// numbers. Only a filesystem without (these) xattrs is excused; a full
+    /// one (ENOSPC, EDQUOT) is an error: without the mark, the numbers
+    /// recorded below are not read after a remount and st_ino changes.
+    pub fn mark_impure(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        bookkeeping(sys::xattr::set(dir, &self.xattr("impure"), b"y", 0))
     }
 
-    /// Records the union inode number on an upper object (best effort).
-    pub fn record_ino(&self, fd: BorrowedFd<'_>, ino: u64) {
-        let _ = sys::xattr::set(fd, &self.xattr("ino"), &ino.to_le_bytes(), 0);
+    /// Records the union inode number on an upper object (excused only
+    /// where the filesystem has no xattrs, see `mark_impure`).
+    pub fn record_ino(&self, fd: BorrowedFd<'_>, ino: u64) -> Result<()> {
+        bookkeeping(sys::xattr::set(
+            fd,
+            &self.xattr("ino"),
+            &ino.to_le_bytes(),
+            0,
+        ))
     }
 
     /// The xattr holding the union link count of an indexed file, in
@@ -344,22 +364,29 @@ impl Upper {
     }
 
     /// Records that the union link count of upper file `fd` is its own
-    /// count plus `n` (best effort).
-    pub fn set_nlink_offset(&self, fd: BorrowedFd<'_>, n: i64) {
-        let _ = sys::xattr::set(fd, &self.nlink_xattr(), format!("U{n:+}").as_bytes(), 0);
+    /// count plus `n` (excused only without xattr support).
+    pub fn set_nlink_offset(&self, fd: BorrowedFd<'_>, n: i64) -> Result<()> {
+        bookkeeping(sys::xattr::set(
+            fd,
+            &self.nlink_xattr(),
+            format!("U{n:+}").as_bytes(),
+            0,
+        ))
     }
 
     /// Shifts the recorded offset of `fd` by `by` (no-op without a record).
-    pub fn shift_nlink_offset(&self, fd: BorrowedFd<'_>, by: i64) {
-        if let Some(n) = nlink_offset(fd) {
-            self.set_nlink_offset(fd, n + by);
+    pub fn shift_nlink_offset(&self, fd: BorrowedFd<'_>, by: i64) -> Result<()> {
+        match nlink_offset(fd) {
+            Some(n) => self.set_nlink_offset(fd, n + by),
+            None => Ok(()),
         }
     }
 
     /// Records that the union inode number `ino`'s upper file came from the
-    /// lower file with overlay file handle `fh` (kernel's origin xattr).
-    pub fn set_origin(&self, fd: BorrowedFd<'_>, fh: &[u8]) {
-        let _ = sys::xattr::set(fd, &self.overlay_xattr("origin"), fh, 0);
+    /// lower file with overlay file handle `fh` (kernel's origin xattr;
+    /// excused only without xattr support).
+    pub fn set_origin(&self, fd: BorrowedFd<'_>, fh: &[u8]) -> Result<()> {
+        bookkeeping(sys::xattr::set(fd, &self.overlay_xattr("origin"), fh, 0))
     }
 
     /// The metacopy marker in this upper's format.

@@ -137,19 +137,19 @@ impl UnionFs {
     /// Marks the upper instance of directory `ino` (whose state is `state`)
     /// as holding objects with recorded inode numbers: on disk, in `state`
     /// and in the live node, so the next lookups read those numbers.
-    pub(super) fn mark_impure(&self, ino: Ino, state: &mut NodeState) {
+    /// Called before the object that needs it appears there, so a failure
+    /// (a full upper) fails the operation while nothing has changed.
+    pub(super) fn mark_impure(&self, ino: Ino, state: &mut NodeState) -> Result<()> {
         let Some(upper) = &self.upper else {
-            return;
+            return Ok(());
         };
         let Some(l) = state.layers.first_mut() else {
-            return;
+            return Ok(());
         };
         if l.impure || l.branch != upper.branch {
-            return;
+            return Ok(());
         }
-        if let Ok(fd) = l.fd() {
-            upper.mark_impure(fd.as_fd());
-        }
+        upper.mark_impure(l.fd()?.as_fd())?;
         l.impure = true;
         if let Ok(node) = self.inodes.get(ino) {
             let mut st = node.state.write();
@@ -157,6 +157,7 @@ impl UnionFs {
                 l0.impure = true;
             }
         }
+        Ok(())
     }
 
     /// The index entry name of hard-linked lower file `found` (union inode
@@ -195,35 +196,33 @@ impl UnionFs {
 
     /// Stages a copy of hard-linked lower file `found` and links it into the
     /// index (recording the kernel's origin handle where the index is the
-    /// kernel's). Returns the staged name and fd.
+    /// kernel's). `upper_links`: how many upper names the copy will have
+    /// once in place (the index entry included), so its union link count
+    /// — the lower's — is recorded before the index entry appears: the
+    /// entry is complete when it appears, or absent. Returns the staged
+    /// name, its fd and the index entry's name.
     fn stage_into_index(
         &self,
         found: &Found,
         ino: Ino,
         data: CopyUpData,
-    ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd)> {
+        upper_links: u64,
+    ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd, std::ffi::OsString)> {
         let upper = self.upper_ctx()?;
         let (iname, origin) = self.index_key(found, ino)?;
         let (tmp, tfd) = self.stage_found(found, ino, data)?;
-        if let Some(fh) = &origin {
-            upper.set_origin(tfd.as_fd(), fh);
-        }
-        if let Err(e) = sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &iname) {
+        let offset = i64::try_from(found.stat.st_nlink).unwrap_or(i64::MAX)
+            - i64::try_from(upper_links).unwrap_or(0);
+        let linked = origin
+            .as_ref()
+            .map_or(Ok(()), |fh| upper.set_origin(tfd.as_fd(), fh))
+            .and_then(|()| upper.set_nlink_offset(tfd.as_fd(), offset))
+            .and_then(|()| sys::fs::link_fd(tfd.as_fd(), upper.index.as_fd(), &iname));
+        if let Err(e) = linked {
             upper.discard(&tmp);
             return Err(e);
         }
-        Ok((tmp, tfd))
-    }
-
-    /// Records that the union link count of the upper file `fd` (a copy of
-    /// a lower file with `lower_nlink` names) is the lower's, whatever its
-    /// own count is now.
-    fn record_lower_nlink(&self, fd: std::os::fd::BorrowedFd<'_>, lower_nlink: u64) {
-        if let (Ok(upper), Ok(st)) = (self.upper_ctx(), sys::fs::fstat(fd)) {
-            let n = i64::try_from(lower_nlink).unwrap_or(i64::MAX)
-                - i64::try_from(st.st_nlink).unwrap_or(0);
-            upper.set_nlink_offset(fd, n);
-        }
+        Ok((tmp, tfd, iname))
     }
 
     /// `lookup::lookup`, then, for a hard-linked lower file whose other
@@ -267,11 +266,10 @@ impl UnionFs {
         let fd = match sys::fs::open_path_at(upper.index.as_fd(), &iname) {
             Ok(fd) => fd,
             Err(e) if e.is_not_found() => {
-                let (tmp, _) = self.stage_into_index(found, ino, CopyUpData::Full)?;
+                // Its only upper name will be the index entry.
+                let (tmp, _, _) = self.stage_into_index(found, ino, CopyUpData::Full, 1)?;
                 upper.discard(&tmp);
-                let fd = sys::fs::open_path_at(upper.index.as_fd(), &iname)?;
-                self.record_lower_nlink(fd.as_fd(), found.stat.st_nlink);
-                fd
+                sys::fs::open_path_at(upper.index.as_fd(), &iname)?
             }
             Err(e) => return Err(e),
         };
@@ -408,27 +406,41 @@ impl UnionFs {
             CopyUpData::Meta => CopyUpData::Full,
             d => d,
         };
-        let tmp = if top.indexed {
+        // The copy carries its recorded inode number; the parent must say
+        // so before the copy appears in it (else, after a remount, the
+        // number would not be read and st_ino would change).
+        self.mark_impure(pino, pstate)?;
+        // Each branch undoes its own staging when placing fails, so a
+        // refused copy-up (a full upper) leaves nothing behind.
+        if top.indexed {
             // Another name of this hard-linked file was copied up already:
             // link its upper data into place (one more upper link, the same
             // union count).
             let tmp = upper.temp_name();
             let fd = top.fd()?;
             sys::fs::link_fd(fd.as_fd(), upper.work.as_fd(), &tmp)?;
-            upper.shift_nlink_offset(fd.as_fd(), -1);
-            tmp
+            if let Err(e) = upper.shift_nlink_offset(fd.as_fd(), -1) {
+                upper.discard(&tmp);
+                return Err(e);
+            }
+            if let Err(e) = upper.place(&tmp, pfd, name, false) {
+                let _ = upper.shift_nlink_offset(fd.as_fd(), 1);
+                return Err(e);
+            }
         } else if hard_linked {
             // Keep the lower hard links together (overlayfs index=on): the
-            // other names find this copy through the index.
-            self.stage_into_index(&found, ino, data)?.0
-        } else {
-            self.stage_found(&found, ino, data)?.0
-        };
-        upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
-        if hard_linked && !top.indexed {
-            if let Ok(fd) = sys::fs::open_path_at(pfd, name) {
-                self.record_lower_nlink(fd.as_fd(), found.stat.st_nlink);
+            // other names find this copy through the index. Two upper
+            // names once placed: the index entry and this one.
+            let (tmp, _, iname) = self.stage_into_index(&found, ino, data, 2)?;
+            if let Err(e) = upper.place(&tmp, pfd, name, false) {
+                // An index entry without its name would make the other
+                // names report a wrong link count: take it back.
+                let _ = sys::fs::unlink_at(upper.index.as_fd(), &iname, false);
+                return Err(e);
             }
+        } else {
+            let tmp = self.stage_found(&found, ino, data)?.0;
+            upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
         }
         // Copy-up is not a change of the parent: keep its times (as overlayfs does).
         let _ = sys::fs::utimes_fd(
@@ -436,7 +448,6 @@ impl UnionFs {
             SetTime::At(pst.st_atime, pst.st_atime_nsec),
             SetTime::At(pst.st_mtime, pst.st_mtime_nsec),
         );
-        self.mark_impure(pino, pstate);
         let nfd = sys::fs::open_path_at(pfd, name)?;
         let mut layers = vec![self.upper_layer(nfd, ppath.join(name), false)?];
         if data == CopyUpData::Meta {

@@ -113,6 +113,8 @@ pub struct UnionFs {
     /// Nodes freed by FORGET so far (to return heap memory now and then).
     freed_nodes: std::sync::atomic::AtomicU64,
     invalidator: std::sync::OnceLock<Box<dyn Invalidate>>,
+    /// Branch faults seen, so each is logged once (`faults`).
+    faults: crate::faults::FaultLog,
 }
 
 /// Tells the kernel that what it cached about an inode is stale, for the
@@ -149,12 +151,46 @@ impl UnionFs {
                 .map(|_| parking_lot::Mutex::new(()))
                 .collect(),
             invalidator: std::sync::OnceLock::new(),
+            faults: crate::faults::FaultLog::default(),
         })
     }
 
     /// Installs the kernel invalidation channel (once, after mounting).
     pub fn set_invalidator(&self, inv: Box<dyn Invalidate>) {
         let _ = self.invalidator.set(inv);
+    }
+
+    /// Reports that request `op` about inode `ino` failed with `e`: a
+    /// branch fault (EIO, ESTALE, ...) is logged once per distinct fault,
+    /// with the union path of the object; anything else is not logged.
+    pub fn note_failure(&self, op: &'static str, ino: Ino, e: &crate::error::Error) {
+        use crate::faults::Noted;
+        let key = crate::faults::fault_key(op, ino.0, e);
+        match self.faults.note(key.as_ref()) {
+            Noted::NotAFault | Noted::Repeat | Noted::Overflow { first: false } => {}
+            Noted::New => {
+                let path = self
+                    .inodes
+                    .path_of(ino)
+                    .map_or_else(|_| "?".to_string(), |p| format!("/{}", p.display()));
+                tracing::warn!(
+                    "branch fault: {op} of {path} (inode {}): {e}; \
+                     repeats of this fault are not logged",
+                    ino.0
+                );
+            }
+            Noted::Overflow { first: true } => tracing::warn!(
+                "branch fault: {op} of inode {}: {e}; {} distinct faults seen, \
+                 further new faults are not logged",
+                ino.0,
+                crate::faults::MAX_KEYS
+            ),
+        }
+    }
+
+    /// The table of branch faults seen (tests, diagnostics).
+    pub fn faults(&self) -> &crate::faults::FaultLog {
+        &self.faults
     }
 
     /// Drops the kernel's cached attributes of `ino`, if we can talk to it.
@@ -198,16 +234,14 @@ impl UnionFs {
     }
 
     /// Shifts the recorded link-count offset of an upper file, if it has one.
-    fn shift_nlink(&self, state: &NodeState, by: i64) {
+    fn shift_nlink(&self, state: &NodeState, by: i64) -> Result<()> {
         let (Some(upper), Some(top)) = (&self.upper, state.layers.first()) else {
-            return;
+            return Ok(());
         };
         if top.branch != upper.branch || by == 0 {
-            return;
+            return Ok(());
         }
-        if let Ok(fd) = top.fd() {
-            upper.shift_nlink_offset(std::os::fd::AsFd::as_fd(&*fd), by);
-        }
+        upper.shift_nlink_offset(std::os::fd::AsFd::as_fd(&*top.fd()?), by)
     }
 
     /// The union attributes of node `ino` whose topmost instance has `st`.

@@ -325,7 +325,7 @@ impl UnionFs {
         let src = self.copy_up(ino, CopyUpData::Full)?;
         let (mut pstate, _) = self.upper_parent(newparent)?;
         // The new name carries the node's recorded number, if it has one.
-        self.mark_impure(newparent, &mut pstate);
+        self.mark_impure(newparent, &mut pstate)?;
         let pfd = pstate.top()?.fd()?;
         let sfd = src.top()?.fd()?;
         if upper.whiteout_at(pfd.as_fd(), newname)? {
@@ -381,18 +381,19 @@ impl UnionFs {
         let pfd = pstate.top()?.fd()?;
         let in_upper = self.in_upper(&found.state);
         let lower_has = self.lower_has(parent, &pstate, &ppath, name)?;
-        if !dir {
-            self.drop_name(&found)?;
-        }
-        match (in_upper, lower_has, dir) {
-            (true, false, false) => sys::fs::unlink_at(pfd.as_fd(), name, false)?,
-            (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false)?,
-            (true, true, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, true)?,
+        let dropped = if dir { None } else { self.drop_name(&found)? };
+        let removed = match (in_upper, lower_has, dir) {
+            (true, false, false) => sys::fs::unlink_at(pfd.as_fd(), name, false),
+            (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false),
+            (true, true, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, true),
             // write_whiteout replaces an upper non-directory atomically.
-            (_, true, false) | (false, true, true) => upper.write_whiteout(pfd.as_fd(), name)?,
-            (false, false, _) => return Err(Error::NotFound),
+            (_, true, false) | (false, true, true) => upper.write_whiteout(pfd.as_fd(), name),
+            (false, false, _) => Err(Error::NotFound),
+        };
+        if removed.is_err() {
+            self.undrop_name(dropped);
         }
-        Ok(())
+        removed
     }
 
     /// The fast path of `remove` (rm -rf of a tree the union made): in a
@@ -428,7 +429,10 @@ impl UnionFs {
     /// Bookkeeping for a name of a non-directory about to go: a lower
     /// hard-linked file is copied to the index first (so its other names
     /// keep finding it and its count), then its union link count drops.
-    fn drop_name(&self, found: &lookup::Found) -> Result<()> {
+    /// Runs before the name goes, so a failure (a full upper) changes
+    /// nothing; returns the state whose count was lowered, for
+    /// `undrop_name` when removing the name then fails.
+    fn drop_name(&self, found: &lookup::Found) -> Result<Option<NodeState>> {
         let in_upper = self.in_upper(&found.state);
         let state = if found.kind == Kind::File && found.stat.st_nlink > 1 && !in_upper {
             self.copy_up_to_index(found)?
@@ -437,8 +441,20 @@ impl UnionFs {
         };
         // The union loses a name; the upper loses a link only when that
         // name is an upper link of the file (not a lower name, whited out).
-        self.shift_nlink(&state, if in_upper { 0 } else { -1 });
-        Ok(())
+        if in_upper {
+            return Ok(None);
+        }
+        self.shift_nlink(&state, -1)?;
+        Ok(Some(state))
+    }
+
+    /// Undoes `drop_name`'s count change: the name did not go after all.
+    /// (The index copy stays: it is complete, and the other names read the
+    /// same data and count through it.)
+    fn undrop_name(&self, dropped: Option<NodeState>) {
+        if let Some(state) = dropped {
+            let _ = self.shift_nlink(&state, 1);
+        }
     }
 
     /// True when the merged view of directory `found` (at `path`) lists nothing.
@@ -469,8 +485,18 @@ impl UnionFs {
                 }
             }
             (true, crate::config::WhiteoutFormat::Aufs) => {
+                let had = upper.whiteout_at(dir, name)?;
                 upper.write_aufs_whiteout_only(dir, name)?;
-                sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
+                if let Err(e) =
+                    sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)
+                {
+                    // The directory stays: so must the view, without a
+                    // whiteout that would outlive it.
+                    if !had {
+                        let _ = upper.remove_aufs_whiteout(dir, name);
+                    }
+                    return Err(e);
+                }
             }
             (false, _) => {
                 sys::fs::rename_at(dir, name, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
@@ -559,49 +585,30 @@ impl UnionFs {
                 upper.make_opaque(ds.top()?.fd()?.as_fd())?;
             }
         }
-        if let (RenameHow::Replace, Some(d)) = (how, &dst) {
-            if d.kind != Kind::Dir {
-                self.drop_name(d)?;
-            }
-        }
-        match how {
-            RenameHow::Exchange => {
-                sys::fs::rename_at(
-                    pfd.as_fd(),
-                    name,
-                    npfd.as_fd(),
-                    newname,
-                    RenameMode::Exchange,
-                )?;
-            }
-            RenameHow::Replace | RenameHow::NoReplace => {
-                // An AUFS whiteout for the old name goes in first: while both
-                // it and the object exist the object shows, so the view never
-                // has the lower object peek through.
-                let aufs = upper.format == crate::config::WhiteoutFormat::Aufs;
-                if src_lower && aufs {
-                    upper.write_aufs_whiteout_only(pfd.as_fd(), name)?;
-                }
-                let left_whiteout = self.move_into_place(
-                    upper,
-                    pfd.as_fd(),
-                    name,
-                    npfd.as_fd(),
-                    newname,
-                    dst.as_ref(),
-                    src.kind,
-                    src_lower && !aufs,
-                )?;
-                if src_lower && !aufs && !left_whiteout {
-                    upper.write_whiteout(pfd.as_fd(), name)?;
-                }
-            }
-        }
+        // The moved object (and, exchanged, the other one) keeps its
+        // recorded inode number only where its new parent says so: mark
+        // before the move, so a failure here changes nothing.
         let mut npstate = npstate;
-        self.mark_impure(newparent, &mut npstate);
+        self.mark_impure(newparent, &mut npstate)?;
         if how == RenameHow::Exchange {
-            let mut pstate = pstate;
-            self.mark_impure(parent, &mut pstate);
+            let mut pstate = pstate.clone();
+            self.mark_impure(parent, &mut pstate)?;
+        }
+        let dropped = match (how, &dst) {
+            (RenameHow::Replace, Some(d)) if d.kind != Kind::Dir => self.drop_name(d)?,
+            _ => None,
+        };
+        let moved = self.rename_in_upper(
+            upper,
+            (pfd.as_fd(), name, src_lower),
+            (npfd.as_fd(), newname),
+            dst.as_ref(),
+            src.kind,
+            how,
+        );
+        if let Err(e) = moved {
+            self.undrop_name(dropped);
+            return Err(e);
         }
         // The kernel moves its dentries itself; keep our parent links right.
         let mut moved = src_state;
@@ -614,6 +621,68 @@ impl UnionFs {
             self.inodes.refresh(dst_ino.unwrap_or(src_ino), d.kind, ds);
         }
         Ok(())
+    }
+
+    /// The upper half of a rename: moves `from` to `to` (or exchanges
+    /// them), with the source whiteout where a lower still shows the old
+    /// name (`from.2`). On failure the view is as before: an AUFS whiteout
+    /// written first is taken back.
+    fn rename_in_upper(
+        &self,
+        upper: &Upper,
+        from: (BorrowedFd<'_>, &OsStr, bool),
+        to: (BorrowedFd<'_>, &OsStr),
+        dst: Option<&lookup::Found>,
+        kind: Kind,
+        how: RenameHow,
+    ) -> Result<()> {
+        let ((pfd, name, src_lower), (npfd, newname)) = (from, to);
+        match how {
+            RenameHow::Exchange => {
+                sys::fs::rename_at(pfd, name, npfd, newname, RenameMode::Exchange)
+            }
+            RenameHow::Replace | RenameHow::NoReplace => {
+                // An AUFS whiteout for the old name goes in first: while both
+                // it and the object exist the object shows, so the view never
+                // has the lower object peek through.
+                let aufs = upper.format == crate::config::WhiteoutFormat::Aufs;
+                let wrote_aufs_whiteout = src_lower
+                    && aufs
+                    && match sys::fs::stat_at(pfd, &whiteout::whiteout_name(name)) {
+                        Ok(_) => false,
+                        Err(e) if e.is_not_found() => true,
+                        Err(e) => return Err(e),
+                    };
+                if src_lower && aufs {
+                    upper.write_aufs_whiteout_only(pfd, name)?;
+                }
+                let moved = self.move_into_place(
+                    upper,
+                    pfd,
+                    name,
+                    npfd,
+                    newname,
+                    dst,
+                    kind,
+                    src_lower && !aufs,
+                );
+                let left_whiteout = match moved {
+                    Ok(w) => w,
+                    Err(e) => {
+                        if wrote_aufs_whiteout {
+                            // The object is still under the old name: a
+                            // whiteout beside it would outlive it there.
+                            let _ = upper.remove_aufs_whiteout(pfd, name);
+                        }
+                        return Err(e);
+                    }
+                };
+                if src_lower && !aufs && !left_whiteout {
+                    upper.write_whiteout(pfd, name)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Gives a rename source an upper instance; a directory with lower
@@ -697,7 +766,20 @@ impl UnionFs {
                 // whiteouts, so move it aside first.
                 let tmp = upper.temp_name();
                 sys::fs::rename_at(to_dir, to, upper.work.as_fd(), &tmp, RenameMode::NoReplace)?;
-                sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::NoReplace)?;
+                if let Err(e) =
+                    sys::fs::rename_at(from_dir, from, to_dir, to, RenameMode::NoReplace)
+                {
+                    // Put the replaced directory back: a failed rename
+                    // changes nothing.
+                    let _ = sys::fs::rename_at(
+                        upper.work.as_fd(),
+                        &tmp,
+                        to_dir,
+                        to,
+                        RenameMode::NoReplace,
+                    );
+                    return Err(e);
+                }
                 remove_tree(upper.work.as_fd(), &tmp)?;
                 false
             }
