@@ -171,6 +171,9 @@ pub struct MountOptions {
     pub upperdir: Option<String>,
     /// `workdir=`.
     pub workdir: Option<String>,
+    /// `log=FILE`: where the daemon's log goes once it runs in the
+    /// background (appended; default: nowhere, stderr is /dev/null).
+    pub log: Option<String>,
     /// `ro`: mount read-only even with an upper.
     pub read_only: bool,
     /// `allow_other` / `noallow_other`; `None` = default (on as root).
@@ -322,6 +325,7 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
             "lowerdir" => o.lowerdir = Some(need(value)?),
             "upperdir" => o.upperdir = Some(need(value)?),
             "workdir" => o.workdir = Some(need(value)?),
+            "log" => o.log = Some(need(value)?),
             "ro" => o.read_only = true,
             "volatile" => o.volatile = true,
             "allow_other" => o.allow_other = Some(true),

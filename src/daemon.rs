@@ -324,11 +324,19 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
         mnt.display()
     );
     if !cfg.foreground {
+        // Opened before the fork, so a bad path fails the mount command.
+        let log = match &cfg.options.log {
+            Some(p) => Some(
+                sys::process::open_log(std::path::Path::new(p))
+                    .with_context(|| format!("cannot open the log file {p}"))?,
+            ),
+            None => None,
+        };
         match sys::process::fork().context("cannot fork the daemon")? {
             // Exit without running destructors: the daemon owns the mount now.
             sys::process::Forked::Parent(_) => std::process::exit(0),
             sys::process::Forked::Child => {
-                sys::process::detach().context("cannot detach the daemon")?;
+                sys::process::detach(log).context("cannot detach the daemon")?;
             }
         }
     }

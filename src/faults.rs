@@ -62,6 +62,14 @@ pub fn is_fault(errno: Errno) -> bool {
 /// The key of `e` met by `op` on inode `ino`, when it is a branch fault.
 pub fn fault_key(op: &'static str, ino: u64, e: &Error) -> Option<FaultKey> {
     match e {
+        // Layers the union cannot serve as they are (hostile or corrupt
+        // markers): as much a fault of the branch as an EIO.
+        Error::MetacopyWithoutData | Error::RedirectsTooDeep => Some(FaultKey {
+            op,
+            ino,
+            syscall: "union layers",
+            errno: e.errno() as i32,
+        }),
         Error::Sys { op: syscall, errno } if is_fault(*errno) => Some(FaultKey {
             op,
             ino,

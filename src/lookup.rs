@@ -26,6 +26,7 @@ use nix::sys::stat::FileStat;
 
 use crate::branch::{Branch, BranchStack};
 use crate::error::{Error, Result};
+use crate::faults::{FaultKey, FaultLog};
 use crate::inode::{Ino, Kind, Layer, NodeState, ROOT_INO};
 use crate::sys;
 use crate::whiteout::{self, Opacity, Redirect};
@@ -136,6 +137,9 @@ pub struct DirInfo {
     pub redirect: Option<Redirect>,
     /// Entries may carry a recorded union inode number (see `INO_XATTRS`).
     pub impure: bool,
+    /// It has a redirect marker the union refuses to follow (hostile or
+    /// corrupt: `..`, too long): ignored, the directory keeps its own layer.
+    pub redirect_ignored: bool,
 }
 
 /// `None` where a name or path does not lead to an object in a branch:
@@ -204,7 +208,8 @@ fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo
             && whiteout::REDIRECT_XATTRS.iter().any(|x| n == OsStr::new(x))
         {
             if let Some(v) = obj.xattr(n)? {
-                info.redirect = redirect_of(&v, path);
+                info.redirect = whiteout::parse_redirect(&v);
+                info.redirect_ignored = info.redirect.is_none();
             }
         }
     }
@@ -215,21 +220,6 @@ fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo
         info.opacity = Opacity::Opaque;
     }
     Ok(info)
-}
-
-/// The redirect a marker's value asks for; one that cannot be honoured
-/// safely (`..`, too long, a relative value with a slash) is ignored, with
-/// a line in the log: the object keeps its own layer only.
-fn redirect_of(value: &[u8], path: &Path) -> Option<Redirect> {
-    let r = whiteout::parse_redirect(value);
-    if r.is_none() {
-        tracing::warn!(
-            "ignoring the redirect of {:?} ({} bytes): not a path inside the branches",
-            path,
-            value.len()
-        );
-    }
-    r
 }
 
 /// True when the unionfs-fuse whiteout tree of `branch` hides `path`.
@@ -382,13 +372,36 @@ const MAX_PROBES: u32 = 1 << 16;
 struct Ctx<'a> {
     stack: &'a BranchStack,
     probes_left: std::cell::Cell<u32>,
+    /// Where refused markers are reported once each.
+    faults: Option<&'a FaultLog>,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(stack: &'a BranchStack) -> Self {
+    fn new(stack: &'a BranchStack, faults: Option<&'a FaultLog>) -> Self {
         Ctx {
             stack,
             probes_left: std::cell::Cell::new(MAX_PROBES),
+            faults,
+        }
+    }
+
+    /// Reports (once per object) a redirect marker the walk refused.
+    fn note_ignored_redirect(&self, branch: &Branch, here: &Path, st: &FileStat) {
+        let key = FaultKey {
+            op: "lookup",
+            ino: self.stack.fold_ino(st.st_dev, st.st_ino),
+            syscall: "redirect marker",
+            errno: libc::EINVAL,
+        };
+        if self
+            .faults
+            .is_none_or(|f| f.note(Some(&key)) != crate::faults::Noted::Repeat)
+        {
+            tracing::warn!(
+                "ignoring the redirect of {} in branch {}: not a path inside the branches",
+                here.display(),
+                branch.path.display()
+            );
         }
     }
 
@@ -441,7 +454,7 @@ fn walk(cx: &Ctx<'_>, cands: Vec<Candidate<'_>>, name: &OsStr, path: &Path) -> R
                 if w.wants_data() {
                     break;
                 }
-                let Some(redirect) = add_dir(&mut w, &c, &name, p, here)? else {
+                let Some(redirect) = add_dir(cx, &mut w, &c, &name, p, here)? else {
                     break;
                 };
                 redirect
@@ -453,7 +466,7 @@ fn walk(cx: &Ctx<'_>, cands: Vec<Candidate<'_>>, name: &OsStr, path: &Path) -> R
                 if !w.layers.is_empty() && (!w.wants_data() || kind != Kind::File) {
                     break;
                 }
-                let Some(redirect) = add_non_dir(&mut w, &c, &name, p, here)? else {
+                let Some(redirect) = add_non_dir(cx, &mut w, &c, &name, p, here)? else {
                     break;
                 };
                 redirect
@@ -478,6 +491,7 @@ fn walk(cx: &Ctx<'_>, cands: Vec<Candidate<'_>>, name: &OsStr, path: &Path) -> R
 /// Outcome "directory": adds its layer. `Ok(None)` when the walk ends here
 /// (opaque or sealed), otherwise `Ok(Some(its redirect))`.
 fn add_dir(
+    cx: &Ctx<'_>,
     w: &mut Walked,
     c: &Candidate<'_>,
     name: &OsStr,
@@ -495,6 +509,9 @@ fn add_dir(
     } else {
         dir_info_of(c.branch, p.obj(c, name), &here)?
     };
+    if info.redirect_ignored {
+        cx.note_ignored_redirect(c.branch, &here, &p.stat);
+    }
     note_top(w, c, name, &p)?;
     let mut layer = layer_of(c.branch, p.fd, &c.dir, name, here)?;
     layer.opacity = info.opacity;
@@ -507,6 +524,7 @@ fn add_dir(
 /// Outcome "non-directory": adds its layer. `Ok(None)` when the walk ends
 /// here, `Ok(Some(where its data is))` for a metadata-only file.
 fn add_non_dir(
+    cx: &Ctx<'_>,
     w: &mut Walked,
     c: &Candidate<'_>,
     name: &OsStr,
@@ -518,6 +536,10 @@ fn add_non_dir(
     } else {
         None
     };
+    if meta.as_ref().is_some_and(|(_, ignored)| *ignored) {
+        cx.note_ignored_redirect(c.branch, &here, &p.stat);
+    }
+    let meta = meta.map(|(redirect, _)| redirect);
     note_top(w, c, name, &p)?;
     let mut layer = layer_of(c.branch, p.fd, &c.dir, name, here)?;
     layer.metacopy = meta.is_some();
@@ -570,6 +592,7 @@ fn resolve_dir<'a>(cx: &Ctx<'a>, above: &Branch, path: &Path) -> Result<Vec<Cand
 /// Looks `name` up in the directory whose state is `parent`.
 pub fn lookup(
     stack: &BranchStack,
+    faults: Option<&FaultLog>,
     parent_ino: Ino,
     parent: &NodeState,
     parent_path: &Path,
@@ -579,7 +602,12 @@ pub fn lookup(
         return Err(Error::NotFound);
     }
     let cands = candidates_of(stack, &parent.layers)?;
-    let w = walk(&Ctx::new(stack), cands, name, &parent_path.join(name))?;
+    let w = walk(
+        &Ctx::new(stack, faults),
+        cands,
+        name,
+        &parent_path.join(name),
+    )?;
     let (stat, kind) = w.top.ok_or(Error::NotFound)?;
     if w.wants_data() {
         // Metadata without data anywhere below: as overlayfs, an I/O error.
@@ -608,8 +636,9 @@ fn may_be_metacopy(st: &FileStat) -> bool {
     st.st_size > 0 && (allocated < st.st_size || allocated <= st.st_blksize.max(4096))
 }
 
-/// For a metadata-only file: `Some(where its data is)`, `None` otherwise.
-fn metacopy_info(obj: ObjRef<'_>) -> Result<Option<Option<Redirect>>> {
+/// For a metadata-only file: `Some(where its data is, whether a redirect
+/// marker on it was refused)`, `None` otherwise.
+fn metacopy_info(obj: ObjRef<'_>) -> Result<Option<(Option<Redirect>, bool)>> {
     let names = obj.xattrs()?;
     let has = |set: &[&str]| {
         names
@@ -619,11 +648,12 @@ fn metacopy_info(obj: ObjRef<'_>) -> Result<Option<Option<Redirect>>> {
     if has(&whiteout::METACOPY_XATTRS).is_none() {
         return Ok(None);
     }
-    let redirect = match has(&whiteout::REDIRECT_XATTRS) {
-        Some(n) => obj.xattr(n)?.and_then(|v| redirect_of(&v, Path::new(""))),
-        None => None,
+    let Some(n) = has(&whiteout::REDIRECT_XATTRS) else {
+        return Ok(Some((None, false)));
     };
-    Ok(Some(redirect))
+    let redirect = obj.xattr(n)?.and_then(|v| whiteout::parse_redirect(&v));
+    let ignored = redirect.is_none();
+    Ok(Some((redirect, ignored)))
 }
 
 /// The union inode number recorded on a copied-up object.
@@ -763,7 +793,7 @@ mod tests {
             let mut at = PathBuf::new();
             let mut found = None;
             for c in Path::new(path).iter() {
-                let f = lookup(&self.stack, ROOT_INO, &state, &at, c)?;
+                let f = lookup(&self.stack, None, ROOT_INO, &state, &at, c)?;
                 at.push(c);
                 state = f.state.clone();
                 found = Some(f);
@@ -1053,6 +1083,7 @@ mod tests {
         let cx = Ctx {
             stack: &s.stack,
             probes_left: std::cell::Cell::new(6),
+            faults: None,
         };
         let r = walk(&cx, cands, OsStr::new("new"), Path::new("new"));
         assert!(matches!(r, Err(Error::RedirectsTooDeep)));

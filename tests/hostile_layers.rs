@@ -35,6 +35,8 @@ struct Case {
     name: &'static str,
     build: fn(&Layers),
     check: Check,
+    /// Warnings the daemon logs for it (accessed twice): one per hostile object.
+    log_lines: usize,
 }
 
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
@@ -81,6 +83,7 @@ fn cases() -> Vec<Case> {
                 mkdir(&l.l1, "b", 0o755);
                 redirect(&l.l1, "b", "../outside");
             },
+            log_lines: 2,
             check: |m, _| {
                 expect_names(&m.join("a"), &["own"])?;
                 expect_names(&m.join("b"), &[])
@@ -96,6 +99,7 @@ fn cases() -> Vec<Case> {
                 file(&l.l3, "s/x/below", b"3", 0o644);
             },
             // l2's s is a symlink: the walk stops there, in l2 and below.
+            log_lines: 0,
             check: |m, _| expect_names(&m.join("a"), &[]),
         },
         Case {
@@ -105,6 +109,7 @@ fn cases() -> Vec<Case> {
                 file(&l.l1, "a/own", b"own", 0o644);
                 redirect(&l.l1, "a", &format!("/{}", "x/".repeat(1500)));
             },
+            log_lines: 0,
             check: |m, _| expect_names(&m.join("a"), &["own"]),
         },
         Case {
@@ -118,6 +123,7 @@ fn cases() -> Vec<Case> {
                 mkdir(&l.l3, "a", 0o755);
                 file(&l.l3, "a/in-a", b"3", 0o644);
             },
+            log_lines: 0,
             check: |m, _| expect_names(&m.join("a"), &["in-a", "in-b"]),
         },
         Case {
@@ -131,6 +137,7 @@ fn cases() -> Vec<Case> {
                 redirect(&l.l3, "c", "/d");
                 file(&l.l3, "c/in-c", b"3", 0o644);
             },
+            log_lines: 0,
             check: |m, _| expect_names(&m.join("a"), &["in-c"]),
         },
         Case {
@@ -139,6 +146,7 @@ fn cases() -> Vec<Case> {
                 mkdir(&l.l1, "a", 0o755);
                 redirect(&l.l1, "a", "x/../../outside");
             },
+            log_lines: 1,
             check: |m, _| expect_names(&m.join("a"), &[]),
         },
         Case {
@@ -153,6 +161,7 @@ fn cases() -> Vec<Case> {
                     .unwrap();
                 set_xattr(&l.l1, "f", "trusted.overlay.metacopy", b"");
             },
+            log_lines: 1,
             check: |m, _| {
                 expect_errno("stat f", fs::metadata(m.join("f")), libc::EIO)?;
                 // the rest of the directory is served
@@ -172,6 +181,7 @@ fn cases() -> Vec<Case> {
                 set_xattr(&l.l1, "f", "trusted.overlay.metacopy", b"");
                 set_xattr(&l.l1, "f", "trusted.overlay.redirect", b"/nowhere");
             },
+            log_lines: 1,
             check: |m, _| expect_errno("stat f", fs::metadata(m.join("f")), libc::EIO),
         },
         Case {
@@ -180,6 +190,7 @@ fn cases() -> Vec<Case> {
                 file(&l.l1, "f", b"data", 0o644);
                 set_xattr(&l.l1, "f", "trusted.overlay.origin", b"\x00\xfb\x21garbage");
             },
+            log_lines: 0,
             check: |m, _| {
                 let d = fs::read(m.join("f")).map_err(|e| format!("read f: {e}"))?;
                 (d == b"data")
@@ -196,6 +207,7 @@ fn cases() -> Vec<Case> {
                 }
                 file(&l.l2, "d/f", b"2", 0o644);
             },
+            log_lines: 0,
             check: |m, _| {
                 expect_names(&m.join("d"), &["f"])?;
                 fs::metadata(m.join("d/.."))
@@ -209,6 +221,7 @@ fn cases() -> Vec<Case> {
                 symlink(&l.l1, "a", "b");
                 symlink(&l.l1, "b", "a");
             },
+            log_lines: 0,
             check: |m, _| {
                 expect_errno("open a", fs::read(m.join("a")), libc::ELOOP)?;
                 let t = fs::read_link(m.join("a")).map_err(|e| format!("readlink a: {e}"))?;
@@ -229,6 +242,7 @@ fn cases() -> Vec<Case> {
                 }
                 fs::write(short(&p.join("leaf")), b"deep").unwrap();
             },
+            log_lines: 0,
             check: |m, _| deep_walk(m),
         },
     ]
@@ -353,8 +367,23 @@ fn hostile_layers_are_served_safely() {
         let before = snapshot_all(&[&l.l1, &l.l2, &l.l3]);
         let upper = s.dir("upper");
         let mnt = s.dir("mnt");
-        let m = Mount::unionfs(&[&l.l1, &l.l2, &l.l3], Some(&upper), &mnt);
+        let log = s.path("daemon.log");
+        let lowers = format!("{}:{}:{}", l.l1.display(), l.l2.display(), l.l3.display());
+        let opts = format!("log={}", log.display());
+        let m = Mount::unionfs_args(
+            &[
+                "mount",
+                &lowers,
+                upper.to_str().unwrap(),
+                mnt.to_str().unwrap(),
+                "-o",
+                &opts,
+            ],
+            &mnt,
+        );
         let r = (case.check)(&m.mnt, &l);
+        // the same access again: a fault is logged once, not per request
+        let _ = (case.check)(&m.mnt, &l);
         if let Err(e) = r {
             failures.push(format!("{}: {e}", case.name));
         }
@@ -373,6 +402,23 @@ fn hostile_layers_are_served_safely() {
             failures.push(format!("{}: the daemon died", case.name));
         }
         m.unmount();
+        let logged = fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = logged.lines().filter(|l| l.contains("WARN")).collect();
+        eprintln!(
+            "{}: {} log lines\n  {}",
+            case.name,
+            lines.len(),
+            lines.join("\n  ")
+        );
+        if lines.len() != case.log_lines {
+            failures.push(format!(
+                "{}: {} log lines, want {}:\n  {}",
+                case.name,
+                lines.len(),
+                case.log_lines,
+                lines.join("\n  ")
+            ));
+        }
         assert_unchanged(&before);
         // the deep tree cannot be removed by a path: leave it to the kernel's
         // unlinkat from fds

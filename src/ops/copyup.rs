@@ -234,7 +234,7 @@ impl UnionFs {
         ppath: &Path,
         name: &OsStr,
     ) -> Result<Found> {
-        let mut found = lookup::lookup(&self.stack, pino, pstate, ppath, name)?;
+        let mut found = lookup::lookup(&self.stack, Some(&self.faults), pino, pstate, ppath, name)?;
         if let Some(upper) = &self.upper {
             if found.kind == Kind::File && found.stat.st_nlink > 1 && !self.in_upper(&found.state) {
                 let ino = self.ino_of(&found);

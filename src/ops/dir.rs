@@ -166,8 +166,9 @@ impl UnionFs {
                     Err(err) if err.is_not_found() => continue,
                     // One entry that cannot be looked up must not make the
                     // whole directory unlistable.
+                    // (logged once, as the lookup of the name would be)
                     Err(err) => {
-                        tracing::warn!("readdirplus: {:?}: {err}", e.name);
+                        self.note_failure("lookup", ino, &err);
                         continue;
                     }
                 }

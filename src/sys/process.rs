@@ -31,8 +31,9 @@ pub fn fork() -> Result<Forked> {
     })
 }
 
-/// Detaches the daemon from its terminal and session, with stdio on /dev/null.
-pub fn detach() -> Result<()> {
+/// Detaches the daemon from its terminal and session, with stdin and
+/// stdout on /dev/null and stderr (the log) on `log`, or /dev/null.
+pub fn detach(log: Option<std::os::fd::OwnedFd>) -> Result<()> {
     traced!("setsid", (), nix::unistd::setsid())?;
     let null = traced!(
         "open",
@@ -41,7 +42,8 @@ pub fn detach() -> Result<()> {
     )?;
     traced!("dup2", 0, nix::unistd::dup2_stdin(null.as_fd()))?;
     traced!("dup2", 1, nix::unistd::dup2_stdout(null.as_fd()))?;
-    traced!("dup2", 2, nix::unistd::dup2_stderr(null.as_fd()))?;
+    let err = log.as_ref().map_or(null.as_fd(), |l| l.as_fd());
+    traced!("dup2", 2, nix::unistd::dup2_stderr(err))?;
     traced!("chdir", "/", nix::unistd::chdir("/"))?;
     Ok(())
 }
@@ -70,4 +72,17 @@ pub fn trim_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Opens (creating, 0600) the daemon's log file for appending.
+pub fn open_log(path: &std::path::Path) -> Result<std::os::fd::OwnedFd> {
+    traced!(
+        "open",
+        path,
+        nix::fcntl::open(
+            path,
+            OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600)
+        )
+    )
 }
