@@ -793,7 +793,9 @@ enum Obj {
     Symlink(&'static str),
     /// a fifo (mode 0640)
     Fifo,
-    /// a whiteout: char 0:0 (the kernel reads only overlay-format whiteouts in lowers)
+    /// a whiteout: char 0:0 (the kernel reads only overlay-format whiteouts in lowers);
+    /// generated only where the directory continues below (see
+    /// [`GenLowers::from_nodes`])
     Whiteout,
     /// an xattr whiteout (kernel 6.8+): an empty file with `trusted.overlay.whiteout`, in a
     /// directory marked `trusted.overlay.opaque=x` (unless it is opaque `y` already);
@@ -837,29 +839,27 @@ impl GenLowers {
                 })
                 .collect(),
         );
-        // Kernel overlayfs hides an xattr whiteout from lookup wherever it is, but from
-        // readdir only where its directory continues in a lower below (not in the last
-        // layer of a merged directory, nor in a directory of one layer): elsewhere the
-        // name is listed and cannot be looked up. That is a quirk of the oracle, not a
-        // behaviour to copy; a plain whiteout takes the place of such an xattr whiteout.
-        // (Operations never change which lowers make up a lower path's directory:
+        // Kernel overlayfs hides a whiteout (char 0:0 or xattr) from lookup wherever it
+        // is, but from readdir only where its directory continues in a lower below: in a
+        // directory of one layer (or the last layer of a merged one) the name is listed
+        // and cannot be looked up, until a copy-up makes the directory merged. A quirk of
+        // the oracle, not a behaviour to copy: such whiteouts hide nothing, and are left
+        // out. (Operations never change which lowers make up a lower path's directory:
         // redirects name lower paths, resolved from the top lower.)
         for i in 0..g.0.len() {
-            for j in 0..g.0[i].len() {
-                let (p, o) = g.0[i][j];
-                if o != Obj::XWhiteout {
-                    continue;
+            let mut keep = Vec::new();
+            for &(p, o) in &g.0[i] {
+                if matches!(o, Obj::Whiteout | Obj::XWhiteout) {
+                    let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
+                    let stack = g.stack(dir);
+                    let pos = stack.iter().position(|&k| k == i);
+                    if !pos.is_some_and(|n| n + 1 < stack.len()) {
+                        continue;
+                    }
                 }
-                let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
-                let stack = g.stack(dir);
-                let below = stack
-                    .iter()
-                    .position(|&k| k == i)
-                    .is_some_and(|n| n + 1 < stack.len());
-                if !below {
-                    g.0[i][j].1 = Obj::Whiteout;
-                }
+                keep.push((p, o));
             }
+            g.0[i] = keep;
         }
         g
     }
