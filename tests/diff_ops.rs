@@ -1,10 +1,9 @@
 //! Differential property test of the write path: kernel overlayfs is the oracle.
 //!
-//! Every case builds a small deterministic pair of lower branches (a merged directory, an
-//! opaque directory, a char 0:0 whiteout, a hard-linked pair, a symlink, a fifo, nested
-//! directories, user xattrs, suid bits, odd owners), mounts them twice — kernel overlayfs
-//! (`redirect_dir=on,index=on`) and unionfs (`-o whiteout=overlay` with a separate workdir)
-//! — and applies one generated sequence of system calls to both mounts. It checks that
+//! Every case builds lower branches, mounts them twice — kernel overlayfs
+//! (`redirect_dir=on,index=on`) and unionfs (`-o whiteout=overlay` or `-o whiteout=aufs`,
+//! with a separate workdir) — and applies one generated sequence of system calls to both
+//! mounts. It checks that
 //!
 //! 1. every call gives the same result on both sides (success value or errno);
 //! 2. the merged trees are the same afterwards (names, types, modes, owners, sizes of
@@ -14,14 +13,24 @@
 //!    upper and workdirs (persistence), and so are unionfs's inode numbers;
 //! 4. unionfs's inode numbers group paths exactly as the kernel's do (hard links share one
 //!    number, everything else has its own) and readdir's d_ino equals st_ino;
-//! 5. the lower branches are untouched, and unionfs's upper holds no `.wh.` names.
+//! 5. the lower branches are untouched, and (overlay format) unionfs's upper holds no
+//!    `.wh.` names.
 //!
-//! A second property (`kernel_reads_unionfs_upper`) mounts kernel overlayfs on the upper
-//! and workdir unionfs wrote and compares that with the kernel's own result.
+//! The lowers are either the fixed fixture of [`build_lowers`] (a merged directory, an
+//! opaque directory, a char 0:0 whiteout, a hard-linked pair, a symlink, a fifo, nested
+//! directories, user xattrs, suid bits, odd owners; short sequences over [`PATHS`]) or
+//! generated ([`gen_lowers_strategy`]: two or three lowers in which the same name is
+//! often a directory in one and a file, symlink, fifo, whiteout or opaque directory in
+//! another, at every depth; long sequences over [`GEN_PATHS`] that move directories a
+//! lot). Each property runs in both whiteout formats; a further property in each
+//! family (`*kernel_reads_unionfs_upper`, overlay format only) mounts kernel overlayfs on
+//! the upper and workdir unionfs wrote and compares that with the kernel's own result.
 //!
-//! The number of cases is 64 (32 for the second property) unless `UNIONFS_SOAK_CASES`
-//! says otherwise. Failures proptest found and shrank are kept below as `regression_*`
-//! tests with explicit op lists.
+//! Budget: fixed fixture 64 cases (32 for kernel-reads) unless `UNIONFS_SOAK_CASES`;
+//! generated lowers `UNIONFS_DIFF_OPS_CASES` cases (16 by default; `scripts/test.sh`
+//! asks for 1024 once, `scripts/soak.sh` for thousands) of `UNIONFS_DIFF_OPS_LEN` (200)
+//! operations. docs/TESTING.md has the timings. Failures proptest found and shrank are
+//! kept below as `regression_*` tests with explicit op lists (and lowers).
 //!
 //! Each case runs in a mount namespace of its own (see [`PrivateMountNs`]), with fresh
 //! temporary directories; every mount is guarded and unmounted also on failure.
