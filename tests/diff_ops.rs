@@ -1369,6 +1369,20 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// A fork of this multi-threaded process holds copies of all its descriptors until the
+/// child execs. An operation's short-lived descriptors must not live on in such a child
+/// of another test thread: a fifo the operation opened for reading and closed would
+/// still have a reader, so a later non-blocking open for writing would succeed on one
+/// side and fail with ENXIO on the other. Operations hold this for reading, spawning
+/// (up to the exec) holds it for writing.
+static FORK_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn spawn(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let _no_ops = FORK_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    // returns once the child has exec'd (or failed to)
+    cmd.spawn()
+}
+
 /// One live mount. Dropping it unmounts (lazily if need be) and ends the daemon: also when
 /// the test panics.
 struct MountGuard {
@@ -1432,8 +1446,8 @@ impl MountGuard {
     fn unionfs(d: &Dirs, fmt: Fmt) -> Result<MountGuard, String> {
         let mut err = tempfile::tempfile().map_err(|e| e.to_string())?;
         let opts = format!("whiteout={},workdir={}", fmt.option(), d.work.display());
-        let status = Command::new(env!("CARGO_BIN_EXE_unionfs"))
-            .arg("mount")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_unionfs"));
+        cmd.arg("mount")
             .arg(colon_list(&d.lowers))
             .arg(&d.upper)
             .arg(&d.mnt)
@@ -1441,8 +1455,9 @@ impl MountGuard {
             .arg(&opts)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(err.try_clone().map_err(|e| e.to_string())?)
-            .status()
+            .stderr(err.try_clone().map_err(|e| e.to_string())?);
+        let status = spawn(&mut cmd)
+            .and_then(|mut c| c.wait())
             .map_err(|e| format!("cannot run unionfs: {e}"))?;
         // guard first, so that whatever is mounted gets unmounted
         let g = MountGuard {
@@ -1469,11 +1484,14 @@ impl MountGuard {
     /// One unmount attempt: `unionfs umount` for unionfs, umount2 otherwise.
     fn unmount_once(&self) -> Result<(), String> {
         if self.unionfs {
-            let out = Command::new(env!("CARGO_BIN_EXE_unionfs"))
-                .arg("umount")
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_unionfs"));
+            cmd.arg("umount")
                 .arg(&self.mnt)
                 .stdin(Stdio::null())
-                .output()
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let out = spawn(&mut cmd)
+                .and_then(|c| c.wait_with_output())
                 .map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!(
@@ -2014,8 +2032,10 @@ fn run_case(lowers: &Lowers, ops: &[Op], check: Check, fmt: Fmt) -> Result<CaseO
             let moves_dir = stats
                 && matches!(op, Op::Rename { from, .. }
                     if fs::symlink_metadata(ks.p(from)).is_ok_and(|m| m.is_dir()));
-            let a = ks.apply(op);
-            let b = us.apply(op);
+            let (a, b) = {
+                let _no_forks = FORK_LOCK.read().unwrap_or_else(|e| e.into_inner());
+                (ks.apply(op), us.apply(op))
+            };
             oks += usize::from(a.is_ok());
             if stats {
                 let dbg = format!("{op:?}");
