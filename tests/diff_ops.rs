@@ -2705,3 +2705,51 @@ fn regression_redirect_through_lower_file() {
 fn regression_redirect_through_lower_file_aufs() {
     redirect_through_lower_file(Fmt::Aufs);
 }
+
+/// A rename of a lower directory over a non-empty directory that only the upper holds
+/// (made by mkdir). Kernel: no emptiness check before copy-up for such a target
+/// (`ovl_pure_upper`): the source (and its parents) are copied up, then the upper's
+/// rename fails with ENOTEMPTY, so e and e/e are merged directories afterwards (nlink 1).
+/// unionfs: failed before copying anything up (nlink 3 and 2). Found by the generated
+/// lowers at 1024 cases.
+fn failed_rename_over_upper_dir_copies_up_source(fmt: Fmt) {
+    let lowers = gen_lowers(&[
+        &[("e", Obj::Dir), ("e/e", Obj::Dir), ("e/e/d", Obj::Dir)],
+        &[],
+    ]);
+    check_on(
+        &Lowers::Gen(lowers),
+        &[
+            Op::Mkdir {
+                p: "n",
+                mode: Oct(0o755),
+            },
+            Op::Mkdir {
+                p: "n/d",
+                mode: Oct(0o755),
+            },
+            Op::Rename {
+                from: "e/e/d",
+                to: "n",
+                how: Rn::Plain,
+            },
+            Op::Rename {
+                from: "e/e",
+                to: "n",
+                how: Rn::Plain,
+            },
+        ],
+        Check::Full,
+        fmt,
+    );
+}
+
+#[test]
+fn regression_failed_rename_over_upper_dir_copies_up_source() {
+    failed_rename_over_upper_dir_copies_up_source(Fmt::Overlay);
+}
+
+#[test]
+fn regression_failed_rename_over_upper_dir_copies_up_source_aufs() {
+    failed_rename_over_upper_dir_copies_up_source(Fmt::Aufs);
+}

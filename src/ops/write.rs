@@ -551,6 +551,14 @@ impl UnionFs {
                 (true, false) => return Err(Error::NotDir),
                 (false, true) => return Err(Error::IsDir),
                 (true, true) if !self.merged_dir_is_empty(d, &nppath.join(newname))? => {
+                    // A target that is purely the upper's own (no lower
+                    // content, never moved) is not checked before copy-up
+                    // by overlayfs: the source is copied up, then the
+                    // upper's rename refuses. The same here, so the tree
+                    // after the failure is the same.
+                    if self.is_pure_upper_dir(d)? {
+                        self.copy_up_path(&ppath.join(name), CopyUpData::Full)?;
+                    }
                     return Err(Error::sys("rename", Errno::ENOTEMPTY));
                 }
                 _ => {}
@@ -714,6 +722,14 @@ impl UnionFs {
     fn lower_layer(&self, found: &lookup::Found) -> Option<usize> {
         let up = self.upper.as_ref().map(|u| u.branch);
         found.state.layers.iter().position(|l| Some(l.branch) != up)
+    }
+
+    /// A directory only the upper holds and that was never moved (overlayfs:
+    /// no lower and no origin — `ovl_pure_upper`).
+    fn is_pure_upper_dir(&self, found: &lookup::Found) -> Result<bool> {
+        Ok(found.state.layers.len() == 1
+            && self.in_upper(&found.state)
+            && !self.has_redirect(found)?)
     }
 
     /// Whether the upper instance of a directory already redirects.
