@@ -37,8 +37,13 @@ pub enum Command {
     /// Mount a union (the default when the first argument is an option).
     #[command(long_about = "Mount a union.\n\n\
   unionfs mount LOWER1[:LOWER2...] [UPPER] MNT [-o OPTS]\n\
-  unionfs mount -o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK MNT\n\n\
-The leftmost lower is the topmost. Write \\: for a colon inside a path. Without an \
+  unionfs mount -o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK MNT\n\
+  unionfs mount -o br=/u=rw:/a=ro+wh:/b=ro [none] MNT     (AUFS; also br:... and dirs=...)\n\
+  unionfs mount /u=RW:/a=RO MNT [-o cow]                 (unionfs-fuse)\n\n\
+The leftmost lower is the topmost. In branch lists with modes (rw, ro, rr, nfsro, \
+any case; ro may take +wh) the one rw branch must come first and is the upper; \
+an unmarked branch is ro, except the first one of an AUFS br= list. \
+Write \\= for an equals sign inside such a path. Write \\: for a colon inside a path. Without an \
 UPPER (or with UPPER '-') the union is read-only.\n\n\
 Options (-o, comma-separated, may repeat):\n  \
 lowerdir=, upperdir=, workdir=   branches, overlay style\n  \
@@ -108,14 +113,20 @@ impl MountArgs {
             .iter()
             .flat_map(|o| config::split_options(o))
             .collect();
-        let overlay = items.iter().any(|i| i.starts_with("lowerdir="));
-        let dialect = if overlay {
+        let pos: Vec<PathBuf> = self.args.into_iter().map(PathBuf::from).collect();
+        let dialect = if items.iter().any(|i| i.starts_with("lowerdir=")) {
             Dialect::Overlay
+        } else if items
+            .iter()
+            .any(|i| i.starts_with("br=") || i.starts_with("br:") || i.starts_with("dirs="))
+        {
+            Dialect::Aufs
+        } else if pos.len() == 2 && config::has_modes(&pos[0].to_string_lossy()) {
+            Dialect::UnionfsFuse
         } else {
             Dialect::Native
         };
         let opts = config::parse_options(&items, dialect)?;
-        let pos: Vec<PathBuf> = self.args.into_iter().map(PathBuf::from).collect();
         let (lowers, upper, mnt) = match (dialect, pos.as_slice()) {
             (Dialect::Overlay, [mnt]) => (
                 config::split_branches(opts.lowerdir.as_deref().unwrap_or("")),
@@ -127,17 +138,40 @@ impl MountArgs {
                     "with -o lowerdir=... give only the mount point".into(),
                 ))
             }
+            // `mount -t aufs -o br=... none MNT`: the source is a label.
+            (Dialect::Aufs, [mnt] | [_, mnt]) => {
+                let specs = config::split_branch_specs(opts.br.as_deref().unwrap_or(""))?;
+                let (lowers, upper) = config::specs_to_branches(&specs, true)?;
+                (lowers, upper, mnt.clone())
+            }
+            (Dialect::Aufs, _) => return Err(ConfigError::Usage(
+                "with -o br=... give only the mount point (or a source label and the mount point)"
+                    .into(),
+            )),
+            (Dialect::UnionfsFuse, [branches, mnt]) => {
+                let specs = config::split_branch_specs(&branches.to_string_lossy())?;
+                let (lowers, upper) = config::specs_to_branches(&specs, false)?;
+                (lowers, upper, mnt.clone())
+            }
             (Dialect::Native, [lowers, mnt]) => (
                 config::split_branches(&lowers.to_string_lossy()),
                 opts.upperdir.as_ref().map(PathBuf::from),
                 mnt.clone(),
             ),
-            (Dialect::Native, [lowers, upper, mnt]) => (
-                config::split_branches(&lowers.to_string_lossy()),
-                (upper.as_os_str() != "-").then(|| upper.clone()),
-                mnt.clone(),
-            ),
-            (Dialect::Native, _) => {
+            (Dialect::Native | Dialect::UnionfsFuse, [lowers, upper, mnt]) => {
+                if config::has_modes(&lowers.to_string_lossy()) {
+                    return Err(ConfigError::Usage(
+                        "branches with modes (/u=RW:/a=RO) take no separate UPPER: give BRANCHES MNT"
+                            .into(),
+                    ));
+                }
+                (
+                    config::split_branches(&lowers.to_string_lossy()),
+                    (upper.as_os_str() != "-").then(|| upper.clone()),
+                    mnt.clone(),
+                )
+            }
+            (Dialect::Native | Dialect::UnionfsFuse, _) => {
                 return Err(ConfigError::Usage(
                     "usage: unionfs mount LOWER1[:LOWER2...] [UPPER] MNT [-o OPTS]".into(),
                 ))
@@ -242,5 +276,89 @@ mod tests {
             m.into_config(),
             Err(ConfigError::UnknownOption("bogus".into()))
         );
+    }
+
+    fn config_of(args: &[&str], options: &[&str]) -> Result<MountConfig, ConfigError> {
+        MountArgs {
+            args: argv(args),
+            options: options.iter().map(|s| s.to_string()).collect(),
+            foreground: false,
+            debug: false,
+        }
+        .into_config()
+    }
+
+    #[test]
+    fn every_dialect_gives_the_same_mount() {
+        let Ok(td) = tempfile::tempdir() else {
+            unreachable!("tempdir")
+        };
+        let d = |n: &str| {
+            let p = td.path().join(n);
+            let _ = std::fs::create_dir(&p);
+            p.canonicalize().unwrap_or(p).display().to_string()
+        };
+        let (u, a, b, m) = (d("u"), d("a"), d("b"), d("m"));
+        let native = config_of(&[&format!("{a}:{b}"), &u, &m], &[]);
+        let Ok(native) = native else {
+            unreachable!("{native:?}")
+        };
+        let same = |c: Result<MountConfig, ConfigError>, what: &str| {
+            let Ok(c) = c else {
+                unreachable!("{what}: {c:?}")
+            };
+            assert_eq!(
+                (&c.lowers, &c.upper, &c.mountpoint),
+                (&native.lowers, &native.upper, &native.mountpoint),
+                "{what}"
+            );
+            c.dialect
+        };
+        let br = format!("br={u}=rw:{a}=ro+wh:{b}=ro");
+        assert_eq!(same(config_of(&[&m], &[&br]), "aufs br="), Dialect::Aufs);
+        let brc = format!("br:{u}=rw:{a}=ro:{b}");
+        assert_eq!(
+            same(config_of(&["none", &m], &[&brc]), "aufs br:"),
+            Dialect::Aufs
+        );
+        let dirs = format!("dirs={u}=rw:{a}=ro:{b}=ro");
+        assert_eq!(
+            same(config_of(&["unionfs", &m], &[&dirs]), "dirs="),
+            Dialect::Aufs
+        );
+        let uf = format!("{u}=RW:{a}=RO:{b}=RO");
+        assert_eq!(
+            same(config_of(&[&uf, &m], &["cow"]), "unionfs-fuse"),
+            Dialect::UnionfsFuse
+        );
+        let ov = format!("lowerdir={a}:{b},upperdir={u}");
+        assert_eq!(same(config_of(&[&m], &[&ov]), "overlay"), Dialect::Overlay);
+        // mount(8) helper form: SOURCE = lowers, upper as an option.
+        let up = format!("upperdir={u}");
+        assert_eq!(
+            same(
+                config_of(&[&format!("{a}:{b}"), &m], &[&up, "noauto"]),
+                "fstab"
+            ),
+            Dialect::Native
+        );
+        // A read-only AUFS union (no rw branch).
+        let ro = config_of(&[&m], &[&format!("br={a}=ro:{b}=rr")]);
+        assert!(matches!(ro, Ok(c) if c.upper.is_none() && c.lowers.len() == 2));
+    }
+
+    #[test]
+    fn unknown_mode_word_in_any_dialect() {
+        for (args, opts) in [
+            (vec!["/u=RW:/a=RX", "/m"], vec![]),
+            (vec!["/m"], vec!["br=/u=rw:/a=ro+wx"]),
+            (vec!["none", "/m"], vec!["dirs=/u=wr"]),
+        ] {
+            let r = config_of(&args, &opts);
+            assert!(
+                matches!(r, Err(ConfigError::BadMode { .. })),
+                "{args:?} {opts:?}: {r:?}"
+            );
+        }
     }
 }
