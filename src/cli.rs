@@ -73,6 +73,57 @@ daemon in the background; it exits when the mount is unmounted.")]
         #[arg(short = 'l', long)]
         lazy: bool,
     },
+    /// What an upper changed, as `docker diff` prints it.
+    #[command(long_about = "What an upper changed, as `docker diff` prints it: \
+`A /path` added, `C /path` changed (an upper object over a lower one, or a directory \
+whose content changed), `D /path` deleted (a whiteout in any format, or lower entries \
+hidden by an opaque directory), sorted by path.\n\n\
+With --lowers, A and C are decided by whether the lowers hold the path. Without, \
+only the upper's own markers tell (whiteouts are D; copied-up objects, which carry \
+an origin xattr, and directories holding whiteouts are C; the rest is A).\n\n\
+  unionfs diff /var/lib/c1/upper --lowers /img/app:/img/debian\n  \
+unionfs diff /var/lib/c1/upper --json")]
+    Diff {
+        /// The upper branch (not mounted).
+        upper: PathBuf,
+        /// The lowers it was mounted on, topmost first.
+        #[arg(long, value_name = "L1:L2")]
+        lowers: Option<String>,
+        /// A JSON array of {"kind":"A|C|D","path":"/..."}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an upper as an OCI image layer tar (deterministic; digests on stderr).
+    #[command(long_about = "Write an upper as an OCI image layer: whiteouts in the \
+OCI form (.wh.NAME, DIR/.wh..wh..opq) whatever format the upper was written in, hard \
+links, xattrs (PAX SCHILY.xattr.*, union-private ones dropped), devices, fifos, \
+symlinks. Entries in sorted order, owners and modes as on disk, mtimes in whole \
+seconds (clamped by --mtime / SOURCE_DATE_EPOCH), no atime/ctime: the same upper \
+gives the same bytes. The compression follows the name (.tar, .tar.gz, .tar.zst). \
+Prints `diff_id sha256:...` (uncompressed) and `digest sha256:...` (as written) on \
+stderr.\n\n\
+Metadata-only (metacopy) files and renamed (redirected) directories need --lowers: \
+their data and content are read from the lowers (a renamed directory is written \
+opaque with its full merged content); without --lowers the export is refused.\n\n\
+  unionfs export /var/lib/c1/upper layer.tar.gz --lowers /img/app:/img/debian")]
+    Export(ExportArgs),
+}
+
+/// Arguments of `unionfs export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The upper branch (not mounted).
+    pub upper: PathBuf,
+    /// The layer to write: NAME.tar, NAME.tar.gz, NAME.tar.zst, or - for stdout (plain tar).
+    pub out: PathBuf,
+    /// The lowers the upper was mounted on (topmost first), for the data of
+    /// metadata-only files and the content of renamed directories.
+    #[arg(long, value_name = "L1:L2")]
+    pub lowers: Option<String>,
+    /// Clamp every mtime to at most SECONDS since the epoch (as
+    /// SOURCE_DATE_EPOCH does; also read from that variable).
+    #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
+    pub mtime: Option<u64>,
 }
 
 /// Arguments of `unionfs mount`.
@@ -93,7 +144,17 @@ pub struct MountArgs {
 }
 
 /// Words that start a subcommand or a top-level flag.
-const TOP_LEVEL: [&str; 7] = ["mount", "umount", "help", "--help", "-h", "--version", "-V"];
+const TOP_LEVEL: [&str; 9] = [
+    "mount",
+    "umount",
+    "diff",
+    "export",
+    "help",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+];
 
 /// Parses argv; the overlay dialect (`unionfs -o ... MNT`) is `mount`.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {

@@ -254,10 +254,12 @@ pub fn specs_to_branches(
         });
         match mode {
             SpecMode::ReadWrite if i == 0 => upper = Some(s.path.clone()),
-            SpecMode::ReadWrite => return Err(ConfigError::Usage(format!(
+            SpecMode::ReadWrite => {
+                return Err(ConfigError::Usage(format!(
                 "branch {} is rw but not the first: unionfs has one writable branch, the topmost",
                 s.path.display()
-            ))),
+            )))
+            }
             SpecMode::ReadOnly => lowers.push(s.path.clone()),
         }
     }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod fuse;
 pub mod handle;
 pub mod inode;
+pub mod layer;
 pub mod lookup;
 pub mod ops;
 pub mod readdir;
