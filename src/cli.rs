@@ -156,9 +156,97 @@ const TOP_LEVEL: [&str; 9] = [
     "-V",
 ];
 
-/// Parses argv; the overlay dialect (`unionfs -o ... MNT`) is `mount`.
+/// Names under which the binary is the mount(8) helper (installed as
+/// links to it): `mount -t fuse.unionfs` runs `/sbin/mount.fuse.unionfs`,
+/// `mount -t unionfs` runs `/sbin/mount.unionfs`.
+pub const HELPER_NAMES: [&str; 2] = ["mount.fuse.unionfs", "mount.unionfs"];
+
+/// True when argv[0] names the mount(8) helper.
+pub fn is_helper(args: &[OsString]) -> bool {
+    args.first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| HELPER_NAMES.iter().any(|h| n == *h))
+}
+
+/// True for a helper call in mount(8)'s fake mode (`-f`): nothing to do.
+pub fn is_fake_helper_call(args: &[OsString]) -> bool {
+    if !is_helper(args) {
+        return false;
+    }
+    let mut it = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(s) = it.next() {
+        if s == "-o" || s == "-t" {
+            it.next();
+        } else if s.len() > 1
+            && s.starts_with('-')
+            && s[1..].chars().all(|c| "sfnvrw".contains(c))
+            && s.contains('f')
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The `unionfs mount` argv for a mount(8) helper call
+/// `mount.fuse.unionfs SOURCE MNT [-sfnvrw] [-t TYPE] [-o OPTS]`.
+///
+/// SOURCE is the branch list as `unionfs mount` takes it (`L1:L2` with
+/// `-o upperdir=U`, or `/u=RW:/a=RO`), or a label (`none`, `unionfs`) when
+/// the options name the branches (`lowerdir=`, `br=`, `dirs=`).
+pub fn helper_argv(args: &[OsString]) -> Result<Vec<OsString>, String> {
+    let usage = "usage: mount.fuse.unionfs SOURCE MOUNTPOINT [-o OPTIONS]";
+    let mut pos: Vec<OsString> = Vec::new();
+    let mut opts: Vec<String> = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "-o" {
+            let v = it
+                .next()
+                .ok_or_else(|| format!("-o needs a value; {usage}"))?;
+            opts.push(v.to_string_lossy().into_owned());
+        } else if let Some(v) = s.strip_prefix("-o") {
+            opts.push(v.to_string());
+        } else if s == "-t" {
+            // The type mount(8) resolved us by; nothing to choose.
+            it.next();
+        } else if s == "-N" || s.starts_with("--") {
+            return Err(format!("unsupported helper argument '{s}'; {usage}"));
+        } else if s.len() > 1 && s.starts_with('-') {
+            if !s[1..].chars().all(|c| "sfnvrw".contains(c)) {
+                return Err(format!("unknown helper flag '{s}'; {usage}"));
+            }
+            if s.contains('r') {
+                opts.push("ro".into());
+            }
+        } else {
+            pos.push(a.clone());
+        }
+    }
+    let [source, mnt] = <[OsString; 2]>::try_from(pos).map_err(|_| usage.to_string())?;
+    let items: Vec<String> = opts.iter().flat_map(|o| config::split_options(o)).collect();
+    let mut out: Vec<OsString> = vec!["unionfs".into(), "mount".into()];
+    if !items.iter().any(|i| i.starts_with("lowerdir=")) {
+        out.push(source);
+    }
+    out.push(mnt);
+    if !items.is_empty() {
+        out.push("-o".into());
+        out.push(items.join(",").into());
+    }
+    Ok(out)
+}
+
+/// Parses argv; the overlay dialect (`unionfs -o ... MNT`) is `mount`;
+/// called by a helper name, argv is read as mount(8) passes it.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let mut args = args;
+    if is_helper(&args) {
+        let argv = helper_argv(&args)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e + "\n"))?;
+        return Cli::try_parse_from(argv);
+    }
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
     if args.len() > 1 && !TOP_LEVEL.contains(&first) {
         args.insert(1, OsString::from("mount"));
@@ -421,5 +509,109 @@ mod tests {
                 "{args:?} {opts:?}: {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn mount_helper_argv() {
+        let h = |a: &[&str]| helper_argv(&argv(a));
+        assert_eq!(
+            h(&[
+                "/sbin/mount.fuse.unionfs",
+                "/a:/b",
+                "/m",
+                "-o",
+                "rw,upperdir=/u,_netdev"
+            ]),
+            Ok(argv(&[
+                "unionfs",
+                "mount",
+                "/a:/b",
+                "/m",
+                "-o",
+                "rw,upperdir=/u,_netdev"
+            ]))
+        );
+        assert_eq!(
+            h(&[
+                "mount.unionfs",
+                "none",
+                "/m",
+                "-n",
+                "-olowerdir=/a,upperdir=/u",
+                "-t",
+                "unionfs"
+            ]),
+            Ok(argv(&[
+                "unionfs",
+                "mount",
+                "/m",
+                "-o",
+                "lowerdir=/a,upperdir=/u"
+            ]))
+        );
+        assert_eq!(
+            h(&[
+                "mount.fuse.unionfs",
+                "none",
+                "/m",
+                "-sv",
+                "-o",
+                "br=/u=rw:/a=ro",
+                "-r"
+            ]),
+            Ok(argv(&[
+                "unionfs",
+                "mount",
+                "none",
+                "/m",
+                "-o",
+                "br=/u=rw:/a=ro,ro"
+            ]))
+        );
+        assert_eq!(
+            h(&["mount.fuse.unionfs", "/u=RW:/a=RO", "/m"]),
+            Ok(argv(&["unionfs", "mount", "/u=RW:/a=RO", "/m"]))
+        );
+        for bad in [
+            vec!["mount.fuse.unionfs", "/a"],
+            vec!["mount.fuse.unionfs", "/a", "/m", "/x"],
+            vec!["mount.fuse.unionfs", "/a", "/m", "-x"],
+            vec!["mount.fuse.unionfs", "/a", "/m", "-N", "1"],
+            vec!["mount.fuse.unionfs", "/a", "/m", "-o"],
+        ] {
+            assert!(h(&bad).is_err(), "{bad:?}");
+        }
+        assert!(is_helper(&argv(&["/usr/sbin/mount.fuse.unionfs"])));
+        assert!(!is_helper(&argv(&["unionfs"])));
+        assert!(is_fake_helper_call(&argv(&[
+            "mount.fuse.unionfs",
+            "s",
+            "/m",
+            "-fv"
+        ])));
+        assert!(!is_fake_helper_call(&argv(&["unionfs", "s", "/m", "-f"])));
+        assert!(!is_fake_helper_call(&argv(&[
+            "mount.fuse.unionfs",
+            "s",
+            "/m",
+            "-o",
+            "-f"
+        ])));
+        let cli = parse(argv(&[
+            "mount.fuse.unionfs",
+            "/a",
+            "/m",
+            "-o",
+            "upperdir=/u",
+        ]));
+        assert!(
+            matches!(
+                cli,
+                Ok(Cli {
+                    command: Command::Mount(_)
+                })
+            ),
+            "{cli:?}"
+        );
     }
 }

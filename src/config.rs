@@ -565,6 +565,8 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
             }
             k if value.is_none() && FLAG_WORDS.contains(&k) => o.flags.push(k.to_string()),
             k if value.is_none() && FSTAB_NOISE.contains(&k) => o.ignored.push(k.to_string()),
+            // fstab options for other programs (systemd's x-systemd.*, comments).
+            k if k.starts_with("x-") || k == "comment" => o.ignored.push(item.clone()),
             _ => match dialect {
                 Dialect::Overlay | Dialect::Aufs => o.ignored.push(item.clone()),
                 Dialect::Native | Dialect::UnionfsFuse => {
@@ -857,6 +859,7 @@ mod tests {
                 "nosuid",
                 "noauto",
                 "_netdev",
+                "x-systemd.requires=/srv",
             ]),
             Dialect::Native,
         );
@@ -876,7 +879,10 @@ mod tests {
         assert_eq!(o.metacopy, Some(false));
         assert_eq!(o.copyup, Some(crate::copy_up::Strategy::ReadWrite));
         assert_eq!(o.flags, v(&["nosuid"]));
-        assert_eq!(o.ignored, v(&["noauto", "_netdev"]));
+        assert_eq!(
+            o.ignored,
+            v(&["noauto", "_netdev", "x-systemd.requires=/srv"])
+        );
     }
 
     #[test]

@@ -6,7 +6,12 @@ use unionfs::cli::{self, Command};
 use unionfs::{daemon, layer};
 
 fn main() -> ExitCode {
-    let cli = match cli::parse(std::env::args_os().collect()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // mount(8) -f: pretend, as helpers must.
+    if cli::is_fake_helper_call(&args) {
+        return ExitCode::SUCCESS;
+    }
+    let cli = match cli::parse(args) {
         Ok(c) => c,
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and errors to stderr.

@@ -120,7 +120,10 @@ fn round_trip(format: &str) {
     change(&t.mnt);
     let view = without_root(snapshot(&t.mnt));
     for p in ["/renamed/x/y", "/new", "/null", "/fifo", "/keep/k", "/top"] {
-        assert!(view.contains_key(Path::new(p)), "test bug: {p} not in the view");
+        assert!(
+            view.contains_key(Path::new(p)),
+            "test bug: {p} not in the view"
+        );
     }
     m.unmount();
 
