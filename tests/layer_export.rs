@@ -300,3 +300,103 @@ fn bad_input_is_one_line() {
     }
     assert!(!u.join("o.tar").exists());
 }
+
+#[test]
+fn every_whiteout_format_in_a_hand_written_upper() {
+    if !can_mount_overlay() {
+        return; // trusted.* xattrs and mknod need root
+    }
+    let s = Scratch::new("export-formats");
+    let (l, u) = (s.dir("l"), s.dir("u"));
+    for f in [
+        "a", "b", "f", "keep", "sub/c", "plain/n", "o/x", "o/y", "q/x", "fo/z",
+    ] {
+        file(&l, f, b"lower\n", 0o644);
+    }
+    wh_aufs(&u, "a");
+    wh_chardev(&u, "b");
+    wh_xattr(&u, "sub/c", Ns::User);
+    wh_xattr_unmarked(&u, "plain/n", Ns::User); // not a whiteout: its dir is unmarked
+    wh_unionfs_fuse(&u, "f", ".unionfs", false);
+    opaque_xattr(&u, "o", "trusted.overlay.opaque", b"y");
+    opaque_aufs(&u, "q");
+    opaque_xattr(&u, "fo", "user.fuseoverlayfs.opaque", b"y");
+    file(&u, "kept", b"k\n", 0o644);
+    set_xattr(&u, "kept", "user.keep", b"1");
+    set_xattr(&u, "kept", "trusted.overlay.origin", b"private");
+    // Union internals, never reported.
+    file(&u, ".wh..wh.aufs", b"", 0o644);
+    mkdir(&u, ".wh..wh.plnk", 0o700);
+    mkdir(&u, ".wh..wh.unionfs/work", 0o700);
+
+    let lowers = l.display().to_string();
+    let d = run_bin(&[
+        "diff".as_ref(),
+        u.as_os_str(),
+        "--lowers".as_ref(),
+        lowers.as_ref(),
+    ]);
+    assert!(d.ok(), "{d}");
+    assert_eq!(
+        d.stdout,
+        "D /a\nD /b\nD /f\nC /fo\nD /fo/z\nA /kept\nC /o\nD /o/x\nD /o/y\n\
+         C /plain\nC /plain/n\nC /q\nD /q/x\nC /sub\nD /sub/c\n",
+        "{d}"
+    );
+    let bare = run_bin(&["diff".as_ref(), u.as_os_str()]);
+    assert_eq!(
+        bare.stdout,
+        // /kept carries an origin xattr: without lowers, that says "copied up".
+        "D /a\nD /b\nD /f\nC /fo\nC /kept\nC /o\nA /plain\nA /plain/n\nC /q\nC /sub\nD /sub/c\n",
+        "{bare}"
+    );
+
+    let out = s.path("l.tar");
+    let e = run_bin(&["export".as_ref(), u.as_os_str(), out.as_os_str()]);
+    assert!(e.ok(), "{e}");
+    let mut names = Vec::new();
+    let mut pax = Vec::new();
+    let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
+    for entry in ar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        if let Some(exts) = entry.pax_extensions().unwrap() {
+            for x in exts {
+                pax.push((name.clone(), x.unwrap().key().unwrap().to_string()));
+            }
+        }
+        names.push(name);
+    }
+    assert_eq!(
+        names,
+        [
+            ".wh.a",
+            ".wh.b",
+            ".wh.f",
+            "fo",
+            "fo/.wh..wh..opq",
+            "kept",
+            "o",
+            "o/.wh..wh..opq",
+            "plain",
+            "plain/n",
+            "q",
+            "q/.wh..wh..opq",
+            "sub",
+            "sub/.wh.c",
+        ],
+        "{e}"
+    );
+    assert_eq!(
+        pax,
+        [("kept".to_string(), "SCHILY.xattr.user.keep".to_string())],
+        "only user xattrs leave"
+    );
+
+    // An upper recorded in AUFS format: a char 0:0 device is a device.
+    let u2 = s.dir("u2");
+    set_xattr(&u2, "", "trusted.unionfs.format", b"aufs");
+    wh_chardev(&u2, "dev");
+    let d2 = run_bin(&["diff".as_ref(), u2.as_os_str()]);
+    assert_eq!(d2.stdout, "A /dev\n", "{d2}");
+}

@@ -167,15 +167,16 @@ pub struct UpperDir {
     char_whiteouts: bool,
 }
 
-/// True when `name` (in `dir`, lstat `md`) is a whiteout object: a char
-/// 0:0 device (when `char_whiteouts`) or an empty regular file with a
-/// whiteout xattr.
-fn is_whiteout_obj(path: &Path, md: &Metadata, char_whiteouts: bool) -> Result<bool> {
+/// True when the object at `path` (lstat `md`) is a whiteout object: a
+/// char 0:0 device (when `char_whiteouts`) or, when its directory is marked
+/// as holding xattr whiteouts (`xwh`: `*.overlay.opaque=x`), an empty
+/// regular file with a whiteout xattr — the rule the mounted union applies.
+fn is_whiteout_obj(path: &Path, md: &Metadata, char_whiteouts: bool, xwh: bool) -> Result<bool> {
     let ft = md.file_type();
     if ft.is_char_device() {
         return Ok(char_whiteouts && whiteout::is_char_whiteout(libc::S_IFCHR, md.rdev()));
     }
-    if ft.is_file() && md.len() == 0 {
+    if xwh && ft.is_file() && md.len() == 0 {
         return Ok(has_any(&xattrs(path)?, &whiteout::WHITEOUT_XATTRS));
     }
     Ok(false)
@@ -197,6 +198,15 @@ fn read_names(dir: &Path) -> Result<Vec<OsString>> {
         .map_err(io_at(dir))?;
     names.sort();
     Ok(names)
+}
+
+/// True when a directory's xattrs mark it as holding xattr whiteouts.
+fn marks_xattr_whiteouts(x: &BTreeMap<OsString, Vec<u8>>) -> bool {
+    whiteout::OPAQUE_XATTRS.iter().any(|n| {
+        x.get(OsStr::new(n)).is_some_and(|v| {
+            whiteout::opacity_from_xattr(v) == whiteout::Opacity::HasXattrWhiteouts
+        })
+    })
 }
 
 fn dir_is_opaque(path: &Path, x: &BTreeMap<OsString, Vec<u8>>) -> Result<bool> {
@@ -238,6 +248,7 @@ impl UpperDir {
             opaque: dir_is_opaque(&dir, &dir_x)?,
             ..Listing::default()
         };
+        let xwh = marks_xattr_whiteouts(&dir_x);
         let at_root = rel.as_os_str().is_empty();
         for name in read_names(&dir)? {
             if at_root
@@ -258,7 +269,7 @@ impl UpperDir {
                 NameClass::Plain => {}
             }
             let Some(md) = lstat(&path)? else { continue };
-            if is_whiteout_obj(&path, &md, self.char_whiteouts)? {
+            if is_whiteout_obj(&path, &md, self.char_whiteouts, xwh)? {
                 l.whiteouts.insert(name, Some(md));
                 continue;
             }
@@ -346,7 +357,7 @@ fn lower_whiteout_at(dir: &Path, name: &OsStr) -> Result<bool> {
     }
     let p = dir.join(name);
     match lstat(&p)? {
-        Some(md) => is_whiteout_obj(&p, &md, true),
+        Some(md) => is_whiteout_obj(&p, &md, true, marks_xattr_whiteouts(&xattrs(dir)?)),
         None => Ok(false),
     }
 }
@@ -433,13 +444,14 @@ impl Lowers {
         for d in &f.dirs {
             // A `.wh.` file hides the name in the branches below only.
             let mut whited = Vec::new();
+            let xwh = marks_xattr_whiteouts(&xattrs(d)?);
             for n in read_names(d)? {
                 match whiteout::classify_name(&n) {
                     NameClass::Whiteout(t) => whited.push(t.to_os_string()),
                     NameClass::Plain => {
                         let p = d.join(&n);
                         let Some(md) = lstat(&p)? else { continue };
-                        if !is_whiteout_obj(&p, &md, true)? && !hidden.contains(&n) {
+                        if !is_whiteout_obj(&p, &md, true, xwh)? && !hidden.contains(&n) {
                             out.insert(n.clone());
                         }
                         // A name found here hides the same name further down.
