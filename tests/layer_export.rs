@@ -393,6 +393,22 @@ fn every_whiteout_format_in_a_hand_written_upper() {
         "only user xattrs leave"
     );
 
+    // --mtime clamps every mtime (SOURCE_DATE_EPOCH does the same).
+    let clamped = s.path("c.tar");
+    let c = run_bin(&[
+        "export".as_ref(),
+        u.as_os_str(),
+        clamped.as_os_str(),
+        "--mtime".as_ref(),
+        "1000".as_ref(),
+    ]);
+    assert!(c.ok(), "{c}");
+    let mut ar = tar::Archive::new(fs::File::open(&clamped).unwrap());
+    for entry in ar.entries().unwrap() {
+        let entry = entry.unwrap();
+        assert!(entry.header().mtime().unwrap() <= 1000);
+    }
+
     // An upper recorded in AUFS format: a char 0:0 device is a device.
     let u2 = s.dir("u2");
     set_xattr(&u2, "", "trusted.unionfs.format", b"aufs");
