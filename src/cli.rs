@@ -37,8 +37,13 @@ pub enum Command {
     /// Mount a union (the default when the first argument is an option).
     #[command(long_about = "Mount a union.\n\n\
   unionfs mount LOWER1[:LOWER2...] [UPPER] MNT [-o OPTS]\n\
-  unionfs mount -o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK MNT\n\n\
-The leftmost lower is the topmost. Write \\: for a colon inside a path. Without an \
+  unionfs mount -o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK MNT\n\
+  unionfs mount -o br=/u=rw:/a=ro+wh:/b=ro [none] MNT     (AUFS; also br:... and dirs=...)\n\
+  unionfs mount /u=RW:/a=RO MNT [-o cow]                 (unionfs-fuse)\n\n\
+The leftmost lower is the topmost. In branch lists with modes (rw, ro, rr, nfsro, \
+any case; ro may take +wh) the one rw branch must come first and is the upper; \
+an unmarked branch is ro, except the first one of an AUFS br= list. \
+Write \\= for an equals sign inside such a path. Write \\: for a colon inside a path. Without an \
 UPPER (or with UPPER '-') the union is read-only.\n\n\
 Options (-o, comma-separated, may repeat):\n  \
 lowerdir=, upperdir=, workdir=   branches, overlay style\n  \
@@ -68,6 +73,57 @@ daemon in the background; it exits when the mount is unmounted.")]
         #[arg(short = 'l', long)]
         lazy: bool,
     },
+    /// What an upper changed, as `docker diff` prints it.
+    #[command(long_about = "What an upper changed, as `docker diff` prints it: \
+`A /path` added, `C /path` changed (an upper object over a lower one, or a directory \
+whose content changed), `D /path` deleted (a whiteout in any format, or lower entries \
+hidden by an opaque directory), sorted by path.\n\n\
+With --lowers, A and C are decided by whether the lowers hold the path. Without, \
+only the upper's own markers tell (whiteouts are D; copied-up objects, which carry \
+an origin xattr, and directories holding whiteouts are C; the rest is A).\n\n\
+  unionfs diff /var/lib/c1/upper --lowers /img/app:/img/debian\n  \
+unionfs diff /var/lib/c1/upper --json")]
+    Diff {
+        /// The upper branch (not mounted).
+        upper: PathBuf,
+        /// The lowers it was mounted on, topmost first.
+        #[arg(long, value_name = "L1:L2")]
+        lowers: Option<String>,
+        /// A JSON array of {"kind":"A|C|D","path":"/..."}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an upper as an OCI image layer tar (deterministic; digests on stderr).
+    #[command(long_about = "Write an upper as an OCI image layer: whiteouts in the \
+OCI form (.wh.NAME, DIR/.wh..wh..opq) whatever format the upper was written in, hard \
+links, xattrs (PAX SCHILY.xattr.*, union-private ones dropped), devices, fifos, \
+symlinks. Entries in sorted order, owners and modes as on disk, mtimes in whole \
+seconds (clamped by --mtime / SOURCE_DATE_EPOCH), no atime/ctime: the same upper \
+gives the same bytes. The compression follows the name (.tar, .tar.gz, .tar.zst). \
+Prints `diff_id sha256:...` (uncompressed) and `digest sha256:...` (as written) on \
+stderr.\n\n\
+Metadata-only (metacopy) files and renamed (redirected) directories need --lowers: \
+their data and content are read from the lowers (a renamed directory is written \
+opaque with its full merged content); without --lowers the export is refused.\n\n\
+  unionfs export /var/lib/c1/upper layer.tar.gz --lowers /img/app:/img/debian")]
+    Export(ExportArgs),
+}
+
+/// Arguments of `unionfs export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The upper branch (not mounted).
+    pub upper: PathBuf,
+    /// The layer to write: NAME.tar, NAME.tar.gz, NAME.tar.zst, or - for stdout (plain tar).
+    pub out: PathBuf,
+    /// The lowers the upper was mounted on (topmost first), for the data of
+    /// metadata-only files and the content of renamed directories.
+    #[arg(long, value_name = "L1:L2")]
+    pub lowers: Option<String>,
+    /// Clamp every mtime to at most SECONDS since the epoch (as
+    /// SOURCE_DATE_EPOCH does; also read from that variable).
+    #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
+    pub mtime: Option<u64>,
 }
 
 /// Arguments of `unionfs mount`.
@@ -88,11 +144,109 @@ pub struct MountArgs {
 }
 
 /// Words that start a subcommand or a top-level flag.
-const TOP_LEVEL: [&str; 7] = ["mount", "umount", "help", "--help", "-h", "--version", "-V"];
+const TOP_LEVEL: [&str; 9] = [
+    "mount",
+    "umount",
+    "diff",
+    "export",
+    "help",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+];
 
-/// Parses argv; the overlay dialect (`unionfs -o ... MNT`) is `mount`.
+/// Names under which the binary is the mount(8) helper (installed as
+/// links to it): `mount -t fuse.unionfs` runs `/sbin/mount.fuse.unionfs`,
+/// `mount -t unionfs` runs `/sbin/mount.unionfs`.
+pub const HELPER_NAMES: [&str; 2] = ["mount.fuse.unionfs", "mount.unionfs"];
+
+/// True when argv[0] names the mount(8) helper.
+pub fn is_helper(args: &[OsString]) -> bool {
+    args.first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| HELPER_NAMES.iter().any(|h| n == *h))
+}
+
+/// True for a helper call in mount(8)'s fake mode (`-f`): nothing to do.
+pub fn is_fake_helper_call(args: &[OsString]) -> bool {
+    if !is_helper(args) {
+        return false;
+    }
+    let mut it = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(s) = it.next() {
+        if s == "-o" || s == "-t" {
+            it.next();
+        } else if s.len() > 1
+            && s.starts_with('-')
+            && s[1..].chars().all(|c| "sfnvrw".contains(c))
+            && s.contains('f')
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The `unionfs mount` argv for a mount(8) helper call
+/// `mount.fuse.unionfs SOURCE MNT [-sfnvrw] [-t TYPE] [-o OPTS]`.
+///
+/// SOURCE is the branch list as `unionfs mount` takes it (`L1:L2` with
+/// `-o upperdir=U`, or `/u=RW:/a=RO`), or a label (`none`, `unionfs`) when
+/// the options name the branches (`lowerdir=`, `br=`, `dirs=`).
+pub fn helper_argv(args: &[OsString]) -> Result<Vec<OsString>, String> {
+    let usage = "usage: mount.fuse.unionfs SOURCE MOUNTPOINT [-o OPTIONS]";
+    let mut pos: Vec<OsString> = Vec::new();
+    let mut opts: Vec<String> = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "-o" {
+            let v = it
+                .next()
+                .ok_or_else(|| format!("-o needs a value; {usage}"))?;
+            opts.push(v.to_string_lossy().into_owned());
+        } else if let Some(v) = s.strip_prefix("-o") {
+            opts.push(v.to_string());
+        } else if s == "-t" {
+            // The type mount(8) resolved us by; nothing to choose.
+            it.next();
+        } else if s == "-N" || s.starts_with("--") {
+            return Err(format!("unsupported helper argument '{s}'; {usage}"));
+        } else if s.len() > 1 && s.starts_with('-') {
+            if !s[1..].chars().all(|c| "sfnvrw".contains(c)) {
+                return Err(format!("unknown helper flag '{s}'; {usage}"));
+            }
+            if s.contains('r') {
+                opts.push("ro".into());
+            }
+        } else {
+            pos.push(a.clone());
+        }
+    }
+    let [source, mnt] = <[OsString; 2]>::try_from(pos).map_err(|_| usage.to_string())?;
+    let items: Vec<String> = opts.iter().flat_map(|o| config::split_options(o)).collect();
+    let mut out: Vec<OsString> = vec!["unionfs".into(), "mount".into()];
+    if !items.iter().any(|i| i.starts_with("lowerdir=")) {
+        out.push(source);
+    }
+    out.push(mnt);
+    if !items.is_empty() {
+        out.push("-o".into());
+        out.push(items.join(",").into());
+    }
+    Ok(out)
+}
+
+/// Parses argv; the overlay dialect (`unionfs -o ... MNT`) is `mount`;
+/// called by a helper name, argv is read as mount(8) passes it.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let mut args = args;
+    if is_helper(&args) {
+        let argv = helper_argv(&args)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e + "\n"))?;
+        return Cli::try_parse_from(argv);
+    }
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
     if args.len() > 1 && !TOP_LEVEL.contains(&first) {
         args.insert(1, OsString::from("mount"));
@@ -108,14 +262,20 @@ impl MountArgs {
             .iter()
             .flat_map(|o| config::split_options(o))
             .collect();
-        let overlay = items.iter().any(|i| i.starts_with("lowerdir="));
-        let dialect = if overlay {
+        let pos: Vec<PathBuf> = self.args.into_iter().map(PathBuf::from).collect();
+        let dialect = if items.iter().any(|i| i.starts_with("lowerdir=")) {
             Dialect::Overlay
+        } else if items
+            .iter()
+            .any(|i| i.starts_with("br=") || i.starts_with("br:") || i.starts_with("dirs="))
+        {
+            Dialect::Aufs
+        } else if pos.len() == 2 && config::has_modes(&pos[0].to_string_lossy()) {
+            Dialect::UnionfsFuse
         } else {
             Dialect::Native
         };
         let opts = config::parse_options(&items, dialect)?;
-        let pos: Vec<PathBuf> = self.args.into_iter().map(PathBuf::from).collect();
         let (lowers, upper, mnt) = match (dialect, pos.as_slice()) {
             (Dialect::Overlay, [mnt]) => (
                 config::split_branches(opts.lowerdir.as_deref().unwrap_or("")),
@@ -127,17 +287,40 @@ impl MountArgs {
                     "with -o lowerdir=... give only the mount point".into(),
                 ))
             }
+            // `mount -t aufs -o br=... none MNT`: the source is a label.
+            (Dialect::Aufs, [mnt] | [_, mnt]) => {
+                let specs = config::split_branch_specs(opts.br.as_deref().unwrap_or(""))?;
+                let (lowers, upper) = config::specs_to_branches(&specs, true)?;
+                (lowers, upper, mnt.clone())
+            }
+            (Dialect::Aufs, _) => return Err(ConfigError::Usage(
+                "with -o br=... give only the mount point (or a source label and the mount point)"
+                    .into(),
+            )),
+            (Dialect::UnionfsFuse, [branches, mnt]) => {
+                let specs = config::split_branch_specs(&branches.to_string_lossy())?;
+                let (lowers, upper) = config::specs_to_branches(&specs, false)?;
+                (lowers, upper, mnt.clone())
+            }
             (Dialect::Native, [lowers, mnt]) => (
                 config::split_branches(&lowers.to_string_lossy()),
                 opts.upperdir.as_ref().map(PathBuf::from),
                 mnt.clone(),
             ),
-            (Dialect::Native, [lowers, upper, mnt]) => (
-                config::split_branches(&lowers.to_string_lossy()),
-                (upper.as_os_str() != "-").then(|| upper.clone()),
-                mnt.clone(),
-            ),
-            (Dialect::Native, _) => {
+            (Dialect::Native | Dialect::UnionfsFuse, [lowers, upper, mnt]) => {
+                if config::has_modes(&lowers.to_string_lossy()) {
+                    return Err(ConfigError::Usage(
+                        "branches with modes (/u=RW:/a=RO) take no separate UPPER: give BRANCHES MNT"
+                            .into(),
+                    ));
+                }
+                (
+                    config::split_branches(&lowers.to_string_lossy()),
+                    (upper.as_os_str() != "-").then(|| upper.clone()),
+                    mnt.clone(),
+                )
+            }
+            (Dialect::Native | Dialect::UnionfsFuse, _) => {
                 return Err(ConfigError::Usage(
                     "usage: unionfs mount LOWER1[:LOWER2...] [UPPER] MNT [-o OPTS]".into(),
                 ))
@@ -241,6 +424,194 @@ mod tests {
         assert_eq!(
             m.into_config(),
             Err(ConfigError::UnknownOption("bogus".into()))
+        );
+    }
+
+    fn config_of(args: &[&str], options: &[&str]) -> Result<MountConfig, ConfigError> {
+        MountArgs {
+            args: argv(args),
+            options: options.iter().map(|s| s.to_string()).collect(),
+            foreground: false,
+            debug: false,
+        }
+        .into_config()
+    }
+
+    #[test]
+    fn every_dialect_gives_the_same_mount() {
+        let Ok(td) = tempfile::tempdir() else {
+            unreachable!("tempdir")
+        };
+        let d = |n: &str| {
+            let p = td.path().join(n);
+            let _ = std::fs::create_dir(&p);
+            p.canonicalize().unwrap_or(p).display().to_string()
+        };
+        let (u, a, b, m) = (d("u"), d("a"), d("b"), d("m"));
+        let native = config_of(&[&format!("{a}:{b}"), &u, &m], &[]);
+        let Ok(native) = native else {
+            unreachable!("{native:?}")
+        };
+        let same = |c: Result<MountConfig, ConfigError>, what: &str| {
+            let Ok(c) = c else {
+                unreachable!("{what}: {c:?}")
+            };
+            assert_eq!(
+                (&c.lowers, &c.upper, &c.mountpoint),
+                (&native.lowers, &native.upper, &native.mountpoint),
+                "{what}"
+            );
+            c.dialect
+        };
+        let br = format!("br={u}=rw:{a}=ro+wh:{b}=ro");
+        assert_eq!(same(config_of(&[&m], &[&br]), "aufs br="), Dialect::Aufs);
+        let brc = format!("br:{u}=rw:{a}=ro:{b}");
+        assert_eq!(
+            same(config_of(&["none", &m], &[&brc]), "aufs br:"),
+            Dialect::Aufs
+        );
+        let dirs = format!("dirs={u}=rw:{a}=ro:{b}=ro");
+        assert_eq!(
+            same(config_of(&["unionfs", &m], &[&dirs]), "dirs="),
+            Dialect::Aufs
+        );
+        let uf = format!("{u}=RW:{a}=RO:{b}=RO");
+        assert_eq!(
+            same(config_of(&[&uf, &m], &["cow"]), "unionfs-fuse"),
+            Dialect::UnionfsFuse
+        );
+        let ov = format!("lowerdir={a}:{b},upperdir={u}");
+        assert_eq!(same(config_of(&[&m], &[&ov]), "overlay"), Dialect::Overlay);
+        // mount(8) helper form: SOURCE = lowers, upper as an option.
+        let up = format!("upperdir={u}");
+        assert_eq!(
+            same(
+                config_of(&[&format!("{a}:{b}"), &m], &[&up, "noauto"]),
+                "fstab"
+            ),
+            Dialect::Native
+        );
+        // A read-only AUFS union (no rw branch).
+        let ro = config_of(&[&m], &[&format!("br={a}=ro:{b}=rr")]);
+        assert!(matches!(ro, Ok(c) if c.upper.is_none() && c.lowers.len() == 2));
+    }
+
+    #[test]
+    fn unknown_mode_word_in_any_dialect() {
+        for (args, opts) in [
+            (vec!["/u=RW:/a=RX", "/m"], vec![]),
+            (vec!["/m"], vec!["br=/u=rw:/a=ro+wx"]),
+            (vec!["none", "/m"], vec!["dirs=/u=wr"]),
+        ] {
+            let r = config_of(&args, &opts);
+            assert!(
+                matches!(r, Err(ConfigError::BadMode { .. })),
+                "{args:?} {opts:?}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mount_helper_argv() {
+        let h = |a: &[&str]| helper_argv(&argv(a));
+        assert_eq!(
+            h(&[
+                "/sbin/mount.fuse.unionfs",
+                "/a:/b",
+                "/m",
+                "-o",
+                "rw,upperdir=/u,_netdev"
+            ]),
+            Ok(argv(&[
+                "unionfs",
+                "mount",
+                "/a:/b",
+                "/m",
+                "-o",
+                "rw,upperdir=/u,_netdev"
+            ]))
+        );
+        assert_eq!(
+            h(&[
+                "mount.unionfs",
+                "none",
+                "/m",
+                "-n",
+                "-olowerdir=/a,upperdir=/u",
+                "-t",
+                "unionfs"
+            ]),
+            Ok(argv(&[
+                "unionfs",
+                "mount",
+                "/m",
+                "-o",
+                "lowerdir=/a,upperdir=/u"
+            ]))
+        );
+        assert_eq!(
+            h(&[
+                "mount.fuse.unionfs",
+                "none",
+                "/m",
+                "-sv",
+                "-o",
+                "br=/u=rw:/a=ro",
+                "-r"
+            ]),
+            Ok(argv(&[
+                "unionfs",
+                "mount",
+                "none",
+                "/m",
+                "-o",
+                "br=/u=rw:/a=ro,ro"
+            ]))
+        );
+        assert_eq!(
+            h(&["mount.fuse.unionfs", "/u=RW:/a=RO", "/m"]),
+            Ok(argv(&["unionfs", "mount", "/u=RW:/a=RO", "/m"]))
+        );
+        for bad in [
+            vec!["mount.fuse.unionfs", "/a"],
+            vec!["mount.fuse.unionfs", "/a", "/m", "/x"],
+            vec!["mount.fuse.unionfs", "/a", "/m", "-x"],
+            vec!["mount.fuse.unionfs", "/a", "/m", "-N", "1"],
+            vec!["mount.fuse.unionfs", "/a", "/m", "-o"],
+        ] {
+            assert!(h(&bad).is_err(), "{bad:?}");
+        }
+        assert!(is_helper(&argv(&["/usr/sbin/mount.fuse.unionfs"])));
+        assert!(!is_helper(&argv(&["unionfs"])));
+        assert!(is_fake_helper_call(&argv(&[
+            "mount.fuse.unionfs",
+            "s",
+            "/m",
+            "-fv"
+        ])));
+        assert!(!is_fake_helper_call(&argv(&["unionfs", "s", "/m", "-f"])));
+        assert!(!is_fake_helper_call(&argv(&[
+            "mount.fuse.unionfs",
+            "s",
+            "/m",
+            "-o",
+            "-f"
+        ])));
+        let cli = parse(argv(&[
+            "mount.fuse.unionfs",
+            "/a",
+            "/m",
+            "-o",
+            "upperdir=/u",
+        ]));
+        assert!(
+            matches!(
+                cli,
+                Ok(Cli {
+                    command: Command::Mount(_)
+                })
+            ),
+            "{cli:?}"
         );
     }
 }

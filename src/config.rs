@@ -78,6 +78,14 @@ pub enum ConfigError {
         /// The outer path.
         outer: String,
     },
+    /// A branch mode word that no union dialect knows.
+    #[error("unknown branch mode '{mode}' in '{branch}' (expected rw, ro, rr or nfsro; ro may take +wh)")]
+    BadMode {
+        /// The mode as written.
+        mode: String,
+        /// The branch item it was written in.
+        branch: String,
+    },
     /// The mount point is in use.
     #[error("mount point {0} is already a mount point")]
     Busy(String),
@@ -99,6 +107,163 @@ pub enum Dialect {
     /// `-o lowerdir=...,upperdir=...,workdir=...` (fuse-overlayfs, podman):
     /// unknown keys are warned about and ignored.
     Overlay,
+    /// AUFS `-o br=/u=rw:/a=ro+wh` (also `br:` and unionfs 1.x `dirs=`):
+    /// AUFS tuning keys (`udba=`, `xino=`...) are warned about and ignored.
+    Aufs,
+    /// unionfs-fuse `unionfs [-o cow] /u=RW:/a=RO MNT`: branches with modes
+    /// as the first positional; unknown keys are errors.
+    UnionfsFuse,
+}
+
+/// The mode of one branch in a branch specification with modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecMode {
+    /// `rw` / `RW`: the writable branch (the upper).
+    ReadWrite,
+    /// `ro`, `rr`, `nfsro`, `RO` (with or without `+wh`): a lower.
+    ReadOnly,
+}
+
+/// One branch of a specification like `/u=rw:/a=ro+wh:/b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchSpec {
+    /// The directory.
+    pub path: PathBuf,
+    /// Its mode; `None` when the user wrote none.
+    pub mode: Option<SpecMode>,
+}
+
+/// Mode words of AUFS (`rw`, `ro`, `rr`), unionfs 1.x (`nfsro`) and
+/// unionfs-fuse (`RW`, `RO`), compared without case.
+const MODE_WORDS: [(&str, SpecMode); 4] = [
+    ("rw", SpecMode::ReadWrite),
+    ("ro", SpecMode::ReadOnly),
+    ("rr", SpecMode::ReadOnly),
+    ("nfsro", SpecMode::ReadOnly),
+];
+/// AUFS branch attributes accepted after `+` (all about whiteouts in
+/// read-only branches, which unionfs reads in every branch anyway).
+const MODE_ATTRS: [&str; 3] = ["wh", "nolwh", "unpin"];
+
+/// Parses one mode word such as `ro+wh` or `RW`.
+fn parse_mode(word: &str, item: &str) -> Result<SpecMode, ConfigError> {
+    let bad = || ConfigError::BadMode {
+        mode: word.to_string(),
+        branch: item.to_string(),
+    };
+    let mut parts = word.split('+');
+    let base = parts.next().unwrap_or_default().to_ascii_lowercase();
+    let mode = MODE_WORDS
+        .iter()
+        .find(|(w, _)| *w == base)
+        .map(|(_, m)| *m)
+        .ok_or_else(bad)?;
+    for attr in parts {
+        if mode == SpecMode::ReadWrite || !MODE_ATTRS.contains(&attr.to_ascii_lowercase().as_str())
+        {
+            return Err(bad());
+        }
+    }
+    Ok(mode)
+}
+
+/// Splits a branch specification with modes (`/u=rw:/a=ro+wh:/b=RO`) at
+/// unescaped `:`; an unescaped `=` starts the mode word. `\:`, `\=` and
+/// `\\` are a literal colon, equals sign and backslash.
+pub fn split_branch_specs(s: &str) -> Result<Vec<BranchSpec>, ConfigError> {
+    // Items at unescaped ':' (escapes kept for the second pass).
+    let mut items: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut bytes = s.as_bytes().iter();
+    while let Some(&b) = bytes.next() {
+        let cur = items.last_mut().ok_or(ConfigError::NoLower)?;
+        match b {
+            b'\\' => {
+                cur.push(b);
+                if let Some(&n) = bytes.next() {
+                    cur.push(n);
+                }
+            }
+            b':' => items.push(Vec::new()),
+            _ => cur.push(b),
+        }
+    }
+    let mut out = Vec::new();
+    for item in items.iter().filter(|i| !i.is_empty()) {
+        let shown = String::from_utf8_lossy(item).into_owned();
+        let mut path = Vec::new();
+        let mut mode: Option<Vec<u8>> = None;
+        let mut it = item.iter();
+        while let Some(&b) = it.next() {
+            if b == b'=' && mode.is_none() {
+                mode = Some(Vec::new());
+                continue;
+            }
+            let c = if b == b'\\' {
+                it.next().copied().unwrap_or(b)
+            } else {
+                b
+            };
+            mode.as_mut().unwrap_or(&mut path).push(c);
+        }
+        if path.is_empty() {
+            return Err(ConfigError::Usage(format!(
+                "branch '{shown}' names no directory"
+            )));
+        }
+        let mode = match mode {
+            Some(m) => Some(parse_mode(&String::from_utf8_lossy(&m), &shown)?),
+            None => None,
+        };
+        out.push(BranchSpec {
+            path: PathBuf::from(OsString::from_vec(path)),
+            mode,
+        });
+    }
+    Ok(out)
+}
+
+/// True when a positional branch list carries modes (an unescaped `=`).
+pub fn has_modes(s: &str) -> bool {
+    let mut escaped = false;
+    for b in s.bytes() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'=' => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Turns branches with modes into (lowers topmost first, upper). A branch
+/// without a mode is read-only, except the first one when `first_rw` (the
+/// AUFS and unionfs 1.x rule; unionfs-fuse makes every unmarked branch
+/// read-only). unionfs has one writable branch, and it must be the topmost.
+pub fn specs_to_branches(
+    specs: &[BranchSpec],
+    first_rw: bool,
+) -> Result<(Vec<PathBuf>, Option<PathBuf>), ConfigError> {
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let mode = s.mode.unwrap_or(if i == 0 && first_rw {
+            SpecMode::ReadWrite
+        } else {
+            SpecMode::ReadOnly
+        });
+        match mode {
+            SpecMode::ReadWrite if i == 0 => upper = Some(s.path.clone()),
+            SpecMode::ReadWrite => {
+                return Err(ConfigError::Usage(format!(
+                "branch {} is rw but not the first: unionfs has one writable branch, the topmost",
+                s.path.display()
+            )))
+            }
+            SpecMode::ReadOnly => lowers.push(s.path.clone()),
+        }
+    }
+    Ok((lowers, upper))
 }
 
 /// The format whiteouts and opaque markers are written in.
@@ -167,6 +332,8 @@ pub enum Uring {
 pub struct MountOptions {
     /// `lowerdir=` (overlay dialect).
     pub lowerdir: Option<String>,
+    /// `br=` / `br:` (AUFS) or `dirs=` (unionfs 1.x): branches with modes.
+    pub br: Option<String>,
     /// `upperdir=`.
     pub upperdir: Option<String>,
     /// `workdir=`.
@@ -299,6 +466,11 @@ fn choice<T: Copy>(key: &str, value: Option<&str>, words: &[(&str, T)]) -> Resul
 pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions, ConfigError> {
     let mut o = MountOptions::default();
     for item in items {
+        // AUFS spells it `br:/u=rw:/a=ro` as well as `br=...`.
+        if let Some(v) = item.strip_prefix("br:") {
+            o.br = Some(v.to_string());
+            continue;
+        }
         let (key, value) = match item.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (item.as_str(), None),
@@ -323,6 +495,10 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
         };
         match key {
             "lowerdir" => o.lowerdir = Some(need(value)?),
+            "br" | "dirs" => o.br = Some(need(value)?),
+            // unionfs-fuse: copy-on-write (always on here) and hiding its
+            // own `.unionfs/` tree (always hidden here).
+            "cow" | "hide_meta_files" if value.is_none() => {}
             "upperdir" => o.upperdir = Some(need(value)?),
             "workdir" => o.workdir = Some(need(value)?),
             "log" => o.log = Some(need(value)?),
@@ -393,9 +569,13 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
             }
             k if value.is_none() && FLAG_WORDS.contains(&k) => o.flags.push(k.to_string()),
             k if value.is_none() && FSTAB_NOISE.contains(&k) => o.ignored.push(k.to_string()),
+            // fstab options for other programs (systemd's x-systemd.*, comments).
+            k if k.starts_with("x-") || k == "comment" => o.ignored.push(item.clone()),
             _ => match dialect {
-                Dialect::Overlay => o.ignored.push(item.clone()),
-                Dialect::Native => return Err(ConfigError::UnknownOption(item.clone())),
+                Dialect::Overlay | Dialect::Aufs => o.ignored.push(item.clone()),
+                Dialect::Native | Dialect::UnionfsFuse => {
+                    return Err(ConfigError::UnknownOption(item.clone()))
+                }
             },
         }
     }
@@ -683,6 +863,7 @@ mod tests {
                 "nosuid",
                 "noauto",
                 "_netdev",
+                "x-systemd.requires=/srv",
             ]),
             Dialect::Native,
         );
@@ -702,7 +883,10 @@ mod tests {
         assert_eq!(o.metacopy, Some(false));
         assert_eq!(o.copyup, Some(crate::copy_up::Strategy::ReadWrite));
         assert_eq!(o.flags, v(&["nosuid"]));
-        assert_eq!(o.ignored, v(&["noauto", "_netdev"]));
+        assert_eq!(
+            o.ignored,
+            v(&["noauto", "_netdev", "x-systemd.requires=/srv"])
+        );
     }
 
     #[test]
@@ -730,5 +914,109 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn spec(p: &str, m: Option<SpecMode>) -> BranchSpec {
+        BranchSpec {
+            path: PathBuf::from(p),
+            mode: m,
+        }
+    }
+
+    #[test]
+    fn branch_specs_of_every_dialect() {
+        use SpecMode::{ReadOnly as Ro, ReadWrite as Rw};
+        assert_eq!(
+            split_branch_specs("/u=rw:/a=ro+wh:/b=ro"),
+            Ok(vec![
+                spec("/u", Some(Rw)),
+                spec("/a", Some(Ro)),
+                spec("/b", Some(Ro))
+            ])
+        );
+        assert_eq!(
+            split_branch_specs("/u=RW:/a=RO"),
+            Ok(vec![spec("/u", Some(Rw)), spec("/a", Some(Ro))])
+        );
+        assert_eq!(
+            split_branch_specs("/u:/a=rr:/n=nfsro:/x\\=y\\:z"),
+            Ok(vec![
+                spec("/u", None),
+                spec("/a", Some(Ro)),
+                spec("/n", Some(Ro)),
+                spec("/x=y:z", None)
+            ])
+        );
+        assert!(has_modes("/u=RW:/a"));
+        assert!(!has_modes("/u\\=RW:/a"));
+        assert!(!has_modes("/u:/a"));
+    }
+
+    #[test]
+    fn unknown_mode_words_are_one_clear_error() {
+        for (s, mode) in [
+            ("/u=rw:/a=readonly", "readonly"),
+            ("/u=rw+wh", "rw+wh"),
+            ("/a=ro+bogus", "ro+bogus"),
+            ("/a=", ""),
+        ] {
+            let e = split_branch_specs(s);
+            assert!(
+                matches!(&e, Err(ConfigError::BadMode { mode: m, .. }) if m == mode),
+                "{s}: {e:?}"
+            );
+            let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                msg.contains("unknown branch mode") && !msg.contains('\n'),
+                "{msg}"
+            );
+        }
+        assert!(matches!(
+            split_branch_specs("=rw:/a"),
+            Err(ConfigError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn one_writable_branch_and_it_is_the_topmost() {
+        use SpecMode::{ReadOnly as Ro, ReadWrite as Rw};
+        let specs = [spec("/u", Some(Rw)), spec("/a", Some(Ro)), spec("/b", None)];
+        assert_eq!(
+            specs_to_branches(&specs, false),
+            Ok((
+                vec![PathBuf::from("/a"), PathBuf::from("/b")],
+                Some("/u".into())
+            ))
+        );
+        // AUFS: an unmarked first branch is rw; unionfs-fuse: ro.
+        let unmarked = [spec("/u", None), spec("/a", None)];
+        assert_eq!(
+            specs_to_branches(&unmarked, true),
+            Ok((vec![PathBuf::from("/a")], Some("/u".into())))
+        );
+        assert_eq!(
+            specs_to_branches(&unmarked, false),
+            Ok((vec![PathBuf::from("/u"), PathBuf::from("/a")], None))
+        );
+        let late = [spec("/a", Some(Ro)), spec("/u", Some(Rw))];
+        assert!(matches!(
+            specs_to_branches(&late, false),
+            Err(ConfigError::Usage(m)) if m.contains("one writable branch")
+        ));
+    }
+
+    #[test]
+    fn aufs_and_unionfs_fuse_option_words() {
+        for item in ["br=/u=rw:/a=ro", "br:/u=rw:/a=ro", "dirs=/u=rw:/a=ro"] {
+            let o = parse_options(&v(&[item]), Dialect::Aufs);
+            assert_eq!(o.map(|o| o.br), Ok(Some("/u=rw:/a=ro".into())), "{item}");
+        }
+        let o = parse_options(&v(&["br=/u", "udba=reval", "xino=/tmp/x"]), Dialect::Aufs);
+        assert_eq!(o.map(|o| o.ignored), Ok(v(&["udba=reval", "xino=/tmp/x"])));
+        assert!(parse_options(&v(&["cow", "hide_meta_files"]), Dialect::UnionfsFuse).is_ok());
+        assert_eq!(
+            parse_options(&v(&["max_files=4"]), Dialect::UnionfsFuse),
+            Err(ConfigError::UnknownOption("max_files=4".into()))
+        );
     }
 }

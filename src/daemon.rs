@@ -180,7 +180,10 @@ pub fn run_mount(cfg: MountConfig) -> Result<()> {
     init_logging(cfg.debug);
     for w in &cfg.options.ignored {
         tracing::warn!("ignoring mount option '{w}'");
-        if cfg.dialect == crate::config::Dialect::Overlay {
+        if matches!(
+            cfg.dialect,
+            crate::config::Dialect::Overlay | crate::config::Dialect::Aufs
+        ) {
             eprintln!("unionfs: warning: ignoring mount option '{w}'");
         }
     }

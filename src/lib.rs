@@ -18,6 +18,7 @@ pub mod faults;
 pub mod fuse;
 pub mod handle;
 pub mod inode;
+pub mod layer;
 pub mod lookup;
 pub mod ops;
 pub mod readdir;

@@ -3,10 +3,15 @@
 use std::process::ExitCode;
 
 use unionfs::cli::{self, Command};
-use unionfs::daemon;
+use unionfs::{daemon, layer};
 
 fn main() -> ExitCode {
-    let cli = match cli::parse(std::env::args_os().collect()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // mount(8) -f: pretend, as helpers must.
+    if cli::is_fake_helper_call(&args) {
+        return ExitCode::SUCCESS;
+    }
+    let cli = match cli::parse(args) {
         Ok(c) => c,
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and errors to stderr.
@@ -24,6 +29,14 @@ fn main() -> ExitCode {
             Err(e) => Err(e.into()),
         },
         Command::Umount { mountpoint, lazy } => daemon::run_umount(&mountpoint, lazy),
+        Command::Diff {
+            upper,
+            lowers,
+            json,
+        } => layer::run_diff(&upper, lowers.as_deref(), json).map_err(Into::into),
+        Command::Export(a) => {
+            layer::run_export(&a.upper, &a.out, a.lowers.as_deref(), a.mtime).map_err(Into::into)
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
