@@ -15,9 +15,10 @@
 # lowers as a `gen_lowers(...)` argument and the operations as a Rust op list, both
 # pasteable into a `regression_*` test — with what differed, and exits 1.
 #
-# Time here (2 shared cores, debug build): about 1 minute per 1000 passing cases of the
-# generated properties of 200 operations (see docs/TESTING.md); a failure adds the time
-# shrinking takes (seconds to a few minutes).
+# Time here (2 cores shared with other work, load 5-7, debug build): 5.3 minutes per
+# 1000 CASES (that is 2 x 1000 generated sequences of 200 operations, 250 kernel-reads
+# ones, 3 x 250 fixed-fixture ones), so the default 2000 takes about 11 minutes; see
+# docs/TESTING.md. A failure adds the time shrinking takes (usually 10-30 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
