@@ -2753,3 +2753,38 @@ fn regression_failed_rename_over_upper_dir_copies_up_source() {
 fn regression_failed_rename_over_upper_dir_copies_up_source_aufs() {
     failed_rename_over_upper_dir_copies_up_source(Fmt::Aufs);
 }
+
+/// An opaque directory on a redirect's path in a lower ends the search in that lower and
+/// below, as a file there does. Kernel: /n/e absent (l1's e is opaque, so l2's e/e/e
+/// never shows). unionfs before the layer walk: the redirect `/e/e` was opened in every
+/// lower on its own, and l2's e/e/e leaked into /n.
+fn redirect_through_opaque_lower_dir(fmt: Fmt) {
+    let lowers = gen_lowers(&[
+        &[("e", Obj::Opaque), ("e/e", Obj::Dir)],
+        &[("e", Obj::Dir), ("e/e", Obj::Dir), ("e/e/e", Obj::Dir)],
+    ]);
+    check_on(
+        &Lowers::Gen(lowers),
+        &[
+            Op::Rename {
+                from: "e/e",
+                to: "n",
+                how: Rn::Plain,
+            },
+            Op::Stat("n/e"),
+            Op::Rmdir("n"),
+        ],
+        Check::Full,
+        fmt,
+    );
+}
+
+#[test]
+fn regression_redirect_through_opaque_lower_dir() {
+    redirect_through_opaque_lower_dir(Fmt::Overlay);
+}
+
+#[test]
+fn regression_redirect_through_opaque_lower_dir_aufs() {
+    redirect_through_opaque_lower_dir(Fmt::Aufs);
+}
