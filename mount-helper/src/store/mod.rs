@@ -367,27 +367,27 @@ impl Store {
                 .map_err(|e| format!("cannot read the layer: {e}"))?;
             Ok((d, size))
         };
-        let (diff, size) = match compression {
+        let unpacked = match compression {
             Compression::Gzip => run(&mut flate2::read::MultiGzDecoder::new(&mut blob)),
-            Compression::Zstd => {
-                let mut d = zstd::Decoder::new(&mut blob).map_err(|e| format!("zstd: {e}"))?;
-                run(&mut d)
-            }
+            Compression::Zstd => match zstd::Decoder::new(&mut blob) {
+                Ok(mut d) => run(&mut d),
+                Err(e) => Err(format!("zstd: {e}")),
+            },
             Compression::None | Compression::Detect => run(&mut blob),
-        }?;
-        let (blob_digest, _, _) = blob
-            .finish()
-            .map_err(|e| format!("cannot read the blob: {e}"))?;
+        };
+        let blob_digest = blob.finish().map(|(d, _, _)| d);
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        if let Some(want) = &l.blob {
-            if want != &blob_digest {
-                return Err(format!(
-                    "blob digest mismatch: expected {want}, got {blob_digest}"
-                ));
+        // A blob that is not the one the manifest names is reported as
+        // such, even when it also fails to decompress or unpack.
+        if let (Some(want), Ok(got)) = (&l.blob, &blob_digest) {
+            if want != got {
+                return Err(format!("blob digest mismatch: expected {want}, got {got}"));
             }
         }
+        let (diff, size) = unpacked?;
+        blob_digest.map_err(|e| format!("cannot read the blob: {e}"))?;
         if diff != l.diff_id {
             return Err(format!(
                 "diff_id mismatch: the config says {}, the layer is {diff}",
