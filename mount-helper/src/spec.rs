@@ -497,6 +497,56 @@ mod tests {
     }
 
     #[test]
+    fn image_config_is_under_the_command_line() {
+        let settings = crate::store::config::Settings {
+            env: vec!["A=image".into(), "B=image".into()],
+            entrypoint: vec!["/ep".into()],
+            cmd: vec!["default".into()],
+            workdir: Some("/w".into()),
+            user: Some("app".into()),
+            architecture: "amd64".into(),
+        };
+        let mut r = raw(&[]);
+        r.image_config = Some(settings.clone());
+        let Ok(s) = r.validate("c".into()) else {
+            unreachable!()
+        };
+        assert_eq!(s.argv, vec!["/ep", "default"]);
+        assert_eq!(
+            s.env,
+            vec![("A".into(), "image".into()), ("B".into(), "image".into())]
+        );
+        assert_eq!(s.workdir, Some(PathBuf::from("/w")));
+        assert_eq!((s.user, s.image_user.as_deref()), (None, Some("app")));
+        assert_eq!(s.image_arch.as_deref(), Some("amd64"));
+        let mut r = raw(&["x"]);
+        r.image_config = Some(crate::store::config::Settings {
+            user: Some("5:6".into()),
+            ..settings.clone()
+        });
+        r.env = vec!["B=cli".into()];
+        r.workdir = Some("/cli".into());
+        let Ok(s) = r.validate("c".into()) else {
+            unreachable!()
+        };
+        assert_eq!(s.argv, vec!["/ep", "x"]);
+        // command_env lets the later (command line) value win.
+        assert_eq!(s.env.last(), Some(&("B".into(), "cli".into())));
+        assert_eq!(s.workdir, Some(PathBuf::from("/cli")));
+        assert_eq!((s.user, s.image_user), (Some((5, 6)), None));
+        let mut r = raw(&[]);
+        r.user = Some("7".into());
+        r.image_config = Some(settings);
+        let Ok(s) = r.validate("c".into()) else {
+            unreachable!()
+        };
+        assert_eq!((s.user, s.image_user), (Some((7, 7)), None));
+        let mut r = raw(&[]);
+        r.image_config = Some(crate::store::config::Settings::default());
+        assert_eq!(r.validate("c".into()), Err(SpecError::NoCommand));
+    }
+
+    #[test]
     fn hugetlb_values() {
         assert_eq!(parse_hugetlb("2MB=64M"), Some(("2MB".into(), 64 << 20)));
         assert_eq!(parse_hugetlb("1GB=2G"), Some(("1GB".into(), 2 << 30)));
