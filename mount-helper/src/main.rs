@@ -188,6 +188,8 @@ fn main() -> ExitCode {
     // Image references become the image's layer branches, in place.
     let mut image = Vec::new();
     let mut settings = None;
+    // Lives until the container has ended: its image cannot be removed meanwhile.
+    let mut in_use = None;
     for v in args.image {
         let Some(r) = store::source::ImageRef::parse(&v) else {
             image.push(v);
@@ -218,6 +220,7 @@ fn main() -> ExitCode {
         }
         image.push(list.join(":"));
         settings = Some(resolved.settings);
+        in_use = Some(resolved.in_use);
     }
     let raw = RawSpec {
         image,
@@ -254,5 +257,7 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    ExitCode::from(u8::try_from(unionfs_run::run(&spec)).unwrap_or(125))
+    let code = ExitCode::from(u8::try_from(unionfs_run::run(&spec)).unwrap_or(125));
+    drop(in_use);
+    code
 }

@@ -481,6 +481,42 @@ fn hand_made_layers_are_stacked_as_they_are_and_config_applies() {
         "{listing}"
     );
     assert_eq!(listing.lines().count(), 3, "{listing}");
+    // An image a container runs cannot be removed under it.
+    let mut running = Command::new(bin())
+        .args([
+            "--rm",
+            "--image",
+            &format!("oci:{}", img2.display()),
+            "--image",
+            debs,
+            "--",
+            "sleep",
+            "20",
+        ])
+        .env("UNIONFS_RUN_DIR", env.dir.join("state"))
+        .env("UNIONFS_RUN_STORE", env.store())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_dir(env.dir.join("state"))
+        .unwrap()
+        .next()
+        .is_none()
+    {
+        assert!(t0.elapsed().as_secs() < 30, "the container did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = env.run(&["rmi", "localhost/hand:v2"]);
+    assert_eq!(o.status.code(), Some(125), "{}", err(&o));
+    assert!(err(&o).contains("in use"), "{}", err(&o));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let st = running.wait().unwrap();
+    assert_eq!(st.code(), Some(143), "{st:?}");
+    assert_eq!(env.layers().len(), 3);
     // rmi keeps what the other image uses.
     let o = env.run(&["rmi", "localhost/hand:v1"]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));

@@ -9,6 +9,7 @@
 //! lock                       flock: held exclusively while importing or removing
 //! layers/sha256/<diff_id>/   one unpacked layer (a branch)
 //! images/<config digest>.json  one image: names, layers (bottom first), config
+//! images/<config digest>.lock  flock: shared by each container running the image
 //! tmp/                       staging: layers being unpacked, records being written
 //! ```
 //!
@@ -18,9 +19,13 @@
 //! only junk in `tmp/`, which the next import (holding the lock) removes.
 //! A layer is stored once however many images use it, and is removed only
 //! with the last image record naming it. Records are written to `tmp/` and
-//! renamed. Lock: the one `lock` file, exclusive, for the whole of an
+//! renamed. Locks: the one `lock` file, exclusive, for the whole of an
 //! import or a removal; reading the records takes none (a record is
-//! always whole, thanks to the rename).
+//! always whole, thanks to the rename). A run takes its image's `.lock`
+//! shared while still holding `lock`, and keeps it until the container has
+//! ended; `rmi` takes it exclusive without waiting (under `lock`), so an
+//! image in use is refused, never pulled from under a container. Order:
+//! `lock`, then an image's `.lock`.
 
 pub mod config;
 pub mod digest;
@@ -232,12 +237,38 @@ impl Store {
     /// Imports the image `r` (unpacking only the layers not stored yet) and
     /// returns its record. `progress`: show a progress bar while unpacking.
     pub fn import(&self, r: &ImageRef, progress: bool) -> Result<Image> {
+        let lock = self.lock()?;
+        self.import_locked(r, progress, &lock)
+    }
+
+    /// Imports `r` and marks it in use until the returned guard is dropped
+    /// (taken before the store lock is released, so `rmi` cannot slip in
+    /// between).
+    pub fn import_in_use(&self, r: &ImageRef, progress: bool) -> Result<(Image, InUse)> {
+        let lock = self.lock()?;
+        let img = self.import_locked(r, progress, &lock)?;
+        let id = Digest::parse(&img.id).map_err(err)?;
+        let f = self.in_use_file(&id)?;
+        let guard = Flock::lock(f, FlockArg::LockShared)
+            .map_err(|(_, e)| err(format!("cannot mark the image in use: {e}")))?;
+        Ok((img, InUse(guard)))
+    }
+
+    fn in_use_file(&self, id: &Digest) -> Result<File> {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("images").join(format!("{}.lock", id.hex())))
+            .map_err(|e| err(format!("cannot open the image's lock: {e}")))
+    }
+
+    fn import_locked(&self, r: &ImageRef, progress: bool, _lock: &Flock<File>) -> Result<Image> {
         let src = match r {
             ImageRef::Oci { dir, tag } => source::oci(dir, tag.as_deref()),
             ImageRef::DockerArchive { file, name } => source::docker_archive(file, name.as_deref()),
         }
         .map_err(|e| err(format!("{r}: {e}")))?;
-        let _lock = self.lock()?;
         self.clean_tmp();
         let n = src.layers.len();
         let mut layers = Vec::new();
@@ -471,12 +502,16 @@ impl Store {
             out.push(format!("Untagged: {what}"));
             return Ok(out);
         }
+        let id = Digest::parse(&img.id).map_err(err)?;
+        // Containers hold a shared lock on the image while they run.
+        let _busy = Flock::lock(self.in_use_file(&id)?, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| err(format!("image {what} is in use by a running container")))?;
         for n in &img.names {
             out.push(format!("Untagged: {n}"));
         }
-        let id = Digest::parse(&img.id).map_err(err)?;
         std::fs::remove_file(self.record_path(&id))
             .map_err(|e| err(format!("cannot remove the image record: {e}")))?;
+        let _ = std::fs::remove_file(self.root.join("images").join(format!("{}.lock", id.hex())));
         out.push(format!("Deleted: {}", img.id));
         let still: std::collections::BTreeSet<String> = self
             .list()?
@@ -504,6 +539,11 @@ impl Store {
         Ok(out)
     }
 }
+
+/// Keeps an image marked in use (a shared flock on `images/<id>.lock`):
+/// `rmi` refuses it while any guard lives (in init and the launcher).
+#[derive(Debug)]
+pub struct InUse(#[allow(dead_code)] Flock<File>);
 
 /// A reader that advances a progress bar.
 struct Progress<R> {
@@ -537,18 +577,20 @@ fn progress_bar(on: bool, size: u64, msg: &str) -> Option<indicatif::ProgressBar
 }
 
 /// What an image reference resolves to for a run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Resolved {
     /// Layer directories, topmost first (union branch order).
     pub branches: Vec<PathBuf>,
     /// The image's settings.
     pub settings: config::Settings,
+    /// Held for the container's lifetime, so `rmi` cannot remove its layers.
+    pub in_use: InUse,
 }
 
 /// Imports `r` into the default store (once) and returns its branches and settings.
 pub fn resolve(r: &ImageRef) -> Result<Resolved> {
     let store = Store::open(&default_root())?;
-    let img = store.import(r, true)?;
+    let (img, in_use) = store.import_in_use(r, true)?;
     let mut branches = Vec::new();
     for l in img.layers.iter().rev() {
         let d = Digest::parse(&l.diff_id).map_err(err)?;
@@ -556,5 +598,9 @@ pub fn resolve(r: &ImageRef) -> Result<Resolved> {
     }
     let settings =
         config::Settings::from_json(&img.config).map_err(|e| err(format!("{r}: {e}")))?;
-    Ok(Resolved { branches, settings })
+    Ok(Resolved {
+        branches,
+        settings,
+        in_use,
+    })
 }
