@@ -655,11 +655,67 @@ fn bad_images_fail_with_one_line_and_leave_no_layer() {
     let o = env.run(&["images"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(out(&o).lines().count(), 2, "{}", out(&o));
+    // docker archives: a layer member that is not what its name says, and
+    // one that is missing.
+    for (name, tamper, want) in [
+        ("darch-digest", Tamper::BlobDigest, "blob digest mismatch"),
+        ("darch-missing", Tamper::MissingBlob, "missing"),
+    ] {
+        let file = env.dir.join(format!("{name}.tar"));
+        // (Not the layer stored above: a stored layer is not read again.)
+        docker_archive(&file, &tar_of(&[E::File("other", "hi\n", 0o644)]), tamper);
+        let o = env.run(&[
+            "--rm",
+            "--image",
+            &format!("docker-archive:{}", file.display()),
+            "--",
+            "true",
+        ]);
+        let e = err(&o);
+        assert_eq!(o.status.code(), Some(125), "{name}: {e}");
+        assert_eq!(e.lines().count(), 1, "{name}: {e}");
+        assert!(e.contains(want), "{name}: {e}");
+        assert_eq!(env.layers().len(), 1, "{name}: a layer was stored");
+        env.assert_clean();
+    }
     // Not an image at all.
     let o = env.run(&["--rm", "--image", "oci:/nonexistent-layout", "--", "true"]);
     assert_eq!(o.status.code(), Some(125));
     assert_eq!(err(&o).lines().count(), 1, "{}", err(&o));
     env.assert_clean();
+}
+
+/// Writes a one-layer docker archive as podman does (`<diff_id>.tar`,
+/// `<config digest>.json`, manifest.json).
+fn docker_archive(file: &Path, layer: &[u8], tamper: Tamper) {
+    let diff = sha(layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": host_arch(), "os": "linux", "config": {"Cmd": ["true"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff}")]},
+    }))
+    .unwrap();
+    let ch = sha(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": format!("{ch}.json"), "RepoTags": ["localhost/darch:1"], "Layers": [format!("{diff}.tar")],
+    }]))
+    .unwrap();
+    let mut b = tar::Builder::new(std::fs::File::create(file).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o444);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    match tamper {
+        Tamper::BlobDigest => {
+            let mut other = layer.to_vec();
+            other.extend_from_slice(&[0u8; 512]);
+            add(&format!("{diff}.tar"), &other);
+        }
+        Tamper::MissingBlob => {}
+        _ => add(&format!("{diff}.tar"), layer),
+    }
+    add(&format!("{ch}.json"), &config);
+    add("manifest.json", &manifest);
+    b.finish().unwrap();
 }
 
 // ---- images made by podman ----
