@@ -723,7 +723,14 @@ fn docker_archive(file: &Path, layer: &[u8], tamper: Tamper) {
 /// podman with all its config and storage in one temp dir.
 struct Podman {
     dir: PathBuf,
+    /// Whether root's blob-info cache and network run dir (which podman
+    /// 4.3 cannot be told to keep elsewhere) were there before: if not,
+    /// they are removed afterwards.
+    had_cache: bool,
+    had_run: bool,
 }
+
+const BLOB_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
 
 impl Podman {
     fn new(tag: &str) -> Option<Podman> {
@@ -738,8 +745,10 @@ impl Podman {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\nnetns = \"none\"\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\nevents_logger = \"file\"\n",
+            format!("[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\nnetns = \"none\"\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\nevents_logger = \"file\"\n\
+             [network]\nnetwork_config_dir = \"{}/net\"\n",
+            dir.display()),
         )
         .unwrap();
         std::fs::write(
@@ -750,7 +759,11 @@ impl Podman {
             ),
         )
         .unwrap();
-        Some(Podman { dir })
+        Some(Podman {
+            dir,
+            had_cache: Path::new(BLOB_CACHE).exists(),
+            had_run: Path::new("/run/containers").exists(),
+        })
     }
 
     fn cmd(&self) -> Command {
@@ -783,6 +796,15 @@ impl Drop for Podman {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.had_cache {
+            let _ = std::fs::remove_file(BLOB_CACHE);
+            let _ = std::fs::remove_dir("/var/lib/containers/cache");
+            let _ = std::fs::remove_dir("/var/lib/containers");
+        }
+        if !self.had_run {
+            let _ = std::fs::remove_dir("/run/containers/networks");
+            let _ = std::fs::remove_dir("/run/containers");
+        }
     }
 }
 
