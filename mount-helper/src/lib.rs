@@ -18,6 +18,7 @@ pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
+pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 
@@ -229,6 +230,11 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
         td.cgroup = Some(cg);
     }
 
+    if let Some(arch) = &spec.image_arch {
+        store::config::check_architecture(arch, Path::new("/proc/sys/fs/binfmt_misc"))
+            .map_err(fail)?;
+    }
+
     let layers = if spec.layers.is_empty() {
         vec![PathBuf::from("/")]
     } else {
@@ -262,6 +268,19 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
         )
         .map_err(fail)?;
     }
+
+    // The image's User names an account of the image: look it up in the
+    // union itself, where the image's own /etc/passwd is.
+    let resolved;
+    let spec = match (&spec.user, &spec.image_user) {
+        (None, Some(u)) => {
+            let mut s = spec.clone();
+            s.user = Some(store::config::lookup_user(&root, u).map_err(fail)?);
+            resolved = s;
+            &resolved
+        }
+        _ => spec,
+    };
 
     if rootless {
         let relay = match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {

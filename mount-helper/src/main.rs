@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use unionfs_run::spec::RawSpec;
+use unionfs_run::store;
 
 /// Run a command in a container whose root is a union of image branches.
 #[derive(Debug, Parser)]
@@ -16,12 +17,22 @@ use unionfs_run::spec::RawSpec;
 branches (default: this machine's own /) under a writable upper.\n\n\
 Examples:\n  unionfs-run --rm -- sh -c 'apt-get remove -y nano; ls /usr/bin | wc -l'\n  \
 unionfs-run --image /img/app:/img/base --memory 256M --pids 128 -- /app/server\n\n\
+Images: --image oci:DIR[:TAG] (an OCI image layout, as `podman save --format oci-dir` or \
+`skopeo copy ... oci:DIR` write it) or --image docker-archive:FILE.tar[:NAME] (`podman save \
+--format docker-archive`, `docker save`). Each layer is unpacked once, verified, into the image \
+store ($UNIONFS_RUN_STORE, default /var/lib/unionfs-run as root) and used as a branch; the \
+image's Env, Entrypoint/Cmd, WorkingDir and User apply unless the command line says otherwise. \
+`unionfs-run images` lists the store, `unionfs-run rmi NAME|ID` removes an image.\n\n\
 Exit status: the command's; 128+n when it is killed by signal n; 126 when it cannot \
-be executed; 127 when it is not found; 125 when unionfs-run itself fails."
+be executed; 127 when it is not found; 125 when unionfs-run itself fails.",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
-    /// Image branches, topmost first (colon-separated, may repeat); default: the host's /.
-    #[arg(long, value_name = "DIR[:DIR...]")]
+    #[command(subcommand)]
+    sub: Option<Sub>,
+    /// Image branches, topmost first (colon-separated, may repeat), or an
+    /// image: oci:DIR[:TAG] or docker-archive:FILE[:NAME]; default: the host's /.
+    #[arg(long, value_name = "DIR[:DIR...]|oci:DIR[:TAG]|docker-archive:FILE")]
     image: Vec<String>,
     /// The writable branch (default: a fresh one, kept unless --rm).
     #[arg(long, value_name = "DIR")]
@@ -77,6 +88,92 @@ struct Args {
     command: Vec<String>,
 }
 
+/// Image store commands.
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// List the images in the store: name, id, size, layers.
+    Images {
+        /// Show whole digests.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Remove images (and the layers no other image uses).
+    Rmi {
+        /// Names (NAME:TAG) or ids (sha256:HEX, or a prefix of HEX).
+        #[arg(required = true, value_name = "NAME|ID")]
+        images: Vec<String>,
+    },
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn store_command(sub: Sub) -> ExitCode {
+    let store = match store::Store::open(&store::default_root()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("unionfs-run: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    match sub {
+        Sub::Images { no_trunc } => match store.list() {
+            Ok(list) => {
+                println!("{:<40} {:<19} {:>10} {:>6}", "NAME", "ID", "SIZE", "LAYERS");
+                for img in list {
+                    let id = if no_trunc {
+                        img.id.clone()
+                    } else {
+                        img.id.chars().take(19).collect()
+                    };
+                    let names = if img.names.is_empty() {
+                        vec!["<none>".to_string()]
+                    } else {
+                        img.names.clone()
+                    };
+                    for n in names {
+                        println!(
+                            "{n:<40} {id:<19} {:>10} {:>6}",
+                            human(img.size()),
+                            img.layers.len()
+                        );
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("unionfs-run: {e}");
+                ExitCode::from(125)
+            }
+        },
+        Sub::Rmi { images } => {
+            let mut code = ExitCode::SUCCESS;
+            for i in images {
+                match store.remove(&i) {
+                    Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                    Err(e) => {
+                        eprintln!("unionfs-run: {e}");
+                        code = ExitCode::from(125);
+                    }
+                }
+            }
+            code
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -85,8 +182,49 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
         }
     };
+    if let Some(sub) = args.sub {
+        return store_command(sub);
+    }
+    // Image references become the image's layer branches, in place.
+    let mut image = Vec::new();
+    let mut settings = None;
+    // Lives until the container has ended: its image cannot be removed meanwhile.
+    let mut in_use = None;
+    for v in args.image {
+        let Some(r) = store::source::ImageRef::parse(&v) else {
+            image.push(v);
+            continue;
+        };
+        if settings.is_some() {
+            eprintln!("unionfs-run: only one --image may name an image ({v})");
+            return ExitCode::from(125);
+        }
+        let resolved = match store::resolve(&r) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("unionfs-run: {e}");
+                return ExitCode::from(125);
+            }
+        };
+        let mut list = Vec::new();
+        for b in &resolved.branches {
+            let s = b.to_string_lossy();
+            if s.contains(':') {
+                eprintln!(
+                    "unionfs-run: the image store path {} must not contain ':'",
+                    b.display()
+                );
+                return ExitCode::from(125);
+            }
+            list.push(s.into_owned());
+        }
+        image.push(list.join(":"));
+        settings = Some(resolved.settings);
+        in_use = Some(resolved.in_use);
+    }
     let raw = RawSpec {
-        image: args.image,
+        image,
+        image_config: settings,
         upper: args.upper,
         remove: args.rm,
         memory: args.memory,
@@ -119,5 +257,7 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    ExitCode::from(u8::try_from(unionfs_run::run(&spec)).unwrap_or(125))
+    let code = ExitCode::from(u8::try_from(unionfs_run::run(&spec)).unwrap_or(125));
+    drop(in_use);
+    code
 }

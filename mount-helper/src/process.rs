@@ -219,6 +219,8 @@ pub fn init(spec: &ContainerSpec, root: &Path, plan: &Plan, go: OwnedFd) -> ! {
         sys::exit_now(EXIT_LAUNCHER);
     }
     if let Some(w) = &spec.workdir {
+        // As docker does, a missing working directory is made.
+        let _ = std::fs::create_dir_all(w);
         if let Err(e) = nix::unistd::chdir(w) {
             eprintln!("unionfs-run: working directory {}: {e}", w.display());
             sys::exit_now(EXIT_LAUNCHER);

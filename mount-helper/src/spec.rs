@@ -140,6 +140,11 @@ pub struct ContainerSpec {
     pub security: Security,
     /// The command and its arguments.
     pub argv: Vec<String>,
+    /// The image config's `User` when it is not numeric (resolved in the
+    /// container root's /etc/passwd once it is mounted); `user` wins.
+    pub image_user: Option<String>,
+    /// The image config's `architecture`, checked against the host.
+    pub image_arch: Option<String>,
 }
 
 /// Parses `256M`, `1G`, `1048576`, `512k` (binary units).
@@ -224,6 +229,8 @@ pub struct RawSpec {
     pub hugetlb: Option<String>,
     /// The command.
     pub argv: Vec<String>,
+    /// Settings from an image config (`--image oci:...`), below the command line's.
+    pub image_config: Option<crate::store::config::Settings>,
 }
 
 /// Parses `2MB=64M`: a page size as the kernel's hugetlb files name it,
@@ -274,7 +281,9 @@ pub fn parse_security(
 impl RawSpec {
     /// Validates everything; `default_name` is used without `--name`.
     pub fn validate(self, default_name: String) -> Result<ContainerSpec, SpecError> {
-        if self.argv.is_empty() {
+        let settings = self.image_config.clone().unwrap_or_default();
+        let argv = settings.argv(&self.argv);
+        if argv.is_empty() {
             return Err(SpecError::NoCommand);
         }
         let memory = self
@@ -297,9 +306,11 @@ impl RawSpec {
             Some("host") => Net::Host,
             Some(o) => return Err(SpecError::Net(o.to_string())),
         };
-        let env = self
+        let env = settings
             .env
-            .into_iter()
+            .iter()
+            .cloned()
+            .chain(self.env)
             .map(|e| match e.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
                 _ => Err(SpecError::Env(e)),
@@ -315,10 +326,23 @@ impl RawSpec {
             .hugetlb
             .map(|h| parse_hugetlb(&h).ok_or(SpecError::Hugetlb(h)))
             .transpose()?;
-        let user = self
+        let mut user = self
             .user
             .map(|u| parse_user(&u).ok_or(SpecError::User(u)))
             .transpose()?;
+        let mut image_user = None;
+        if user.is_none() {
+            if let Some(u) = &settings.user {
+                // Numbers need no lookup; names wait for the mounted root.
+                // (a uid alone takes the gid of its passwd entry, so it waits too).
+                match u.split_once(':') {
+                    Some((a, b)) if a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok() => {
+                        user = parse_user(u);
+                    }
+                    _ => image_user = Some(u.clone()),
+                }
+            }
+        }
         let name = self.name.unwrap_or(default_name);
         if name.is_empty()
             || name.len() > 64
@@ -356,11 +380,17 @@ impl RawSpec {
             hostname,
             net,
             env,
-            workdir: self.workdir,
+            workdir: self.workdir.or_else(|| settings.workdir.map(PathBuf::from)),
             user,
             name,
             security,
-            argv: self.argv,
+            argv,
+            image_user,
+            image_arch: self
+                .image_config
+                .as_ref()
+                .map(|s| s.architecture.clone())
+                .filter(|a| !a.is_empty()),
         })
     }
 }
@@ -464,6 +494,56 @@ mod tests {
         let mut r = raw(&["true"]);
         r.cap_drop = vec!["nope".into()];
         assert_eq!(r.validate("c".into()), Err(SpecError::Cap("nope".into())));
+    }
+
+    #[test]
+    fn image_config_is_under_the_command_line() {
+        let settings = crate::store::config::Settings {
+            env: vec!["A=image".into(), "B=image".into()],
+            entrypoint: vec!["/ep".into()],
+            cmd: vec!["default".into()],
+            workdir: Some("/w".into()),
+            user: Some("app".into()),
+            architecture: "amd64".into(),
+        };
+        let mut r = raw(&[]);
+        r.image_config = Some(settings.clone());
+        let Ok(s) = r.validate("c".into()) else {
+            unreachable!()
+        };
+        assert_eq!(s.argv, vec!["/ep", "default"]);
+        assert_eq!(
+            s.env,
+            vec![("A".into(), "image".into()), ("B".into(), "image".into())]
+        );
+        assert_eq!(s.workdir, Some(PathBuf::from("/w")));
+        assert_eq!((s.user, s.image_user.as_deref()), (None, Some("app")));
+        assert_eq!(s.image_arch.as_deref(), Some("amd64"));
+        let mut r = raw(&["x"]);
+        r.image_config = Some(crate::store::config::Settings {
+            user: Some("5:6".into()),
+            ..settings.clone()
+        });
+        r.env = vec!["B=cli".into()];
+        r.workdir = Some("/cli".into());
+        let Ok(s) = r.validate("c".into()) else {
+            unreachable!()
+        };
+        assert_eq!(s.argv, vec!["/ep", "x"]);
+        // command_env lets the later (command line) value win.
+        assert_eq!(s.env.last(), Some(&("B".into(), "cli".into())));
+        assert_eq!(s.workdir, Some(PathBuf::from("/cli")));
+        assert_eq!((s.user, s.image_user), (Some((5, 6)), None));
+        let mut r = raw(&[]);
+        r.user = Some("7".into());
+        r.image_config = Some(settings);
+        let Ok(s) = r.validate("c".into()) else {
+            unreachable!()
+        };
+        assert_eq!((s.user, s.image_user), (Some((7, 7)), None));
+        let mut r = raw(&[]);
+        r.image_config = Some(crate::store::config::Settings::default());
+        assert_eq!(r.validate("c".into()), Err(SpecError::NoCommand));
     }
 
     #[test]

@@ -654,6 +654,39 @@ pub fn sigwaitinfo(set: &nix::sys::signal::SigSet) -> nix::Result<libc::siginfo_
     }
 }
 
+/// lsetxattr(2) on the entry `name` of the directory `dir`: the entry
+/// itself, never what a symlink there points to. The path goes through
+/// /proc/self/fd, so no path outside `dir` is looked up.
+pub fn lsetxattr_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    key: &std::ffi::OsStr,
+    value: &[u8],
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name.as_bytes());
+    let path = std::ffi::CString::new(path).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let key = std::ffi::CString::new(key.as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: path and key are NUL-terminated strings that outlive the
+    // call; value points to value.len() readable bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            key.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
