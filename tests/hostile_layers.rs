@@ -70,6 +70,18 @@ fn expect_errno(what: &str, r: std::io::Result<impl Sized>, want: i32) -> Result
     }
 }
 
+/// A metadata-only file of 4096 bytes named `rel` (its data would be below).
+fn metacopy_file(root: &Path, rel: &str) {
+    let p = file(root, rel, b"", 0o644);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    set_xattr(root, rel, "trusted.overlay.metacopy", b"");
+}
+
 const SECRET: &str = "secret-outside-the-branches";
 
 fn cases() -> Vec<Case> {
@@ -152,14 +164,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "metacopy file with no data below",
             build: |l| {
-                let p = file(&l.l1, "f", b"", 0o644);
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .unwrap()
-                    .set_len(4096)
-                    .unwrap();
-                set_xattr(&l.l1, "f", "trusted.overlay.metacopy", b"");
+                metacopy_file(&l.l1, "f");
             },
             log_lines: 1,
             check: |m, _| {
@@ -171,14 +176,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "metacopy file whose redirect points at nothing",
             build: |l| {
-                let p = file(&l.l1, "f", b"", 0o644);
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .unwrap()
-                    .set_len(4096)
-                    .unwrap();
-                set_xattr(&l.l1, "f", "trusted.overlay.metacopy", b"");
+                metacopy_file(&l.l1, "f");
                 set_xattr(&l.l1, "f", "trusted.overlay.redirect", b"/nowhere");
             },
             log_lines: 1,
