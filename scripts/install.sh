@@ -4,7 +4,8 @@
 #   scripts/install.sh [PREFIX]               build (release) and install; PREFIX=/usr/local
 #   scripts/install.sh --uninstall [PREFIX]   remove exactly what an install put there
 #
-# Binaries go to PREFIX/bin. The mount(8) helper is a symlink to PREFIX/bin/unionfs
+# Binaries go to PREFIX/bin, man pages to PREFIX/share/man/man1, completions to
+# PREFIX/share/{bash-completion/completions,zsh/site-functions,fish/vendor_completions.d}. The mount(8) helper is a symlink to PREFIX/bin/unionfs
 # named mount.fuse.unionfs (used by `mount -t fuse.unionfs` and fstab lines of type
 # fuse.unionfs) and, only when no such file exists, mount.unionfs (`mount -t unionfs`;
 # Debian's unionfs-fuse package ships its own, which is never touched). mount(8) looks
@@ -83,4 +84,26 @@ for h in mount.fuse.unionfs mount.unionfs; do
     echo "$SBINDIR/$h" >> "$manifest.new"
     say "installed $p -> $bindir/unionfs"
 done
+# Man pages and shell completions, generated from the command-line definitions.
+mandir="$PREFIX/share/man/man1"
+mkdir -p "$DESTDIR$mandir"
+gen=$(mktemp -d)
+"$from/unionfs" generate man "$gen"
+for m in "$gen"/*.1; do
+    install -m 0644 "$m" "$DESTDIR$mandir/$(basename "$m")"
+    echo "$mandir/$(basename "$m")" >> "$manifest.new"
+done
+rm -rf "$gen"
+say "installed man pages in $DESTDIR$mandir (man unionfs)"
+for sh in bash zsh fish; do
+    case $sh in
+        bash) d="$PREFIX/share/bash-completion/completions"; f=unionfs ;;
+        zsh) d="$PREFIX/share/zsh/site-functions"; f=_unionfs ;;
+        fish) d="$PREFIX/share/fish/vendor_completions.d"; f=unionfs.fish ;;
+    esac
+    mkdir -p "$DESTDIR$d"
+    "$from/unionfs" generate completions "$sh" > "$DESTDIR$d/$f"
+    echo "$d/$f" >> "$manifest.new"
+done
+say "installed bash, zsh and fish completions"
 mv "$manifest.new" "$manifest"

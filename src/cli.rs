@@ -52,6 +52,7 @@ allow_other, noallow_other, default_permissions, nodefault_permissions\n        
 (both on by default as root)\n  \
 ttl=SECONDS               kernel cache lifetime of names and attributes (default 86400)\n  \
 threads=N                 FUSE event loops (default: number of CPUs)\n  \
+log=FILE                  where the daemon's warnings go in the background (default: nowhere)\n  \
 fsname=NAME               source shown in /proc/mounts\n  \
 whiteout=aufs|overlay     format of whiteouts written (default aufs)\n  \
 metacopy=on|off           metadata changes of a lower file copy no data until a write\n                            \
@@ -107,6 +108,45 @@ their data and content are read from the lowers (a renamed directory is written 
 opaque with its full merged content); without --lowers the export is refused.\n\n\
   unionfs export /var/lib/c1/upper layer.tar.gz --lowers /img/app:/img/debian")]
     Export(ExportArgs),
+    /// Write the man pages or shell completions (used by scripts/install.sh).
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+/// What `unionfs generate` writes.
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// Man pages: unionfs.1 and one per subcommand, into DIR.
+    Man {
+        /// Where to write them.
+        dir: PathBuf,
+    },
+    /// Completions for SHELL (bash, zsh, fish, elvish, powershell), on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes what `what` asks for.
+pub fn generate(what: &Generate) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(cmd, dir)
+        }
+        Generate::Completions { shell } => {
+            let mut cmd = cmd;
+            clap_complete::generate(*shell, &mut cmd, "unionfs", &mut std::io::stdout());
+            Ok(())
+        }
+    }
 }
 
 /// Arguments of `unionfs export`.
@@ -144,11 +184,12 @@ pub struct MountArgs {
 }
 
 /// Words that start a subcommand or a top-level flag.
-const TOP_LEVEL: [&str; 9] = [
+const TOP_LEVEL: [&str; 10] = [
     "mount",
     "umount",
     "diff",
     "export",
+    "generate",
     "help",
     "--help",
     "-h",

@@ -255,10 +255,21 @@ fn install_script_records_and_removes_only_its_files() {
         !v.ok() && v.stderr.contains("mount.fuse.unionfs SOURCE MOUNTPOINT"),
         "{v}"
     );
+    // man pages and completions, generated from the command line
+    let man = fs::read_to_string(prefix.join("share/man/man1/unionfs.1")).unwrap();
+    assert!(man.contains(".TH unionfs"), "{man}");
+    assert!(prefix.join("share/man/man1/unionfs-mount.1").is_file());
+    let bash = prefix.join("share/bash-completion/completions/unionfs");
+    assert!(fs::read_to_string(&bash).unwrap().contains("_unionfs()"));
+    assert!(prefix.join("share/zsh/site-functions/_unionfs").is_file());
+    assert!(prefix
+        .join("share/fish/vendor_completions.d/unionfs.fish")
+        .is_file());
     // Installing again is harmless; uninstall removes exactly ours.
     sh(&[&prefix]);
     sh(&[Path::new("--uninstall"), &prefix]);
     assert!(!unionfs.exists() && !prefix.join("bin/unionfs-run").exists());
+    assert!(!prefix.join("share/man/man1/unionfs.1").exists() && !bash.exists());
     assert!(fs::symlink_metadata(sbin.join("mount.fuse.unionfs")).is_err());
     assert!(sbin.join("mount.unionfs").is_file());
 }
