@@ -64,12 +64,12 @@ chmod 755 "$tmp"
 mkdir -p "$tmp"/{graph,run,libpod,tmp,networks,xdg/config,xdg/data,xdg/cache,xdg/runtime,ctx}
 chmod 700 "$tmp/xdg/runtime"
 
-# With cgroup_manager = cgroupfs podman puts containers and conmon under a
-# libpod_parent cgroup that it never removes; when this run creates it, the
-# cleanup removes it again (rmdir: only when empty, so a concurrent podman's
-# cgroups are never touched).
-cgroup_parents() { ls -d /sys/fs/cgroup/libpod_parent /sys/fs/cgroup/*/libpod_parent 2>/dev/null || true; }
-[ -z "$(cgroup_parents)" ] && own_cgroups=1 || own_cgroups=""
+# With cgroup_manager = cgroupfs podman puts containers, pods and conmon under
+# libpod_parent cgroups that it does not always remove (the named systemd and
+# unified v1 hierarchies keep some). The cleanup removes the empty ones this
+# run created (rmdir: never a cgroup in use, never one that was already there).
+cgroup_dirs() { find /sys/fs/cgroup -maxdepth 4 -type d -path '*/libpod_parent*' 2>/dev/null | sort; }
+cgroups_before=$(cgroup_dirs)
 
 # A few paths podman 4.3 / buildah 1.28 use as root whatever the config says
 # (the blob-info cache of import/commit, netavark's run dir, ...): the ones
@@ -82,11 +82,24 @@ cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
+  export TMPDIR=/tmp
   if [ -d "$tmp" ]; then
     # Containers and pods first (their mounts go away with them), then the
     # whole store of this run.
     podman pod rm -af -t 0 >/dev/null 2>&1
     podman rm -af -t 0 >/dev/null 2>&1
+    # conmon's exit commands (podman container cleanup) may still run: let
+    # them finish before the store goes.
+    local p i
+    for i in $(seq 100); do
+      busy=""
+      for p in /proc/[0-9]*; do
+        [ "${p#/proc/}" = $$ ] && continue
+        grep -qsF "$tmp" "$p/cmdline" 2>/dev/null && busy=1 && break
+      done
+      [ -z "$busy" ] && break
+      sleep 0.1
+    done
     podman system reset --force >/dev/null 2>&1
     # Leftover mounts under the temp dir, deepest first.
     local m
@@ -95,7 +108,6 @@ cleanup() {
     done
     # Processes of this run still alive (conmon, a unionfs daemon whose
     # unmount failed): only those whose command line names the temp dir.
-    local p
     for p in /proc/[0-9]*; do
       grep -qsF "$tmp" "$p/cmdline" 2>/dev/null && kill -9 "${p#/proc/}" 2>/dev/null
     done
@@ -107,17 +119,13 @@ cleanup() {
       *) rm -rf "$p" ;;
     esac
   done
-  if [ -n "$own_cgroups" ]; then
-    # (conmon processes may take a moment to leave them.)
-    local d i
-    for i in $(seq 50); do
-      for d in $(cgroup_parents); do
-        find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
-      done
-      [ -z "$(cgroup_parents)" ] && break
-      sleep 0.1
-    done
-  fi
+  local d new
+  for i in $(seq 50); do
+    new=$(comm -13 <(echo "$cgroups_before") <(cgroup_dirs) | sort -r)
+    [ -n "$new" ] || break
+    for d in $new; do rmdir "$d" 2>/dev/null; done
+    sleep 0.1
+  done
   [ "$rc" = 0 ] || echo "podman-e2e: FAILED (exit $rc)" >&2
   exit "$rc"
 }
