@@ -31,7 +31,9 @@ fail() {
 
 # --- packages ---------------------------------------------------------------
 need=()
-command -v podman >/dev/null || need+=(podman)
+# (netavark: the network stack this machine's podman uses; without recommends
+# apt might pick the CNI plugins instead.)
+command -v podman >/dev/null || need+=(podman netavark)
 command -v runc >/dev/null || need+=(runc)
 command -v buildah >/dev/null || need+=(buildah)
 command -v fusermount3 >/dev/null || need+=(fuse3)
