@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # End-to-end check of unionfs as the `mount_program` of containers-storage's
-# overlay driver, with the real podman (and its buildah library) of this
-# machine: import a Debian root, run containers that write, delete and rename
-# lower files, commit and re-run them, build a multi-step image (with the
-# opaque-directory case fuse-overlayfs gets wrong), run 10 containers at once,
-# and play a Kubernetes Pod manifest. Every podman file — config, storage,
-# locks, runtime state, events, temp files — lives under one temp dir, removed
-# on exit; /etc/containers and /var/lib/containers are never written.
+# overlay driver, with the real podman and buildah of this machine: import a
+# Debian root, check that container roots really are fuse.unionfs mounts, run
+# containers that write, delete and rename lower files (restart, diff, export,
+# commit, re-run), a --uidmap container, a multi-step `podman build` and a
+# buildah build with the opaque-directory case reported against
+# fuse-overlayfs, 10 containers at once, and a Pod from a Kubernetes manifest
+# (`podman kube play`). Every podman file (config, storage, locks, runtime
+# state, events, temp files) lives under one temp dir, removed on exit with
+# whatever podman left in fixed host paths and cgroups that this run created.
 #
-# Needs root and /dev/fuse. Installs podman, runc, catatonit and fuse3 with
-# apt-get when they are missing; builds target/debug/unionfs when it is
-# missing (UNIONFS_BIN overrides which binary is tested). The root filesystem
-# comes from scripts/debian-rootfs.sh (UNIONFS_TEST_ROOTFS overrides it).
-# Exit status 0 only when every check passed; each failed check prints a line
-# starting with FAIL. docs/PODMAN.md describes the setup and the checks.
+# Needs root and /dev/fuse. Installs podman, netavark, runc, buildah, catatonit
+# and fuse3 with apt-get when missing; builds (or updates) target/debug/unionfs
+# (UNIONFS_BIN tests another binary). The root filesystem comes from
+# scripts/debian-rootfs.sh (UNIONFS_TEST_ROOTFS overrides it); the temp dir is
+# made in /var/tmp (UNIONFS_PODMAN_E2E_DIR). Exit status 0 only when every
+# check passed; a failed check prints one line starting with FAIL.
+# docs/PODMAN.md describes the setup and the checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -50,7 +53,9 @@ fi
 bin=${UNIONFS_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/unionfs}
 # Built when missing, and brought up to date when it is the default one (a
 # stale binary would test old code).
-if [ -z "${UNIONFS_BIN:-}" ] || [ ! -x "$bin" ]; then
+if [ -n "${UNIONFS_BIN:-}" ]; then
+  [ -x "$bin" ] || fail "UNIONFS_BIN=$bin is not an executable"
+else
   [ -x "$bin" ] || log "building $bin"
   cargo build --quiet --bin unionfs
 fi
@@ -82,17 +87,20 @@ for p in "${host_paths[@]}"; do [ -e "$p" ] || created+=("$p"); done
 
 cleanup() {
   local rc=$?
+  local p i m d new busy
   set +e
   trap - EXIT INT TERM
   export TMPDIR=/tmp
-  if [ -d "$tmp" ]; then
+  # podman only ever with this run's config: a reset with the default one
+  # would wipe the host's store.
+  if [ -d "$tmp" ] && [ "${CONTAINERS_STORAGE_CONF:-}" = "$tmp/storage.conf" ] &&
+    [ "${CONTAINERS_CONF:-}" = "$tmp/containers.conf" ] && [ -f "$tmp/storage.conf" ]; then
     # Containers and pods first (their mounts go away with them), then the
     # whole store of this run.
     podman pod rm -af -t 0 >/dev/null 2>&1
     podman rm -af -t 0 >/dev/null 2>&1
     # conmon's exit commands (podman container cleanup) may still run: let
     # them finish before the store goes.
-    local p i
     for i in $(seq 100); do
       busy=""
       for p in /proc/[0-9]*; do
@@ -103,8 +111,9 @@ cleanup() {
       sleep 0.1
     done
     podman system reset --force >/dev/null 2>&1
+  fi
+  if [ -d "$tmp" ]; then
     # Leftover mounts under the temp dir, deepest first.
-    local m
     awk -v p="$tmp/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
       fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
     done
@@ -121,7 +130,6 @@ cleanup() {
       *) rm -rf "$p" ;;
     esac
   done
-  local d new
   for i in $(seq 50); do
     new=$(comm -13 <(echo "$cgroups_before") <(cgroup_dirs) | sort -r)
     [ -n "$new" ] || break
