@@ -234,6 +234,7 @@ for p in /proc/[0-9]*; do
   tr '\0' ' ' <"$p/cmdline" | grep -qF "$merged" && daemon=${p#/proc/}
 done
 [ -n "$daemon" ] || fail "no $bin process serves $merged"
+log "served by pid $daemon: $(tr '\0' ' ' <"/proc/$daemon/cmdline" | sed "s|$tmp|\$TMP|g")"
 podman exec probe sh -c 'echo via-fuse > /probe && cat /probe' | grep -qx via-fuse ||
   fail "write+read through the probe container's root"
 [ -f "$(podman inspect --format '{{.GraphDriver.Data.UpperDir}}' "$cid")/probe" ] ||
@@ -448,6 +449,18 @@ podman kube down "$tmp/pod.yaml" >"$tmp/kube-down.log" 2>&1 ||
 podman pod exists e2epod && fail "pod e2epod still exists after kube down"
 end
 
+# --- 5b. how long a container start takes (informational) --------------------
+begin "podman run --rm true, 10 times in a row"
+lat=()
+for i in $(seq 10); do
+  a=$(date +%s%N)
+  podman run --rm localhost/base true
+  lat+=($((($(date +%s%N) - a) / 1000000)))
+done
+median=$(printf '%s\n' "${lat[@]}" | sort -n | sed -n 5p)
+log "podman run --rm true: median ${median} ms (runs: ${lat[*]})"
+end
+
 # --- 6. nothing left mounted by the containers ---------------------------------
 begin "no container mounts left"
 left=$(awk -v p="$tmp/graph/overlay/" 'index($2, p) == 1 {print $2}' /proc/mounts)
@@ -457,4 +470,5 @@ end
 echo
 echo "podman-e2e: PASS (podman $(podman version --format '{{.Client.Version}}'), mount_program $bin)"
 for t in "${timings[@]}"; do echo "  $t"; done
+echo "  podman run --rm true: median ${median} ms"
 awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN {printf "  %-48s %6.1fs\n", "total so far (build, setup, the steps)", b - a}'
