@@ -11,6 +11,7 @@
 pub mod capabilities;
 pub mod cgroup;
 pub mod confine;
+pub mod container;
 pub mod image;
 pub mod masks;
 pub mod ns;
@@ -29,6 +30,7 @@ use std::process::Command;
 use nix::unistd::ForkResult;
 
 use crate::cgroup::{Cgroup, Layout};
+use crate::container::{Proc, Record};
 use crate::process::EXIT_LAUNCHER;
 use crate::spec::ContainerSpec;
 
@@ -83,6 +85,17 @@ pub fn unionfs_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("unionfs"))
 }
 
+/// Where a container's image came from, for its record (`ps`, `commit`).
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The image as given on the command line.
+    pub image: String,
+    /// The stored image's id, when run from an image.
+    pub image_id: Option<String>,
+    /// The store holding it.
+    pub store: Option<PathBuf>,
+}
+
 /// Everything to undo, undone on drop in reverse order of creation.
 #[derive(Debug, Default)]
 struct Teardown {
@@ -92,6 +105,25 @@ struct Teardown {
     state: Option<PathBuf>,
     upper: Option<PathBuf>,
     remove_upper: bool,
+    /// The container's record, kept (with its exit status) without --rm.
+    record: Option<Record>,
+    exit: Option<i32>,
+}
+
+impl Teardown {
+    /// Writes the record as things stand now: what a later cleanup undoes
+    /// if this launcher is killed.
+    fn save(&mut self) {
+        let (Some(r), Some(dir)) = (self.record.as_mut(), self.state.as_ref()) else {
+            return;
+        };
+        r.mountpoint = self.mountpoint.clone();
+        if let Some(cg) = &self.cgroup {
+            r.cgroups = cg.dirs.clone();
+            r.cgroup_parents = cg.parents.clone();
+        }
+        let _ = r.save(dir);
+    }
 }
 
 impl Drop for Teardown {
@@ -119,7 +151,20 @@ impl Drop for Teardown {
         }
         if let Some(s) = self.state.take() {
             let _ = std::fs::remove_dir(s.join("root"));
-            let _ = std::fs::remove_dir(&s);
+            match self.record.take() {
+                // Kept: `ps` shows it ended, `rm` removes it.
+                Some(mut r) if !r.remove => {
+                    r.mountpoint = None;
+                    r.cgroups.clear();
+                    r.cgroup_parents.clear();
+                    r.exit = Some(self.exit.unwrap_or(EXIT_LAUNCHER));
+                    let _ = r.save(&s);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(s.join(container::RECORD));
+                    let _ = std::fs::remove_dir(&s);
+                }
+            }
         }
     }
 }
@@ -138,7 +183,12 @@ fn join_branches(paths: &[PathBuf]) -> String {
 
 /// Runs the container; returns the exit status for the launcher.
 pub fn run(spec: &ContainerSpec) -> i32 {
-    match run_inner(spec) {
+    run_from(spec, &Origin::default())
+}
+
+/// Runs the container of an image from `origin`; returns the exit status.
+pub fn run_from(spec: &ContainerSpec, origin: &Origin) -> i32 {
+    match run_inner(spec, origin) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("unionfs-run: {e}");
@@ -147,7 +197,7 @@ pub fn run(spec: &ContainerSpec) -> i32 {
     }
 }
 
-fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
+fn run_inner(spec: &ContainerSpec, origin: &Origin) -> Result<i32, LaunchError> {
     let rootless = !nix::unistd::geteuid().is_root();
     if rootless {
         probe_user_namespaces()?;
@@ -159,6 +209,13 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     let state = state_root().join(&spec.name);
     std::fs::create_dir_all(state_root())
         .map_err(|e| fail(format!("cannot create {}: {e}", state_root().display())))?;
+    // As podman does after a crash: whatever a killed launcher left (its
+    // mount, cgroups, --rm upper) is undone before a new container starts,
+    // so a name it held is free again. Only records whose launcher is
+    // gone are touched (container.rs).
+    for line in container::cleanup(&state_root()) {
+        eprintln!("unionfs-run: {line}");
+    }
     match std::fs::create_dir(&state) {
         Ok(()) => {
             td.state = Some(state.clone());
@@ -191,15 +248,41 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
             let u = state.join("upper");
             std::fs::create_dir(&u)
                 .map_err(|e| fail(format!("cannot create {}: {e}", u.display())))?;
-            // A fresh upper lives in the state dir; keep the dir unless --rm.
-            if !spec.remove {
-                td.state = None;
-            }
             u
         }
     };
     td.upper = Some(upper.clone());
     td.remove_upper = spec.remove;
+    let launcher = Proc::me().ok_or_else(|| fail("cannot read /proc/self/stat"))?;
+    td.record = Some(Record {
+        name: spec.name.clone(),
+        image: if origin.image.is_empty() && spec.layers.is_empty() {
+            "/".to_string()
+        } else if origin.image.is_empty() {
+            join_branches(&spec.layers)
+        } else {
+            origin.image.clone()
+        },
+        image_id: origin.image_id.clone(),
+        store: origin.store.clone(),
+        branches: spec.layers.clone(),
+        command: spec.argv.clone(),
+        upper: upper.clone(),
+        upper_owned: spec.upper.is_none(),
+        remove: spec.remove,
+        rootless,
+        launcher,
+        init: None,
+        mountpoint: None,
+        cgroups: Vec::new(),
+        cgroup_parents: Vec::new(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        exit: None,
+        note: None,
+    });
+    td.save();
 
     // Built before any container process exists, so a filter that cannot
     // be built is a launcher error.
@@ -228,6 +311,7 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
             }
         })?;
         td.cgroup = Some(cg);
+        td.save();
     }
 
     if let Some(arch) = &spec.image_arch {
@@ -258,6 +342,7 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     }
     td.mountpoint = Some(root.clone());
     td.rootless = rootless;
+    td.save();
 
     if !spec.layers.is_empty() {
         image::check_runnable(
@@ -283,6 +368,7 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     };
 
     if rootless {
+        let me = nix::unistd::getpid();
         let relay = match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {
             ForkResult::Child => {
                 std::mem::forget(td);
@@ -290,17 +376,22 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
                     nix::unistd::getuid().as_raw(),
                     nix::unistd::getgid().as_raw(),
                 );
-                process::rootless_relay(spec, &root, &plan, uid, gid)
+                process::rootless_relay(spec, &root, &plan, uid, gid, me)
             }
             ForkResult::Parent { child } => child,
         };
         if let Some(cg) = &td.cgroup {
             let _ = cg.join(relay.as_raw());
         }
+        if let Some(r) = td.record.as_mut() {
+            r.init = Proc::of(relay.as_raw());
+        }
+        td.save();
         let code = process::wait_forwarding(relay, &set);
         if spec.upper.is_none() && !spec.remove {
             eprintln!("unionfs-run: changes kept in {}", upper.display());
         }
+        td.exit = Some(code);
         drop(td);
         return Ok(code);
     }
@@ -325,13 +416,21 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
             return Err(fail(e.to_string()));
         }
     }
+    if let Some(r) = td.record.as_mut() {
+        r.init = Proc::of(init.as_raw());
+    }
+    td.save();
+    // Kept open until init has ended: init checks after setting its
+    // parent-death signal that this end is still open, i.e. that the
+    // launcher had not died before (process::init).
     let mut go = std::fs::File::from(go_wr);
     let _ = go.write_all(b"g");
-    drop(go);
     let code = process::wait_forwarding(init, &set);
+    drop(go);
     if spec.upper.is_none() && !spec.remove {
         eprintln!("unionfs-run: changes kept in {}", upper.display());
     }
+    td.exit = Some(code);
     drop(td);
     Ok(code)
 }

@@ -80,6 +80,11 @@ struct Args {
     /// seccomp=unconfined (no seccomp filter) or no-new-privileges.
     #[arg(long, value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Undo what killed launchers left (mounts, cgroups, --rm uppers and
+    /// state of containers whose launcher is gone), then exit. Also done
+    /// at the start of every run.
+    #[arg(long)]
+    cleanup: bool,
     /// A hugetlb limit, PAGESIZE=LIMIT (e.g. 2MB=64M).
     #[arg(long, value_name = "PAGESIZE=LIMIT", hide = true)]
     hugetlb: Option<String>,
@@ -88,9 +93,32 @@ struct Args {
     command: Vec<String>,
 }
 
-/// Image store commands.
+/// Image store and container commands.
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
+    /// List containers: running ones, and those kept (started without --rm).
+    Ps {
+        /// Show whole image names and commands.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Stop running containers: SIGTERM to the container's init, SIGKILL
+    /// after the timeout; the launcher then tears the container down.
+    Stop {
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10, value_name = "SECS")]
+        time: u64,
+        /// Container names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Remove stopped containers: the record and the upper the launcher
+    /// made (an upper given with --upper stays).
+    Rm {
+        /// Container names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// List the images in the store: name, id, size, layers.
     Images {
         /// Show whole digests.
@@ -118,6 +146,73 @@ fn human(n: u64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
+}
+
+fn container_command(sub: Sub) -> ExitCode {
+    let root = unionfs_run::state_root();
+    let mut code = ExitCode::SUCCESS;
+    match sub {
+        Sub::Ps { no_trunc } => {
+            use unionfs_run::container::{list, Status};
+            let cut = |s: &str, n: usize| -> String {
+                if no_trunc || s.chars().count() <= n {
+                    s.to_string()
+                } else {
+                    let mut t: String = s.chars().take(n - 3).collect();
+                    t.push_str("...");
+                    t
+                }
+            };
+            println!(
+                "{:<20} {:<32} {:<20} {:<14} {:>8}  UPPER",
+                "NAME", "IMAGE", "COMMAND", "STATUS", "PID"
+            );
+            for (_, r) in list(&root) {
+                let (status, pid) = match r.status() {
+                    Status::Running => (
+                        "Running".to_string(),
+                        r.init.map_or("-".to_string(), |p| p.pid.to_string()),
+                    ),
+                    Status::Exited(c) => (format!("Exited ({c})"), "-".to_string()),
+                    Status::Dead => ("Dead".to_string(), "-".to_string()),
+                };
+                println!(
+                    "{:<20} {:<32} {:<20} {:<14} {:>8}  {}",
+                    r.name,
+                    cut(&r.image, 32),
+                    cut(&r.command.join(" "), 20),
+                    status,
+                    pid,
+                    r.upper.display()
+                );
+            }
+        }
+        Sub::Stop { time, names } => {
+            for n in names {
+                match unionfs_run::container::stop(&root, &n, std::time::Duration::from_secs(time))
+                {
+                    Ok(l) => println!("{l}"),
+                    Err(e) => {
+                        eprintln!("unionfs-run: {e}");
+                        code = ExitCode::from(125);
+                    }
+                }
+            }
+        }
+        Sub::Rm { names } => {
+            for n in names {
+                match unionfs_run::container::remove(&root, &n) {
+                    Ok(l) => println!("{l}"),
+                    Err(e) => {
+                        eprintln!("unionfs-run: {e}");
+                        code = ExitCode::from(125);
+                    }
+                }
+            }
+        }
+        other => return store_command(other),
+    }
+    code
 }
 
 fn store_command(sub: Sub) -> ExitCode {
@@ -171,6 +266,7 @@ fn store_command(sub: Sub) -> ExitCode {
             }
             code
         }
+        Sub::Ps { .. } | Sub::Stop { .. } | Sub::Rm { .. } => container_command(sub),
     }
 }
 
@@ -183,13 +279,23 @@ fn main() -> ExitCode {
         }
     };
     if let Some(sub) = args.sub {
-        return store_command(sub);
+        return container_command(sub);
+    }
+    if args.cleanup {
+        for line in unionfs_run::container::cleanup(&unionfs_run::state_root()) {
+            println!("{line}");
+        }
+        return ExitCode::SUCCESS;
     }
     // Image references become the image's layer branches, in place.
     let mut image = Vec::new();
     let mut settings = None;
     // Lives until the container has ended: its image cannot be removed meanwhile.
     let mut in_use = None;
+    let mut origin = unionfs_run::Origin {
+        image: args.image.join(":"),
+        ..Default::default()
+    };
     for v in args.image {
         let Some(r) = store::source::ImageRef::parse(&v) else {
             image.push(v);
@@ -221,6 +327,8 @@ fn main() -> ExitCode {
         image.push(list.join(":"));
         settings = Some(resolved.settings);
         in_use = Some(resolved.in_use);
+        origin.image_id = Some(resolved.id);
+        origin.store = Some(resolved.store);
     }
     let raw = RawSpec {
         image,
@@ -257,7 +365,7 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let code = ExitCode::from(u8::try_from(unionfs_run::run(&spec)).unwrap_or(125));
+    let code = ExitCode::from(u8::try_from(unionfs_run::run_from(&spec, &origin)).unwrap_or(125));
     drop(in_use);
     code
 }
