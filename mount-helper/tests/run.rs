@@ -1535,3 +1535,80 @@ fn killed_launcher_is_cleaned_up_and_others_are_untouched() {
     s.assert_clean();
     assert!(cgroup_leftovers("t-kill-other").is_empty());
 }
+
+/// `ps` lists running and kept containers; `stop` sends SIGTERM, then
+/// SIGKILL after `-t`, and the launcher in the other terminal tears down.
+#[test]
+fn ps_and_stop_for_containers_of_other_terminals() {
+    if !ready() {
+        return;
+    }
+    let s = StateDir::new("ps");
+    let spawn = |args: &[&str]| {
+        KillOnDrop(
+            Command::new(bin())
+                .args(args)
+                .env("UNIONFS_RUN_DIR", &s.0)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // Ignores SIGTERM: only the SIGKILL after -t ends it.
+    let mut stubborn = spawn(&[
+        "--name",
+        "t-ps-stubborn",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; echo x > /made; while :; do sleep 0.1; done",
+    ]);
+    let mut polite = spawn(&["--name", "t-ps-polite", "--", "sleep", "30"]);
+    let init = wait_for_init(&s, "t-ps-stubborn");
+    wait_for_init(&s, "t-ps-polite");
+    let ps = stdout(&s.run(&["ps"]));
+    let line = |name: &str| {
+        ps.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in ps:\n{ps}"))
+            .to_string()
+    };
+    let l = line("t-ps-stubborn");
+    assert!(
+        l.contains("Running") && l.contains(&init.to_string()),
+        "{l}"
+    );
+    assert!(
+        l.contains(&s.0.join("t-ps-stubborn/upper").display().to_string()),
+        "{l}"
+    );
+    assert!(line("t-ps-polite").contains("sleep 30"), "{ps}");
+
+    let o = s.run(&["stop", "t-ps-polite"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(polite.0.wait().unwrap().code(), Some(128 + 15));
+    let t0 = Instant::now();
+    let o = s.run(&["stop", "-t", "1", "t-ps-stubborn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(t0.elapsed() >= Duration::from_secs(1), "SIGKILL before -t");
+    assert_eq!(stubborn.0.wait().unwrap().code(), Some(128 + 9));
+    // Both stopped, kept (no --rm), torn down.
+    let ps = stdout(&s.run(&["ps"]));
+    assert!(
+        ps.contains("Exited (143)") && ps.contains("Exited (137)"),
+        "{ps}"
+    );
+    assert!(s.0.join("t-ps-stubborn/upper/made").exists());
+    assert!(mounted_under(&s.0).is_empty());
+    assert!(cgroup_leftovers("t-ps-stubborn").is_empty());
+    // Stopping a stopped one is no error; an unknown one is, in one line.
+    let o = s.run(&["stop", "t-ps-polite"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = s.run(&["stop", "t-ps-none"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    let o = s.run(&["rm", "t-ps-polite", "t-ps-stubborn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    s.assert_clean();
+}
