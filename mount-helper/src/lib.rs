@@ -10,6 +10,7 @@
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod commit;
 pub mod confine;
 pub mod container;
 pub mod image;
@@ -169,7 +170,8 @@ impl Drop for Teardown {
     }
 }
 
-fn join_branches(paths: &[PathBuf]) -> String {
+/// A branch list as `unionfs mount` and `--lowers` read it (`\:` escapes).
+pub(crate) fn join_branches(paths: &[PathBuf]) -> String {
     paths
         .iter()
         .map(|p| {

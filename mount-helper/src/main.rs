@@ -112,6 +112,17 @@ enum Sub {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+    /// Write a stopped container (started without --rm, from an image or
+    /// image directories) as an OCI image layout: its image's layers, then
+    /// its upper as one more layer, tagged TAG (default latest) in DIR.
+    Commit {
+        /// The container.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Where: an OCI layout directory (made, or added to), and the tag.
+        #[arg(value_name = "oci:DIR[:TAG]")]
+        target: String,
+    },
     /// Remove stopped containers: the record and the upper the launcher
     /// made (an upper given with --upper stays).
     Rm {
@@ -210,6 +221,13 @@ fn container_command(sub: Sub) -> ExitCode {
                 }
             }
         }
+        Sub::Commit { name, target } => match unionfs_run::commit::commit(&root, &name, &target) {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => {
+                eprintln!("unionfs-run: {e}");
+                code = ExitCode::from(125);
+            }
+        },
         other => return store_command(other),
     }
     code
@@ -266,7 +284,9 @@ fn store_command(sub: Sub) -> ExitCode {
             }
             code
         }
-        Sub::Ps { .. } | Sub::Stop { .. } | Sub::Rm { .. } => container_command(sub),
+        Sub::Ps { .. } | Sub::Stop { .. } | Sub::Rm { .. } | Sub::Commit { .. } => {
+            container_command(sub)
+        }
     }
 }
 
