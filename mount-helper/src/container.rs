@@ -142,8 +142,12 @@ impl Record {
         root.join(name)
     }
 
-    /// Reads the record of the container in `dir`.
+    /// Reads the record of the container in `dir`, if this user owns it
+    /// and no one else can write it (see `trusted`).
     pub fn load(dir: &Path) -> Option<Record> {
+        if !dir.parent().is_some_and(trusted) || !trusted(dir) || !trusted(&dir.join(RECORD)) {
+            return None;
+        }
         let text = std::fs::read(dir.join(RECORD)).ok()?;
         serde_json::from_slice(&text).ok()
     }
@@ -152,7 +156,18 @@ impl Record {
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(format!(".{RECORD}.{}", std::process::id()));
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text)?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // 0600 whatever the umask: only a record no one else can write is trusted.
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&text)?;
+        }
         std::fs::rename(&tmp, dir.join(RECORD))
     }
 
@@ -168,13 +183,30 @@ impl Record {
     }
 }
 
-/// Every container record under `root`, sorted by creation.
+/// Whether `p` (not followed if a symlink) is owned by this user and
+/// writable by no one else: a record is acted on (its upper removed, its
+/// processes killed) only if nobody else could have written it — the
+/// rootless state root sits in world-writable /dev/shm, where another user
+/// could have made it first and planted records naming our files.
+pub fn trusted(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p)
+        .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0)
+}
+
+/// Every container record under `root` this user owns, sorted by creation.
 pub fn list(root: &Path) -> Vec<(PathBuf, Record)> {
+    if !trusted(root) {
+        return Vec::new();
+    }
     let mut v: Vec<(PathBuf, Record)> = std::fs::read_dir(root)
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| {
                     let p = e.path();
+                    if !trusted(&p) || !trusted(&p.join(RECORD)) {
+                        return None;
+                    }
                     Record::load(&p).map(|r| (p, r))
                 })
                 .collect()
@@ -452,10 +484,25 @@ mod tests {
         mk(&dead_kept);
         // No record: not ours.
         std::fs::create_dir_all(t.path().join("foreign/upper")).unwrap_or_default();
+        // A record others could have written: not ours either.
+        let planted = Record {
+            name: "planted".into(),
+            upper: t.path().join("planted/upper"),
+            ..dead_rm.clone()
+        };
+        mk(&planted);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                t.path().join("planted"),
+                std::fs::Permissions::from_mode(0o777),
+            );
+        }
         let lines = cleanup(t.path());
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(t.path().join("live/upper").exists());
         assert!(t.path().join("foreign/upper").exists());
+        assert!(t.path().join("planted/upper").exists());
         assert!(!t.path().join("dead-rm").exists());
         assert!(t.path().join("dead-kept/upper").exists());
         let kept = Record::load(&t.path().join("dead-kept"));

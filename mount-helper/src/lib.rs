@@ -209,8 +209,24 @@ fn run_inner(spec: &ContainerSpec, origin: &Origin) -> Result<i32, LaunchError> 
     let set = process::block_signals().map_err(|e| fail(format!("cannot block signals: {e}")))?;
     let mut td = Teardown::default();
     let state = state_root().join(&spec.name);
-    std::fs::create_dir_all(state_root())
-        .map_err(|e| fail(format!("cannot create {}: {e}", state_root().display())))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // No group or other write whatever the umask (container.rs trusts
+        // records only under such a root).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(state_root())
+            .map_err(|e| fail(format!("cannot create {}: {e}", state_root().display())))?;
+    }
+    if !container::trusted(&state_root()) {
+        // Someone else made it (it sits in world-writable /dev/shm when
+        // rootless): they could swap our state, upper included.
+        return Err(fail(format!(
+            "the state directory {} belongs to another user or is writable by others",
+            state_root().display()
+        )));
+    }
     // As podman does after a crash: whatever a killed launcher left (its
     // mount, cgroups, --rm upper) is undone before a new container starts,
     // so a name it held is free again. Only records whose launcher is
