@@ -86,9 +86,13 @@ pub fn unionfs_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("unionfs"))
 }
 
-/// Where a container's image came from, for its record (`ps`, `commit`).
-#[derive(Debug, Clone, Default)]
+/// Where a container's image came from, for its record (`ps`, `commit`),
+/// and how it runs.
+#[derive(Debug, Default)]
 pub struct Origin {
+    /// Detached (`-d`): once the container is about to start, stdout and
+    /// stderr go to /dev/null and a byte is written here (see `detach`).
+    pub detach: Option<std::os::fd::OwnedFd>,
     /// The image as given on the command line.
     pub image: String,
     /// The stored image's id, when run from an image.
@@ -185,12 +189,12 @@ pub(crate) fn join_branches(paths: &[PathBuf]) -> String {
 
 /// Runs the container; returns the exit status for the launcher.
 pub fn run(spec: &ContainerSpec) -> i32 {
-    run_from(spec, &Origin::default())
+    run_from(spec, Origin::default())
 }
 
 /// Runs the container of an image from `origin`; returns the exit status.
-pub fn run_from(spec: &ContainerSpec, origin: &Origin) -> i32 {
-    match run_inner(spec, origin) {
+pub fn run_from(spec: &ContainerSpec, mut origin: Origin) -> i32 {
+    match run_inner(spec, &mut origin) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("unionfs-run: {e}");
@@ -199,7 +203,28 @@ pub fn run_from(spec: &ContainerSpec, origin: &Origin) -> i32 {
     }
 }
 
-fn run_inner(spec: &ContainerSpec, origin: &Origin) -> Result<i32, LaunchError> {
+/// Detached, before the container's first process is forked: the
+/// launcher's setup is done and its errors reported; from here on its
+/// output (and the container's, which inherits it) goes to /dev/null.
+fn detach_output(ready: &Option<std::os::fd::OwnedFd>) {
+    if ready.is_none() {
+        return;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
+/// Detached, once init is recorded: tells the waiting `unionfs-run -d`
+/// that the container started (so `ps` and `stop` see its init).
+fn report_started(ready: Option<std::os::fd::OwnedFd>) {
+    if let Some(fd) = ready {
+        let _ = std::fs::File::from(fd).write_all(b"r");
+    }
+}
+
+fn run_inner(spec: &ContainerSpec, origin: &mut Origin) -> Result<i32, LaunchError> {
     let rootless = !nix::unistd::geteuid().is_root();
     if rootless {
         probe_user_namespaces()?;
@@ -386,6 +411,7 @@ fn run_inner(spec: &ContainerSpec, origin: &Origin) -> Result<i32, LaunchError> 
     };
 
     if rootless {
+        detach_output(&origin.detach);
         let me = nix::unistd::getpid();
         let relay = match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {
             ForkResult::Child => {
@@ -405,6 +431,7 @@ fn run_inner(spec: &ContainerSpec, origin: &Origin) -> Result<i32, LaunchError> 
             r.init = Proc::of(relay.as_raw());
         }
         td.save();
+        report_started(origin.detach.take());
         let code = process::wait_forwarding(relay, &set);
         if spec.upper.is_none() && !spec.remove {
             eprintln!("unionfs-run: changes kept in {}", upper.display());
@@ -415,6 +442,7 @@ fn run_inner(spec: &ContainerSpec, origin: &Origin) -> Result<i32, LaunchError> 
     }
     nix::sched::unshare(ns::launcher_namespaces())
         .map_err(|e| fail(format!("cannot create a pid namespace: {e}")))?;
+    detach_output(&origin.detach);
     let (go_rd, go_wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
     let init = match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {
@@ -443,6 +471,7 @@ fn run_inner(spec: &ContainerSpec, origin: &Origin) -> Result<i32, LaunchError> 
     // launcher had not died before (process::init).
     let mut go = std::fs::File::from(go_wr);
     let _ = go.write_all(b"g");
+    report_started(origin.detach.take());
     let code = process::wait_forwarding(init, &set);
     drop(go);
     if spec.upper.is_none() && !spec.remove {

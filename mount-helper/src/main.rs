@@ -40,6 +40,10 @@ struct Args {
     /// Remove the upper when the container exits.
     #[arg(long)]
     rm: bool,
+    /// Run in the background: print the container's name once it has
+    /// started and exit 0 (its output goes to /dev/null); `ps`, `stop`.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Memory limit (e.g. 256M, 1G).
     #[arg(long)]
     memory: Option<String>,
@@ -290,6 +294,62 @@ fn store_command(sub: Sub) -> ExitCode {
     }
 }
 
+enum Detached {
+    /// In the caller: the status to exit with (0: started).
+    Parent(u8),
+    /// In the launcher that goes on: where to say "started".
+    Child(std::os::fd::OwnedFd),
+}
+
+/// `-d`: forks the launcher off into its own session. The caller relays
+/// the launcher's stderr (its one-line error, if any) until the launcher
+/// reports the container started (a byte on `ready`) or exits.
+fn detach_launcher() -> Detached {
+    use std::io::{Read, Write};
+    let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .and_then(|e| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map(|r| (e, r)));
+    let Ok(((err_rd, err_wr), (ready_rd, ready_wr))) = pipes else {
+        eprintln!("unionfs-run: cannot make a pipe");
+        return Detached::Parent(125);
+    };
+    match unionfs_run::sys::fork() {
+        Err(e) => {
+            eprintln!("unionfs-run: cannot fork: {e}");
+            Detached::Parent(125)
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop((err_rd, ready_rd));
+            let _ = nix::unistd::setsid();
+            if let Ok(null) = std::fs::File::open("/dev/null") {
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+            }
+            let _ = nix::unistd::dup2_stderr(&err_wr);
+            drop(err_wr);
+            Detached::Child(ready_wr)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop((err_wr, ready_wr));
+            let mut text = Vec::new();
+            let _ = std::fs::File::from(err_rd).read_to_end(&mut text);
+            let _ = std::io::stderr().write_all(&text);
+            let mut b = [0u8; 1];
+            if std::fs::File::from(ready_rd).read_exact(&mut b).is_ok() {
+                return Detached::Parent(0);
+            }
+            let code = match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => u8::try_from(c).unwrap_or(125),
+                _ => 125,
+            };
+            if text.is_empty() {
+                // Its output already went to /dev/null.
+                eprintln!("unionfs-run: the container did not start (exit status {code})");
+            }
+            Detached::Parent(if code == 0 { 125 } else { code })
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -385,7 +445,18 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let code = ExitCode::from(u8::try_from(unionfs_run::run_from(&spec, &origin)).unwrap_or(125));
+    if args.detach {
+        match detach_launcher() {
+            Detached::Parent(code) => {
+                if code == 0 {
+                    println!("{}", spec.name);
+                }
+                return ExitCode::from(code);
+            }
+            Detached::Child(ready) => origin.detach = Some(ready),
+        }
+    }
+    let code = ExitCode::from(u8::try_from(unionfs_run::run_from(&spec, origin)).unwrap_or(125));
     drop(in_use);
     code
 }

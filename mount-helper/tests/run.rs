@@ -1612,3 +1612,62 @@ fn ps_and_stop_for_containers_of_other_terminals() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     s.assert_clean();
 }
+
+/// `-d`: the name once started, exit 0; the container runs on in the
+/// background, its output discarded; an error is still one line, 125.
+#[test]
+fn detached_container_runs_in_the_background() {
+    if !ready() {
+        return;
+    }
+    let s = StateDir::new("detach");
+    let t0 = Instant::now();
+    let o = s.run(&[
+        "-d",
+        "--name",
+        "t-det",
+        "--",
+        "sh",
+        "-c",
+        "echo to-null; echo hi > /x; sleep 30",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "t-det\n");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "-d waited for the container"
+    );
+    let init = record(&s, "t-det").unwrap()["init"]["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    assert!(running(init));
+    let ps = stdout(&s.run(&["ps"]));
+    assert!(
+        ps.lines().any(|l| l.starts_with("t-det ")
+            && l.contains("Running")
+            && l.contains(&init.to_string())),
+        "{ps}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.0.join("t-det/upper/x").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the detached container did nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = s.run(&["stop", "t-det"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!running(init));
+    assert!(stdout(&s.run(&["ps"])).contains("Exited (143)"));
+    assert!(mounted_under(&s.0).is_empty());
+    assert!(cgroup_leftovers("t-det").is_empty());
+    // Errors before the start still reach the caller.
+    let o = s.run(&["-d", "--name", "t-det", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("t-det exists"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+    let o = s.run(&["rm", "t-det"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    s.assert_clean();
+}
