@@ -1567,6 +1567,12 @@ fn ps_and_stop_for_containers_of_other_terminals() {
     let mut polite = spawn(&["--name", "t-ps-polite", "--", "sleep", "30"]);
     let init = wait_for_init(&s, "t-ps-stubborn");
     wait_for_init(&s, "t-ps-polite");
+    // The trap is set once /made exists.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.0.join("t-ps-stubborn/upper/made").exists() {
+        assert!(Instant::now() < deadline, "t-ps-stubborn did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let ps = stdout(&s.run(&["ps"]));
     let line = |name: &str| {
         ps.lines()
