@@ -10,7 +10,9 @@
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod commit;
 pub mod confine;
+pub mod container;
 pub mod image;
 pub mod masks;
 pub mod ns;
@@ -29,6 +31,7 @@ use std::process::Command;
 use nix::unistd::ForkResult;
 
 use crate::cgroup::{Cgroup, Layout};
+use crate::container::{Proc, Record};
 use crate::process::EXIT_LAUNCHER;
 use crate::spec::ContainerSpec;
 
@@ -83,6 +86,21 @@ pub fn unionfs_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("unionfs"))
 }
 
+/// Where a container's image came from, for its record (`ps`, `commit`),
+/// and how it runs.
+#[derive(Debug, Default)]
+pub struct Origin {
+    /// Detached (`-d`): once the container is about to start, stdout and
+    /// stderr go to /dev/null and a byte is written here (see `detach`).
+    pub detach: Option<std::os::fd::OwnedFd>,
+    /// The image as given on the command line.
+    pub image: String,
+    /// The stored image's id, when run from an image.
+    pub image_id: Option<String>,
+    /// The store holding it.
+    pub store: Option<PathBuf>,
+}
+
 /// Everything to undo, undone on drop in reverse order of creation.
 #[derive(Debug, Default)]
 struct Teardown {
@@ -92,6 +110,25 @@ struct Teardown {
     state: Option<PathBuf>,
     upper: Option<PathBuf>,
     remove_upper: bool,
+    /// The container's record, kept (with its exit status) without --rm.
+    record: Option<Record>,
+    exit: Option<i32>,
+}
+
+impl Teardown {
+    /// Writes the record as things stand now: what a later cleanup undoes
+    /// if this launcher is killed.
+    fn save(&mut self) {
+        let (Some(r), Some(dir)) = (self.record.as_mut(), self.state.as_ref()) else {
+            return;
+        };
+        r.mountpoint = self.mountpoint.clone();
+        if let Some(cg) = &self.cgroup {
+            r.cgroups = cg.dirs.clone();
+            r.cgroup_parents = cg.parents.clone();
+        }
+        let _ = r.save(dir);
+    }
 }
 
 impl Drop for Teardown {
@@ -119,12 +156,26 @@ impl Drop for Teardown {
         }
         if let Some(s) = self.state.take() {
             let _ = std::fs::remove_dir(s.join("root"));
-            let _ = std::fs::remove_dir(&s);
+            match self.record.take() {
+                // Kept: `ps` shows it ended, `rm` removes it.
+                Some(mut r) if !r.remove => {
+                    r.mountpoint = None;
+                    r.cgroups.clear();
+                    r.cgroup_parents.clear();
+                    r.exit = Some(self.exit.unwrap_or(EXIT_LAUNCHER));
+                    let _ = r.save(&s);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(s.join(container::RECORD));
+                    let _ = std::fs::remove_dir(&s);
+                }
+            }
         }
     }
 }
 
-fn join_branches(paths: &[PathBuf]) -> String {
+/// A branch list as `unionfs mount` and `--lowers` read it (`\:` escapes).
+pub(crate) fn join_branches(paths: &[PathBuf]) -> String {
     paths
         .iter()
         .map(|p| {
@@ -138,7 +189,12 @@ fn join_branches(paths: &[PathBuf]) -> String {
 
 /// Runs the container; returns the exit status for the launcher.
 pub fn run(spec: &ContainerSpec) -> i32 {
-    match run_inner(spec) {
+    run_from(spec, Origin::default())
+}
+
+/// Runs the container of an image from `origin`; returns the exit status.
+pub fn run_from(spec: &ContainerSpec, mut origin: Origin) -> i32 {
+    match run_inner(spec, &mut origin) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("unionfs-run: {e}");
@@ -147,7 +203,28 @@ pub fn run(spec: &ContainerSpec) -> i32 {
     }
 }
 
-fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
+/// Detached, before the container's first process is forked: the
+/// launcher's setup is done and its errors reported; from here on its
+/// output (and the container's, which inherits it) goes to /dev/null.
+fn detach_output(ready: &Option<std::os::fd::OwnedFd>) {
+    if ready.is_none() {
+        return;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
+/// Detached, once init is recorded: tells the waiting `unionfs-run -d`
+/// that the container started (so `ps` and `stop` see its init).
+fn report_started(ready: Option<std::os::fd::OwnedFd>) {
+    if let Some(fd) = ready {
+        let _ = std::fs::File::from(fd).write_all(b"r");
+    }
+}
+
+fn run_inner(spec: &ContainerSpec, origin: &mut Origin) -> Result<i32, LaunchError> {
     let rootless = !nix::unistd::geteuid().is_root();
     if rootless {
         probe_user_namespaces()?;
@@ -157,8 +234,31 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     let set = process::block_signals().map_err(|e| fail(format!("cannot block signals: {e}")))?;
     let mut td = Teardown::default();
     let state = state_root().join(&spec.name);
-    std::fs::create_dir_all(state_root())
-        .map_err(|e| fail(format!("cannot create {}: {e}", state_root().display())))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // No group or other write whatever the umask (container.rs trusts
+        // records only under such a root).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(state_root())
+            .map_err(|e| fail(format!("cannot create {}: {e}", state_root().display())))?;
+    }
+    if !container::trusted(&state_root()) {
+        // Someone else made it (it sits in world-writable /dev/shm when
+        // rootless): they could swap our state, upper included.
+        return Err(fail(format!(
+            "the state directory {} belongs to another user or is writable by others",
+            state_root().display()
+        )));
+    }
+    // As podman does after a crash: whatever a killed launcher left (its
+    // mount, cgroups, --rm upper) is undone before a new container starts,
+    // so a name it held is free again. Only records whose launcher is
+    // gone are touched (container.rs).
+    for line in container::cleanup(&state_root()) {
+        eprintln!("unionfs-run: {line}");
+    }
     match std::fs::create_dir(&state) {
         Ok(()) => {
             td.state = Some(state.clone());
@@ -191,15 +291,41 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
             let u = state.join("upper");
             std::fs::create_dir(&u)
                 .map_err(|e| fail(format!("cannot create {}: {e}", u.display())))?;
-            // A fresh upper lives in the state dir; keep the dir unless --rm.
-            if !spec.remove {
-                td.state = None;
-            }
             u
         }
     };
     td.upper = Some(upper.clone());
     td.remove_upper = spec.remove;
+    let launcher = Proc::me().ok_or_else(|| fail("cannot read /proc/self/stat"))?;
+    td.record = Some(Record {
+        name: spec.name.clone(),
+        image: if origin.image.is_empty() && spec.layers.is_empty() {
+            "/".to_string()
+        } else if origin.image.is_empty() {
+            join_branches(&spec.layers)
+        } else {
+            origin.image.clone()
+        },
+        image_id: origin.image_id.clone(),
+        store: origin.store.clone(),
+        branches: spec.layers.clone(),
+        command: spec.argv.clone(),
+        upper: upper.clone(),
+        upper_owned: spec.upper.is_none(),
+        remove: spec.remove,
+        rootless,
+        launcher,
+        init: None,
+        mountpoint: None,
+        cgroups: Vec::new(),
+        cgroup_parents: Vec::new(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        exit: None,
+        note: None,
+    });
+    td.save();
 
     // Built before any container process exists, so a filter that cannot
     // be built is a launcher error.
@@ -228,6 +354,7 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
             }
         })?;
         td.cgroup = Some(cg);
+        td.save();
     }
 
     if let Some(arch) = &spec.image_arch {
@@ -258,6 +385,7 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     }
     td.mountpoint = Some(root.clone());
     td.rootless = rootless;
+    td.save();
 
     if !spec.layers.is_empty() {
         image::check_runnable(
@@ -283,6 +411,8 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
     };
 
     if rootless {
+        detach_output(&origin.detach);
+        let me = nix::unistd::getpid();
         let relay = match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {
             ForkResult::Child => {
                 std::mem::forget(td);
@@ -290,22 +420,29 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
                     nix::unistd::getuid().as_raw(),
                     nix::unistd::getgid().as_raw(),
                 );
-                process::rootless_relay(spec, &root, &plan, uid, gid)
+                process::rootless_relay(spec, &root, &plan, uid, gid, me)
             }
             ForkResult::Parent { child } => child,
         };
         if let Some(cg) = &td.cgroup {
             let _ = cg.join(relay.as_raw());
         }
+        if let Some(r) = td.record.as_mut() {
+            r.init = Proc::of(relay.as_raw());
+        }
+        td.save();
+        report_started(origin.detach.take());
         let code = process::wait_forwarding(relay, &set);
         if spec.upper.is_none() && !spec.remove {
             eprintln!("unionfs-run: changes kept in {}", upper.display());
         }
+        td.exit = Some(code);
         drop(td);
         return Ok(code);
     }
     nix::sched::unshare(ns::launcher_namespaces())
         .map_err(|e| fail(format!("cannot create a pid namespace: {e}")))?;
+    detach_output(&origin.detach);
     let (go_rd, go_wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
     let init = match sys::fork().map_err(|e| fail(format!("cannot fork: {e}")))? {
@@ -325,13 +462,22 @@ fn run_inner(spec: &ContainerSpec) -> Result<i32, LaunchError> {
             return Err(fail(e.to_string()));
         }
     }
+    if let Some(r) = td.record.as_mut() {
+        r.init = Proc::of(init.as_raw());
+    }
+    td.save();
+    // Kept open until init has ended: init checks after setting its
+    // parent-death signal that this end is still open, i.e. that the
+    // launcher had not died before (process::init).
     let mut go = std::fs::File::from(go_wr);
     let _ = go.write_all(b"g");
-    drop(go);
+    report_started(origin.detach.take());
     let code = process::wait_forwarding(init, &set);
+    drop(go);
     if spec.upper.is_none() && !spec.remove {
         eprintln!("unionfs-run: changes kept in {}", upper.display());
     }
+    td.exit = Some(code);
     drop(td);
     Ok(code)
 }

@@ -40,6 +40,10 @@ struct Args {
     /// Remove the upper when the container exits.
     #[arg(long)]
     rm: bool,
+    /// Run in the background: print the container's name once it has
+    /// started and exit 0 (its output goes to /dev/null); `ps`, `stop`.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Memory limit (e.g. 256M, 1G).
     #[arg(long)]
     memory: Option<String>,
@@ -80,6 +84,11 @@ struct Args {
     /// seccomp=unconfined (no seccomp filter) or no-new-privileges.
     #[arg(long, value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Undo what killed launchers left (mounts, cgroups, --rm uppers and
+    /// state of containers whose launcher is gone), then exit. Also done
+    /// at the start of every run.
+    #[arg(long)]
+    cleanup: bool,
     /// A hugetlb limit, PAGESIZE=LIMIT (e.g. 2MB=64M).
     #[arg(long, value_name = "PAGESIZE=LIMIT", hide = true)]
     hugetlb: Option<String>,
@@ -88,9 +97,43 @@ struct Args {
     command: Vec<String>,
 }
 
-/// Image store commands.
+/// Image store and container commands.
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
+    /// List containers: running ones, and those kept (started without --rm).
+    Ps {
+        /// Show whole image names and commands.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Stop running containers: SIGTERM to the container's init, SIGKILL
+    /// after the timeout; the launcher then tears the container down.
+    Stop {
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10, value_name = "SECS")]
+        time: u64,
+        /// Container names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Write a stopped container (started without --rm, from an image or
+    /// image directories) as an OCI image layout: its image's layers, then
+    /// its upper as one more layer, tagged TAG (default latest) in DIR.
+    Commit {
+        /// The container.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Where: an OCI layout directory (made, or added to), and the tag.
+        #[arg(value_name = "oci:DIR[:TAG]")]
+        target: String,
+    },
+    /// Remove stopped containers: the record and the upper the launcher
+    /// made (an upper given with --upper stays).
+    Rm {
+        /// Container names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// List the images in the store: name, id, size, layers.
     Images {
         /// Show whole digests.
@@ -118,6 +161,80 @@ fn human(n: u64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
+}
+
+fn container_command(sub: Sub) -> ExitCode {
+    let root = unionfs_run::state_root();
+    let mut code = ExitCode::SUCCESS;
+    match sub {
+        Sub::Ps { no_trunc } => {
+            use unionfs_run::container::{list, Status};
+            let cut = |s: &str, n: usize| -> String {
+                if no_trunc || s.chars().count() <= n {
+                    s.to_string()
+                } else {
+                    let mut t: String = s.chars().take(n - 3).collect();
+                    t.push_str("...");
+                    t
+                }
+            };
+            println!(
+                "{:<20} {:<32} {:<20} {:<14} {:>8}  UPPER",
+                "NAME", "IMAGE", "COMMAND", "STATUS", "PID"
+            );
+            for (_, r) in list(&root) {
+                let (status, pid) = match r.status() {
+                    Status::Running => (
+                        "Running".to_string(),
+                        r.init.map_or("-".to_string(), |p| p.pid.to_string()),
+                    ),
+                    Status::Exited(c) => (format!("Exited ({c})"), "-".to_string()),
+                    Status::Dead => ("Dead".to_string(), "-".to_string()),
+                };
+                println!(
+                    "{:<20} {:<32} {:<20} {:<14} {:>8}  {}",
+                    r.name,
+                    cut(&r.image, 32),
+                    cut(&r.command.join(" "), 20),
+                    status,
+                    pid,
+                    r.upper.display()
+                );
+            }
+        }
+        Sub::Stop { time, names } => {
+            for n in names {
+                match unionfs_run::container::stop(&root, &n, std::time::Duration::from_secs(time))
+                {
+                    Ok(l) => println!("{l}"),
+                    Err(e) => {
+                        eprintln!("unionfs-run: {e}");
+                        code = ExitCode::from(125);
+                    }
+                }
+            }
+        }
+        Sub::Rm { names } => {
+            for n in names {
+                match unionfs_run::container::remove(&root, &n) {
+                    Ok(l) => println!("{l}"),
+                    Err(e) => {
+                        eprintln!("unionfs-run: {e}");
+                        code = ExitCode::from(125);
+                    }
+                }
+            }
+        }
+        Sub::Commit { name, target } => match unionfs_run::commit::commit(&root, &name, &target) {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => {
+                eprintln!("unionfs-run: {e}");
+                code = ExitCode::from(125);
+            }
+        },
+        other => return store_command(other),
+    }
+    code
 }
 
 fn store_command(sub: Sub) -> ExitCode {
@@ -171,6 +288,65 @@ fn store_command(sub: Sub) -> ExitCode {
             }
             code
         }
+        Sub::Ps { .. } | Sub::Stop { .. } | Sub::Rm { .. } | Sub::Commit { .. } => {
+            container_command(sub)
+        }
+    }
+}
+
+enum Detached {
+    /// In the caller: the status to exit with (0: started).
+    Parent(u8),
+    /// In the launcher that goes on: where to say "started".
+    Child(std::os::fd::OwnedFd),
+}
+
+/// `-d`: forks the launcher off into its own session. The caller relays
+/// the launcher's stderr (its one-line error, if any) until the launcher
+/// reports the container started (a byte on `ready`) or exits.
+fn detach_launcher() -> Detached {
+    use std::io::{Read, Write};
+    let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .and_then(|e| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map(|r| (e, r)));
+    let Ok(((err_rd, err_wr), (ready_rd, ready_wr))) = pipes else {
+        eprintln!("unionfs-run: cannot make a pipe");
+        return Detached::Parent(125);
+    };
+    match unionfs_run::sys::fork() {
+        Err(e) => {
+            eprintln!("unionfs-run: cannot fork: {e}");
+            Detached::Parent(125)
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop((err_rd, ready_rd));
+            let _ = nix::unistd::setsid();
+            if let Ok(null) = std::fs::File::open("/dev/null") {
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+            }
+            let _ = nix::unistd::dup2_stderr(&err_wr);
+            drop(err_wr);
+            Detached::Child(ready_wr)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop((err_wr, ready_wr));
+            let mut text = Vec::new();
+            let _ = std::fs::File::from(err_rd).read_to_end(&mut text);
+            let _ = std::io::stderr().write_all(&text);
+            let mut b = [0u8; 1];
+            if std::fs::File::from(ready_rd).read_exact(&mut b).is_ok() {
+                return Detached::Parent(0);
+            }
+            let code = match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => u8::try_from(c).unwrap_or(125),
+                _ => 125,
+            };
+            if text.is_empty() {
+                // Its output already went to /dev/null.
+                eprintln!("unionfs-run: the container did not start (exit status {code})");
+            }
+            Detached::Parent(if code == 0 { 125 } else { code })
+        }
     }
 }
 
@@ -183,13 +359,23 @@ fn main() -> ExitCode {
         }
     };
     if let Some(sub) = args.sub {
-        return store_command(sub);
+        return container_command(sub);
+    }
+    if args.cleanup {
+        for line in unionfs_run::container::cleanup(&unionfs_run::state_root()) {
+            println!("{line}");
+        }
+        return ExitCode::SUCCESS;
     }
     // Image references become the image's layer branches, in place.
     let mut image = Vec::new();
     let mut settings = None;
     // Lives until the container has ended: its image cannot be removed meanwhile.
     let mut in_use = None;
+    let mut origin = unionfs_run::Origin {
+        image: args.image.join(":"),
+        ..Default::default()
+    };
     for v in args.image {
         let Some(r) = store::source::ImageRef::parse(&v) else {
             image.push(v);
@@ -221,6 +407,8 @@ fn main() -> ExitCode {
         image.push(list.join(":"));
         settings = Some(resolved.settings);
         in_use = Some(resolved.in_use);
+        origin.image_id = Some(resolved.id);
+        origin.store = Some(resolved.store);
     }
     let raw = RawSpec {
         image,
@@ -257,7 +445,18 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let code = ExitCode::from(u8::try_from(unionfs_run::run(&spec)).unwrap_or(125));
+    if args.detach {
+        match detach_launcher() {
+            Detached::Parent(code) => {
+                if code == 0 {
+                    println!("{}", spec.name);
+                }
+                return ExitCode::from(code);
+            }
+            Detached::Child(ready) => origin.detach = Some(ready),
+        }
+    }
+    let code = ExitCode::from(u8::try_from(unionfs_run::run_from(&spec, origin)).unwrap_or(125));
     drop(in_use);
     code
 }

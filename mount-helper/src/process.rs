@@ -201,10 +201,21 @@ pub fn setup(sys: &dyn Syscall, spec: &ContainerSpec, root: &Path, plan: &Plan) 
 /// The container's init: pid 1 of the new pid namespace. Sets up the root
 /// at `root`, runs the command, and exits with its status. Never returns.
 pub fn init(spec: &ContainerSpec, root: &Path, plan: &Plan, go: OwnedFd) -> ! {
+    // The container dies with its launcher (SIGKILL included): nothing
+    // would reap, forward to or tear down an orphan; the kernel then ends
+    // the whole pid namespace with init.
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
+        sys::exit_now(EXIT_LAUNCHER);
+    }
     // Wait until the launcher has put us in the cgroup.
     let mut b = [0u8; 1];
     let mut go = std::fs::File::from(go);
     if go.read_exact(&mut b).is_err() {
+        sys::exit_now(EXIT_LAUNCHER);
+    }
+    // The launcher keeps its end open while it lives: end of file now
+    // means it died before the death signal was set, which then never comes.
+    if launcher_gone(&go) {
         sys::exit_now(EXIT_LAUNCHER);
     }
     drop(go);
@@ -282,6 +293,17 @@ pub fn init(spec: &ContainerSpec, root: &Path, plan: &Plan, go: OwnedFd) -> ! {
     }
 }
 
+/// Whether the writer of the pipe `go` has closed it (end of file), read
+/// without blocking.
+fn launcher_gone(go: &std::fs::File) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    if fcntl(go, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    matches!(nix::unistd::read(go, &mut b), Ok(0))
+}
+
 /// Maps the caller to root in a new user namespace (rootless).
 pub fn enter_user_namespace(uid: u32, gid: u32) -> Result<(), String> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|e| {
@@ -299,8 +321,22 @@ pub fn enter_user_namespace(uid: u32, gid: u32) -> Result<(), String> {
 /// Rootless: a relay process enters a user namespace (caller -> root),
 /// then a pid namespace, and forks init; it forwards signals to init and
 /// exits with its status. Never returns.
-pub fn rootless_relay(spec: &ContainerSpec, root: &Path, plan: &Plan, uid: u32, gid: u32) -> ! {
+pub fn rootless_relay(
+    spec: &ContainerSpec,
+    root: &Path,
+    plan: &Plan,
+    uid: u32,
+    gid: u32,
+    launcher: Pid,
+) -> ! {
     let set = waited_signals();
+    // Dies with the launcher (and init with it, see `init`); a launcher
+    // already gone shows as another parent.
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+        || nix::unistd::getppid() != launcher
+    {
+        sys::exit_now(EXIT_LAUNCHER);
+    }
     if let Err(e) = enter_user_namespace(uid, gid).and_then(|()| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
             .map_err(|e| format!("cannot create a pid namespace: {e}"))
@@ -323,8 +359,12 @@ pub fn rootless_relay(spec: &ContainerSpec, root: &Path, plan: &Plan, uid: u32, 
         }
     };
     drop(go_rd);
-    let _ = std::fs::File::from(go_wr).write_all(b"g");
-    sys::exit_now(wait_forwarding(init_pid, &set))
+    // Open until init ends (see `init`).
+    let mut go = std::fs::File::from(go_wr);
+    let _ = go.write_all(b"g");
+    let code = wait_forwarding(init_pid, &set);
+    drop(go);
+    sys::exit_now(code)
 }
 
 /// Blocks the waited signals in this thread (and so in children forked after).

@@ -933,3 +933,121 @@ fn podman_saved_images_run_with_their_config() {
     assert!(env.layers().is_empty());
     env.assert_clean();
 }
+
+/// Issue 16 item 2's round trip: run -> change -> `unionfs-run commit` ->
+/// the committed layout runs with `--image oci:` and, loaded into podman,
+/// with `podman run`.
+#[test]
+fn committed_container_runs_here_and_in_podman() {
+    if !ready() {
+        return;
+    }
+    let Some(deb) = debian_root() else {
+        skip("set UNIONFS_TEST_ROOTFS to a Debian root (scripts/debian-rootfs.sh)");
+        return;
+    };
+    let env = Env::new("commit");
+    // The Debian root as a one-layer image.
+    let tarball = env.dir.join("root.tar");
+    let st = Command::new("tar")
+        .args([
+            "-C",
+            deb.to_str().unwrap(),
+            "-cf",
+            tarball.to_str().unwrap(),
+            ".",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let base = env.dir.join("base");
+    layout(
+        &base,
+        &[(std::fs::read(&tarball).unwrap(), Comp::None)],
+        serde_json::json!({"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["cat", "/etc/motd-c"]}),
+        "v1",
+        Tamper::Nothing,
+    );
+    std::fs::remove_file(&tarball).unwrap();
+    let o = env.run(&[
+        "--name",
+        "t-commit",
+        "--image",
+        &format!("oci:{}:v1", base.display()),
+        "--",
+        "sh",
+        "-c",
+        "echo committed > /etc/motd-c; rm /etc/issue; mkdir /opt/new && echo x > /opt/new/f",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    // Refusals: one line, 125.
+    let out_dir = env.dir.join("out");
+    for (args, msg) in [
+        (
+            vec!["commit", "t-none", "oci:/nonexistent/x"],
+            "no container",
+        ),
+        (
+            vec!["commit", "t-commit", "docker-archive:/x.tar"],
+            "oci:DIR",
+        ),
+    ] {
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}");
+        assert!(
+            err(&o).contains(msg) && err(&o).lines().count() == 1,
+            "{}",
+            err(&o)
+        );
+    }
+    let target = format!("oci:{}:t1", out_dir.display());
+    let o = env.run(&["commit", "t-commit", &target]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(out(&o).contains(&target), "{}", out(&o));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "t1"
+    );
+    // Here: the image's Cmd, and the change, whiteout included.
+    let o = env.run(&["--rm", "--image", &target]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(out(&o), "committed\n");
+    let probe = "cat /etc/motd-c /opt/new/f; ls /etc/issue 2>&1 | grep -c 'No such'";
+    let o = env.run(&["--rm", "--image", &target, "--", "sh", "-c", probe]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(out(&o), "committed\nx\n1\n");
+    let o = env.run(&["rm", "t-commit"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    env.assert_clean();
+
+    // podman: pull the layout, run the change.
+    let Some(p) = Podman::new("commit") else {
+        skip("podman is not installed (apt-get install podman runc)");
+        return;
+    };
+    let o = p
+        .cmd()
+        .args(["pull", "-q", &target])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "podman pull: {}", err(&o));
+    let id = out(&o).trim().to_string();
+    let o = p
+        .cmd()
+        .args(["run", "--rm", "--network=none", &id, "sh", "-c", probe])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "podman run: {}", err(&o));
+    assert_eq!(out(&o), "committed\nx\n1\n");
+    let o = p
+        .cmd()
+        .args(["run", "--rm", "--network=none", &id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), "committed\n", "{}", err(&o));
+}

@@ -73,6 +73,12 @@ impl StateDir {
 
 impl Drop for StateDir {
     fn drop(&mut self) {
+        // Containers whose launcher a failed test killed: their cgroups
+        // are known only to their records.
+        let _ = Command::new(bin())
+            .arg("--cleanup")
+            .env("UNIONFS_RUN_DIR", &self.0)
+            .output();
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         for l in mounts.lines() {
             if let Some(m) = l.split(' ').nth(1) {
@@ -1318,5 +1324,356 @@ fn terminal_input_cannot_be_injected() {
         let out = run("--security-opt seccomp=unconfined");
         assert!(out.contains("TIOCSTI=ok"), "{out}");
     }
+    s.assert_clean();
+}
+
+/// The container's record, as the launcher wrote it.
+fn record(s: &StateDir, name: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read(s.0.join(name).join("container.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Waits until the container `name` has its init recorded; returns its pid.
+fn wait_for_init(s: &StateDir, name: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = record(s, name).and_then(|r| r["init"]["pid"].as_i64()) {
+            // And running its command (a child of init).
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            if !kids.trim().is_empty() {
+                return pid as i32;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not start: {:?}",
+            record(s, name)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Running (not gone, not a zombie).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_string))
+        })
+        .is_some_and(|st| st != "Z" && st != "X")
+}
+
+fn mounted_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&*dir.to_string_lossy()))
+        .collect()
+}
+
+/// Issue 14 item 4 (launcher half): a launcher killed with SIGKILL takes
+/// its container with it (parent-death signal), and what it leaves —
+/// mount, cgroups, state, the --rm upper — is undone by `--cleanup` or by
+/// the next run, while a kept upper stays and another running container is
+/// not touched.
+#[test]
+fn killed_launcher_is_cleaned_up_and_others_are_untouched() {
+    if !ready() {
+        return;
+    }
+    let s = StateDir::new("killed");
+    let spawn = |args: &[&str]| {
+        KillOnDrop(
+            Command::new(bin())
+                .args(args)
+                .env("UNIONFS_RUN_DIR", &s.0)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // Killed: one kept (no --rm), one --rm with a memory cgroup.
+    let mut kept = spawn(&[
+        "--name",
+        "t-kill-keep",
+        "--",
+        "sh",
+        "-c",
+        "echo mine > /kept; sleep 30",
+    ]);
+    let mut gone = spawn(&[
+        "--rm",
+        "--name",
+        "t-kill-rm",
+        "--memory",
+        "64M",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    // Not killed: must come through every cleanup untouched.
+    let mut other = spawn(&[
+        "--rm",
+        "--name",
+        "t-kill-other",
+        "--memory",
+        "64M",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let init_keep = wait_for_init(&s, "t-kill-keep");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.0.join("t-kill-keep/upper/kept").exists() {
+        assert!(Instant::now() < deadline, "t-kill-keep wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let init_rm = wait_for_init(&s, "t-kill-rm");
+    let init_other = wait_for_init(&s, "t-kill-other");
+    assert!(!cgroup_leftovers("t-kill-rm").is_empty());
+    kept.0.kill().unwrap();
+    gone.0.kill().unwrap();
+    kept.0.wait().unwrap();
+    gone.0.wait().unwrap();
+    // The containers die with their launcher.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(init_keep) || running(init_rm) {
+        assert!(
+            Instant::now() < deadline,
+            "the container outlived its launcher"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What they leave behind: mounts, cgroups, state.
+    let m = mounted_under(&s.0);
+    assert!(
+        m.iter().any(|x| x.contains("t-kill-rm")) && m.iter().any(|x| x.contains("t-kill-keep")),
+        "{m:?}"
+    );
+    let ps = stdout(&s.run(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("t-kill-rm ") && l.contains("Dead")),
+        "{ps}"
+    );
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("t-kill-other ") && l.contains("Running")),
+        "{ps}"
+    );
+
+    let o = s.run(&["--cleanup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let m = mounted_under(&s.0);
+    assert!(
+        !m.iter()
+            .any(|x| x.contains("t-kill-rm") || x.contains("t-kill-keep")),
+        "{m:?}"
+    );
+    assert!(cgroup_leftovers("t-kill-rm").is_empty());
+    assert!(cgroup_leftovers("t-kill-keep").is_empty());
+    assert!(!s.0.join("t-kill-rm").exists(), "--rm state and upper stay");
+    // The kept upper is kept, with what the container wrote.
+    assert_eq!(
+        std::fs::read_to_string(s.0.join("t-kill-keep/upper/kept")).unwrap(),
+        "mine\n"
+    );
+    assert!(!s.0.join("t-kill-keep/root").exists());
+    let r = record(&s, "t-kill-keep").unwrap();
+    assert_eq!(r["exit"], 137);
+    // The other container runs on, all of it in place.
+    assert!(running(init_other));
+    assert!(m.iter().any(|x| x.contains("t-kill-other")), "{m:?}");
+    assert!(!cgroup_leftovers("t-kill-other").is_empty());
+    assert!(other.0.try_wait().unwrap().is_none());
+    // A second cleanup finds nothing to do.
+    assert_eq!(stdout(&s.run(&["--cleanup"])), "");
+
+    // Automatic on start: a launcher killed again, then a new run under
+    // the same name works, and nothing of the first stays.
+    let mut again = spawn(&[
+        "--rm",
+        "--name",
+        "t-kill-rm",
+        "--memory",
+        "64M",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    wait_for_init(&s, "t-kill-rm");
+    again.0.kill().unwrap();
+    again.0.wait().unwrap();
+    let o = s.run(&[
+        "--rm",
+        "--name",
+        "t-kill-rm",
+        "--memory",
+        "64M",
+        "--",
+        "cat",
+        "/proc/self/cgroup",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("t-kill-rm: removed"), "{}", stderr(&o));
+    assert!(!s.0.join("t-kill-rm").exists());
+    assert!(cgroup_leftovers("t-kill-rm").is_empty());
+    assert!(running(init_other), "the other container was touched");
+
+    // The kept one goes with `rm`; the other ends normally.
+    let o = s.run(&["rm", "t-kill-keep"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = s.run(&["stop", "-t", "1", "t-kill-other"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(other.0.wait().unwrap().code() == Some(128 + 15));
+    s.assert_clean();
+    assert!(cgroup_leftovers("t-kill-other").is_empty());
+}
+
+/// `ps` lists running and kept containers; `stop` sends SIGTERM, then
+/// SIGKILL after `-t`, and the launcher in the other terminal tears down.
+#[test]
+fn ps_and_stop_for_containers_of_other_terminals() {
+    if !ready() {
+        return;
+    }
+    let s = StateDir::new("ps");
+    let spawn = |args: &[&str]| {
+        KillOnDrop(
+            Command::new(bin())
+                .args(args)
+                .env("UNIONFS_RUN_DIR", &s.0)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // Ignores SIGTERM: only the SIGKILL after -t ends it.
+    let mut stubborn = spawn(&[
+        "--name",
+        "t-ps-stubborn",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; echo x > /made; while :; do sleep 0.1; done",
+    ]);
+    let mut polite = spawn(&["--name", "t-ps-polite", "--", "sleep", "30"]);
+    let init = wait_for_init(&s, "t-ps-stubborn");
+    wait_for_init(&s, "t-ps-polite");
+    // The trap is set once /made exists.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.0.join("t-ps-stubborn/upper/made").exists() {
+        assert!(Instant::now() < deadline, "t-ps-stubborn did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ps = stdout(&s.run(&["ps"]));
+    let line = |name: &str| {
+        ps.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in ps:\n{ps}"))
+            .to_string()
+    };
+    let l = line("t-ps-stubborn");
+    assert!(
+        l.contains("Running") && l.contains(&init.to_string()),
+        "{l}"
+    );
+    assert!(
+        l.contains(&s.0.join("t-ps-stubborn/upper").display().to_string()),
+        "{l}"
+    );
+    assert!(line("t-ps-polite").contains("sleep 30"), "{ps}");
+
+    let o = s.run(&["stop", "t-ps-polite"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(polite.0.wait().unwrap().code(), Some(128 + 15));
+    let t0 = Instant::now();
+    let o = s.run(&["stop", "-t", "1", "t-ps-stubborn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(t0.elapsed() >= Duration::from_secs(1), "SIGKILL before -t");
+    assert_eq!(stubborn.0.wait().unwrap().code(), Some(128 + 9));
+    // Both stopped, kept (no --rm), torn down.
+    let ps = stdout(&s.run(&["ps"]));
+    assert!(
+        ps.contains("Exited (143)") && ps.contains("Exited (137)"),
+        "{ps}"
+    );
+    assert!(s.0.join("t-ps-stubborn/upper/made").exists());
+    assert!(mounted_under(&s.0).is_empty());
+    assert!(cgroup_leftovers("t-ps-stubborn").is_empty());
+    // Stopping a stopped one is no error; an unknown one is, in one line.
+    let o = s.run(&["stop", "t-ps-polite"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = s.run(&["stop", "t-ps-none"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    let o = s.run(&["rm", "t-ps-polite", "t-ps-stubborn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    s.assert_clean();
+}
+
+/// `-d`: the name once started, exit 0; the container runs on in the
+/// background, its output discarded; an error is still one line, 125.
+#[test]
+fn detached_container_runs_in_the_background() {
+    if !ready() {
+        return;
+    }
+    let s = StateDir::new("detach");
+    let t0 = Instant::now();
+    let o = s.run(&[
+        "-d",
+        "--name",
+        "t-det",
+        "--",
+        "sh",
+        "-c",
+        "echo to-null; echo hi > /x; sleep 30",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "t-det\n");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "-d waited for the container"
+    );
+    let init = record(&s, "t-det").unwrap()["init"]["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    assert!(running(init));
+    let ps = stdout(&s.run(&["ps"]));
+    assert!(
+        ps.lines().any(|l| l.starts_with("t-det ")
+            && l.contains("Running")
+            && l.contains(&init.to_string())),
+        "{ps}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.0.join("t-det/upper/x").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the detached container did nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = s.run(&["stop", "t-det"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!running(init));
+    assert!(stdout(&s.run(&["ps"])).contains("Exited (143)"));
+    assert!(mounted_under(&s.0).is_empty());
+    assert!(cgroup_leftovers("t-det").is_empty());
+    // Errors before the start still reach the caller.
+    let o = s.run(&["-d", "--name", "t-det", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("t-det exists"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+    let o = s.run(&["rm", "t-det"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     s.assert_clean();
 }

@@ -585,6 +585,10 @@ pub struct Resolved {
     pub settings: config::Settings,
     /// Held for the container's lifetime, so `rmi` cannot remove its layers.
     pub in_use: InUse,
+    /// The image's id (config digest).
+    pub id: String,
+    /// The store it is in.
+    pub store: PathBuf,
 }
 
 /// Imports `r` into the default store (once) and returns its branches and settings.
@@ -602,5 +606,7 @@ pub fn resolve(r: &ImageRef) -> Result<Resolved> {
         branches,
         settings,
         in_use,
+        id: img.id.clone(),
+        store: store.root().to_path_buf(),
     })
 }
