@@ -89,12 +89,13 @@ mandir="$PREFIX/share/man/man1"
 mkdir -p "$DESTDIR$mandir"
 gen=$(mktemp -d)
 "$from/unionfs" generate man "$gen"
+"$from/unionfs-run" generate man "$gen"
 for m in "$gen"/*.1; do
     install -m 0644 "$m" "$DESTDIR$mandir/$(basename "$m")"
     echo "$mandir/$(basename "$m")" >> "$manifest.new"
 done
 rm -rf "$gen"
-say "installed man pages in $DESTDIR$mandir (man unionfs)"
+say "installed man pages in $DESTDIR$mandir (man unionfs, man unionfs-run)"
 for sh in bash zsh fish; do
     case $sh in
         bash) d="$PREFIX/share/bash-completion/completions"; f=unionfs ;;
@@ -102,8 +103,11 @@ for sh in bash zsh fish; do
         fish) d="$PREFIX/share/fish/vendor_completions.d"; f=unionfs.fish ;;
     esac
     mkdir -p "$DESTDIR$d"
-    "$from/unionfs" generate completions "$sh" > "$DESTDIR$d/$f"
-    echo "$d/$f" >> "$manifest.new"
+    for b in unionfs unionfs-run; do
+        g=$(echo "$f" | sed "s/unionfs/$b/")
+        "$from/$b" generate completions "$sh" > "$DESTDIR$d/$g"
+        echo "$d/$g" >> "$manifest.new"
+    done
 done
 say "installed bash, zsh and fish completions"
 mv "$manifest.new" "$manifest"

@@ -143,8 +143,10 @@ pub fn generate(what: &Generate) -> std::io::Result<()> {
         }
         Generate::Completions { shell } => {
             let mut cmd = cmd;
-            clap_complete::generate(*shell, &mut cmd, "unionfs", &mut std::io::stdout());
-            Ok(())
+            // (into a buffer: clap_complete panics on a failed write)
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "unionfs", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout(), &out)
         }
     }
 }

@@ -221,7 +221,11 @@ fn install_script_records_and_removes_only_its_files() {
     let s = Scratch::new("install");
     let (prefix, sbin, from) = (s.dir("prefix"), s.dir("sbin"), s.dir("from"));
     std::os::unix::fs::symlink(bin(), from.join("unionfs")).unwrap();
-    file(&from, "unionfs-run", b"#!/bin/sh\n", 0o755);
+    std::os::unix::fs::symlink(
+        bin().with_file_name("unionfs-run"),
+        from.join("unionfs-run"),
+    )
+    .unwrap();
     // Someone else's mount.unionfs (Debian's unionfs-fuse) must stay.
     file(&sbin, "mount.unionfs", b"#!/bin/sh\necho theirs\n", 0o755);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install.sh");
@@ -259,6 +263,13 @@ fn install_script_records_and_removes_only_its_files() {
     let man = fs::read_to_string(prefix.join("share/man/man1/unionfs.1")).unwrap();
     assert!(man.contains(".TH unionfs"), "{man}");
     assert!(prefix.join("share/man/man1/unionfs-mount.1").is_file());
+    let run_man = fs::read_to_string(prefix.join("share/man/man1/unionfs-run.1")).unwrap();
+    assert!(run_man.contains(".TH unionfs-run"), "{run_man}");
+    assert!(prefix.join("share/man/man1/unionfs-run-commit.1").is_file());
+    let run_bash = prefix.join("share/bash-completion/completions/unionfs-run");
+    assert!(fs::read_to_string(&run_bash)
+        .unwrap()
+        .contains("_unionfs__run()"));
     let bash = prefix.join("share/bash-completion/completions/unionfs");
     assert!(fs::read_to_string(&bash).unwrap().contains("_unionfs()"));
     assert!(prefix.join("share/zsh/site-functions/_unionfs").is_file());

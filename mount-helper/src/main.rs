@@ -140,12 +140,52 @@ enum Sub {
         #[arg(long)]
         no_trunc: bool,
     },
+    /// Write the man pages (`man DIR`) or shell completions
+    /// (`completions SHELL`) — used by scripts/install.sh.
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// Remove images (and the layers no other image uses).
     Rmi {
         /// Names (NAME:TAG) or ids (sha256:HEX, or a prefix of HEX).
         #[arg(required = true, value_name = "NAME|ID")]
         images: Vec<String>,
     },
+}
+
+/// What `unionfs-run generate` writes.
+#[derive(Debug, clap::Subcommand)]
+enum Generate {
+    /// Man pages: unionfs-run.1 and one per subcommand, into DIR.
+    Man {
+        /// Where to write them.
+        dir: PathBuf,
+    },
+    /// Completions for SHELL (bash, zsh, fish, elvish, powershell), on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn generate(what: &Generate) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Args::command();
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(cmd, dir)
+        }
+        Generate::Completions { shell } => {
+            // (into a buffer: clap_complete panics on a failed write)
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "unionfs-run", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout(), &out)
+        }
+    }
 }
 
 fn human(n: u64) -> String {
@@ -232,6 +272,12 @@ fn container_command(sub: Sub) -> ExitCode {
                 code = ExitCode::from(125);
             }
         },
+        Sub::Generate { what } => {
+            if let Err(e) = generate(&what) {
+                eprintln!("unionfs-run: {e}");
+                code = ExitCode::from(125);
+            }
+        }
         other => return store_command(other),
     }
     code
@@ -288,9 +334,11 @@ fn store_command(sub: Sub) -> ExitCode {
             }
             code
         }
-        Sub::Ps { .. } | Sub::Stop { .. } | Sub::Rm { .. } | Sub::Commit { .. } => {
-            container_command(sub)
-        }
+        Sub::Ps { .. }
+        | Sub::Stop { .. }
+        | Sub::Rm { .. }
+        | Sub::Commit { .. }
+        | Sub::Generate { .. } => container_command(sub),
     }
 }
 
