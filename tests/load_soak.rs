@@ -225,6 +225,25 @@ fn watchdog_reports_a_hung_operation() {
     assert_eq!(aborted.load(Ordering::Relaxed), 1, "abort runs once");
 }
 
+/// The watchdog's way out works: after the abort, requests to the mount fail
+/// (ENOTCONN) instead of waiting on the daemon.
+#[test]
+fn watchdog_abort_ends_the_connection() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let s = Scratch::new("abort");
+    let lower = s.dir("lower");
+    file(&lower, "a", b"a", 0o644);
+    let (upper, mnt) = (s.dir("upper"), s.dir("mnt"));
+    let m = Mount::unionfs(&[&lower], Some(&upper), &mnt);
+    assert_eq!(fs::read(mnt.join("a")).unwrap(), b"a");
+    fuse_abort(&mnt, &s.path("fusectl"))();
+    let e = fs::symlink_metadata(mnt.join("b")).expect_err("the connection is aborted");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    drop(m);
+}
+
 /// Aborts the FUSE connection of the mount at `mnt` through a private fusectl mount
 /// (made under `ctl`, not at the machine-wide /sys/fs/fuse/connections).
 fn fuse_abort(mnt: &Path, ctl: &Path) -> impl Fn() + Send + 'static {
@@ -232,6 +251,7 @@ fn fuse_abort(mnt: &Path, ctl: &Path) -> impl Fn() + Send + 'static {
     let minor = nix::sys::stat::minor(dev);
     let ctl = ctl.to_path_buf();
     move || {
+        let _ = fs::create_dir_all(&ctl);
         let _ = run(
             "mount",
             &["-t", "fusectl", "fusectl", ctl.to_str().unwrap()],
@@ -239,6 +259,7 @@ fn fuse_abort(mnt: &Path, ctl: &Path) -> impl Fn() + Send + 'static {
         let f = ctl.join(minor.to_string()).join("abort");
         eprintln!("WATCHDOG: aborting the FUSE connection ({})", f.display());
         let _ = fs::write(&f, "1");
+        let _ = nix::mount::umount2(&ctl, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -532,7 +553,11 @@ fn load(fmt: &str, secs: u64) {
     let lowers_before = snapshot_all(&[&l1, &l2]);
     let (upper, work, mnt) = (s.dir("upper"), s.dir("work"), s.dir("mnt"));
     let lowers = PathBuf::from(format!("{}:{}", l1.display(), l2.display()));
-    let opts = format!("whiteout={fmt},workdir={}", work.display());
+    // more mount options for a soak run (e.g. `ttl=0`: every access reaches the daemon)
+    let extra = std::env::var("UNIONFS_SOAK_LOAD_OPTS")
+        .map(|o| format!(",{o}"))
+        .unwrap_or_default();
+    let opts = format!("whiteout={fmt},workdir={}{extra}", work.display());
     let m = Mount::unionfs_opts(&lowers, &upper, &mnt, &opts);
     let pid = m.daemon_pids[0];
     // baseline: mounted, root looked up, nothing else cached
