@@ -22,9 +22,11 @@
 //!   `baseline + 1 KiB × cached nodes + 16 MiB` (docs/RELIABILITY.md has the measured
 //!   figures), and after the last drop it is back near its baseline.
 //! * [`ten_containers_on_one_image`]: 10 `unionfs-run` at once on one image (a directory
-//!   over the host's `/`), each writing its own files and reading the image's; each exits
-//!   0 within 120 s, each upper holds exactly its own writes, the image is unchanged and
-//!   no mount, cgroup or state directory is left.
+//!   over the host's `/`), each writing its own files, reading the image's and checking
+//!   from inside that it sees no other container's files; five `--rm`, five with an
+//!   upper of their own kept for inspection. Each exits 0 within 120 s (a hang guard),
+//!   each kept upper holds exactly its own writes, the image is unchanged and no mount,
+//!   cgroup, daemon or state directory is left.
 //!
 //! The tests take a lock so that they run one after the other (their measurements and
 //! cache drops would disturb each other). Needs root and /dev/fuse (a skip is a failure
