@@ -732,7 +732,7 @@ const FD_SLACK: usize = 4;
 
 /// RSS the daemon may keep after the load and a cache drop beyond its baseline: heap the
 /// allocator keeps for reuse (arenas of the FUSE threads, grown tables). Measured here
-/// +2 MiB after 20 s and after 300 s (docs/RELIABILITY.md).
+/// +2.0 to +2.4 MiB after 20 s, 300 s and 900 s of load (docs/RELIABILITY.md).
 const RSS_SLACK_KIB: u64 = 16 << 10;
 
 // ---------------------------------------------------------------------------------------
