@@ -1056,6 +1056,43 @@ fn ten_containers_on_one_image() {
         assert_eq!(got, want, "container {n}'s upper holds other data");
     }
     assert_unchanged(&image_before);
+    // Containers started without --rm keep their record, as docker keeps a
+    // stopped container, until `unionfs-run rm`; an upper given with --upper
+    // stays even then. `--rm` ones leave nothing.
+    let names_in = |dir: &Path| -> std::collections::BTreeSet<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let kept: Vec<&String> = kids
+        .iter()
+        .filter(|k| k.2.is_some())
+        .map(|k| &k.1)
+        .collect();
+    assert_eq!(
+        names_in(&state),
+        kept.iter().map(|n| n.to_string()).collect(),
+        "launcher state: only the kept containers' records"
+    );
+    let rm = Command::new(&launcher)
+        .arg("rm")
+        .args(&kept)
+        .env("UNIONFS_RUN_DIR", &state)
+        .output()
+        .unwrap();
+    assert!(
+        rm.status.success(),
+        "unionfs-run rm: {}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    for k in kids.iter().filter(|k| k.2.is_some()) {
+        let upper = k.2.as_ref().unwrap();
+        assert!(
+            upper.join(format!("out-{}", k.0)).is_dir(),
+            "rm removed --upper"
+        );
+    }
     let left: Vec<_> = fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().path())
