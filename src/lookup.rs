@@ -393,9 +393,11 @@ impl<'a> Ctx<'a> {
             syscall: "redirect marker",
             errno: libc::EINVAL,
         };
+        // Logged once: when the table is new to it (or there is no table);
+        // never again once it is full (the table itself says so once).
         if self
             .faults
-            .is_none_or(|f| f.note(Some(&key)) != crate::faults::Noted::Repeat)
+            .is_none_or(|f| f.note(Some(&key)) == crate::faults::Noted::New)
         {
             tracing::warn!(
                 "ignoring the redirect of {} in branch {}: not a path inside the branches",
