@@ -48,6 +48,26 @@ pub fn layer_path(p: &Path) -> Result<LayerPath, String> {
     Ok(out)
 }
 
+/// The target of a symlink or hard-link entry (`what` names which, for
+/// the error line).
+fn link_target<R: std::io::Read>(
+    entry: &tar::Entry<'_, R>,
+    path: &[OsString],
+    what: &str,
+) -> Result<std::path::PathBuf, String> {
+    entry
+        .link_name()
+        .map_err(|e| {
+            format!(
+                "layer entry '{}': bad link name: {}",
+                show(path),
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL))
+            )
+        })?
+        .ok_or_else(|| format!("layer entry '{}': {what} without a target", show(path)))
+        .map(|t| t.into_owned())
+}
+
 fn show(p: &[OsString]) -> String {
     if p.is_empty() {
         return ".".into();
@@ -263,35 +283,13 @@ impl Unpacker<'_> {
             }
             EntryType::Symlink => {
                 // The target is only a string: it is never resolved here.
-                let target = entry
-                    .link_name()
-                    .map_err(|e| {
-                        ctx(
-                            "bad link name",
-                            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
-                        )
-                    })?
-                    .ok_or_else(|| {
-                        format!("layer entry '{}': symlink without a target", show(&path))
-                    })?
-                    .into_owned();
+                let target = link_target(&entry, &path, "symlink")?;
                 nix::unistd::symlinkat(target.as_os_str(), &pfd, name.as_os_str())
                     .map_err(|e| ctx("symlink", e))?;
                 self.apply(&pfd, &name, &meta, &path, true)?;
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| {
-                        ctx(
-                            "bad link name",
-                            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
-                        )
-                    })?
-                    .ok_or_else(|| {
-                        format!("layer entry '{}': hard link without a target", show(&path))
-                    })?
-                    .into_owned();
+                let target = link_target(&entry, &path, "hard link")?;
                 let t = layer_path(&target)
                     .map_err(|e| format!("layer entry '{}': hard link target {e}", show(&path)))?;
                 let Some((tname, tparent)) = t.split_last() else {
