@@ -108,6 +108,24 @@ their data and content are read from the lowers (a renamed directory is written 
 opaque with its full merged content); without --lowers the export is refused.\n\n\
   unionfs export /var/lib/c1/upper layer.tar.gz --lowers /img/app:/img/debian")]
     Export(ExportArgs),
+    /// Change the branches of a mounted union: add, del, mod, list.
+    #[command(
+        long_about = "Change the branches of a mounted union without unmounting it, \
+as AUFS's `mount -o remount,add:N:DIR=MODE,del:DIR,mod:DIR=MODE` does (that form works too, \
+through the mount helper). Positions count from 0 at the top. Modes: rw, rw+nolwh, ro, \
+ro+wh, rr, rr+wh (see MODES in `unionfs mount --help`). A branch with open files cannot \
+be deleted (EBUSY). The change is atomic: a request sees the old stack or the new one, \
+and the kernel's caches are dropped at once.\n\n\
+  unionfs branch list /mnt\n  \
+unionfs branch add /mnt --at 1 /img/patch=ro+wh\n  \
+unionfs branch mod /mnt /img/patch=rr\n  \
+unionfs branch del /mnt /img/patch"
+    )]
+    Branch {
+        /// What to change.
+        #[command(subcommand)]
+        action: BranchAction,
+    },
     /// Write the man pages or shell completions (used by scripts/install.sh).
     #[command(hide = true)]
     Generate {
@@ -115,6 +133,187 @@ opaque with its full merged content); without --lowers the export is refused.\n\
         #[command(subcommand)]
         what: Generate,
     },
+}
+
+/// `unionfs branch` actions.
+#[derive(Debug, Subcommand)]
+pub enum BranchAction {
+    /// Print the branches, topmost first: `INDEX PATH=MODE`.
+    List {
+        /// The union's mount point.
+        mountpoint: PathBuf,
+    },
+    /// Add DIR[=MODE] (default: the bottom, ro+wh).
+    Add {
+        /// The union's mount point.
+        mountpoint: PathBuf,
+        /// The branch, with an optional mode: /img/layer=ro+wh.
+        branch: OsString,
+        /// Position from the top (0: above every branch).
+        #[arg(long, value_name = "N")]
+        at: Option<usize>,
+    },
+    /// Remove the branch DIR.
+    Del {
+        /// The union's mount point.
+        mountpoint: PathBuf,
+        /// The branch directory.
+        branch: PathBuf,
+    },
+    /// Change the mode of a branch: DIR=MODE.
+    Mod {
+        /// The union's mount point.
+        mountpoint: PathBuf,
+        /// The branch and its new mode: /img/layer=rr.
+        branch: OsString,
+    },
+    /// AUFS remount options (add:N:DIR[=MODE], ins:, append:, prepend:,
+    /// del:DIR, mod:DIR=MODE), as the mount helper passes them.
+    #[command(hide = true)]
+    Remount {
+        /// The union's mount point.
+        mountpoint: PathBuf,
+        /// The comma-separated option list.
+        options: String,
+    },
+}
+
+/// The requests an AUFS remount option list makes, in order; other
+/// options (mount flags mount(8) repeats from /proc/mounts) are skipped
+/// and returned.
+pub fn remount_requests(
+    options: &str,
+) -> Result<(Vec<crate::control::Request>, Vec<String>), String> {
+    use crate::control::{split_dir_mode, Request};
+    let mut reqs = Vec::new();
+    let mut skipped = Vec::new();
+    for item in config::split_options(options) {
+        let dir_mode = |s: &str| split_dir_mode(std::ffi::OsStr::new(s));
+        let (verb, rest) = item.split_once(':').unwrap_or((item.as_str(), ""));
+        let req = match verb {
+            "add" | "ins" => {
+                let (n, dir) = rest
+                    .split_once(':')
+                    .ok_or_else(|| format!("'{item}': expected {verb}:INDEX:DIR[=MODE]"))?;
+                let at = n
+                    .parse::<usize>()
+                    .map_err(|_| format!("'{item}': '{n}' is not a branch index"))?;
+                let (path, mode) = dir_mode(dir)?;
+                Request::Add {
+                    at: Some(at),
+                    path,
+                    mode,
+                }
+            }
+            "append" | "prepend" => {
+                let (path, mode) = dir_mode(rest)?;
+                Request::Add {
+                    at: (verb == "prepend").then_some(0),
+                    path,
+                    mode,
+                }
+            }
+            "del" => Request::Del {
+                path: PathBuf::from(rest),
+            },
+            "mod" => match dir_mode(rest)? {
+                (path, Some(mode)) => Request::Mod { path, mode },
+                (_, None) => return Err(format!("'{item}': expected mod:DIR=MODE")),
+            },
+            _ => {
+                skipped.push(item.clone());
+                continue;
+            }
+        };
+        if rest.is_empty() {
+            return Err(format!("'{item}' names no directory"));
+        }
+        reqs.push(req);
+    }
+    Ok((reqs, skipped))
+}
+
+/// Runs `unionfs branch ...`; what to print.
+pub fn run_branch(action: BranchAction) -> Result<String, String> {
+    use crate::control::{request, split_dir_mode, ClientError, Request};
+    let abs = |p: PathBuf| -> Result<PathBuf, String> {
+        std::fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let send = |mnt: &std::path::Path, r: &Request| {
+        request(mnt, r).map_err(|e| match e {
+            ClientError::NoDaemon(m) => m,
+            ClientError::Refused(r) => format!("{} ({})", r.msg, r.errno.desc()),
+        })
+    };
+    match action {
+        BranchAction::List { mountpoint } => {
+            let recs = send(&mountpoint, &Request::List)?;
+            let mut out = String::new();
+            for (i, pair) in recs.chunks(2).enumerate() {
+                if let [mode, path] = pair {
+                    out.push_str(&format!(
+                        "{i} {}={}\n",
+                        String::from_utf8_lossy(path),
+                        String::from_utf8_lossy(mode)
+                    ));
+                }
+            }
+            Ok(out)
+        }
+        BranchAction::Add {
+            mountpoint,
+            branch,
+            at,
+        } => {
+            let (path, mode) = split_dir_mode(&branch)?;
+            send(
+                &mountpoint,
+                &Request::Add {
+                    at,
+                    path: abs(path)?,
+                    mode,
+                },
+            )
+            .map(|_| String::new())
+        }
+        BranchAction::Del { mountpoint, branch } => {
+            send(&mountpoint, &Request::Del { path: abs(branch)? }).map(|_| String::new())
+        }
+        BranchAction::Mod { mountpoint, branch } => match split_dir_mode(&branch)? {
+            (path, Some(mode)) => send(
+                &mountpoint,
+                &Request::Mod {
+                    path: abs(path)?,
+                    mode,
+                },
+            )
+            .map(|_| String::new()),
+            (_, None) => Err(format!("'{}': expected DIR=MODE", branch.to_string_lossy())),
+        },
+        BranchAction::Remount {
+            mountpoint,
+            options,
+        } => {
+            let (reqs, _skipped) = remount_requests(&options)?;
+            for r in reqs {
+                let r = match r {
+                    Request::Add { at, path, mode } => Request::Add {
+                        at,
+                        path: abs(path)?,
+                        mode,
+                    },
+                    Request::Del { path } => Request::Del { path: abs(path)? },
+                    Request::Mod { path, mode } => Request::Mod {
+                        path: abs(path)?,
+                        mode,
+                    },
+                    Request::List => Request::List,
+                };
+                send(&mountpoint, &r)?;
+            }
+            Ok(String::new())
+        }
+    }
 }
 
 /// What `unionfs generate` writes.
@@ -186,8 +385,9 @@ pub struct MountArgs {
 }
 
 /// Words that start a subcommand or a top-level flag.
-const TOP_LEVEL: [&str; 10] = [
+const TOP_LEVEL: [&str; 11] = [
     "mount",
+    "branch",
     "umount",
     "diff",
     "export",
@@ -269,6 +469,18 @@ pub fn helper_argv(args: &[OsString]) -> Result<Vec<OsString>, String> {
     }
     let [source, mnt] = <[OsString; 2]>::try_from(pos).map_err(|_| usage.to_string())?;
     let items: Vec<String> = opts.iter().flat_map(|o| config::split_options(o)).collect();
+    // `mount -o remount,add:1:/d=ro MNT`: the kernel passes nothing of a
+    // FUSE remount to the daemon, but mount(8) runs this helper, which
+    // hands the branch changes to the daemon's control channel.
+    if items.iter().any(|i| i == "remount") {
+        return Ok(vec![
+            "unionfs".into(),
+            "branch".into(),
+            "remount".into(),
+            mnt,
+            items.join(",").into(),
+        ]);
+    }
     let mut out: Vec<OsString> = vec!["unionfs".into(), "mount".into()];
     if !items.iter().any(|i| i.starts_with("lowerdir=")) {
         out.push(source);
@@ -399,6 +611,7 @@ fn resolve_relative(paths: Vec<PathBuf>) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn argv(s: &[&str]) -> Vec<OsString> {
@@ -655,6 +868,75 @@ mod tests {
                 })
             ),
             "{cli:?}"
+        );
+    }
+
+    #[test]
+    fn aufs_remount_options_become_branch_requests_in_order() {
+        use crate::control::Request;
+        use crate::mode::Mode;
+        let (reqs, skipped) = remount_requests(
+            "rw,remount,add:1:/a=ro+wh,del:/b,mod:/c=rr,append:/d,prepend:/e=rw,ins:0:/f,user_id=0",
+        )
+        .unwrap();
+        assert_eq!(skipped, vec!["rw", "remount", "user_id=0"]);
+        assert_eq!(
+            reqs,
+            vec![
+                Request::Add {
+                    at: Some(1),
+                    path: "/a".into(),
+                    mode: Mode::parse("ro+wh")
+                },
+                Request::Del { path: "/b".into() },
+                Request::Mod {
+                    path: "/c".into(),
+                    mode: Mode::parse("rr").unwrap()
+                },
+                Request::Add {
+                    at: None,
+                    path: "/d".into(),
+                    mode: None
+                },
+                Request::Add {
+                    at: Some(0),
+                    path: "/e".into(),
+                    mode: Some(Mode::RW)
+                },
+                Request::Add {
+                    at: Some(0),
+                    path: "/f".into(),
+                    mode: None
+                },
+            ]
+        );
+        for bad in [
+            "add:/a",
+            "add:x:/a",
+            "mod:/c",
+            "mod:/c=rx",
+            "del:",
+            "add:1:/a=bogus",
+        ] {
+            assert!(remount_requests(bad).is_err(), "{bad}");
+        }
+        let argv = helper_argv(&argv(&[
+            "/sbin/mount.fuse.unionfs",
+            "none",
+            "/mnt",
+            "-o",
+            "rw,remount,add:1:/x",
+        ]))
+        .unwrap();
+        assert_eq!(
+            argv,
+            super::tests::argv(&[
+                "unionfs",
+                "branch",
+                "remount",
+                "/mnt",
+                "rw,remount,add:1:/x"
+            ])
         );
     }
 }

@@ -11,6 +11,7 @@ pub mod backing;
 pub mod branch;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod copy_up;
 pub mod daemon;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod handle;
 pub mod inode;
 pub mod layer;
 pub mod lookup;
+pub mod mode;
 pub mod ops;
 pub mod readdir;
 #[allow(unsafe_code)]

@@ -34,6 +34,13 @@ fn main() -> ExitCode {
             lowers,
             json,
         } => layer::run_diff(&upper, lowers.as_deref(), json).map_err(Into::into),
+        Command::Branch { action } => match cli::run_branch(action) {
+            Ok(out) => {
+                print!("{out}");
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!(e)),
+        },
         Command::Generate { what } => cli::generate(&what).map_err(Into::into),
         Command::Export(a) => {
             layer::run_export(&a.upper, &a.out, a.lowers.as_deref(), a.mtime).map_err(Into::into)

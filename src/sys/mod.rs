@@ -6,6 +6,7 @@
 //! `RUST_LOG=unionfs::sys=trace` reads like strace of the branches.
 //! Takes no locks.
 
+pub mod ctl;
 pub mod fs;
 pub mod mount;
 pub mod process;
