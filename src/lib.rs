@@ -23,6 +23,7 @@ pub mod layer;
 pub mod lookup;
 pub mod mode;
 pub mod ops;
+pub mod policy;
 pub mod readdir;
 #[allow(unsafe_code)]
 pub mod sys;
