@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, Dialect, MountConfig};
+use crate::mode::Mode;
 
 /// unionfs — merge read-only lower directories under one writable upper.
 #[derive(Debug, Parser)]
@@ -531,6 +532,7 @@ impl MountArgs {
             Dialect::Native
         };
         let opts = config::parse_options(&items, dialect)?;
+        let mut modes: Option<(Vec<Mode>, Mode)> = None;
         let (lowers, upper, mnt) = match (dialect, pos.as_slice()) {
             (Dialect::Overlay, [mnt]) => (
                 config::split_branches(opts.lowerdir.as_deref().unwrap_or("")),
@@ -544,18 +546,34 @@ impl MountArgs {
             }
             // `mount -t aufs -o br=... none MNT`: the source is a label.
             (Dialect::Aufs, [mnt] | [_, mnt]) => {
-                let specs = config::split_branch_specs(opts.br.as_deref().unwrap_or(""))?;
+                let specs = config::split_branch_specs(opts.br.as_deref().unwrap_or(""), dialect)?;
                 let (lowers, upper) = config::specs_to_branches(&specs, true)?;
-                (lowers, upper, mnt.clone())
+                modes = Some((
+                    lowers.iter().map(|l| l.1).collect(),
+                    upper.as_ref().map_or(Mode::RW, |u| u.1),
+                ));
+                (
+                    lowers.into_iter().map(|l| l.0).collect(),
+                    upper.map(|u| u.0),
+                    mnt.clone(),
+                )
             }
             (Dialect::Aufs, _) => return Err(ConfigError::Usage(
                 "with -o br=... give only the mount point (or a source label and the mount point)"
                     .into(),
             )),
             (Dialect::UnionfsFuse, [branches, mnt]) => {
-                let specs = config::split_branch_specs(&branches.to_string_lossy())?;
+                let specs = config::split_branch_specs(&branches.to_string_lossy(), dialect)?;
                 let (lowers, upper) = config::specs_to_branches(&specs, false)?;
-                (lowers, upper, mnt.clone())
+                modes = Some((
+                    lowers.iter().map(|l| l.1).collect(),
+                    upper.as_ref().map_or(Mode::RW, |u| u.1),
+                ));
+                (
+                    lowers.into_iter().map(|l| l.0).collect(),
+                    upper.map(|u| u.0),
+                    mnt.clone(),
+                )
             }
             (Dialect::Native, [lowers, mnt]) => (
                 config::split_branches(&lowers.to_string_lossy()),
@@ -587,7 +605,7 @@ impl MountArgs {
             lowers
         };
         let workdir = opts.workdir.as_ref().map(PathBuf::from);
-        MountConfig::validate(
+        let cfg = MountConfig::validate(
             &lowers,
             upper.as_deref(),
             workdir.as_deref(),
@@ -596,7 +614,11 @@ impl MountArgs {
             dialect,
             self.foreground || self.debug,
             self.debug,
-        )
+        )?;
+        match modes {
+            Some((lower, upper)) => cfg.with_modes(lower, upper),
+            None => Ok(cfg),
+        }
     }
 }
 

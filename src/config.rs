@@ -12,6 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::mode::Mode;
+
 /// A configuration error: one line for the user.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -115,54 +117,25 @@ pub enum Dialect {
     UnionfsFuse,
 }
 
-/// The mode of one branch in a branch specification with modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpecMode {
-    /// `rw` / `RW`: the writable branch (the upper).
-    ReadWrite,
-    /// `ro`, `rr`, `nfsro`, `RO` (with or without `+wh`): a lower.
-    ReadOnly,
-}
-
 /// One branch of a specification like `/u=rw:/a=ro+wh:/b`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BranchSpec {
     /// The directory.
     pub path: PathBuf,
     /// Its mode; `None` when the user wrote none.
-    pub mode: Option<SpecMode>,
+    pub mode: Option<Mode>,
 }
 
-/// Mode words of AUFS (`rw`, `ro`, `rr`), unionfs 1.x (`nfsro`) and
-/// unionfs-fuse (`RW`, `RO`), compared without case.
-const MODE_WORDS: [(&str, SpecMode); 4] = [
-    ("rw", SpecMode::ReadWrite),
-    ("ro", SpecMode::ReadOnly),
-    ("rr", SpecMode::ReadOnly),
-    ("nfsro", SpecMode::ReadOnly),
-];
-/// AUFS branch attributes accepted after `+` (all about whiteouts in
-/// read-only branches, which unionfs reads in every branch anyway).
-const MODE_ATTRS: [&str; 3] = ["wh", "nolwh", "unpin"];
-
-/// Parses one mode word such as `ro+wh` or `RW`.
-fn parse_mode(word: &str, item: &str) -> Result<SpecMode, ConfigError> {
-    let bad = || ConfigError::BadMode {
+/// Parses one mode word such as `ro+wh` or `RW`. unionfs-fuse's `RO`
+/// reads whiteouts (its own, in the writable branch's hidden tree) in every
+/// branch, so in that dialect `RO` is `ro+wh`.
+fn parse_mode(word: &str, item: &str, dialect: Dialect) -> Result<Mode, ConfigError> {
+    let mode = Mode::parse(word).ok_or_else(|| ConfigError::BadMode {
         mode: word.to_string(),
         branch: item.to_string(),
-    };
-    let mut parts = word.split('+');
-    let base = parts.next().unwrap_or_default().to_ascii_lowercase();
-    let mode = MODE_WORDS
-        .iter()
-        .find(|(w, _)| *w == base)
-        .map(|(_, m)| *m)
-        .ok_or_else(bad)?;
-    for attr in parts {
-        if mode == SpecMode::ReadWrite || !MODE_ATTRS.contains(&attr.to_ascii_lowercase().as_str())
-        {
-            return Err(bad());
-        }
+    })?;
+    if dialect == Dialect::UnionfsFuse && !mode.writable() {
+        return Ok(Mode { wh: true, ..mode });
     }
     Ok(mode)
 }
@@ -170,7 +143,7 @@ fn parse_mode(word: &str, item: &str) -> Result<SpecMode, ConfigError> {
 /// Splits a branch specification with modes (`/u=rw:/a=ro+wh:/b=RO`) at
 /// unescaped `:`; an unescaped `=` starts the mode word. `\:`, `\=` and
 /// `\\` are a literal colon, equals sign and backslash.
-pub fn split_branch_specs(s: &str) -> Result<Vec<BranchSpec>, ConfigError> {
+pub fn split_branch_specs(s: &str, dialect: Dialect) -> Result<Vec<BranchSpec>, ConfigError> {
     // Items at unescaped ':' (escapes kept for the second pass).
     let mut items: Vec<Vec<u8>> = vec![Vec::new()];
     let mut bytes = s.as_bytes().iter();
@@ -211,7 +184,7 @@ pub fn split_branch_specs(s: &str) -> Result<Vec<BranchSpec>, ConfigError> {
             )));
         }
         let mode = match mode {
-            Some(m) => Some(parse_mode(&String::from_utf8_lossy(&m), &shown)?),
+            Some(m) => Some(parse_mode(&String::from_utf8_lossy(&m), &shown, dialect)?),
             None => None,
         };
         out.push(BranchSpec {
@@ -236,31 +209,29 @@ pub fn has_modes(s: &str) -> bool {
     false
 }
 
-/// Turns branches with modes into (lowers topmost first, upper). A branch
-/// without a mode is read-only, except the first one when `first_rw` (the
-/// AUFS and unionfs 1.x rule; unionfs-fuse makes every unmarked branch
-/// read-only). unionfs has one writable branch, and it must be the topmost.
+/// Turns branches with modes into (lowers topmost first with their
+/// modes, upper). A branch without a mode is `ro+wh`, except the first one
+/// when `first_rw` (the AUFS and unionfs 1.x rule; unionfs-fuse makes every
+/// unmarked branch read-only). The upper is the first branch when it is
+/// writable; further `rw` branches are writable lowers (AUFS's several
+/// writable branches).
+#[allow(clippy::type_complexity)]
 pub fn specs_to_branches(
     specs: &[BranchSpec],
     first_rw: bool,
-) -> Result<(Vec<PathBuf>, Option<PathBuf>), ConfigError> {
+) -> Result<(Vec<(PathBuf, Mode)>, Option<(PathBuf, Mode)>), ConfigError> {
     let mut upper = None;
     let mut lowers = Vec::new();
     for (i, s) in specs.iter().enumerate() {
         let mode = s.mode.unwrap_or(if i == 0 && first_rw {
-            SpecMode::ReadWrite
+            Mode::RW
         } else {
-            SpecMode::ReadOnly
+            Mode::RO_WH
         });
-        match mode {
-            SpecMode::ReadWrite if i == 0 => upper = Some(s.path.clone()),
-            SpecMode::ReadWrite => {
-                return Err(ConfigError::Usage(format!(
-                "branch {} is rw but not the first: unionfs has one writable branch, the topmost",
-                s.path.display()
-            )))
-            }
-            SpecMode::ReadOnly => lowers.push(s.path.clone()),
+        if i == 0 && mode.writable() {
+            upper = Some((s.path.clone(), mode));
+        } else {
+            lowers.push((s.path.clone(), mode));
         }
     }
     Ok((lowers, upper))
@@ -370,6 +341,10 @@ pub struct MountOptions {
     pub copyup: Option<crate::copy_up::Strategy>,
     /// `passthrough=off|upper|all`.
     pub passthrough: Option<Passthrough>,
+    /// `create=` (AUFS): where new objects go among several writable branches.
+    pub create: Option<crate::policy::CreatePolicy>,
+    /// `cpup=` / `copyup_policy=` (AUFS): where copy-ups go among them.
+    pub cpup: Option<crate::policy::CopyUpPolicy>,
     /// `uring=auto|on|off`.
     pub uring: Option<Uring>,
     /// Mount flags: `nosuid`, `nodev`, `noexec`, `noatime`...
@@ -545,6 +520,14 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                     ],
                 )?
             }
+            "create" | "create_policy" => {
+                let v = need(value)?;
+                o.create = Some(crate::policy::CreatePolicy::parse(&v).ok_or_else(|| bad(&v))?);
+            }
+            "cpup" | "copyup_policy" => {
+                let v = need(value)?;
+                o.cpup = Some(crate::policy::CopyUpPolicy::parse(&v).ok_or_else(|| bad(&v))?);
+            }
             "passthrough" => {
                 o.passthrough = Some(choice(
                     key,
@@ -587,6 +570,11 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
 pub struct MountConfig {
     /// Lower branches, topmost first, canonical.
     pub lowers: Vec<PathBuf>,
+    /// The mode of each lower (`ro+wh` unless given; `rw` makes it a
+    /// writable lower).
+    pub lower_modes: Vec<Mode>,
+    /// The upper's mode (`rw` or `rw+nolwh`).
+    pub upper_mode: Mode,
     /// The writable upper, canonical; `None` = read-only union.
     pub upper: Option<PathBuf>,
     /// Staging directory for atomic copy-up; `None` = inside the upper.
@@ -751,6 +739,8 @@ impl MountConfig {
             }
         }
         Ok(MountConfig {
+            lower_modes: vec![Mode::RO_WH; lows.len()],
+            upper_mode: Mode::RW,
             lowers: lows.into_iter().map(|l| l.0).collect(),
             upper: up.map(|u| u.0),
             workdir: work.map(|w| w.0),
@@ -760,6 +750,32 @@ impl MountConfig {
             foreground,
             debug,
         })
+    }
+}
+
+impl MountConfig {
+    /// Gives the branches the modes of a branch list (one per lower, in
+    /// order, and the upper's).
+    pub fn with_modes(mut self, lowers: Vec<Mode>, upper: Mode) -> Result<Self, ConfigError> {
+        if lowers.len() != self.lowers.len() || !upper.writable() {
+            return Err(ConfigError::Usage(
+                "branch modes do not match the branches".into(),
+            ));
+        }
+        if self.options.read_only && lowers.iter().any(|m| m.writable()) {
+            return Err(ConfigError::Usage(
+                "a read-only mount (-o ro) cannot have rw branches".into(),
+            ));
+        }
+        self.lower_modes = lowers;
+        self.upper_mode = upper;
+        Ok(self)
+    }
+
+    /// Whether any branch is writable.
+    pub fn writable(&self) -> bool {
+        !self.options.read_only
+            && (self.upper.is_some() || self.lower_modes.iter().any(|m| m.writable()))
     }
 }
 
@@ -916,34 +932,35 @@ mod tests {
         }
     }
 
-    fn spec(p: &str, m: Option<SpecMode>) -> BranchSpec {
+    fn spec(p: &str, m: Option<&str>) -> BranchSpec {
         BranchSpec {
             path: PathBuf::from(p),
-            mode: m,
+            mode: m.map(|m| Mode::parse(m).unwrap()),
         }
     }
 
     #[test]
     fn branch_specs_of_every_dialect() {
-        use SpecMode::{ReadOnly as Ro, ReadWrite as Rw};
         assert_eq!(
-            split_branch_specs("/u=rw:/a=ro+wh:/b=ro"),
+            split_branch_specs("/u=rw:/a=ro+wh:/b=ro", Dialect::Aufs),
             Ok(vec![
-                spec("/u", Some(Rw)),
-                spec("/a", Some(Ro)),
-                spec("/b", Some(Ro))
+                spec("/u", Some("rw")),
+                spec("/a", Some("ro+wh")),
+                spec("/b", Some("ro"))
             ])
         );
+        // unionfs-fuse's RO branches read whiteouts.
         assert_eq!(
-            split_branch_specs("/u=RW:/a=RO"),
-            Ok(vec![spec("/u", Some(Rw)), spec("/a", Some(Ro))])
+            split_branch_specs("/u=RW:/a=RO", Dialect::UnionfsFuse),
+            Ok(vec![spec("/u", Some("rw")), spec("/a", Some("ro+wh"))])
         );
         assert_eq!(
-            split_branch_specs("/u:/a=rr:/n=nfsro:/x\\=y\\:z"),
+            split_branch_specs("/u:/a=rr:/n=nfsro:/w=rw+nolwh:/x\\=y\\:z", Dialect::Aufs),
             Ok(vec![
                 spec("/u", None),
-                spec("/a", Some(Ro)),
-                spec("/n", Some(Ro)),
+                spec("/a", Some("rr")),
+                spec("/n", Some("ro")),
+                spec("/w", Some("rw+nolwh")),
                 spec("/x=y:z", None)
             ])
         );
@@ -960,7 +977,7 @@ mod tests {
             ("/a=ro+bogus", "ro+bogus"),
             ("/a=", ""),
         ] {
-            let e = split_branch_specs(s);
+            let e = split_branch_specs(s, Dialect::Aufs);
             assert!(
                 matches!(&e, Err(ConfigError::BadMode { mode: m, .. }) if m == mode),
                 "{s}: {e:?}"
@@ -972,37 +989,50 @@ mod tests {
             );
         }
         assert!(matches!(
-            split_branch_specs("=rw:/a"),
+            split_branch_specs("=rw:/a", Dialect::Aufs),
             Err(ConfigError::Usage(_))
         ));
     }
 
     #[test]
-    fn one_writable_branch_and_it_is_the_topmost() {
-        use SpecMode::{ReadOnly as Ro, ReadWrite as Rw};
-        let specs = [spec("/u", Some(Rw)), spec("/a", Some(Ro)), spec("/b", None)];
+    fn the_first_writable_branch_is_the_upper_and_later_ones_writable_lowers() {
+        let m = |w: &str| Mode::parse(w).unwrap();
+        let specs = [
+            spec("/u", Some("rw")),
+            spec("/a", Some("ro")),
+            spec("/b", None),
+        ];
         assert_eq!(
             specs_to_branches(&specs, false),
             Ok((
-                vec![PathBuf::from("/a"), PathBuf::from("/b")],
-                Some("/u".into())
+                vec![("/a".into(), m("ro")), ("/b".into(), m("ro+wh"))],
+                Some(("/u".into(), m("rw")))
             ))
         );
         // AUFS: an unmarked first branch is rw; unionfs-fuse: ro.
         let unmarked = [spec("/u", None), spec("/a", None)];
         assert_eq!(
             specs_to_branches(&unmarked, true),
-            Ok((vec![PathBuf::from("/a")], Some("/u".into())))
+            Ok((
+                vec![("/a".into(), m("ro+wh"))],
+                Some(("/u".into(), m("rw")))
+            ))
         );
         assert_eq!(
             specs_to_branches(&unmarked, false),
-            Ok((vec![PathBuf::from("/u"), PathBuf::from("/a")], None))
+            Ok((
+                vec![("/u".into(), m("ro+wh")), ("/a".into(), m("ro+wh"))],
+                None
+            ))
         );
-        let late = [spec("/a", Some(Ro)), spec("/u", Some(Rw))];
-        assert!(matches!(
+        let late = [spec("/a", Some("ro")), spec("/u", Some("rw+nolwh"))];
+        assert_eq!(
             specs_to_branches(&late, false),
-            Err(ConfigError::Usage(m)) if m.contains("one writable branch")
-        ));
+            Ok((
+                vec![("/a".into(), m("ro")), ("/u".into(), m("rw+nolwh"))],
+                None
+            ))
+        );
     }
 
     #[test]
