@@ -935,7 +935,7 @@ mod tests {
     fn spec(p: &str, m: Option<&str>) -> BranchSpec {
         BranchSpec {
             path: PathBuf::from(p),
-            mode: m.map(|m| Mode::parse(m).unwrap()),
+            mode: m.and_then(Mode::parse),
         }
     }
 
@@ -996,7 +996,7 @@ mod tests {
 
     #[test]
     fn the_first_writable_branch_is_the_upper_and_later_ones_writable_lowers() {
-        let m = |w: &str| Mode::parse(w).unwrap();
+        let m = |w: &str| Mode::parse(w).unwrap_or(Mode::RW);
         let specs = [
             spec("/u", Some("rw")),
             spec("/a", Some("ro")),
