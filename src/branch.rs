@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::backing::{Backing, Backings};
 use crate::error::Result;
 use crate::sys;
 use crate::whiteout;
@@ -73,6 +74,9 @@ pub struct Branch {
     /// filesystems and tmpfs; network ones have readable xattrs they do not
     /// list), so that an empty listing means no xattr at all.
     pub lists_all_xattrs: bool,
+    /// The union's backing state (fd cache, xattr generation), handed to
+    /// every backing object made for this branch.
+    pub backings: Arc<Backings>,
 }
 
 /// Filesystems (`f_type`) whose `listxattr` shows every xattr `getxattr`
@@ -80,8 +84,15 @@ pub struct Branch {
 const LISTS_ALL_XATTRS: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
 
 impl Branch {
-    /// Opens the branch at `path`.
-    pub fn open(id: BranchId, path: &Path, mode: BranchMode, clone: bool) -> Result<Self> {
+    /// Opens the branch at `path` for the union whose backing state is
+    /// `backings`.
+    pub fn open(
+        id: BranchId,
+        path: &Path,
+        mode: BranchMode,
+        clone: bool,
+        backings: &Arc<Backings>,
+    ) -> Result<Self> {
         let (root, view) = if clone {
             match sys::mount::clone_tree(path) {
                 Ok(fd) => (fd, BranchView::Clone),
@@ -133,6 +144,7 @@ impl Branch {
             lists_all_xattrs,
             hidden,
             char_whiteouts: true,
+            backings: Arc::clone(backings),
         })
     }
 
@@ -161,19 +173,20 @@ impl Branch {
 
     /// A backing object for `dir/name` known by its file handle only;
     /// `None` when the filesystem gives no handle for it.
-    pub fn backing_at(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &std::ffi::OsStr,
-    ) -> Option<Arc<crate::backing::Backing>> {
+    pub fn backing_at(&self, dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<Arc<Backing>> {
         let mount = self.handle_mount.as_ref()?;
         let h = sys::fs::name_to_handle_at(dir, name).ok()?;
-        Some(crate::backing::Backing::from_handle(mount, h))
+        Some(Backing::from_handle(&self.backings, mount, h))
     }
 
     /// A backing object of this branch for O_PATH `fd`.
-    pub fn backing(&self, fd: OwnedFd) -> Arc<crate::backing::Backing> {
-        crate::backing::Backing::new(self.handle_mount.as_ref(), fd)
+    pub fn backing(&self, fd: OwnedFd) -> Arc<Backing> {
+        Backing::new(&self.backings, self.handle_mount.as_ref(), fd)
+    }
+
+    /// A backing object of this branch whose fd stays open (roots).
+    pub fn pinned(&self, fd: OwnedFd) -> Arc<Backing> {
+        Backing::pinned(&self.backings, fd)
     }
 }
 
@@ -182,18 +195,30 @@ impl Branch {
 pub struct BranchStack {
     branches: Vec<Branch>,
     inos: InoFolder,
+    /// The union's backing state, which every branch was opened with.
+    backings: Arc<Backings>,
 }
 
 impl BranchStack {
-    /// Builds a stack from opened branches (topmost first).
-    pub fn new(branches: Vec<Branch>) -> Self {
+    /// Builds a stack from branches (topmost first) opened with `backings`.
+    pub fn new(branches: Vec<Branch>, backings: Arc<Backings>) -> Self {
+        debug_assert!(branches.iter().all(|b| Arc::ptr_eq(&b.backings, &backings)));
         let inos = InoFolder::default();
         // Devices are numbered in branch order, so the numbering (and with it
         // every st_ino) is the same at every mount of the same branches.
         for b in &branches {
             inos.index(b.dev);
         }
-        BranchStack { branches, inos }
+        BranchStack {
+            branches,
+            inos,
+            backings,
+        }
+    }
+
+    /// The union's backing state (fd cache, xattr generation).
+    pub fn backings(&self) -> &Arc<Backings> {
+        &self.backings
     }
 
     /// All branches, topmost first.

@@ -15,6 +15,7 @@ use fuser::{Config, Session, SessionACL};
 use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::backing::Backings;
 use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
 use crate::config::{join_branches, MountConfig, Passthrough, Uring, WhiteoutFormat};
 use crate::fuse::FuseAdapter;
@@ -98,9 +99,11 @@ fn upper_format(cfg: &MountConfig, upper: &Branch) -> Result<(WhiteoutFormat, bo
     }
 }
 
-/// Opens the branches (upper first) and the upper's staging area.
-fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
+/// Opens the branches (upper first) and the upper's staging area, for a
+/// union caching at most `cached_fds` backing fds.
+fn open_stack(cfg: &MountConfig, cached_fds: usize) -> Result<(BranchStack, Option<Upper>)> {
     let clone = is_root();
+    let backings = Backings::new(cached_fds);
     let mut branches = Vec::new();
     let mut id = 0u16;
     let mut upper = None;
@@ -112,7 +115,7 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
         };
         // The upper is opened directly, not as a clone: copy-up renames
         // between it and the workdir, which must be on one mount.
-        let mut b = Branch::open(BranchId(id), u, mode, false)
+        let mut b = Branch::open(BranchId(id), u, mode, false, &backings)
             .with_context(|| format!("cannot open upper branch {}", u.display()))?;
         let (format, recorded) = upper_format(cfg, &b)?;
         // In an upper recorded as AUFS format a char 0:0 device is a user's device.
@@ -138,12 +141,12 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
     }
     for l in &cfg.lowers {
         branches.push(
-            Branch::open(BranchId(id), l, BranchMode::ReadOnly, clone)
+            Branch::open(BranchId(id), l, BranchMode::ReadOnly, clone, &backings)
                 .with_context(|| format!("cannot open lower branch {}", l.display()))?,
         );
         id += 1;
     }
-    Ok((BranchStack::new(branches), upper))
+    Ok((BranchStack::new(branches, backings), upper))
 }
 
 fn mount_flags(cfg: &MountConfig) -> MsFlags {
@@ -190,16 +193,14 @@ pub fn run_mount(cfg: MountConfig) -> Result<()> {
     let nofile = sys::process::raise_nofile();
     // Half the fd limit for cached backing fds; the rest for open files,
     // directory listings and branches.
-    crate::backing::configure(
-        usize::try_from(nofile / 2)
-            .unwrap_or(4096)
-            .clamp(64, 65_536),
-    );
+    let cached_fds = usize::try_from(nofile / 2)
+        .unwrap_or(4096)
+        .clamp(64, 65_536);
     // Modes of created objects are exactly what the caller asked for (the
     // kernel applied the caller's umask already).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let created = prepare_staging(&cfg)?;
-    let res = mount_and_serve(&cfg);
+    let res = mount_and_serve(&cfg, cached_fds);
     if res.is_err() {
         if let Some(s) = created {
             let _ = std::fs::remove_dir(s);
@@ -231,8 +232,8 @@ fn uring_mode(mode: Uring, root: bool) -> Result<Uring> {
     Ok(mode)
 }
 
-fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
-    let (stack, upper) = open_stack(cfg)?;
+fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
+    let (stack, upper) = open_stack(cfg, cached_fds)?;
     // What the union writes must stay deletable in its format.
     let name_max = upper
         .as_ref()

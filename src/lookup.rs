@@ -722,7 +722,7 @@ fn root_layer(b: &Branch) -> Result<Layer> {
     let info = dir_info(b, &fd, Path::new(""))?;
     Ok(Layer {
         branch: b.id,
-        backing: crate::backing::Backing::pinned(fd),
+        backing: b.pinned(fd),
         opacity: info.opacity,
         impure: info.impure,
         indexed: false,
@@ -755,6 +755,7 @@ mod tests {
             fs::create_dir(dir.path().join(b)).unwrap();
         }
         build(dir.path());
+        let backings = crate::backing::Backings::new(64);
         let branches = ["u", "l1", "l2", "l3"]
             .iter()
             .enumerate()
@@ -764,12 +765,19 @@ mod tests {
                 } else {
                     BranchMode::ReadOnly
                 };
-                Branch::open(BranchId(i as u16), &dir.path().join(b), mode, false).unwrap()
+                Branch::open(
+                    BranchId(i as u16),
+                    &dir.path().join(b),
+                    mode,
+                    false,
+                    &backings,
+                )
+                .unwrap()
             })
             .collect();
         Stack {
             _dir: dir,
-            stack: BranchStack::new(branches),
+            stack: BranchStack::new(branches, backings),
         }
     }
 

@@ -324,7 +324,7 @@ impl UnionFs {
             if let Some(v) = cap {
                 sys::xattr::set(tfd.as_fd(), caps, &v, 0)?;
                 // A listing while the data was written saw it gone.
-                crate::backing::forget_xattrs();
+                self.backings.forget_xattrs();
             }
             sys::fs::chmod_fd(tfd.as_fd(), st.st_mode & 0o7777)?;
             sys::fs::utimes_fd(

@@ -106,6 +106,9 @@ pub struct CoreOptions {
 pub struct UnionFs {
     stack: Arc<BranchStack>,
     upper: Option<Upper>,
+    /// This union's fd cache and xattr generation (shared with its
+    /// branches and backing objects; never with another union).
+    backings: Arc<crate::backing::Backings>,
     inodes: InodeTable,
     handles: HandleTable,
     opts: CoreOptions,
@@ -141,6 +144,7 @@ impl UnionFs {
         let inodes = InodeTable::default();
         inodes.insert_root(root);
         Ok(UnionFs {
+            backings: Arc::clone(stack.backings()),
             stack,
             upper,
             inodes,
@@ -203,6 +207,11 @@ impl UnionFs {
     /// The branch stack.
     pub fn stack(&self) -> &Arc<BranchStack> {
         &self.stack
+    }
+
+    /// Number of backing fds this union's cache holds right now.
+    pub fn cached_fds(&self) -> usize {
+        self.backings.cached_fds()
     }
 
     /// Number of inodes the kernel currently holds.

@@ -861,17 +861,25 @@ mod tests {
         }
         std::fs::write(dir.join("lower").join(name('a', 253)), b"a").unwrap();
         std::fs::write(dir.join("lower").join(name('y', 252)), b"y").unwrap();
+        let backings = crate::backing::Backings::new(64);
         let ub = Branch::open(
             BranchId(0),
             &dir.join("upper"),
             BranchMode::ReadWrite,
             false,
+            &backings,
         )
         .unwrap();
         let up = Upper::open(&ub, Some(&dir.join("work")), format, true, XattrNs::User).unwrap();
-        let lb =
-            Branch::open(BranchId(1), &dir.join("lower"), BranchMode::ReadOnly, false).unwrap();
-        let stack = Arc::new(BranchStack::new(vec![ub, lb]));
+        let lb = Branch::open(
+            BranchId(1),
+            &dir.join("lower"),
+            BranchMode::ReadOnly,
+            false,
+            &backings,
+        )
+        .unwrap();
+        let stack = Arc::new(BranchStack::new(vec![ub, lb], backings));
         let opts = CoreOptions {
             name_max: format.name_max(),
         };

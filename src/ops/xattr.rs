@@ -14,7 +14,6 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
 use super::UnionFs;
-use crate::backing;
 use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::inode::Ino;
@@ -34,7 +33,7 @@ impl UnionFs {
         if knowable && top.backing.has_no_xattrs() {
             return Err(Error::NoXattr);
         }
-        let generation = backing::xattr_generation();
+        let generation = top.backing.xattr_generation();
         let fd = top.fd()?;
         match sys::xattr::get(fd.as_fd(), name)? {
             Some(v) => Ok(v),
@@ -61,7 +60,7 @@ impl UnionFs {
         if knowable && top.backing.has_no_xattrs() {
             return Ok(Vec::new());
         }
-        let generation = backing::xattr_generation();
+        let generation = top.backing.xattr_generation();
         let out = self.visible_xattrs(top.fd()?.as_fd())?;
         if knowable {
             top.backing.note_xattrs(generation, !out.is_empty());
@@ -98,7 +97,7 @@ impl UnionFs {
         }
         let state = self.copy_up(ino, CopyUpData::Meta)?;
         let res = sys::xattr::set(state.top()?.fd()?.as_fd(), name, value, flags);
-        backing::forget_xattrs();
+        self.backings.forget_xattrs();
         res
     }
 
@@ -111,7 +110,7 @@ impl UnionFs {
         self.getxattr(ino, name)?;
         let state = self.copy_up(ino, CopyUpData::Meta)?;
         let res = sys::xattr::remove(state.top()?.fd()?.as_fd(), name);
-        backing::forget_xattrs();
+        self.backings.forget_xattrs();
         res
     }
 }
