@@ -50,13 +50,13 @@ use criterion::{
 use nix::sys::stat::FileStat;
 use unionfs::backing::{Backings, DEFAULT_CACHED_FDS};
 use unionfs::branch::{Branch, BranchId, BranchMode, BranchStack};
-use unionfs::config::WhiteoutFormat;
 use unionfs::copy_up::{copy_data, data_extents, stage, CopyUpData};
 use unionfs::inode::{Ino, InodeTable, Kind, Layer, NodeState, ROOT_INO};
 use unionfs::ops::{CoreOptions, UnionFs};
 use unionfs::readdir::{merge, LayerEntry};
 use unionfs::sys::fs::{fstat, open_path_abs, open_path_at};
 use unionfs::upper::{Upper, XattrNs};
+use unionfs::whiteout::WhiteoutFormat;
 
 // ---------------------------------------------------------------------------
 // Merged readdir.

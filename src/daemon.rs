@@ -17,12 +17,12 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::backing::Backings;
 use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
-use crate::config::{join_branches, MountConfig, Passthrough, Uring, WhiteoutFormat};
+use crate::config::{join_branches, MountConfig, Passthrough, Uring};
 use crate::fuse::FuseAdapter;
 use crate::ops::{CoreOptions, UnionFs};
 use crate::sys;
 use crate::upper::{Upper, XattrNs};
-use crate::whiteout;
+use crate::whiteout::{self, WhiteoutFormat};
 
 /// Default kernel cache lifetime: lower branches never change under us and
 /// the union invalidates what it changes itself.

@@ -15,8 +15,7 @@ use parking_lot::Mutex;
 
 use crate::branch::BranchId;
 use crate::error::{Error, Result};
-use crate::inode::Ino;
-use crate::readdir::MergedEntry;
+use crate::inode::{Ino, Listing};
 
 /// A file handle number handed to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,18 +45,6 @@ impl FileHandle {
             upgraded: std::sync::OnceLock::new(),
         }
     }
-}
-
-/// The listing state of an open directory.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// The snapshot; `None` until first read.
-    pub entries: Option<Arc<Vec<MergedEntry>>>,
-    /// Whether entries were handed out since the snapshot was taken.
-    pub consumed: bool,
-    /// After a listing read to its end was let go (to free its memory):
-    /// its length, so the kernel's read at that offset still finds the end.
-    pub eof: Option<u64>,
 }
 
 /// An open directory.

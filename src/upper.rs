@@ -16,11 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::errno::Errno;
 
 use crate::branch::{Branch, BranchId};
-use crate::config::WhiteoutFormat;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::RenameMode;
-use crate::whiteout;
+use crate::whiteout::{self, WhiteoutFormat};
 
 /// Which xattr namespace the union writes its own attributes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +37,18 @@ impl XattrNs {
             XattrNs::User => "user",
         }
     }
+}
+
+/// How copy-up moves data: the one way `copyup=` allows (`Upper::copy_strategy`),
+/// and which way a copy took (`copy_up::copy_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// FICLONE: extents shared, nothing copied.
+    Reflink,
+    /// copy_file_range over the data extents.
+    CopyFileRange,
+    /// pread/pwrite over the data extents.
+    ReadWrite,
 }
 
 /// Names of the workdir's parts.
@@ -70,7 +81,7 @@ pub struct Upper {
     /// Metadata changes of a lower file copy its metadata only.
     pub metacopy: bool,
     /// The one way copy-up may move data (`copyup=`); `None`: the best that works.
-    pub copy_strategy: Option<crate::copy_up::Strategy>,
+    pub copy_strategy: Option<Strategy>,
     seq: AtomicU64,
 }
 

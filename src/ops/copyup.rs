@@ -380,7 +380,7 @@ impl UnionFs {
         // name is in the upper now), or copied up another name of this
         // hard-linked file (its data is in the index now): look again.
         let raced = sys::fs::stat_at(pfd, name).is_ok()
-            || (upper.format == crate::config::WhiteoutFormat::Aufs
+            || (upper.format == crate::whiteout::WhiteoutFormat::Aufs
                 && sys::fs::stat_at(pfd, &crate::whiteout::whiteout_name(name)).is_ok());
         if raced || (found.kind == Kind::File && found.stat.st_nlink > 1) {
             found = self.find_union(pino, pstate, ppath, name)?;

@@ -13,9 +13,9 @@ use parking_lot::Mutex;
 
 use super::{DirEntryOut, Entry, UnionFs};
 use crate::error::{Error, Result};
-use crate::handle::{DirHandle, Fh, Handle, Listing};
-use crate::inode::{Ino, Kind};
-use crate::readdir::{self, MergedEntry};
+use crate::handle::{DirHandle, Fh, Handle};
+use crate::inode::{Ino, Kind, Listing, MergedEntry};
+use crate::readdir;
 
 /// The handle the kernel passes when it does not open directories.
 pub const NO_HANDLE: Fh = Fh(0);

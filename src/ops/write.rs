@@ -94,7 +94,7 @@ impl UnionFs {
         ppath: &Path,
         name: &OsStr,
     ) -> Result<()> {
-        if upper.format != crate::config::WhiteoutFormat::Aufs
+        if upper.format != crate::whiteout::WhiteoutFormat::Aufs
             || whiteout::aufs_whiteout_fits(name)
             || !self.lower_has(pino, pstate, ppath, name)?
         {
@@ -293,7 +293,7 @@ impl UnionFs {
         self.check_new_name(name)?;
         let upper = self.upper_ctx()?;
         if let NewObject::Node { rdev } = what {
-            if upper.format == crate::config::WhiteoutFormat::Overlay
+            if upper.format == crate::whiteout::WhiteoutFormat::Overlay
                 && whiteout::is_char_whiteout(mode, rdev)
             {
                 // It would be read back as a whiteout: the name would vanish.
@@ -475,7 +475,7 @@ impl UnionFs {
     ) -> Result<()> {
         let tmp = upper.temp_name();
         match (whiteout, upper.format) {
-            (true, crate::config::WhiteoutFormat::Overlay) => {
+            (true, crate::whiteout::WhiteoutFormat::Overlay) => {
                 sys::fs::mknod_at(upper.work.as_fd(), &tmp, libc::S_IFCHR, 0)?;
                 if let Err(e) =
                     sys::fs::rename_at(upper.work.as_fd(), &tmp, dir, name, RenameMode::Exchange)
@@ -484,7 +484,7 @@ impl UnionFs {
                     return Err(e);
                 }
             }
-            (true, crate::config::WhiteoutFormat::Aufs) => {
+            (true, crate::whiteout::WhiteoutFormat::Aufs) => {
                 let had = upper.whiteout_at(dir, name)?;
                 upper.write_aufs_whiteout_only(dir, name)?;
                 if let Err(e) =
@@ -653,7 +653,7 @@ impl UnionFs {
                 // An AUFS whiteout for the old name goes in first: while both
                 // it and the object exist the object shows, so the view never
                 // has the lower object peek through.
-                let aufs = upper.format == crate::config::WhiteoutFormat::Aufs;
+                let aufs = upper.format == crate::whiteout::WhiteoutFormat::Aufs;
                 let wrote_aufs_whiteout = src_lower
                     && aufs
                     && match sys::fs::stat_at(pfd, &whiteout::whiteout_name(name)) {
@@ -838,10 +838,10 @@ mod tests {
 
     use super::*;
     use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
-    use crate::config::WhiteoutFormat;
     use crate::inode::ROOT_INO;
     use crate::ops::CoreOptions;
     use crate::upper::XattrNs;
+    use crate::whiteout::WhiteoutFormat;
 
     const ROOT: Caller = Caller {
         uid: 0,
