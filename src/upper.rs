@@ -248,7 +248,7 @@ impl Upper {
     pub fn write_aufs_whiteout_only(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         let wh = whiteout::whiteout_name(name);
         if wh.len() > 255 {
-            return Err(Error::sys("whiteout", Errno::ENAMETOOLONG));
+            return Err(Error::NameTooLong);
         }
         match sys::fs::create_at(dir, &wh, nix::fcntl::OFlag::O_WRONLY, 0) {
             Ok(_) => Ok(()),
@@ -328,7 +328,7 @@ impl Upper {
                     sys::fs::rename_at(self.work.as_fd(), tmp, dir, name, RenameMode::Replace)
                 }
             }
-            Some(_) => Err(Error::sys("place", Errno::EEXIST)),
+            Some(_) => Err(Error::Exists),
         };
         if r.is_err() {
             self.discard(tmp);

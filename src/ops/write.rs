@@ -320,7 +320,7 @@ impl UnionFs {
         let upper = self.upper_ctx()?;
         let node = self.inodes.get(ino)?;
         if node.kind == Kind::Dir {
-            return Err(Error::sys("link", Errno::EPERM));
+            return Err(Error::LinkDir);
         }
         let src = self.copy_up(ino, CopyUpData::Full)?;
         let (mut pstate, _) = self.upper_parent(newparent)?;
@@ -374,7 +374,7 @@ impl UnionFs {
             _ => {}
         }
         if dir && !self.merged_dir_is_empty(&found, &ppath.join(name))? {
-            return Err(Error::sys("rmdir", Errno::ENOTEMPTY));
+            return Err(Error::NotEmpty);
         }
         self.check_whiteout_fits(upper, parent, &pstate, &ppath, name)?;
         let (pstate, _) = self.upper_parent(parent)?;
@@ -538,7 +538,7 @@ impl UnionFs {
         let src_ino = self.ino_of(&src);
         let dst_ino = dst.as_ref().map(|d| self.ino_of(d));
         match (how, &dst) {
-            (RenameHow::NoReplace, Some(_)) => return Err(Error::sys("rename", Errno::EEXIST)),
+            (RenameHow::NoReplace, Some(_)) => return Err(Error::Exists),
             (RenameHow::Exchange, None) => return Err(self.or_too_long(Error::NotFound, newname)),
             _ => {}
         }
@@ -559,7 +559,7 @@ impl UnionFs {
                     if self.is_pure_upper_dir(d)? {
                         self.copy_up_path(&ppath.join(name), CopyUpData::Full)?;
                     }
-                    return Err(Error::sys("rename", Errno::ENOTEMPTY));
+                    return Err(Error::NotEmpty);
                 }
                 _ => {}
             }
