@@ -49,11 +49,12 @@ use criterion::{
 };
 use nix::sys::stat::FileStat;
 use unionfs::backing::{Backings, DEFAULT_CACHED_FDS};
-use unionfs::branch::{Branch, BranchId, BranchMode, BranchStack};
+use unionfs::branch::{Branch, BranchId, BranchMode};
 use unionfs::copy_up::{copy_data, data_extents, stage, CopyUpData};
 use unionfs::inode::{Ino, InodeTable, Kind, Layer, NodeState, ROOT_INO};
 use unionfs::ops::{CoreOptions, UnionFs};
 use unionfs::readdir::{merge, LayerEntry};
+use unionfs::stack::BranchStack;
 use unionfs::sys::fs::{fstat, open_path_abs, open_path_at};
 use unionfs::upper::{Upper, XattrNs};
 use unionfs::whiteout::WhiteoutFormat;
@@ -142,8 +143,8 @@ fn bench_lookup(c: &mut Criterion) {
             );
             dirs.push(File::open(&p).unwrap());
         }
-        let stack = Arc::new(BranchStack::new(branches, backings));
-        let fs = UnionFs::new(stack, None, CoreOptions { name_max: 255 }).unwrap();
+        let stack = BranchStack::new(branches, Vec::new(), backings);
+        let fs = UnionFs::new(stack, CoreOptions { name_max: 255 }).unwrap();
         let root = ROOT_INO;
         g.bench_with_input(BenchmarkId::new("UnionFs::lookup", n), &n, |b, _| {
             b.iter(|| {
@@ -469,11 +470,13 @@ fn bench_inode_table(c: &mut Criterion) {
         parent: ROOT_INO,
         name: "f".into(),
         layers: vec![Layer::new(&branch, fd, PathBuf::from("f"))],
+        generation: 0,
     };
     let root_state = NodeState {
         parent: ROOT_INO,
         name: OsString::new(),
         layers: Vec::new(),
+        generation: 0,
     };
 
     let mut g = c.benchmark_group(format!(

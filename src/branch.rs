@@ -1,10 +1,11 @@
-//! The branch stack: the upper (if any) and the lowers, topmost first, each
-//! opened once as an O_PATH directory fd; and the inode-number folding that
-//! makes st_ino unique across branches.
+//! One branch of the union (the upper or a lower), opened once as an
+//! O_PATH directory fd; and the inode-number folding that makes st_ino
+//! unique across branches. The stack of branches is `stack::BranchStack`.
 //!
-//! Invariant: a `BranchStack` is immutable once built and shared as
-//! `Arc<BranchStack>`; a `BranchId` names a branch for the life of the stack
-//! (it is never a position that can shift under a running request).
+//! Invariant: a `Branch` never changes once opened; a `BranchId` names a
+//! branch for the life of the union (it is never a position that can shift
+//! under a running request). `InoFolder` numbers each device once, for the
+//! life of the union, whatever stack it is seen in.
 //! Locks: the device table is a `DashMap` (one shard lock per access).
 
 use std::ffi::OsStr;
@@ -190,73 +191,6 @@ impl Branch {
     }
 }
 
-/// The branches of a union, topmost first (upper, then lowers left to right).
-#[derive(Debug)]
-pub struct BranchStack {
-    branches: Vec<Branch>,
-    inos: InoFolder,
-    /// The union's backing state, which every branch was opened with.
-    backings: Arc<Backings>,
-}
-
-impl BranchStack {
-    /// Builds a stack from branches (topmost first) opened with `backings`.
-    pub fn new(branches: Vec<Branch>, backings: Arc<Backings>) -> Self {
-        debug_assert!(branches.iter().all(|b| Arc::ptr_eq(&b.backings, &backings)));
-        let inos = InoFolder::default();
-        // Devices are numbered in branch order, so the numbering (and with it
-        // every st_ino) is the same at every mount of the same branches.
-        for b in &branches {
-            inos.index(b.dev);
-        }
-        BranchStack {
-            branches,
-            inos,
-            backings,
-        }
-    }
-
-    /// The union's backing state (fd cache, xattr generation).
-    pub fn backings(&self) -> &Arc<Backings> {
-        &self.backings
-    }
-
-    /// All branches, topmost first.
-    pub fn iter(&self) -> impl Iterator<Item = &Branch> {
-        self.branches.iter()
-    }
-
-    /// The branch with this id.
-    pub fn get(&self, id: BranchId) -> Option<&Branch> {
-        self.branches.iter().find(|b| b.id == id)
-    }
-
-    /// Position of branch `id` from the top (`usize::MAX` if unknown).
-    pub fn position(&self, id: BranchId) -> usize {
-        self.branches
-            .iter()
-            .position(|b| b.id == id)
-            .unwrap_or(usize::MAX)
-    }
-
-    /// Branches strictly below `id`, topmost first.
-    pub fn below(&self, id: BranchId) -> impl Iterator<Item = &Branch> {
-        self.branches.iter().skip_while(move |b| b.id != id).skip(1)
-    }
-
-    /// The writable upper branch, if any.
-    pub fn upper(&self) -> Option<&Branch> {
-        self.branches
-            .first()
-            .filter(|b| b.mode == BranchMode::ReadWrite)
-    }
-
-    /// The st_ino the union reports for backing object (dev, ino).
-    pub fn fold_ino(&self, dev: u64, ino: u64) -> u64 {
-        self.inos.fold(dev, ino)
-    }
-}
-
 /// Maps backing (st_dev, st_ino) to one 64-bit inode number, as overlayfs
 /// `xino` does: objects on the first device keep their own st_ino; objects on
 /// the n-th device seen get n in the top 8 bits. Inode 1 is the union root.
@@ -270,7 +204,8 @@ pub struct InoFolder {
 const INO_BITS: u32 = 56;
 
 impl InoFolder {
-    fn index(&self, dev: u64) -> u64 {
+    /// The number of device `dev` (the next free one when it is new).
+    pub fn index(&self, dev: u64) -> u64 {
         if let Some(i) = self.devs.get(&dev) {
             return *i;
         }

@@ -16,10 +16,11 @@ use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::backing::Backings;
-use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
+use crate::branch::{Branch, BranchId, BranchMode};
 use crate::config::{join_branches, MountConfig, Passthrough, Uring};
 use crate::fuse::FuseAdapter;
 use crate::ops::{CoreOptions, UnionFs};
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::upper::{Upper, XattrNs};
 use crate::whiteout::{self, WhiteoutFormat};
@@ -99,14 +100,14 @@ fn upper_format(cfg: &MountConfig, upper: &Branch) -> Result<(WhiteoutFormat, bo
     }
 }
 
-/// Opens the branches (upper first) and the upper's staging area, for a
-/// union caching at most `cached_fds` backing fds.
-fn open_stack(cfg: &MountConfig, cached_fds: usize) -> Result<(BranchStack, Option<Upper>)> {
+/// Opens the branches (upper first) and the upper's staging area (its
+/// writer), for a union caching at most `cached_fds` backing fds.
+fn open_stack(cfg: &MountConfig, cached_fds: usize) -> Result<BranchStack> {
     let clone = is_root();
     let backings = Backings::new(cached_fds);
     let mut branches = Vec::new();
     let mut id = 0u16;
-    let mut upper = None;
+    let mut writers = Vec::new();
     if let Some(u) = &cfg.upper {
         let mode = if cfg.options.read_only {
             BranchMode::ReadOnly
@@ -134,7 +135,7 @@ fn open_stack(cfg: &MountConfig, cached_fds: usize) -> Result<(BranchStack, Opti
                 .metacopy
                 .unwrap_or(cfg.dialect == crate::config::Dialect::Native);
             up.copy_strategy = cfg.options.copyup;
-            upper = Some(up);
+            writers.push(up);
         }
         branches.push(b);
         id += 1;
@@ -146,7 +147,7 @@ fn open_stack(cfg: &MountConfig, cached_fds: usize) -> Result<(BranchStack, Opti
         );
         id += 1;
     }
-    Ok((BranchStack::new(branches, backings), upper))
+    Ok(BranchStack::new(branches, writers, backings))
 }
 
 fn mount_flags(cfg: &MountConfig) -> MsFlags {
@@ -233,14 +234,13 @@ fn uring_mode(mode: Uring, root: bool) -> Result<Uring> {
 }
 
 fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
-    let (stack, upper) = open_stack(cfg, cached_fds)?;
+    let stack = open_stack(cfg, cached_fds)?;
     // What the union writes must stay deletable in its format.
-    let name_max = upper
-        .as_ref()
+    let name_max = stack
+        .writer()
         .map_or(crate::whiteout::NAME_MAX, |u| u.format.name_max());
-    let stack = Arc::new(stack);
-    let core = UnionFs::new(Arc::clone(&stack), upper, CoreOptions { name_max })
-        .context("cannot read the branch roots")?;
+    let core =
+        UnionFs::new(stack, CoreOptions { name_max }).context("cannot read the branch roots")?;
     let core = Arc::new(core);
     let root = is_root();
     // Registering a backing file needs CAP_SYS_ADMIN.

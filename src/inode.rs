@@ -127,6 +127,13 @@ pub struct NodeState {
     /// Instances, topmost first. A directory may have several; anything
     /// else has exactly one.
     pub layers: Vec<Layer>,
+    /// The generation of the branch stack (`BranchStack::generation`) these
+    /// layers were resolved with. Layers name branches by id, which stays
+    /// valid, but a node older than the current stack may miss a branch
+    /// added since or name one deleted since: this is what lets later code
+    /// tell such a node and look it up again (not done yet: today the
+    /// stack never changes after mount).
+    pub generation: u64,
 }
 
 impl Layer {

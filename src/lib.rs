@@ -22,6 +22,7 @@ pub mod layer;
 pub mod lookup;
 pub mod ops;
 pub mod readdir;
+pub mod stack;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod upper;

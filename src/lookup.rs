@@ -24,10 +24,11 @@ use std::sync::Arc;
 
 use nix::sys::stat::FileStat;
 
-use crate::branch::{Branch, BranchStack};
+use crate::branch::Branch;
 use crate::error::{Error, Result};
 use crate::faults::{FaultKey, FaultLog};
 use crate::inode::{Ino, Kind, Layer, NodeState, ROOT_INO};
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::whiteout::{self, Opacity, Redirect};
 
@@ -620,6 +621,7 @@ pub fn lookup(
             parent: parent_ino,
             name: name.to_os_string(),
             layers: w.layers,
+            generation: stack.generation(),
         },
         stat,
         kind,
@@ -711,6 +713,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
             parent: ROOT_INO,
             name: OsString::new(),
             layers,
+            generation: stack.generation(),
         },
         st,
     ))
@@ -777,7 +780,7 @@ mod tests {
             .collect();
         Stack {
             _dir: dir,
-            stack: BranchStack::new(branches, backings),
+            stack: BranchStack::new(branches, Vec::new(), backings),
         }
     }
 

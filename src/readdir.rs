@@ -14,9 +14,10 @@ use std::path::Path;
 
 use nix::dir::Type;
 
-use crate::branch::{Branch, BranchStack};
+use crate::branch::Branch;
 use crate::error::Result;
 use crate::inode::{Kind, Layer, MergedEntry};
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::whiteout::{self, NameClass, Opacity};
 
