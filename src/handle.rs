@@ -3,6 +3,8 @@
 //! Invariant: a directory handle's listing is a snapshot taken at opendir
 //! (and retaken only when the listing is restarted from offset 0 after it
 //! was read), so offsets are stable while the directory changes.
+//! (The listing type, `inode::Listing`, lives with the nodes, which keep
+//! one too.)
 //! Locks: the table is a `DashMap` (shard lock only for insert/get/remove);
 //! a directory handle's snapshot sits behind its own `Mutex`.
 

@@ -1,6 +1,8 @@
 //! The writable side of the union: the staging area (workdir), the
-//! whiteout/opaque writers for the chosen format, and atomic placement of
-//! staged objects into the upper.
+//! whiteout/opaque writers for the chosen format, atomic placement of
+//! staged objects into the upper, and the writer's settings (copy-up data
+//! `Strategy`, durability, metacopy). One `Upper` per writable branch, held
+//! by the branch stack snapshot (`stack::BranchStack::writer`).
 //!
 //! Invariant: every object that becomes visible through a write is either
 //! created in place by one syscall, or built completely in the workdir and

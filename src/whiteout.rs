@@ -1,5 +1,6 @@
 //! The on-disk vocabulary of unions: whiteouts, opaque markers, redirects,
-//! and the names and xattrs that are private to the union.
+//! the names and xattrs that are private to the union, and the formats a
+//! union may write them in (`WhiteoutFormat`).
 //!
 //! Invariant: this module alone decides what a raw branch name or xattr
 //! means; everything else asks it. Pure functions only; takes no locks.
