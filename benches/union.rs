@@ -48,14 +48,16 @@ use criterion::{
     black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode,
 };
 use nix::sys::stat::FileStat;
-use unionfs::branch::{Branch, BranchId, BranchMode, BranchStack};
-use unionfs::config::WhiteoutFormat;
+use unionfs::backing::{Backings, DEFAULT_CACHED_FDS};
+use unionfs::branch::{Branch, BranchId, BranchMode};
 use unionfs::copy_up::{copy_data, data_extents, stage, CopyUpData};
 use unionfs::inode::{Ino, InodeTable, Kind, Layer, NodeState, ROOT_INO};
 use unionfs::ops::{CoreOptions, UnionFs};
 use unionfs::readdir::{merge, LayerEntry};
+use unionfs::stack::BranchStack;
 use unionfs::sys::fs::{fstat, open_path_abs, open_path_at};
 use unionfs::upper::{Upper, XattrNs};
+use unionfs::whiteout::WhiteoutFormat;
 
 // ---------------------------------------------------------------------------
 // Merged readdir.
@@ -129,17 +131,20 @@ fn bench_lookup(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let mut branches = Vec::new();
         let mut dirs = Vec::new();
+        let backings = Backings::new(DEFAULT_CACHED_FDS);
         for i in 0..n {
             let p = dir.path().join(format!("b{i}"));
             std::fs::create_dir(&p).unwrap();
             if i == n - 1 {
                 std::fs::write(p.join("deep"), b"x").unwrap();
             }
-            branches.push(Branch::open(BranchId(i), &p, BranchMode::ReadOnly, false).unwrap());
+            branches.push(
+                Branch::open(BranchId(i), &p, BranchMode::ReadOnly, false, &backings).unwrap(),
+            );
             dirs.push(File::open(&p).unwrap());
         }
-        let stack = Arc::new(BranchStack::new(branches));
-        let fs = UnionFs::new(stack, None, CoreOptions { name_max: 255 }).unwrap();
+        let stack = BranchStack::new(branches, Vec::new(), backings);
+        let fs = UnionFs::new(stack, CoreOptions { name_max: 255 }).unwrap();
         let root = ROOT_INO;
         g.bench_with_input(BenchmarkId::new("UnionFs::lookup", n), &n, |b, _| {
             b.iter(|| {
@@ -266,7 +271,14 @@ fn bench_copy_up(c: &mut Criterion) {
     for d in [&lower, &out, &upper_dir] {
         std::fs::create_dir(d).unwrap();
     }
-    let upper_branch = Branch::open(BranchId(0), &upper_dir, BranchMode::ReadWrite, false).unwrap();
+    let upper_branch = Branch::open(
+        BranchId(0),
+        &upper_dir,
+        BranchMode::ReadWrite,
+        false,
+        &Backings::new(DEFAULT_CACHED_FDS),
+    )
+    .unwrap();
     let mut upper = Upper::open(
         &upper_branch,
         None,
@@ -445,17 +457,26 @@ fn bench_inode_table(c: &mut Criterion) {
     // A realistic node state: one layer on a real branch object.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), b"x").unwrap();
-    let branch = Branch::open(BranchId(0), dir.path(), BranchMode::ReadOnly, false).unwrap();
+    let branch = Branch::open(
+        BranchId(0),
+        dir.path(),
+        BranchMode::ReadOnly,
+        false,
+        &Backings::new(DEFAULT_CACHED_FDS),
+    )
+    .unwrap();
     let fd = open_path_at(branch.root(), OsStr::new("f")).unwrap();
     let state = NodeState {
         parent: ROOT_INO,
         name: "f".into(),
         layers: vec![Layer::new(&branch, fd, PathBuf::from("f"))],
+        generation: 0,
     };
     let root_state = NodeState {
         parent: ROOT_INO,
         name: OsString::new(),
         layers: Vec::new(),
+        generation: 0,
     };
 
     let mut g = c.benchmark_group(format!(

@@ -13,21 +13,27 @@
 //! listing showed none: the kernel asks for `security.capability` before
 //! every write and chown, and the answer is then given without a syscall.
 //! That knowledge is trusted only while no xattr was set or removed
-//! through the union since the listing (one process-wide generation,
-//! `forget_xattrs`: sets are rare, and an object may be served by several
-//! backing objects over time, one per lookup), and it is only recorded on
+//! through the union since the listing (one generation per union,
+//! `Backings::forget_xattrs`: sets are rare, and an object may be served by
+//! several backing objects over time, one per lookup), and it is only recorded on
 //! filesystems whose listings show every xattr (the caller decides). A
 //! visible xattr cannot appear otherwise: lowers never change, the upper is
 //! the union's alone while mounted, a copy-up makes a new backing object,
 //! and the kernel only removes xattrs on its own (kill-priv; an IMA
 //! appraisal policy that writes `security.ima` into the upper is the
 //! exception, and not supported).
+//!
+//! Invariant: all of this state belongs to one union (`Backings`, owned by
+//! `UnionFs` and shared with its branches, which hand it to every backing
+//! object they make): two unions in one process share no cache, no id and
+//! no generation.
+//!
 //! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove;
 //! the xattr knowledge is atomics.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use lru::LruCache;
 use nix::fcntl::OFlag;
@@ -39,48 +45,63 @@ use crate::sys::fs::ObjectHandle;
 
 const SHARDS: usize = 32;
 
-/// Bumped by every xattr change through the union: what a backing object
-/// learnt before it is no longer trusted.
-static XATTR_GENERATION: AtomicU64 = AtomicU64::new(1);
-
 /// Default number of cached O_PATH fds (all shards together).
 pub const DEFAULT_CACHED_FDS: usize = 4096;
 
-struct FdCache {
+/// The backing state of one union: the bounded fd cache, the ids that key
+/// it, and the xattr generation. Shared (`Arc`) by the union, its branches
+/// and every backing object they made.
+#[derive(Debug)]
+pub struct Backings {
+    /// O_PATH fds of handle-reached objects, by backing id; the bound is
+    /// the sum of the shards' capacities.
     shards: Vec<Mutex<LruCache<u64, Arc<OwnedFd>>>>,
+    /// The next backing id (ids key the cache).
+    next_id: AtomicU64,
+    /// Bumped by every xattr change through the union: what a backing
+    /// object learnt before it is no longer trusted.
+    xattr_generation: AtomicU64,
 }
 
-static CACHE: OnceLock<FdCache> = OnceLock::new();
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn cache() -> &'static FdCache {
-    CACHE.get_or_init(|| FdCache::new(DEFAULT_CACHED_FDS))
-}
-
-impl FdCache {
-    fn new(total: usize) -> Self {
+impl Backings {
+    /// A union's backing state caching at most `total` fds (at least one per
+    /// shard).
+    pub fn new(total: usize) -> Arc<Self> {
         let per = std::num::NonZeroUsize::new((total / SHARDS).max(1))
             .unwrap_or(std::num::NonZeroUsize::MIN);
-        FdCache {
+        Arc::new(Backings {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per)))
                 .collect(),
-        }
+            next_id: AtomicU64::new(1),
+            xattr_generation: AtomicU64::new(1),
+        })
     }
 
     fn shard(&self, id: u64) -> &Mutex<LruCache<u64, Arc<OwnedFd>>> {
         &self.shards[(id as usize) % SHARDS]
     }
-}
 
-/// Sets the bound on cached fds; effective only before the first use.
-pub fn configure(total: usize) {
-    let _ = CACHE.set(FdCache::new(total));
-}
+    /// Number of fds the cache holds right now.
+    pub fn cached_fds(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
 
-/// Number of fds the cache holds right now.
-pub fn cached_fds() -> usize {
-    cache().shards.iter().map(|s| s.lock().len()).sum()
+    /// Most fds the cache holds.
+    pub fn bound(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().cap().get()).sum()
+    }
+
+    /// The current xattr generation (see `Backing::note_xattrs`).
+    pub fn xattr_generation(&self) -> u64 {
+        self.xattr_generation.load(Ordering::Acquire)
+    }
+
+    /// Forgets what every backing object of this union knows of its
+    /// xattrs: call after an xattr was set or removed through the union.
+    pub fn forget_xattrs(&self) {
+        self.xattr_generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug)]
@@ -93,6 +114,8 @@ enum Reach {
 #[derive(Debug)]
 pub struct Backing {
     id: u64,
+    /// The union's backing state this object's fd is cached in.
+    store: Arc<Backings>,
     mount: Option<Arc<OwnedFd>>,
     reach: Reach,
     /// What the last listing of its visible xattrs showed, and when: the
@@ -101,26 +124,15 @@ pub struct Backing {
     listed: AtomicU64,
 }
 
-/// The current xattr generation (see `Backing::note_no_xattrs`).
-pub fn xattr_generation() -> u64 {
-    XATTR_GENERATION.load(Ordering::Acquire)
-}
-
-/// Forgets what every backing object knows of its xattrs: call after an
-/// xattr was set or removed through the union.
-pub fn forget_xattrs() {
-    XATTR_GENERATION.fetch_add(1, Ordering::AcqRel);
-}
-
 impl Backing {
     /// The object behind `fd`. With `mount` (a readable fd of its
     /// filesystem), keeps a handle and lets the cache hold the fd.
-    pub fn new(mount: Option<&Arc<OwnedFd>>, fd: OwnedFd) -> Arc<Backing> {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    pub fn new(store: &Arc<Backings>, mount: Option<&Arc<OwnedFd>>, fd: OwnedFd) -> Arc<Backing> {
+        let id = store.next_id.fetch_add(1, Ordering::Relaxed);
         let reach = if mount.is_some() {
             match sys::fs::name_to_handle(fd.as_fd()) {
                 Ok(h) => {
-                    cache().shard(id).lock().put(id, Arc::new(fd));
+                    store.shard(id).lock().put(id, Arc::new(fd));
                     Reach::Handle(h)
                 }
                 Err(_) => Reach::Pinned(Arc::new(fd)),
@@ -130,6 +142,7 @@ impl Backing {
         };
         Arc::new(Backing {
             id,
+            store: Arc::clone(store),
             mount: mount.cloned(),
             reach,
             listed: AtomicU64::new(0),
@@ -138,9 +151,14 @@ impl Backing {
 
     /// An object known by its handle only (no fd opened yet), on the
     /// filesystem of `mount`.
-    pub fn from_handle(mount: &Arc<OwnedFd>, h: ObjectHandle) -> Arc<Backing> {
+    pub fn from_handle(
+        store: &Arc<Backings>,
+        mount: &Arc<OwnedFd>,
+        h: ObjectHandle,
+    ) -> Arc<Backing> {
         Arc::new(Backing {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: store.next_id.fetch_add(1, Ordering::Relaxed),
+            store: Arc::clone(store),
             mount: Some(Arc::clone(mount)),
             reach: Reach::Handle(h),
             listed: AtomicU64::new(0),
@@ -148,24 +166,30 @@ impl Backing {
     }
 
     /// An object whose fd stays open (branch roots).
-    pub fn pinned(fd: OwnedFd) -> Arc<Backing> {
-        Self::new(None, fd)
+    pub fn pinned(store: &Arc<Backings>, fd: OwnedFd) -> Arc<Backing> {
+        Self::new(store, None, fd)
+    }
+
+    /// The xattr generation of this object's union: read it before a
+    /// listing whose result goes to `note_xattrs`.
+    pub fn xattr_generation(&self) -> u64 {
+        self.store.xattr_generation()
     }
 
     /// True when the object is known to have no visible xattrs.
     pub fn has_no_xattrs(&self) -> bool {
-        self.listed.load(Ordering::Acquire) == (xattr_generation() << 1 | 1)
+        self.listed.load(Ordering::Acquire) == (self.xattr_generation() << 1 | 1)
     }
 
     /// True when a listing of the object's visible xattrs was recorded and
     /// no xattr was changed through the union since (so listing again
     /// would tell nothing new).
     pub fn xattrs_listed(&self) -> bool {
-        self.listed.load(Ordering::Acquire) >> 1 == xattr_generation()
+        self.listed.load(Ordering::Acquire) >> 1 == self.xattr_generation()
     }
 
     /// Records what a listing begun in `generation` (read it with
-    /// `xattr_generation` before listing) showed: visible xattrs or none.
+    /// `Backing::xattr_generation` before listing) showed: visible xattrs or none.
     /// Not trusted when an xattr was changed through the union since.
     pub fn note_xattrs(&self, generation: u64, any: bool) {
         self.listed
@@ -178,7 +202,7 @@ impl Backing {
             Reach::Pinned(fd) => Ok(Arc::clone(fd)),
             Reach::Handle(h) => {
                 let mount = self.mount.as_ref().ok_or(crate::error::Error::StaleInode)?;
-                let shard = cache().shard(self.id);
+                let shard = self.store.shard(self.id);
                 if let Some(fd) = shard.lock().get(&self.id) {
                     return Ok(Arc::clone(fd));
                 }
@@ -197,9 +221,7 @@ impl Backing {
 impl Drop for Backing {
     fn drop(&mut self) {
         if let Reach::Handle(_) = self.reach {
-            if let Some(c) = CACHE.get() {
-                c.shard(self.id).lock().pop(&self.id);
-            }
+            self.store.shard(self.id).lock().pop(&self.id);
         }
     }
 }
@@ -209,39 +231,75 @@ impl Drop for Backing {
 mod tests {
     use super::*;
 
-    fn backing() -> Arc<Backing> {
-        Backing::pinned(OwnedFd::from(std::fs::File::open("/").expect("open /")))
+    fn backing(store: &Arc<Backings>) -> Arc<Backing> {
+        Backing::pinned(
+            store,
+            OwnedFd::from(std::fs::File::open("/").expect("open /")),
+        )
     }
-
-    /// The tests that move the process-wide generation take turns.
-    static GENERATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn xattr_knowledge_holds_until_any_change() {
-        let _turn = GENERATION.lock();
-        let (b, c) = (backing(), backing());
+        let store = Backings::new(64);
+        let (b, c) = (backing(&store), backing(&store));
         assert!(!b.has_no_xattrs());
-        b.note_xattrs(xattr_generation(), false);
-        c.note_xattrs(xattr_generation(), false);
+        b.note_xattrs(store.xattr_generation(), false);
+        c.note_xattrs(store.xattr_generation(), false);
         assert!(b.has_no_xattrs() && c.has_no_xattrs());
         // A change through another backing object of the same file, or of
         // any other: both forget.
-        forget_xattrs();
+        store.forget_xattrs();
         assert!(!b.has_no_xattrs() && !c.has_no_xattrs());
         assert!(!b.xattrs_listed());
         // One with xattrs: listed, not empty.
-        b.note_xattrs(xattr_generation(), true);
+        b.note_xattrs(store.xattr_generation(), true);
         assert!(b.xattrs_listed() && !b.has_no_xattrs());
     }
 
     /// A listing that began before a change must not be trusted after it.
     #[test]
     fn a_listing_older_than_a_change_is_not_trusted() {
-        let _turn = GENERATION.lock();
-        let b = backing();
-        let generation = xattr_generation();
-        forget_xattrs(); // an xattr was set meanwhile
+        let store = Backings::new(64);
+        let b = backing(&store);
+        let generation = store.xattr_generation();
+        store.forget_xattrs(); // an xattr was set meanwhile
         b.note_xattrs(generation, false);
         assert!(!b.has_no_xattrs() && !b.xattrs_listed());
+    }
+
+    /// Two unions in one process: an xattr change in one leaves what the
+    /// other knows alone, and each cache keeps its own bound and fds.
+    #[test]
+    fn two_unions_share_nothing() {
+        let (one, two) = (Backings::new(64), Backings::new(4096));
+        assert_eq!(one.bound(), 64);
+        assert_eq!(two.bound(), 4096);
+        let (a, b) = (backing(&one), backing(&two));
+        a.note_xattrs(one.xattr_generation(), false);
+        b.note_xattrs(two.xattr_generation(), false);
+        one.forget_xattrs();
+        assert!(!a.has_no_xattrs(), "the change was in a's union");
+        assert!(b.has_no_xattrs(), "b's union changed nothing");
+
+        // Objects reached by handle: their fds land in their own union's
+        // cache only, and each cache keeps its own bound.
+        let root = Arc::new(OwnedFd::from(std::fs::File::open("/").expect("open /")));
+        let reach = |store: &Arc<Backings>| {
+            let fd = sys::fs::open_path_abs(std::path::Path::new("/")).expect("open /");
+            Backing::new(store, Some(&root), fd)
+        };
+        if sys::fs::name_to_handle(root.as_fd()).is_err() {
+            return; // no file handles here: nothing is cached anywhere
+        }
+        let kept: Vec<_> = (0..100).map(|_| reach(&one)).collect();
+        assert_eq!(one.cached_fds(), 64, "bounded by its own 64");
+        assert_eq!(two.cached_fds(), 0, "nothing of one's in two's cache");
+        let other: Vec<_> = (0..100).map(|_| reach(&two)).collect();
+        assert_eq!(two.cached_fds(), 100);
+        assert_eq!(one.cached_fds(), 64);
+        drop(kept);
+        assert_eq!(one.cached_fds(), 0, "dropping a backing empties its slot");
+        assert_eq!(two.cached_fds(), 100);
+        drop(other);
     }
 }

@@ -1,10 +1,11 @@
-//! The branch stack: the upper (if any) and the lowers, topmost first, each
-//! opened once as an O_PATH directory fd; and the inode-number folding that
-//! makes st_ino unique across branches.
+//! One branch of the union (the upper or a lower), opened once as an
+//! O_PATH directory fd; and the inode-number folding that makes st_ino
+//! unique across branches. The stack of branches is `stack::BranchStack`.
 //!
-//! Invariant: a `BranchStack` is immutable once built and shared as
-//! `Arc<BranchStack>`; a `BranchId` names a branch for the life of the stack
-//! (it is never a position that can shift under a running request).
+//! Invariant: a `Branch` never changes once opened; a `BranchId` names a
+//! branch for the life of the union (it is never a position that can shift
+//! under a running request). `InoFolder` numbers each device once, for the
+//! life of the union, whatever stack it is seen in.
 //! Locks: the device table is a `DashMap` (one shard lock per access).
 
 use std::ffi::OsStr;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::backing::{Backing, Backings};
 use crate::error::Result;
 use crate::sys;
 use crate::whiteout;
@@ -73,6 +75,9 @@ pub struct Branch {
     /// filesystems and tmpfs; network ones have readable xattrs they do not
     /// list), so that an empty listing means no xattr at all.
     pub lists_all_xattrs: bool,
+    /// The union's backing state (fd cache, xattr generation), handed to
+    /// every backing object made for this branch.
+    pub backings: Arc<Backings>,
 }
 
 /// Filesystems (`f_type`) whose `listxattr` shows every xattr `getxattr`
@@ -80,8 +85,15 @@ pub struct Branch {
 const LISTS_ALL_XATTRS: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
 
 impl Branch {
-    /// Opens the branch at `path`.
-    pub fn open(id: BranchId, path: &Path, mode: BranchMode, clone: bool) -> Result<Self> {
+    /// Opens the branch at `path` for the union whose backing state is
+    /// `backings`.
+    pub fn open(
+        id: BranchId,
+        path: &Path,
+        mode: BranchMode,
+        clone: bool,
+        backings: &Arc<Backings>,
+    ) -> Result<Self> {
         let (root, view) = if clone {
             match sys::mount::clone_tree(path) {
                 Ok(fd) => (fd, BranchView::Clone),
@@ -133,6 +145,7 @@ impl Branch {
             lists_all_xattrs,
             hidden,
             char_whiteouts: true,
+            backings: Arc::clone(backings),
         })
     }
 
@@ -161,74 +174,20 @@ impl Branch {
 
     /// A backing object for `dir/name` known by its file handle only;
     /// `None` when the filesystem gives no handle for it.
-    pub fn backing_at(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &std::ffi::OsStr,
-    ) -> Option<Arc<crate::backing::Backing>> {
+    pub fn backing_at(&self, dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<Arc<Backing>> {
         let mount = self.handle_mount.as_ref()?;
         let h = sys::fs::name_to_handle_at(dir, name).ok()?;
-        Some(crate::backing::Backing::from_handle(mount, h))
+        Some(Backing::from_handle(&self.backings, mount, h))
     }
 
     /// A backing object of this branch for O_PATH `fd`.
-    pub fn backing(&self, fd: OwnedFd) -> Arc<crate::backing::Backing> {
-        crate::backing::Backing::new(self.handle_mount.as_ref(), fd)
-    }
-}
-
-/// The branches of a union, topmost first (upper, then lowers left to right).
-#[derive(Debug)]
-pub struct BranchStack {
-    branches: Vec<Branch>,
-    inos: InoFolder,
-}
-
-impl BranchStack {
-    /// Builds a stack from opened branches (topmost first).
-    pub fn new(branches: Vec<Branch>) -> Self {
-        let inos = InoFolder::default();
-        // Devices are numbered in branch order, so the numbering (and with it
-        // every st_ino) is the same at every mount of the same branches.
-        for b in &branches {
-            inos.index(b.dev);
-        }
-        BranchStack { branches, inos }
+    pub fn backing(&self, fd: OwnedFd) -> Arc<Backing> {
+        Backing::new(&self.backings, self.handle_mount.as_ref(), fd)
     }
 
-    /// All branches, topmost first.
-    pub fn iter(&self) -> impl Iterator<Item = &Branch> {
-        self.branches.iter()
-    }
-
-    /// The branch with this id.
-    pub fn get(&self, id: BranchId) -> Option<&Branch> {
-        self.branches.iter().find(|b| b.id == id)
-    }
-
-    /// Position of branch `id` from the top (`usize::MAX` if unknown).
-    pub fn position(&self, id: BranchId) -> usize {
-        self.branches
-            .iter()
-            .position(|b| b.id == id)
-            .unwrap_or(usize::MAX)
-    }
-
-    /// Branches strictly below `id`, topmost first.
-    pub fn below(&self, id: BranchId) -> impl Iterator<Item = &Branch> {
-        self.branches.iter().skip_while(move |b| b.id != id).skip(1)
-    }
-
-    /// The writable upper branch, if any.
-    pub fn upper(&self) -> Option<&Branch> {
-        self.branches
-            .first()
-            .filter(|b| b.mode == BranchMode::ReadWrite)
-    }
-
-    /// The st_ino the union reports for backing object (dev, ino).
-    pub fn fold_ino(&self, dev: u64, ino: u64) -> u64 {
-        self.inos.fold(dev, ino)
+    /// A backing object of this branch whose fd stays open (roots).
+    pub fn pinned(&self, fd: OwnedFd) -> Arc<Backing> {
+        Backing::pinned(&self.backings, fd)
     }
 }
 
@@ -245,7 +204,8 @@ pub struct InoFolder {
 const INO_BITS: u32 = 56;
 
 impl InoFolder {
-    fn index(&self, dev: u64) -> u64 {
+    /// The number of device `dev` (the next free one when it is new).
+    pub fn index(&self, dev: u64) -> u64 {
         if let Some(i) = self.devs.get(&dev) {
             return *i;
         }

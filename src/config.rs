@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::mode::Mode;
+use crate::upper::Strategy;
+use crate::whiteout::WhiteoutFormat;
 
 /// A configuration error: one line for the user.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -237,37 +239,6 @@ pub fn specs_to_branches(
     Ok((lowers, upper))
 }
 
-/// The format whiteouts and opaque markers are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WhiteoutFormat {
-    /// `.wh.<name>` files and `.wh..wh..opq` (no privilege needed; an OCI layer as is).
-    #[default]
-    Aufs,
-    /// char 0:0 devices and `*.overlay.opaque=y` (kernel overlayfs can mount it).
-    Overlay,
-}
-
-impl WhiteoutFormat {
-    /// The NAME_MAX of a union writing this format: names longer than it
-    /// are neither created nor found. AUFS whiteouts prefix a name with
-    /// `.wh.`, so every name the union creates must leave room for it.
-    pub fn name_max(self) -> usize {
-        match self {
-            WhiteoutFormat::Aufs => crate::whiteout::AUFS_NAME_MAX,
-            WhiteoutFormat::Overlay => crate::whiteout::NAME_MAX,
-        }
-    }
-}
-
-impl std::fmt::Display for WhiteoutFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            WhiteoutFormat::Aufs => "aufs",
-            WhiteoutFormat::Overlay => "overlay",
-        })
-    }
-}
-
 /// Which opened files the kernel reads and writes directly (FUSE
 /// passthrough, kernel >= 6.9, root only) instead of through the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -338,7 +309,7 @@ pub struct MountOptions {
     pub metacopy: Option<bool>,
     /// `copyup=auto|reflink|copy_file_range|readwrite`: force one way of
     /// copying data (benchmarks; filesystems with a broken one). `None` = auto.
-    pub copyup: Option<crate::copy_up::Strategy>,
+    pub copyup: Option<Strategy>,
     /// `passthrough=off|upper|all`.
     pub passthrough: Option<Passthrough>,
     /// `create=` (AUFS): where new objects go among several writable branches.
@@ -511,12 +482,9 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                     value,
                     &[
                         ("auto", None),
-                        ("reflink", Some(crate::copy_up::Strategy::Reflink)),
-                        (
-                            "copy_file_range",
-                            Some(crate::copy_up::Strategy::CopyFileRange),
-                        ),
-                        ("readwrite", Some(crate::copy_up::Strategy::ReadWrite)),
+                        ("reflink", Some(Strategy::Reflink)),
+                        ("copy_file_range", Some(Strategy::CopyFileRange)),
+                        ("readwrite", Some(Strategy::ReadWrite)),
                     ],
                 )?
             }
@@ -897,7 +865,7 @@ mod tests {
         assert_eq!(o.passthrough, Some(Passthrough::All));
         assert_eq!(o.uring, Some(Uring::On));
         assert_eq!(o.metacopy, Some(false));
-        assert_eq!(o.copyup, Some(crate::copy_up::Strategy::ReadWrite));
+        assert_eq!(o.copyup, Some(Strategy::ReadWrite));
         assert_eq!(o.flags, v(&["nosuid"]));
         assert_eq!(
             o.ignored,

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::inode::Kind;
 use crate::sys;
 use crate::sys::fs::SetTime;
-use crate::upper::Upper;
+use crate::upper::{Strategy, Upper};
 use crate::whiteout;
 
 /// How much of a regular file's data a copy-up takes along.
@@ -33,17 +33,6 @@ pub enum CopyUpData {
     /// metadata-only copy (its size, no blocks, a metacopy marker) whose
     /// data stays in the lower until it is opened for writing.
     Meta,
-}
-
-/// Which strategy moved the data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// FICLONE: extents shared, nothing copied.
-    Reflink,
-    /// copy_file_range over the data extents.
-    CopyFileRange,
-    /// pread/pwrite over the data extents.
-    ReadWrite,
 }
 
 const CHUNK: usize = 1 << 20;

@@ -15,13 +15,15 @@ use fuser::{Config, Session, SessionACL};
 use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
-use crate::config::{join_branches, MountConfig, Passthrough, Uring, WhiteoutFormat};
+use crate::backing::Backings;
+use crate::branch::{Branch, BranchId, BranchMode};
+use crate::config::{join_branches, MountConfig, Passthrough, Uring};
 use crate::fuse::FuseAdapter;
 use crate::ops::{CoreOptions, UnionFs};
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::upper::{Upper, XattrNs};
-use crate::whiteout;
+use crate::whiteout::{self, WhiteoutFormat};
 
 /// Default kernel cache lifetime: lower branches never change under us and
 /// the union invalidates what it changes itself.
@@ -98,12 +100,14 @@ fn upper_format(cfg: &MountConfig, upper: &Branch) -> Result<(WhiteoutFormat, bo
     }
 }
 
-/// Opens the branches (upper first) and the upper's staging area.
-fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
+/// Opens the branches (upper first) and the upper's staging area (its
+/// writer), for a union caching at most `cached_fds` backing fds.
+fn open_stack(cfg: &MountConfig, cached_fds: usize) -> Result<BranchStack> {
     let clone = is_root();
+    let backings = Backings::new(cached_fds);
     let mut branches = Vec::new();
     let mut id = 0u16;
-    let mut upper = None;
+    let mut writers = Vec::new();
     if let Some(u) = &cfg.upper {
         let mode = if cfg.options.read_only {
             BranchMode::ReadOnly
@@ -112,7 +116,7 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
         };
         // The upper is opened directly, not as a clone: copy-up renames
         // between it and the workdir, which must be on one mount.
-        let mut b = Branch::open(BranchId(id), u, mode, false)
+        let mut b = Branch::open(BranchId(id), u, mode, false, &backings)
             .with_context(|| format!("cannot open upper branch {}", u.display()))?;
         let (format, recorded) = upper_format(cfg, &b)?;
         // In an upper recorded as AUFS format a char 0:0 device is a user's device.
@@ -131,19 +135,19 @@ fn open_stack(cfg: &MountConfig) -> Result<(BranchStack, Option<Upper>)> {
                 .metacopy
                 .unwrap_or(cfg.dialect == crate::config::Dialect::Native);
             up.copy_strategy = cfg.options.copyup;
-            upper = Some(up);
+            writers.push(up);
         }
         branches.push(b);
         id += 1;
     }
     for l in &cfg.lowers {
         branches.push(
-            Branch::open(BranchId(id), l, BranchMode::ReadOnly, clone)
+            Branch::open(BranchId(id), l, BranchMode::ReadOnly, clone, &backings)
                 .with_context(|| format!("cannot open lower branch {}", l.display()))?,
         );
         id += 1;
     }
-    Ok((BranchStack::new(branches), upper))
+    Ok(BranchStack::new(branches, writers, backings))
 }
 
 fn mount_flags(cfg: &MountConfig) -> MsFlags {
@@ -190,16 +194,14 @@ pub fn run_mount(cfg: MountConfig) -> Result<()> {
     let nofile = sys::process::raise_nofile();
     // Half the fd limit for cached backing fds; the rest for open files,
     // directory listings and branches.
-    crate::backing::configure(
-        usize::try_from(nofile / 2)
-            .unwrap_or(4096)
-            .clamp(64, 65_536),
-    );
+    let cached_fds = usize::try_from(nofile / 2)
+        .unwrap_or(4096)
+        .clamp(64, 65_536);
     // Modes of created objects are exactly what the caller asked for (the
     // kernel applied the caller's umask already).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let created = prepare_staging(&cfg)?;
-    let res = mount_and_serve(&cfg);
+    let res = mount_and_serve(&cfg, cached_fds);
     if res.is_err() {
         if let Some(s) = created {
             let _ = std::fs::remove_dir(s);
@@ -231,15 +233,14 @@ fn uring_mode(mode: Uring, root: bool) -> Result<Uring> {
     Ok(mode)
 }
 
-fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
-    let (stack, upper) = open_stack(cfg)?;
+fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
+    let stack = open_stack(cfg, cached_fds)?;
     // What the union writes must stay deletable in its format.
-    let name_max = upper
-        .as_ref()
+    let name_max = stack
+        .writer()
         .map_or(crate::whiteout::NAME_MAX, |u| u.format.name_max());
-    let stack = Arc::new(stack);
-    let core = UnionFs::new(Arc::clone(&stack), upper, CoreOptions { name_max })
-        .context("cannot read the branch roots")?;
+    let core =
+        UnionFs::new(stack, CoreOptions { name_max }).context("cannot read the branch roots")?;
     let core = Arc::new(core);
     let root = is_root();
     // Registering a backing file needs CAP_SYS_ADMIN.

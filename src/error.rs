@@ -6,7 +6,15 @@
 //! and friends. One exception, a union rule: a branch's ENOTCONN (a FUSE or
 //! network lower whose server is gone) reaches the caller as EIO, because
 //! from the union ENOTCONN would say that the *union's* daemon is gone, and
-//! tools act on that (remount, give up on the mount). Takes no locks.
+//! tools act on that (remount, give up on the mount).
+//!
+//! Where the union itself decides an outcome (the merged view is not
+//! empty, the name exists in the merged view, ...) the error is a variant
+//! of its own, never a `Sys` with a made-up syscall: a log then tells a
+//! branch's answer from a union rule, and the faults log (`faults`) never
+//! mistakes a rule for a failing branch. Such a variant may share its errno
+//! with a kernel answer (or with another rule): the variant, not the errno,
+//! says who decided. Takes no locks.
 
 use nix::errno::Errno;
 
@@ -45,12 +53,12 @@ pub enum Error {
     /// The name or object is reserved for the union's own bookkeeping:
     /// `.wh.*` names, and char 0:0 devices where they are the written
     /// whiteout format (overlayfs refuses such a mknod with EPERM too).
-    #[error("name or object is reserved for the union's bookkeeping")]
+    #[error("union rule: name or object is reserved for the union's bookkeeping")]
     Reserved,
     /// A union rule on name length: the name is longer than the union's
     /// NAME_MAX (to create, or to look up where no branch holds it), or a
     /// lower name whose whiteout would not fit cannot be deleted.
-    #[error("name too long")]
+    #[error("union rule: name too long for the union (NAME_MAX, or no room for its whiteout)")]
     NameTooLong,
     /// The extended attribute does not exist (or is private to the union).
     #[error("no such attribute")]
@@ -75,6 +83,18 @@ pub enum Error {
     /// the layers below: the union cannot serve it (overlayfs: EIO).
     #[error("metadata-only file without data below it")]
     MetacopyWithoutData,
+    /// A union rule: the directory is not empty in the merged view (an
+    /// rmdir, or a rename over it), though its upper instance may be.
+    #[error("union rule: directory not empty in the merged view")]
+    NotEmpty,
+    /// A union rule: the name exists in the merged view (a rename with
+    /// RENAME_NOREPLACE over it, or an object to be placed where the upper
+    /// holds something other than a whiteout).
+    #[error("union rule: name exists in the merged view")]
+    Exists,
+    /// A union rule: a directory cannot be hard-linked (link(2)'s EPERM).
+    #[error("union rule: a directory cannot be hard-linked")]
+    LinkDir,
     /// Redirects in the branches lead a lookup through more layers than
     /// one lookup may probe (hostile or corrupt layers).
     #[error("redirects lead too far")]
@@ -107,6 +127,9 @@ impl Error {
             Error::Busy => Errno::ETXTBSY,
             Error::MetacopyWithoutData => Errno::EIO,
             Error::RedirectsTooDeep => Errno::ELOOP,
+            Error::NotEmpty => Errno::ENOTEMPTY,
+            Error::Exists => Errno::EEXIST,
+            Error::LinkDir => Errno::EPERM,
         }
     }
 
@@ -144,8 +167,13 @@ mod tests {
             Error::Busy,
             Error::MetacopyWithoutData,
             Error::RedirectsTooDeep,
+            Error::NotEmpty,
+            Error::Exists,
         ];
         let mut seen = std::collections::HashSet::new();
+        // Rules sharing an errno with another variant on purpose: link(2)
+        // of a directory is EPERM, as a reserved name is.
+        assert_eq!(Error::LinkDir.errno(), Error::Reserved.errno());
         for e in &all {
             assert!(
                 seen.insert(e.errno() as i32),
@@ -157,5 +185,22 @@ mod tests {
         // A lower whose server is gone is an I/O error of the union.
         assert_eq!(Error::sys("pread", Errno::ENOTCONN).errno(), Errno::EIO);
         assert!(Error::sys("x", Errno::ENOENT).is_not_found());
+    }
+
+    /// A union rule says so, and is not dressed as a syscall's failure.
+    #[test]
+    fn union_rules_name_themselves() {
+        for e in [
+            Error::NotEmpty,
+            Error::Exists,
+            Error::LinkDir,
+            Error::NameTooLong,
+            Error::Reserved,
+        ] {
+            assert!(e.to_string().starts_with("union rule: "), "{e}");
+        }
+        assert_eq!(Error::NotEmpty.errno(), Errno::ENOTEMPTY);
+        assert_eq!(Error::Exists.errno(), Errno::EEXIST);
+        assert_eq!(Error::LinkDir.errno(), Errno::EPERM);
     }
 }

@@ -144,6 +144,20 @@ impl FaultLog {
 mod tests {
     use super::*;
 
+    /// Union rules are the union's decisions, not a branch failing.
+    #[test]
+    fn union_rules_are_not_faults() {
+        for e in [
+            Error::NotEmpty,
+            Error::Exists,
+            Error::LinkDir,
+            Error::NameTooLong,
+            Error::Reserved,
+        ] {
+            assert_eq!(fault_key("rmdir", 7, &e), None, "{e}");
+        }
+    }
+
     #[test]
     fn one_line_per_distinct_fault() {
         let log = FaultLog::default();

@@ -3,6 +3,8 @@
 //! Invariant: a directory handle's listing is a snapshot taken at opendir
 //! (and retaken only when the listing is restarted from offset 0 after it
 //! was read), so offsets are stable while the directory changes.
+//! (The listing type, `inode::Listing`, lives with the nodes, which keep
+//! one too.)
 //! Locks: the table is a `DashMap` (shard lock only for insert/get/remove);
 //! a directory handle's snapshot sits behind its own `Mutex`.
 
@@ -15,8 +17,7 @@ use parking_lot::Mutex;
 
 use crate::branch::BranchId;
 use crate::error::{Error, Result};
-use crate::inode::Ino;
-use crate::readdir::MergedEntry;
+use crate::inode::{Ino, Listing};
 
 /// A file handle number handed to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,18 +47,6 @@ impl FileHandle {
             upgraded: std::sync::OnceLock::new(),
         }
     }
-}
-
-/// The listing state of an open directory.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// The snapshot; `None` until first read.
-    pub entries: Option<Arc<Vec<MergedEntry>>>,
-    /// Whether entries were handed out since the snapshot was taken.
-    pub consumed: bool,
-    /// After a listing read to its end was let go (to free its memory):
-    /// its length, so the kernel's read at that offset still finds the end.
-    pub eof: Option<u64>,
 }
 
 /// An open directory.

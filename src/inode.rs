@@ -64,6 +64,32 @@ impl Kind {
     }
 }
 
+/// One entry of a merged listing (made by `readdir::merge`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedEntry {
+    /// Its name.
+    pub name: OsString,
+    /// Type of the topmost instance.
+    pub kind: Kind,
+    /// Union inode number of the topmost instance.
+    pub ino: u64,
+}
+
+/// The listing state of a directory being read: kept by its open handle,
+/// or by its node when the kernel reads without opening (no-opendir).
+/// Here, with the node, rather than in `handle` or `readdir`, so that the
+/// tables sit below the algorithms that fill them.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The snapshot; `None` until first read.
+    pub entries: Option<Arc<Vec<MergedEntry>>>,
+    /// Whether entries were handed out since the snapshot was taken.
+    pub consumed: bool,
+    /// After a listing read to its end was let go (to free its memory):
+    /// its length, so the kernel's read at that offset still finds the end.
+    pub eof: Option<u64>,
+}
+
 /// One branch's instance of a node.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -101,6 +127,13 @@ pub struct NodeState {
     /// Instances, topmost first. A directory may have several; anything
     /// else has exactly one.
     pub layers: Vec<Layer>,
+    /// The generation of the branch stack (`BranchStack::generation`) these
+    /// layers were resolved with. Layers name branches by id, which stays
+    /// valid, but a node older than the current stack may miss a branch
+    /// added since or name one deleted since: this is what lets later code
+    /// tell such a node and look it up again (not done yet: today the
+    /// stack never changes after mount).
+    pub generation: u64,
 }
 
 impl Layer {
@@ -172,7 +205,7 @@ pub struct Node {
     /// For a directory listed without an open handle (the kernel's
     /// no-opendir mode): the listing being read, kept from one read at
     /// offset 0 to the next.
-    pub listing: parking_lot::Mutex<crate::handle::Listing>,
+    pub listing: parking_lot::Mutex<Listing>,
 }
 
 impl Node {

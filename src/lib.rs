@@ -4,8 +4,10 @@
 //! the topmost branch wins, deletions are whiteouts, directories replaced
 //! wholesale are opaque. See docs/ARCHITECTURE.md for the layering; in short,
 //! `cli`/`config` -> `daemon` -> `fuse` (the only fuser-aware module) ->
-//! `ops` (the core, returning `Result`) -> `lookup`/`readdir` -> `inode`,
-//! `handle`, `whiteout`, `branch` -> `sys` (every syscall and `unsafe`).
+//! `ops` (the core, returning `Result`) -> `copy_up`/`lookup`/`readdir` ->
+//! `stack` (the swappable branch snapshot) -> `upper` -> `inode`, `handle`
+//! -> `branch`, `backing`, `whiteout` -> `sys` (every syscall and `unsafe`).
+//! Imports point down only (no cycles); all state is per `UnionFs`.
 
 pub mod backing;
 pub mod branch;
@@ -25,6 +27,7 @@ pub mod mode;
 pub mod ops;
 pub mod policy;
 pub mod readdir;
+pub mod stack;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod upper;

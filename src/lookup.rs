@@ -24,10 +24,11 @@ use std::sync::Arc;
 
 use nix::sys::stat::FileStat;
 
-use crate::branch::{Branch, BranchStack};
+use crate::branch::Branch;
 use crate::error::{Error, Result};
 use crate::faults::{FaultKey, FaultLog};
 use crate::inode::{Ino, Kind, Layer, NodeState, ROOT_INO};
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::whiteout::{self, Opacity, Redirect};
 
@@ -620,6 +621,7 @@ pub fn lookup(
             parent: parent_ino,
             name: name.to_os_string(),
             layers: w.layers,
+            generation: stack.generation(),
         },
         stat,
         kind,
@@ -711,6 +713,7 @@ pub fn root(stack: &BranchStack) -> Result<(NodeState, FileStat)> {
             parent: ROOT_INO,
             name: OsString::new(),
             layers,
+            generation: stack.generation(),
         },
         st,
     ))
@@ -722,7 +725,7 @@ fn root_layer(b: &Branch) -> Result<Layer> {
     let info = dir_info(b, &fd, Path::new(""))?;
     Ok(Layer {
         branch: b.id,
-        backing: crate::backing::Backing::pinned(fd),
+        backing: b.pinned(fd),
         opacity: info.opacity,
         impure: info.impure,
         indexed: false,
@@ -755,6 +758,7 @@ mod tests {
             fs::create_dir(dir.path().join(b)).unwrap();
         }
         build(dir.path());
+        let backings = crate::backing::Backings::new(64);
         let branches = ["u", "l1", "l2", "l3"]
             .iter()
             .enumerate()
@@ -764,12 +768,19 @@ mod tests {
                 } else {
                     BranchMode::ReadOnly
                 };
-                Branch::open(BranchId(i as u16), &dir.path().join(b), mode, false).unwrap()
+                Branch::open(
+                    BranchId(i as u16),
+                    &dir.path().join(b),
+                    mode,
+                    false,
+                    &backings,
+                )
+                .unwrap()
             })
             .collect();
         Stack {
             _dir: dir,
-            stack: BranchStack::new(branches),
+            stack: BranchStack::new(branches, Vec::new(), backings),
         }
     }
 

@@ -14,9 +14,10 @@ use std::path::Path;
 
 use nix::dir::Type;
 
-use crate::branch::{Branch, BranchStack};
+use crate::branch::Branch;
 use crate::error::Result;
-use crate::inode::{Kind, Layer};
+use crate::inode::{Kind, Layer, MergedEntry};
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::whiteout::{self, NameClass, Opacity};
 
@@ -34,17 +35,6 @@ pub enum LayerEntry {
     },
     /// A whiteout of `name` for the layers below.
     Whiteout(OsString),
-}
-
-/// One entry of a merged listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MergedEntry {
-    /// Its name.
-    pub name: OsString,
-    /// Type of the topmost instance.
-    pub kind: Kind,
-    /// Union inode number of the topmost instance.
-    pub ino: u64,
 }
 
 /// Merges the layers of one directory, topmost first.

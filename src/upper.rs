@@ -1,6 +1,8 @@
 //! The writable side of the union: the staging area (workdir), the
-//! whiteout/opaque writers for the chosen format, and atomic placement of
-//! staged objects into the upper.
+//! whiteout/opaque writers for the chosen format, atomic placement of
+//! staged objects into the upper, and the writer's settings (copy-up data
+//! `Strategy`, durability, metacopy). One `Upper` per writable branch, held
+//! by the branch stack snapshot (`stack::BranchStack::writer`).
 //!
 //! Invariant: every object that becomes visible through a write is either
 //! created in place by one syscall, or built completely in the workdir and
@@ -16,11 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::errno::Errno;
 
 use crate::branch::{Branch, BranchId};
-use crate::config::WhiteoutFormat;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::RenameMode;
-use crate::whiteout;
+use crate::whiteout::{self, WhiteoutFormat};
 
 /// Which xattr namespace the union writes its own attributes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,18 @@ impl XattrNs {
             XattrNs::User => "user",
         }
     }
+}
+
+/// How copy-up moves data: the one way `copyup=` allows (`Upper::copy_strategy`),
+/// and which way a copy took (`copy_up::copy_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// FICLONE: extents shared, nothing copied.
+    Reflink,
+    /// copy_file_range over the data extents.
+    CopyFileRange,
+    /// pread/pwrite over the data extents.
+    ReadWrite,
 }
 
 /// Names of the workdir's parts.
@@ -70,7 +83,7 @@ pub struct Upper {
     /// Metadata changes of a lower file copy its metadata only.
     pub metacopy: bool,
     /// The one way copy-up may move data (`copyup=`); `None`: the best that works.
-    pub copy_strategy: Option<crate::copy_up::Strategy>,
+    pub copy_strategy: Option<Strategy>,
     seq: AtomicU64,
 }
 
@@ -237,7 +250,7 @@ impl Upper {
     pub fn write_aufs_whiteout_only(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         let wh = whiteout::whiteout_name(name);
         if wh.len() > 255 {
-            return Err(Error::sys("whiteout", Errno::ENAMETOOLONG));
+            return Err(Error::NameTooLong);
         }
         match sys::fs::create_at(dir, &wh, nix::fcntl::OFlag::O_WRONLY, 0) {
             Ok(_) => Ok(()),
@@ -317,7 +330,7 @@ impl Upper {
                     sys::fs::rename_at(self.work.as_fd(), tmp, dir, name, RenameMode::Replace)
                 }
             }
-            Some(_) => Err(Error::sys("place", Errno::EEXIST)),
+            Some(_) => Err(Error::Exists),
         };
         if r.is_err() {
             self.discard(tmp);

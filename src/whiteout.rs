@@ -1,5 +1,6 @@
 //! The on-disk vocabulary of unions: whiteouts, opaque markers, redirects,
-//! and the names and xattrs that are private to the union.
+//! the names and xattrs that are private to the union, and the formats a
+//! union may write them in (`WhiteoutFormat`).
 //!
 //! Invariant: this module alone decides what a raw branch name or xattr
 //! means; everything else asks it. Pure functions only; takes no locks.
@@ -202,6 +203,37 @@ pub fn strip_hidden(name: &OsStr) -> Option<&OsStr> {
         .strip_suffix(HIDDEN_SUFFIX.as_bytes())
         .filter(|s| !s.is_empty())
         .map(OsStr::from_bytes)
+}
+
+/// The format whiteouts and opaque markers are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutFormat {
+    /// `.wh.<name>` files and `.wh..wh..opq` (no privilege needed; an OCI layer as is).
+    #[default]
+    Aufs,
+    /// char 0:0 devices and `*.overlay.opaque=y` (kernel overlayfs can mount it).
+    Overlay,
+}
+
+impl WhiteoutFormat {
+    /// The NAME_MAX of a union writing this format: names longer than it
+    /// are neither created nor found. AUFS whiteouts prefix a name with
+    /// `.wh.`, so every name the union creates must leave room for it.
+    pub fn name_max(self) -> usize {
+        match self {
+            WhiteoutFormat::Aufs => AUFS_NAME_MAX,
+            WhiteoutFormat::Overlay => NAME_MAX,
+        }
+    }
+}
+
+impl std::fmt::Display for WhiteoutFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WhiteoutFormat::Aufs => "aufs",
+            WhiteoutFormat::Overlay => "overlay",
+        })
+    }
 }
 
 #[cfg(test)]

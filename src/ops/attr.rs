@@ -13,6 +13,7 @@ use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::handle::{Fh, Handle};
 use crate::inode::{Ino, Kind};
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::sys::fs::SetTime;
 
@@ -45,29 +46,37 @@ pub const X_OK: u32 = 1;
 impl UnionFs {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let snapshot = self.stack.load_full();
+        self.getattr_in(&snapshot, ino)
+    }
+
+    /// `getattr` on the operation's stack snapshot.
+    pub(super) fn getattr_in(&self, stack: &BranchStack, ino: Ino) -> Result<Attr> {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let st = sys::fs::fstat(state.top()?.fd()?.as_fd())?;
-        Ok(self.attr_of(ino, &st, &state))
+        Ok(self.attr_of(stack, ino, &st, &state))
     }
 
     /// Attributes of `ino` as seen through open handle `fh` (fstat(2)),
     /// which also works for a file unlinked since it was opened.
     pub fn getattr_fh(&self, ino: Ino, fh: Fh) -> Result<Attr> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         let h = self.handles.file(fh)?;
         let Handle::File(f) = &*h else {
-            return self.getattr(ino);
+            return self.getattr_in(stack, ino);
         };
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         if state.is_metacopy() {
             // The fd is on the data below; the attributes are the top's.
-            return self.getattr(ino);
+            return self.getattr_in(stack, ino);
         }
         // Through the fd reads use: the upper copy once a file opened on a
         // lower branch was copied up (its lower size is stale then).
-        let st = sys::fs::fstat(self.read_fd(f)?)?;
-        Ok(self.attr_of(ino, &st, &state))
+        let st = sys::fs::fstat(self.read_fd(stack, f)?)?;
+        Ok(self.attr_of(stack, ino, &st, &state))
     }
 
     /// Target of symlink `ino`.
@@ -83,8 +92,10 @@ impl UnionFs {
     /// `access(2)` by the classic owner/group/other rules (used when the
     /// kernel does not check permissions itself).
     pub fn access(&self, ino: Ino, mask: u32, caller: Caller) -> Result<()> {
-        let attr = self.getattr(ino)?;
-        if mask & W_OK != 0 && self.stack.upper().is_none() {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
+        let attr = self.getattr_in(stack, ino)?;
+        if mask & W_OK != 0 && stack.upper().is_none() {
             return Err(Error::ReadOnly);
         }
         let perm = u32::from(attr.perm);
@@ -111,10 +122,11 @@ impl UnionFs {
     /// Statistics of the filesystem new objects land on (the upper, else the
     /// topmost lower).
     pub fn statfs(&self) -> Result<StatFs> {
-        let b = self
-            .stack
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
+        let b = stack
             .upper()
-            .or_else(|| self.stack.iter().next())
+            .or_else(|| stack.iter().next())
             .ok_or(Error::StaleInode)?;
         let s = sys::fs::statvfs(b.root())?;
         Ok(StatFs {
@@ -158,13 +170,15 @@ impl UnionFs {
     /// chmod/chown/truncate/utimens: copies a lower object up (without its
     /// data when it is truncated to zero), then changes the upper instance.
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
         let data = match set.size {
             Some(0) => CopyUpData::Empty,
             Some(_) => CopyUpData::Full,
             None => CopyUpData::Meta,
         };
-        let state = self.copy_up(ino, data)?;
+        let state = self.copy_up(stack, ino, data)?;
         let fd = state.top()?.fd()?;
         if let Some(size) = set.size {
             if node.kind == Kind::Dir {
@@ -198,6 +212,6 @@ impl UnionFs {
             )?;
         }
         let st = sys::fs::fstat(fd.as_fd())?;
-        Ok(self.attr_of(ino, &st, &state))
+        Ok(self.attr_of(stack, ino, &st, &state))
     }
 }

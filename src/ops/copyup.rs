@@ -20,6 +20,7 @@ use crate::copy_up::{self, CopyUpData};
 use crate::error::{Error, Result};
 use crate::inode::{Ino, Kind, Layer, NodeState, ROOT_INO};
 use crate::lookup::{self, Found};
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::sys::fs::SetTime;
 use crate::upper::Upper;
@@ -49,43 +50,49 @@ pub(super) const COPY_LOCKS: usize = 64;
 
 impl UnionFs {
     /// The upper machinery, or EROFS for a read-only union.
-    pub(super) fn upper_ctx(&self) -> Result<&Upper> {
-        self.upper.as_ref().ok_or(Error::ReadOnly)
+    pub(super) fn upper_ctx<'s>(&self, stack: &'s BranchStack) -> Result<&'s Upper> {
+        stack.writer().ok_or(Error::ReadOnly)
     }
 
     /// A layer for an object in the upper.
     /// (`path`: the object's union path, which is also its path in the upper.)
     pub(super) fn upper_layer(
         &self,
+        stack: &BranchStack,
         fd: std::os::fd::OwnedFd,
         path: PathBuf,
         indexed: bool,
     ) -> Result<Layer> {
-        let upper = self.upper_ctx()?;
-        let branch = self.stack.get(upper.branch).ok_or(Error::StaleInode)?;
+        let upper = self.upper_ctx(stack)?;
+        let branch = stack.get(upper.branch).ok_or(Error::StaleInode)?;
         let mut l = Layer::new(branch, fd, path);
         l.indexed = indexed;
         Ok(l)
     }
 
     /// True when the topmost instance of `state` is in the upper.
-    pub(super) fn in_upper(&self, state: &NodeState) -> bool {
-        match (&self.upper, state.layers.first()) {
+    pub(super) fn in_upper(&self, stack: &BranchStack, state: &NodeState) -> bool {
+        match (stack.writer(), state.layers.first()) {
             (Some(u), Some(l)) => l.branch == u.branch && !l.indexed,
             _ => false,
         }
     }
 
     /// Ensures node `ino` has an upper instance and returns its state.
-    pub(super) fn copy_up(&self, ino: Ino, data: CopyUpData) -> Result<NodeState> {
-        self.upper_ctx()?;
+    pub(super) fn copy_up(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        data: CopyUpData,
+    ) -> Result<NodeState> {
+        self.upper_ctx(stack)?;
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         // An indexed hard link already has its upper data, whatever name
         // the node was last seen under (that name may be gone).
-        if self.in_upper(&state) || state.layers.first().is_some_and(|l| l.indexed) {
+        if self.in_upper(stack, &state) || state.layers.first().is_some_and(|l| l.indexed) {
             if state.is_metacopy() && data != CopyUpData::Meta {
-                return self.complete_data(ino, state, data);
+                return self.complete_data(stack, ino, state, data);
             }
             return Ok(state);
         }
@@ -95,37 +102,42 @@ impl UnionFs {
         // Parents first, through the inode table: ancestors already in the
         // upper cost nothing, and each missing one is looked up once.
         let parent = state.parent;
-        let mut pstate = self.copy_up(parent, CopyUpData::Full)?;
+        let mut pstate = self.copy_up(stack, parent, CopyUpData::Full)?;
         let ppath = self.inodes.path_of(parent)?;
-        self.copy_up_one(parent, &mut pstate, &ppath, &state.name, None, data)
+        self.copy_up_one(stack, parent, &mut pstate, &ppath, &state.name, None, data)
     }
 
     /// Walks `path` from the root, copying up each directory on the way
     /// and the final object. Returns the final object's state.
-    pub(super) fn copy_up_path(&self, path: &Path, data: CopyUpData) -> Result<NodeState> {
+    pub(super) fn copy_up_path(
+        &self,
+        stack: &BranchStack,
+        path: &Path,
+        data: CopyUpData,
+    ) -> Result<NodeState> {
         let mut ino = ROOT_INO;
         let mut state = self.inodes.get(ROOT_INO)?.snapshot();
-        if !self.in_upper(&state) {
+        if !self.in_upper(stack, &state) {
             return Err(Error::ReadOnly);
         }
         let mut cur = PathBuf::new();
         let n = path.components().count();
         for (i, comp) in path.components().enumerate() {
             let name = comp.as_os_str();
-            let found = self.find_union(ino, &state, &cur, name)?;
+            let found = self.find_union(stack, ino, &state, &cur, name)?;
             if i + 1 < n && found.kind != Kind::Dir {
                 return Err(Error::NotDir);
             }
-            let cino = self.ino_of(&found);
+            let cino = self.ino_of(stack, &found);
             let this_data = if i + 1 == n { data } else { CopyUpData::Full };
-            let next = if self.in_upper(&found.state) {
+            let next = if self.in_upper(stack, &found.state) {
                 if found.state.is_metacopy() && this_data != CopyUpData::Meta {
-                    self.complete_data(cino, found.state, this_data)?
+                    self.complete_data(stack, cino, found.state, this_data)?
                 } else {
                     found.state
                 }
             } else {
-                self.copy_up_one(ino, &mut state, &cur, name, Some(found), this_data)?
+                self.copy_up_one(stack, ino, &mut state, &cur, name, Some(found), this_data)?
             };
             cur.push(name);
             ino = cino;
@@ -139,8 +151,13 @@ impl UnionFs {
     /// and in the live node, so the next lookups read those numbers.
     /// Called before the object that needs it appears there, so a failure
     /// (a full upper) fails the operation while nothing has changed.
-    pub(super) fn mark_impure(&self, ino: Ino, state: &mut NodeState) -> Result<()> {
-        let Some(upper) = &self.upper else {
+    pub(super) fn mark_impure(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        state: &mut NodeState,
+    ) -> Result<()> {
+        let Some(upper) = stack.writer() else {
             return Ok(());
         };
         let Some(l) = state.layers.first_mut() else {
@@ -163,11 +180,16 @@ impl UnionFs {
     /// The index entry name of hard-linked lower file `found` (union inode
     /// `ino`), and the origin file handle to record when the index is the
     /// kernel's.
-    fn index_key(&self, found: &Found, ino: Ino) -> Result<(std::ffi::OsString, Option<Vec<u8>>)> {
-        let upper = self.upper_ctx()?;
+    fn index_key(
+        &self,
+        stack: &BranchStack,
+        found: &Found,
+        ino: Ino,
+    ) -> Result<(std::ffi::OsString, Option<Vec<u8>>)> {
+        let upper = self.upper_ctx(stack)?;
         if upper.kernel_index {
             let top = found.state.top()?;
-            let uuid = self.stack.get(top.branch).and_then(|b| b.fs_uuid);
+            let uuid = stack.get(top.branch).and_then(|b| b.fs_uuid);
             let handle = sys::fs::name_to_handle(top.fd()?.as_fd()).ok();
             if let Some(fh) = handle.zip(uuid).and_then(|(h, u)| overlay_fh(&h, &u)) {
                 return Ok((hex(&fh), Some(fh)));
@@ -180,12 +202,13 @@ impl UnionFs {
     /// metadata of its top instance, the data of its data instance.
     fn stage_found(
         &self,
+        stack: &BranchStack,
         found: &Found,
         ino: Ino,
         data: CopyUpData,
     ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd)> {
         copy_up::stage(
-            self.upper_ctx()?,
+            self.upper_ctx(stack)?,
             &*found.state.top()?.fd()?,
             &*found.state.data()?.fd()?,
             &found.stat,
@@ -203,14 +226,15 @@ impl UnionFs {
     /// name, its fd and the index entry's name.
     fn stage_into_index(
         &self,
+        stack: &BranchStack,
         found: &Found,
         ino: Ino,
         data: CopyUpData,
         upper_links: u64,
     ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd, std::ffi::OsString)> {
-        let upper = self.upper_ctx()?;
-        let (iname, origin) = self.index_key(found, ino)?;
-        let (tmp, tfd) = self.stage_found(found, ino, data)?;
+        let upper = self.upper_ctx(stack)?;
+        let (iname, origin) = self.index_key(stack, found, ino)?;
+        let (tmp, tfd) = self.stage_found(stack, found, ino, data)?;
         let offset = i64::try_from(found.stat.st_nlink).unwrap_or(i64::MAX)
             - i64::try_from(upper_links).unwrap_or(0);
         let linked = origin
@@ -229,21 +253,26 @@ impl UnionFs {
     /// name was copied up, the upper data from the index.
     pub(super) fn find_union(
         &self,
+        stack: &BranchStack,
         pino: Ino,
         pstate: &NodeState,
         ppath: &Path,
         name: &OsStr,
     ) -> Result<Found> {
-        let mut found = lookup::lookup(&self.stack, Some(&self.faults), pino, pstate, ppath, name)?;
-        if let Some(upper) = &self.upper {
-            if found.kind == Kind::File && found.stat.st_nlink > 1 && !self.in_upper(&found.state) {
-                let ino = self.ino_of(&found);
-                let (iname, _) = self.index_key(&found, ino)?;
+        let mut found = lookup::lookup(stack, Some(&self.faults), pino, pstate, ppath, name)?;
+        if let Some(upper) = stack.writer() {
+            if found.kind == Kind::File
+                && found.stat.st_nlink > 1
+                && !self.in_upper(stack, &found.state)
+            {
+                let ino = self.ino_of(stack, &found);
+                let (iname, _) = self.index_key(stack, &found, ino)?;
                 match sys::fs::open_path_at(upper.index.as_fd(), &iname) {
                     Ok(fd) => {
                         found.stat = sys::fs::fstat(fd.as_fd())?;
                         found.recorded_ino = Some(ino.0);
-                        found.state.layers = vec![self.upper_layer(fd, ppath.join(name), true)?];
+                        found.state.layers =
+                            vec![self.upper_layer(stack, fd, ppath.join(name), true)?];
                     }
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
@@ -255,19 +284,19 @@ impl UnionFs {
 
     /// Copies a hard-linked lower file into the index only (no name in the
     /// upper), so its other names keep finding it after this name goes.
-    pub(super) fn copy_up_to_index(&self, found: &Found) -> Result<NodeState> {
-        let upper = self.upper_ctx()?;
+    pub(super) fn copy_up_to_index(&self, stack: &BranchStack, found: &Found) -> Result<NodeState> {
+        let upper = self.upper_ctx(stack)?;
         if found.state.top()?.indexed {
             return Ok(found.state.clone());
         }
-        let ino = self.ino_of(found);
+        let ino = self.ino_of(stack, found);
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
-        let (iname, _) = self.index_key(found, ino)?;
+        let (iname, _) = self.index_key(stack, found, ino)?;
         let fd = match sys::fs::open_path_at(upper.index.as_fd(), &iname) {
             Ok(fd) => fd,
             Err(e) if e.is_not_found() => {
                 // Its only upper name will be the index entry.
-                let (tmp, _, _) = self.stage_into_index(found, ino, CopyUpData::Full, 1)?;
+                let (tmp, _, _) = self.stage_into_index(stack, found, ino, CopyUpData::Full, 1)?;
                 upper.discard(&tmp);
                 sys::fs::open_path_at(upper.index.as_fd(), &iname)?
             }
@@ -276,7 +305,8 @@ impl UnionFs {
         let state = NodeState {
             parent: found.state.parent,
             name: found.state.name.clone(),
-            layers: vec![self.upper_layer(fd, PathBuf::new(), true)?],
+            layers: vec![self.upper_layer(stack, fd, PathBuf::new(), true)?],
+            generation: stack.generation(),
         };
         self.inodes.refresh(ino, Kind::File, state.clone());
         Ok(state)
@@ -291,11 +321,12 @@ impl UnionFs {
     /// is not in the inode table.)
     pub(super) fn complete_data(
         &self,
+        stack: &BranchStack,
         ino: Ino,
         state: NodeState,
         data: CopyUpData,
     ) -> Result<NodeState> {
-        let upper = self.upper_ctx()?;
+        let upper = self.upper_ctx(stack)?;
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
         let state = self.inodes.get(ino).map_or(state, |n| n.snapshot());
         if !state.is_metacopy() {
@@ -324,7 +355,7 @@ impl UnionFs {
             if let Some(v) = cap {
                 sys::xattr::set(tfd.as_fd(), caps, &v, 0)?;
                 // A listing while the data was written saw it gone.
-                crate::backing::forget_xattrs();
+                self.backings.forget_xattrs();
             }
             sys::fs::chmod_fd(tfd.as_fd(), st.st_mode & 0o7777)?;
             sys::fs::utimes_fd(
@@ -342,6 +373,8 @@ impl UnionFs {
             parent: state.parent,
             name: state.name.clone(),
             layers: vec![layer],
+            // Nothing was resolved again: the layer is the one it had.
+            generation: state.generation,
         };
         self.inodes.refresh(ino, Kind::File, done.clone());
         // Its blocks are the upper file's now.
@@ -351,8 +384,10 @@ impl UnionFs {
 
     /// Copies up `name`, whose parent (`pstate`, at `ppath`) already has an
     /// upper instance; `found` is its lookup, if the caller has one.
+    #[allow(clippy::too_many_arguments)] // the operation's stack snapshot is the 8th
     fn copy_up_one(
         &self,
+        stack: &BranchStack,
         pino: Ino,
         pstate: &mut NodeState,
         ppath: &Path,
@@ -360,31 +395,31 @@ impl UnionFs {
         found: Option<Found>,
         data: CopyUpData,
     ) -> Result<NodeState> {
-        let upper = self.upper_ctx()?;
+        let upper = self.upper_ctx(stack)?;
         let player = pstate.top()?.clone();
         let pfd_arc = player.fd()?;
         let pfd = pfd_arc.as_fd();
         let mut found = match found {
             Some(f) => f,
-            None => self.find_union(pino, pstate, ppath, name)?,
+            None => self.find_union(stack, pino, pstate, ppath, name)?,
         };
-        if self.in_upper(&found.state) {
+        if self.in_upper(stack, &found.state) {
             if found.state.is_metacopy() && data != CopyUpData::Meta {
-                return self.complete_data(self.ino_of(&found), found.state, data);
+                return self.complete_data(stack, self.ino_of(stack, &found), found.state, data);
             }
             return Ok(found.state);
         }
-        let ino = self.ino_of(&found);
+        let ino = self.ino_of(stack, &found);
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
         // Another writer may have finished this copy-up while we waited (the
         // name is in the upper now), or copied up another name of this
         // hard-linked file (its data is in the index now): look again.
         let raced = sys::fs::stat_at(pfd, name).is_ok()
-            || (upper.format == crate::config::WhiteoutFormat::Aufs
+            || (upper.format == crate::whiteout::WhiteoutFormat::Aufs
                 && sys::fs::stat_at(pfd, &crate::whiteout::whiteout_name(name)).is_ok());
         if raced || (found.kind == Kind::File && found.stat.st_nlink > 1) {
-            found = self.find_union(pino, pstate, ppath, name)?;
-            if self.in_upper(&found.state) {
+            found = self.find_union(stack, pino, pstate, ppath, name)?;
+            if self.in_upper(stack, &found.state) {
                 return Ok(found.state);
             }
         }
@@ -409,7 +444,7 @@ impl UnionFs {
         // The copy carries its recorded inode number; the parent must say
         // so before the copy appears in it (else, after a remount, the
         // number would not be read and st_ino would change).
-        self.mark_impure(pino, pstate)?;
+        self.mark_impure(stack, pino, pstate)?;
         // Each branch undoes its own staging when placing fails, so a
         // refused copy-up (a full upper) leaves nothing behind.
         if top.indexed {
@@ -431,7 +466,7 @@ impl UnionFs {
             // Keep the lower hard links together (overlayfs index=on): the
             // other names find this copy through the index. Two upper
             // names once placed: the index entry and this one.
-            let (tmp, _, iname) = self.stage_into_index(&found, ino, data, 2)?;
+            let (tmp, _, iname) = self.stage_into_index(stack, &found, ino, data, 2)?;
             if let Err(e) = upper.place(&tmp, pfd, name, false) {
                 // An index entry without its name would make the other
                 // names report a wrong link count: take it back.
@@ -439,7 +474,7 @@ impl UnionFs {
                 return Err(e);
             }
         } else {
-            let tmp = self.stage_found(&found, ino, data)?.0;
+            let tmp = self.stage_found(stack, &found, ino, data)?.0;
             upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
         }
         // Copy-up is not a change of the parent: keep its times (as overlayfs does).
@@ -449,7 +484,7 @@ impl UnionFs {
             SetTime::At(pst.st_mtime, pst.st_mtime_nsec),
         );
         let nfd = sys::fs::open_path_at(pfd, name)?;
-        let mut layers = vec![self.upper_layer(nfd, ppath.join(name), false)?];
+        let mut layers = vec![self.upper_layer(stack, nfd, ppath.join(name), false)?];
         if data == CopyUpData::Meta {
             layers[0].metacopy = true;
             layers.push(found.state.data()?.clone());
@@ -466,6 +501,7 @@ impl UnionFs {
             parent: pino,
             name: name.to_os_string(),
             layers,
+            generation: stack.generation(),
         };
         self.inodes.refresh(ino, found.kind, state.clone());
         Ok(state)

@@ -13,9 +13,10 @@ use parking_lot::Mutex;
 
 use super::{DirEntryOut, Entry, UnionFs};
 use crate::error::{Error, Result};
-use crate::handle::{DirHandle, Fh, Handle, Listing};
-use crate::inode::{Ino, Kind};
-use crate::readdir::{self, MergedEntry};
+use crate::handle::{DirHandle, Fh, Handle};
+use crate::inode::{Ino, Kind, Listing, MergedEntry};
+use crate::readdir;
+use crate::stack::BranchStack;
 
 /// The handle the kernel passes when it does not open directories.
 pub const NO_HANDLE: Fh = Fh(0);
@@ -39,11 +40,11 @@ impl UnionFs {
     }
 
     /// The merged listing of directory `ino`, `.` and `..` first.
-    fn snapshot_dir(&self, ino: Ino) -> Result<Vec<MergedEntry>> {
+    fn snapshot_dir(&self, stack: &BranchStack, ino: Ino) -> Result<Vec<MergedEntry>> {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let path = self.inodes.path_of(ino)?;
-        let layers = readdir::layer_listings(&self.stack, &state.layers, &path)?;
+        let layers = readdir::layer_listings(stack, &state.layers, &path)?;
         let merged = readdir::merge(&layers);
         let mut out = Vec::with_capacity(merged.len() + 2);
         out.push(MergedEntry {
@@ -63,23 +64,35 @@ impl UnionFs {
     /// The listing of directory `ino` read through handle `fh` from
     /// `offset` on: a snapshot per handle, or — without a handle (`Fh(0)`,
     /// the kernel's no-opendir mode) — per directory, retaken at offset 0.
-    fn listing(&self, ino: Ino, fh: Fh, offset: u64) -> Result<Arc<Vec<MergedEntry>>> {
+    fn listing(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        fh: Fh,
+        offset: u64,
+    ) -> Result<Arc<Vec<MergedEntry>>> {
         if fh == NO_HANDLE {
             let node = self.inodes.get(ino)?;
             if node.kind != Kind::Dir {
                 return Err(Error::NotDir);
             }
-            return self.listing_in(ino, &mut node.listing.lock(), offset);
+            return self.listing_in(stack, ino, &mut node.listing.lock(), offset);
         }
         let h = self.handles.get(fh)?;
         let Handle::Dir(d) = &*h else {
             return Err(Error::NotDir);
         };
         let mut l = d.listing.lock();
-        self.listing_in(d.ino, &mut l, offset)
+        self.listing_in(stack, d.ino, &mut l, offset)
     }
 
-    fn listing_in(&self, ino: Ino, l: &mut Listing, offset: u64) -> Result<Arc<Vec<MergedEntry>>> {
+    fn listing_in(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        l: &mut Listing,
+        offset: u64,
+    ) -> Result<Arc<Vec<MergedEntry>>> {
         if offset != 0 && l.entries.is_none() && l.eof == Some(offset) {
             return Ok(Arc::new(Vec::new()));
         }
@@ -89,7 +102,7 @@ impl UnionFs {
         let entries = match &l.entries {
             Some(e) if !stale => Arc::clone(e),
             _ => {
-                let e = Arc::new(self.snapshot_dir(ino)?);
+                let e = Arc::new(self.snapshot_dir(stack, ino)?);
                 l.entries = Some(Arc::clone(&e));
                 e
             }
@@ -106,7 +119,9 @@ impl UnionFs {
         offset: u64,
         mut add: impl FnMut(&DirEntryOut) -> bool,
     ) -> Result<()> {
-        let entries = self.listing(ino, fh, offset)?;
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
+        let entries = self.listing(stack, ino, fh, offset)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
             let out = DirEntryOut {
@@ -146,21 +161,23 @@ impl UnionFs {
         offset: u64,
         mut add: impl FnMut(&DirEntryOut, &Entry) -> bool,
     ) -> Result<()> {
-        let entries = self.listing(ino, fh, offset)?;
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
+        let entries = self.listing(stack, ino, fh, offset)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
             let dots = i < 2;
             let entry = if dots {
                 let target = if i == 0 { ino } else { Ino(e.ino) };
-                match self.getattr(target) {
+                match self.getattr_in(stack, target) {
                     Ok(attr) => Entry { attr },
                     // The parent may be forgotten already: fall back to self.
                     Err(_) => Entry {
-                        attr: self.getattr(ino)?,
+                        attr: self.getattr_in(stack, ino)?,
                     },
                 }
             } else {
-                match self.lookup(ino, &e.name) {
+                match self.lookup_node(stack, ino, &e.name).map(|(e, _)| e) {
                     Ok(entry) => entry,
                     // Removed since the snapshot: skip it.
                     Err(err) if err.is_not_found() => continue,
@@ -194,9 +211,11 @@ impl UnionFs {
 impl UnionFs {
     /// fsync of a directory: its upper instance, if it has one.
     pub fn fsyncdir(&self, ino: Ino, data_only: bool) -> Result<()> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
-        if !self.in_upper(&state) {
+        if !self.in_upper(stack, &state) {
             return Ok(());
         }
         let fd = crate::sys::fs::reopen(

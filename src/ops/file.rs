@@ -17,6 +17,7 @@ use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::handle::{Fh, FileHandle, Handle};
 use crate::inode::{Ino, Kind};
+use crate::stack::BranchStack;
 use crate::sys;
 
 /// What `open` hands the FUSE adapter besides the handle.
@@ -55,6 +56,8 @@ impl UnionFs {
     /// Opens `ino` with open(2) `flags`; opening for writing (or with
     /// O_TRUNC) copies a lower object up first.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
         if node.kind == Kind::Dir {
             return Err(Error::IsDir);
@@ -67,7 +70,7 @@ impl UnionFs {
             } else {
                 CopyUpData::Full
             };
-            self.copy_up(ino, data)?
+            self.copy_up(stack, ino, data)?
         } else {
             node.snapshot()
         };
@@ -75,10 +78,10 @@ impl UnionFs {
         let top = state.data()?;
         let fd = sys::fs::reopen(top.fd()?.as_fd(), backing_flags(flags))?;
         let keep_cache = matches!(
-            self.stack.get(top.branch).map(|b| b.mode),
+            stack.get(top.branch).map(|b| b.mode),
             Some(BranchMode::ReadOnly)
         );
-        let on_upper = self.upper.as_ref().is_some_and(|u| u.branch == top.branch);
+        let on_upper = stack.writer().is_some_and(|u| u.branch == top.branch);
         let fh = self
             .handles
             .insert(Handle::File(FileHandle::new(ino, top.branch, fd)));
@@ -158,11 +161,15 @@ impl UnionFs {
 
     /// The fd to read through: the handle's own, unless the file was
     /// opened on a lower branch and has been copied up since.
-    pub(super) fn read_fd<'a>(&self, f: &'a FileHandle) -> Result<std::os::fd::BorrowedFd<'a>> {
+    pub(super) fn read_fd<'a>(
+        &self,
+        stack: &BranchStack,
+        f: &'a FileHandle,
+    ) -> Result<std::os::fd::BorrowedFd<'a>> {
         if let Some(fd) = f.upgraded.get() {
             return Ok(fd.as_fd());
         }
-        let Some(upper) = &self.upper else {
+        let Some(upper) = stack.writer() else {
             return Ok(f.fd.as_fd());
         };
         if f.branch == upper.branch {
@@ -185,12 +192,19 @@ impl UnionFs {
         let Handle::File(f) = &*h else {
             return Err(Error::IsDir);
         };
+        // The read path's snapshot: a guard (no shared refcount touched),
+        // held for this one short read.
+        let stack = self.stack.load();
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         // Short reads happen only at EOF for regular files; keep reading
         // otherwise so the kernel gets what it asked for.
         while done < buf.len() {
-            let n = sys::fs::pread(self.read_fd(f)?, &mut buf[done..], offset + done as u64)?;
+            let n = sys::fs::pread(
+                self.read_fd(&stack, f)?,
+                &mut buf[done..],
+                offset + done as u64,
+            )?;
             if n == 0 {
                 break;
             }
@@ -214,7 +228,7 @@ impl UnionFs {
             libc::SEEK_HOLE => Whence::SeekHole,
             _ => return Err(Error::Invalid),
         };
-        sys::fs::lseek(self.read_fd(f)?, offset, whence)
+        sys::fs::lseek(self.read_fd(&self.stack.load(), f)?, offset, whence)
     }
 
     /// Closes a file handle.

@@ -2,9 +2,16 @@
 //! called by the FUSE adapter (`fuse.rs`) and by tests and benches
 //! directly. Nothing here knows about fuser's replies.
 //!
-//! Invariant: every operation works on an `Arc<BranchStack>` snapshot and on
-//! node state snapshots, so no lock is held across a syscall on a branch.
-//! Locks: see `inode` (table shard, then node state) and `handle`.
+//! Invariant: every operation loads the branch stack once at its start
+//! (`self.stack.load_full()`, one `Arc<BranchStack>` snapshot: branches and
+//! their writers together) and hands that snapshot down to everything it
+//! calls; nothing loads it again mid-operation, so a stack replaced
+//! meanwhile (`replace_stack`) is seen by the next operation, never by half
+//! of this one. It works on node state snapshots too, so no lock is held
+//! across a syscall on a branch.
+//! Locks: the stack load is lock-free (`ArcSwap`); then see `inode` (table
+//! shard, then node state) and `handle`. `replace_stack` takes `replacing`
+//! (never on a request path) so that replacements are ordered.
 
 mod attr;
 mod copyup;
@@ -24,12 +31,11 @@ pub use attr::{SetAttr, StatFs};
 pub use file::Opened;
 pub use write::{NewObject, RenameHow};
 
-use crate::branch::BranchStack;
 use crate::error::Result;
 use crate::handle::HandleTable;
 use crate::inode::{Ino, InodeTable, Kind, NodeState};
 use crate::lookup;
-use crate::upper::Upper;
+use crate::stack::BranchStack;
 
 /// Attributes of a node as the union reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,8 +110,13 @@ pub struct CoreOptions {
 /// The union filesystem.
 #[derive(Debug)]
 pub struct UnionFs {
-    stack: Arc<BranchStack>,
-    upper: Option<Upper>,
+    /// The current branch stack (branches and writers); replaced whole.
+    stack: arc_swap::ArcSwap<BranchStack>,
+    /// Orders stack replacements (generation = previous + 1).
+    replacing: parking_lot::Mutex<()>,
+    /// This union's fd cache and xattr generation (shared with its
+    /// branches and backing objects; never with another union).
+    backings: Arc<crate::backing::Backings>,
     inodes: InodeTable,
     handles: HandleTable,
     opts: CoreOptions,
@@ -135,14 +146,15 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 }
 
 impl UnionFs {
-    /// Builds the union over `stack`.
-    pub fn new(stack: Arc<BranchStack>, upper: Option<Upper>, opts: CoreOptions) -> Result<Self> {
+    /// Builds the union over `stack` (its branches and writers).
+    pub fn new(stack: BranchStack, opts: CoreOptions) -> Result<Self> {
         let (root, _) = lookup::root(&stack)?;
         let inodes = InodeTable::default();
         inodes.insert_root(root);
         Ok(UnionFs {
-            stack,
-            upper,
+            backings: Arc::clone(stack.backings()),
+            stack: arc_swap::ArcSwap::from_pointee(stack),
+            replacing: parking_lot::Mutex::new(()),
             inodes,
             handles: HandleTable::default(),
             opts,
@@ -200,9 +212,33 @@ impl UnionFs {
         }
     }
 
-    /// The branch stack.
-    pub fn stack(&self) -> &Arc<BranchStack> {
-        &self.stack
+    /// The current branch stack snapshot.
+    pub fn stack(&self) -> Arc<BranchStack> {
+        self.stack.load_full()
+    }
+
+    /// Replaces the branch stack with `new`, one generation above the
+    /// current one and keeping its device numbering (`BranchStack::succeed`);
+    /// returns the stack replaced. Operations already running finish on
+    /// the snapshot they loaded; nodes keep the generation they were
+    /// resolved with (`NodeState::generation`). `new`'s branches must have
+    /// been opened with this union's backing state (`UnionFs::backings`).
+    pub fn replace_stack(&self, new: BranchStack) -> Result<Arc<BranchStack>> {
+        let _order = self.replacing.lock();
+        let old = self.stack.load_full();
+        let new = Arc::new(new.succeed(&old)?);
+        self.stack.store(new);
+        Ok(old)
+    }
+
+    /// This union's backing state, to open branches for `replace_stack` with.
+    pub fn backings(&self) -> &Arc<crate::backing::Backings> {
+        &self.backings
+    }
+
+    /// Number of backing fds this union's cache holds right now.
+    pub fn cached_fds(&self) -> usize {
+        self.backings.cached_fds()
     }
 
     /// Number of inodes the kernel currently holds.
@@ -217,11 +253,11 @@ impl UnionFs {
 
     /// The union link count recorded on an upper copy of a hard-linked
     /// lower file (its own count also counts the index entry).
-    fn recorded_nlink(&self, state: &NodeState, st: &FileStat) -> Option<u32> {
+    fn recorded_nlink(&self, stack: &BranchStack, state: &NodeState, st: &FileStat) -> Option<u32> {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return None;
         }
-        let upper = self.upper.as_ref()?;
+        let upper = stack.writer()?;
         let top = state.layers.first().filter(|l| l.branch == upper.branch)?;
         // Only files of the index have a recorded count; they are linked
         // there, so an upper name of one has a count of two or more.
@@ -234,8 +270,8 @@ impl UnionFs {
     }
 
     /// Shifts the recorded link-count offset of an upper file, if it has one.
-    fn shift_nlink(&self, state: &NodeState, by: i64) -> Result<()> {
-        let (Some(upper), Some(top)) = (&self.upper, state.layers.first()) else {
+    fn shift_nlink(&self, stack: &BranchStack, state: &NodeState, by: i64) -> Result<()> {
+        let (Some(upper), Some(top)) = (stack.writer(), state.layers.first()) else {
             return Ok(());
         };
         if top.branch != upper.branch || by == 0 {
@@ -245,13 +281,13 @@ impl UnionFs {
     }
 
     /// The union attributes of node `ino` whose topmost instance has `st`.
-    fn attr_of(&self, ino: Ino, st: &FileStat, state: &NodeState) -> Attr {
+    fn attr_of(&self, stack: &BranchStack, ino: Ino, st: &FileStat, state: &NodeState) -> Attr {
         let kind = Kind::from_mode(st.st_mode);
         // Counting a merged directory's subdirectories across branches is
         // costly; like overlayfs we report 1 ("unknown") for merged dirs.
         let nlink = if kind == Kind::Dir && state.is_merged() {
             1
-        } else if let Some(n) = self.recorded_nlink(state, st) {
+        } else if let Some(n) = self.recorded_nlink(stack, state, st) {
             n
         } else {
             u32::try_from(st.st_nlink).unwrap_or(u32::MAX)
@@ -279,5 +315,109 @@ impl UnionFs {
             rdev: u32::try_from(st.st_rdev).unwrap_or(0),
             blksize: u32::try_from(st.st_blksize).unwrap_or(4096),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    //! Replacing the branch stack, on temp dirs (no mount, no privilege).
+
+    use std::ffi::OsStr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::backing::Backings;
+    use crate::branch::{Branch, BranchId, BranchMode};
+    use crate::error::Error;
+    use crate::inode::ROOT_INO;
+    use crate::upper::{Upper, XattrNs};
+    use crate::whiteout::WhiteoutFormat;
+
+    /// Upper (with its writer) over one lower, opened with `backings`.
+    fn open(dir: &Path, backings: &Arc<Backings>) -> BranchStack {
+        let ub = Branch::open(
+            BranchId(0),
+            &dir.join("upper"),
+            BranchMode::ReadWrite,
+            false,
+            backings,
+        )
+        .unwrap();
+        let up = Upper::open(
+            &ub,
+            Some(&dir.join("work")),
+            WhiteoutFormat::Aufs,
+            true,
+            XattrNs::User,
+        )
+        .unwrap();
+        let lb = Branch::open(
+            BranchId(1),
+            &dir.join("lower"),
+            BranchMode::ReadOnly,
+            false,
+            backings,
+        )
+        .unwrap();
+        BranchStack::new(vec![ub, lb], vec![up], Arc::clone(backings))
+    }
+
+    fn generation_of(fs: &UnionFs, ino: Ino) -> u64 {
+        fs.inodes.get(ino).unwrap().snapshot().generation
+    }
+
+    #[test]
+    fn a_replaced_stack_is_one_generation_up_and_serves_the_next_operation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for d in ["lower", "upper", "work"] {
+            std::fs::create_dir(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("lower/f"), b"f").unwrap();
+        std::fs::write(dir.join("lower/g"), b"g").unwrap();
+        let opts = CoreOptions {
+            name_max: WhiteoutFormat::Aufs.name_max(),
+        };
+        let fs = UnionFs::new(open(dir, &Backings::new(64)), opts).unwrap();
+        let first = fs.stack();
+        assert_eq!(first.generation(), 0);
+        let f = fs.lookup(ROOT_INO, OsStr::new("f")).unwrap().attr.ino;
+        assert_eq!(generation_of(&fs, f), 0);
+
+        let replaced = fs.replace_stack(open(dir, fs.backings())).unwrap();
+        assert!(
+            Arc::ptr_eq(&replaced, &first),
+            "returns the stack it replaced"
+        );
+        assert_eq!(fs.stack().generation(), 1);
+        // The old snapshot is untouched for whoever still holds it.
+        assert_eq!(first.generation(), 0);
+
+        // The next lookups resolve in the new stack; the device numbering
+        // is kept, so inode numbers do not change.
+        let again = fs.lookup(ROOT_INO, OsStr::new("f")).unwrap().attr.ino;
+        assert_eq!(again, f);
+        assert_eq!(generation_of(&fs, f), 1);
+        let g = fs.lookup(ROOT_INO, OsStr::new("g")).unwrap().attr.ino;
+        assert_eq!(generation_of(&fs, g), 1);
+
+        // Writes go through the new stack's writer.
+        let caller = Caller {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            pid: 0,
+        };
+        fs.create_object(ROOT_INO, OsStr::new("new"), NewObject::Dir, 0o755, caller)
+            .unwrap();
+        assert!(dir.join("upper/new").is_dir());
+        fs.unlink(ROOT_INO, OsStr::new("g")).unwrap();
+        assert!(dir.join("upper/.wh.g").exists());
+
+        // A stack whose branches were opened for another union's backing
+        // state is refused, and the union keeps its stack.
+        let foreign = open(dir, &Backings::new(64));
+        assert_eq!(fs.replace_stack(foreign).err(), Some(Error::Invalid));
+        assert_eq!(fs.stack().generation(), 1);
     }
 }

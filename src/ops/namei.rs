@@ -18,6 +18,7 @@ use super::{Entry, UnionFs};
 use crate::error::{Error, Result};
 use crate::inode::{Ino, Kind, Node};
 use crate::lookup;
+use crate::stack::BranchStack;
 
 /// Freed nodes between two returns of free heap memory to the system.
 const TRIM_EVERY: u64 = 4_096;
@@ -25,10 +26,17 @@ const TRIM_EVERY: u64 = 4_096;
 impl UnionFs {
     /// Looks `name` up in directory `parent`; counts one kernel lookup.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Entry> {
-        self.lookup_node(parent, name).map(|(e, _)| e)
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
+        self.lookup_node(stack, parent, name).map(|(e, _)| e)
     }
 
-    pub(super) fn lookup_node(&self, parent: Ino, name: &OsStr) -> Result<(Entry, Arc<Node>)> {
+    pub(super) fn lookup_node(
+        &self,
+        stack: &BranchStack,
+        parent: Ino,
+        name: &OsStr,
+    ) -> Result<(Entry, Arc<Node>)> {
         check_lookup_len(name)?;
         let pnode = self.inodes.get(parent)?;
         if pnode.kind != Kind::Dir {
@@ -37,10 +45,10 @@ impl UnionFs {
         let pstate = pnode.snapshot();
         let ppath = self.inodes.path_of(parent)?;
         let found = self
-            .find_union(parent, &pstate, &ppath, name)
+            .find_union(stack, parent, &pstate, &ppath, name)
             .map_err(|e| self.or_too_long(e, name))?;
-        let ino = self.ino_of(&found);
-        let attr = self.attr_of(ino, &found.stat, &found.state);
+        let ino = self.ino_of(stack, &found);
+        let attr = self.attr_of(stack, ino, &found.stat, &found.state);
         let node = self.inodes.remember(ino, found.kind, found.state);
         Ok((Entry { attr }, node))
     }
@@ -66,10 +74,10 @@ impl UnionFs {
 
     /// The union inode number of a found object: the one recorded at
     /// copy-up, else derived from the topmost instance.
-    pub(super) fn ino_of(&self, found: &lookup::Found) -> Ino {
+    pub(super) fn ino_of(&self, stack: &BranchStack, found: &lookup::Found) -> Ino {
         Ino(found
             .recorded_ino
-            .unwrap_or_else(|| self.stack.fold_ino(found.stat.st_dev, found.stat.st_ino)))
+            .unwrap_or_else(|| stack.fold_ino(found.stat.st_dev, found.stat.st_ino)))
     }
 
     /// Drops `n` kernel lookups of `ino`.

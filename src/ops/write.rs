@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::handle::{Fh, FileHandle, Handle};
 use crate::inode::{Ino, Kind, NodeState};
 use crate::lookup;
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::sys::fs::RenameMode;
 use crate::upper::{remove_tree, Upper};
@@ -88,15 +89,16 @@ impl UnionFs {
     /// that is plainly there puzzles. Changes nothing.
     fn check_whiteout_fits(
         &self,
+        stack: &BranchStack,
         upper: &Upper,
         pino: Ino,
         pstate: &NodeState,
         ppath: &Path,
         name: &OsStr,
     ) -> Result<()> {
-        if upper.format != crate::config::WhiteoutFormat::Aufs
+        if upper.format != crate::whiteout::WhiteoutFormat::Aufs
             || whiteout::aufs_whiteout_fits(name)
-            || !self.lower_has(pino, pstate, ppath, name)?
+            || !self.lower_has(stack, pino, pstate, ppath, name)?
         {
             return Ok(());
         }
@@ -114,12 +116,16 @@ impl UnionFs {
     }
 
     /// The union state of directory `ino` with an upper instance, and its path.
-    fn upper_parent(&self, ino: Ino) -> Result<(NodeState, std::path::PathBuf)> {
+    fn upper_parent(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+    ) -> Result<(NodeState, std::path::PathBuf)> {
         let node = self.inodes.get(ino)?;
         if node.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
-        let state = self.copy_up(ino, CopyUpData::Full)?;
+        let state = self.copy_up(stack, ino, CopyUpData::Full)?;
         Ok((state, self.inodes.path_of(ino)?))
     }
 
@@ -135,12 +141,13 @@ impl UnionFs {
     /// Looks `name` up in a directory state (no lookup counted).
     fn find(
         &self,
+        stack: &BranchStack,
         pino: Ino,
         pstate: &NodeState,
         ppath: &Path,
         name: &OsStr,
     ) -> Result<Option<lookup::Found>> {
-        match self.find_union(pino, pstate, ppath, name) {
+        match self.find_union(stack, pino, pstate, ppath, name) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -148,21 +155,29 @@ impl UnionFs {
     }
 
     /// Whether any lower branch (below the upper) shows `name` in this directory.
-    fn lower_has(&self, pino: Ino, pstate: &NodeState, ppath: &Path, name: &OsStr) -> Result<bool> {
+    fn lower_has(
+        &self,
+        stack: &BranchStack,
+        pino: Ino,
+        pstate: &NodeState,
+        ppath: &Path,
+        name: &OsStr,
+    ) -> Result<bool> {
         let lowers = NodeState {
             parent: pstate.parent,
             name: pstate.name.clone(),
             layers: pstate
                 .layers
                 .iter()
-                .filter(|l| Some(l.branch) != self.upper.as_ref().map(|u| u.branch))
+                .filter(|l| Some(l.branch) != stack.writer().map(|u| u.branch))
                 .cloned()
                 .collect(),
+            generation: pstate.generation,
         };
         if lowers.layers.is_empty() {
             return Ok(false);
         }
-        Ok(self.find(pino, &lowers, ppath, name)?.is_some())
+        Ok(self.find(stack, pino, &lowers, ppath, name)?.is_some())
     }
 
     /// Sets the owner of a new object to the caller (group from a setgid
@@ -267,16 +282,24 @@ impl UnionFs {
     }
 
     /// Registers a new upper object as a node (counts one lookup).
-    fn new_entry(&self, parent: Ino, ppath: &Path, name: &OsStr, fd: OwnedFd) -> Result<Entry> {
+    fn new_entry(
+        &self,
+        stack: &BranchStack,
+        parent: Ino,
+        ppath: &Path,
+        name: &OsStr,
+        fd: OwnedFd,
+    ) -> Result<Entry> {
         let st = sys::fs::fstat(fd.as_fd())?;
         let kind = Kind::from_mode(st.st_mode);
-        let ino = Ino(self.stack.fold_ino(st.st_dev, st.st_ino));
+        let ino = Ino(stack.fold_ino(st.st_dev, st.st_ino));
         let state = NodeState {
             parent,
             name: name.to_os_string(),
-            layers: vec![self.upper_layer(fd, ppath.join(name), false)?],
+            layers: vec![self.upper_layer(stack, fd, ppath.join(name), false)?],
+            generation: stack.generation(),
         };
-        let attr = self.attr_of(ino, &st, &state);
+        let attr = self.attr_of(stack, ino, &st, &state);
         self.inodes.remember(ino, kind, state);
         Ok(Entry { attr })
     }
@@ -290,20 +313,22 @@ impl UnionFs {
         mode: u32,
         caller: Caller,
     ) -> Result<(Entry, Option<Fh>)> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         self.check_new_name(name)?;
-        let upper = self.upper_ctx()?;
+        let upper = self.upper_ctx(stack)?;
         if let NewObject::Node { rdev } = what {
-            if upper.format == crate::config::WhiteoutFormat::Overlay
+            if upper.format == crate::whiteout::WhiteoutFormat::Overlay
                 && whiteout::is_char_whiteout(mode, rdev)
             {
                 // It would be read back as a whiteout: the name would vanish.
                 return Err(Error::Reserved);
             }
         }
-        let (pstate, ppath) = self.upper_parent(parent)?;
+        let (pstate, ppath) = self.upper_parent(stack, parent)?;
         let pfd = pstate.top()?.fd()?;
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
-        let entry = self.new_entry(parent, &ppath, name, fd)?;
+        let entry = self.new_entry(stack, parent, &ppath, name, fd)?;
         let fh = open.map(|fd| {
             self.handles.insert(Handle::File(FileHandle::new(
                 entry.attr.ino,
@@ -316,16 +341,18 @@ impl UnionFs {
 
     /// Links node `ino` as `newparent/newname`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Entry> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         self.check_new_name(newname)?;
-        let upper = self.upper_ctx()?;
+        let upper = self.upper_ctx(stack)?;
         let node = self.inodes.get(ino)?;
         if node.kind == Kind::Dir {
-            return Err(Error::sys("link", Errno::EPERM));
+            return Err(Error::LinkDir);
         }
-        let src = self.copy_up(ino, CopyUpData::Full)?;
-        let (mut pstate, _) = self.upper_parent(newparent)?;
+        let src = self.copy_up(stack, ino, CopyUpData::Full)?;
+        let (mut pstate, _) = self.upper_parent(stack, newparent)?;
         // The new name carries the node's recorded number, if it has one.
-        self.mark_impure(newparent, &mut pstate)?;
+        self.mark_impure(stack, newparent, &mut pstate)?;
         let pfd = pstate.top()?.fd()?;
         let sfd = src.top()?.fd()?;
         if upper.whiteout_at(pfd.as_fd(), newname)? {
@@ -339,26 +366,30 @@ impl UnionFs {
         // recorded offset stays as it is.
         // The node keeps its number; count the lookup the reply implies.
         let st = sys::fs::fstat(sfd.as_fd())?;
-        let attr = self.attr_of(ino, &st, &src);
+        let attr = self.attr_of(stack, ino, &st, &src);
         self.inodes.remember(ino, node.kind, src);
         Ok(Entry { attr })
     }
 
     /// unlink(2).
     pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
-        self.remove(parent, name, false)
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
+        self.remove(stack, parent, name, false)
     }
 
     /// rmdir(2): the merged view must be empty.
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
-        self.remove(parent, name, true)
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
+        self.remove(stack, parent, name, true)
     }
 
-    fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+    fn remove(&self, stack: &BranchStack, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
         super::namei::check_lookup_len(name)?;
-        let upper = self.upper_ctx()?;
+        let upper = self.upper_ctx(stack)?;
         if self
-            .remove_in_upper_only_dir(parent, name, dir)
+            .remove_in_upper_only_dir(stack, parent, name, dir)
             .map_err(|e| self.or_too_long(e, name))?
         {
             return Ok(());
@@ -366,22 +397,26 @@ impl UnionFs {
         // Everything that can fail is checked before anything is copied up.
         let (pstate, ppath) = self.dir_state(parent)?;
         let found = self
-            .find(parent, &pstate, &ppath, name)?
+            .find(stack, parent, &pstate, &ppath, name)?
             .ok_or_else(|| self.or_too_long(Error::NotFound, name))?;
         match (dir, found.kind == Kind::Dir) {
             (false, true) => return Err(Error::IsDir),
             (true, false) => return Err(Error::NotDir),
             _ => {}
         }
-        if dir && !self.merged_dir_is_empty(&found, &ppath.join(name))? {
-            return Err(Error::sys("rmdir", Errno::ENOTEMPTY));
+        if dir && !self.merged_dir_is_empty(stack, &found, &ppath.join(name))? {
+            return Err(Error::NotEmpty);
         }
-        self.check_whiteout_fits(upper, parent, &pstate, &ppath, name)?;
-        let (pstate, _) = self.upper_parent(parent)?;
+        self.check_whiteout_fits(stack, upper, parent, &pstate, &ppath, name)?;
+        let (pstate, _) = self.upper_parent(stack, parent)?;
         let pfd = pstate.top()?.fd()?;
-        let in_upper = self.in_upper(&found.state);
-        let lower_has = self.lower_has(parent, &pstate, &ppath, name)?;
-        let dropped = if dir { None } else { self.drop_name(&found)? };
+        let in_upper = self.in_upper(stack, &found.state);
+        let lower_has = self.lower_has(stack, parent, &pstate, &ppath, name)?;
+        let dropped = if dir {
+            None
+        } else {
+            self.drop_name(stack, &found)?
+        };
         let removed = match (in_upper, lower_has, dir) {
             (true, false, false) => sys::fs::unlink_at(pfd.as_fd(), name, false),
             (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false),
@@ -391,7 +426,7 @@ impl UnionFs {
             (false, false, _) => Err(Error::NotFound),
         };
         if removed.is_err() {
-            self.undrop_name(dropped);
+            self.undrop_name(stack, dropped);
         }
         removed
     }
@@ -402,9 +437,15 @@ impl UnionFs {
     /// file is unlinked; a directory that is not merged (no redirect) is
     /// removed when the upper holds nothing in it. Returns false when the
     /// general path must decide (merged parent or child, whiteouts left).
-    fn remove_in_upper_only_dir(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<bool> {
+    fn remove_in_upper_only_dir(
+        &self,
+        stack: &BranchStack,
+        parent: Ino,
+        name: &OsStr,
+        dir: bool,
+    ) -> Result<bool> {
         let pstate = self.inodes.get(parent)?.snapshot();
-        if pstate.layers.len() != 1 || !self.in_upper(&pstate) {
+        if pstate.layers.len() != 1 || !self.in_upper(stack, &pstate) {
             return Ok(false);
         }
         let pfd = pstate.top()?.fd()?;
@@ -432,10 +473,10 @@ impl UnionFs {
     /// Runs before the name goes, so a failure (a full upper) changes
     /// nothing; returns the state whose count was lowered, for
     /// `undrop_name` when removing the name then fails.
-    fn drop_name(&self, found: &lookup::Found) -> Result<Option<NodeState>> {
-        let in_upper = self.in_upper(&found.state);
+    fn drop_name(&self, stack: &BranchStack, found: &lookup::Found) -> Result<Option<NodeState>> {
+        let in_upper = self.in_upper(stack, &found.state);
         let state = if found.kind == Kind::File && found.stat.st_nlink > 1 && !in_upper {
-            self.copy_up_to_index(found)?
+            self.copy_up_to_index(stack, found)?
         } else {
             found.state.clone()
         };
@@ -444,22 +485,27 @@ impl UnionFs {
         if in_upper {
             return Ok(None);
         }
-        self.shift_nlink(&state, -1)?;
+        self.shift_nlink(stack, &state, -1)?;
         Ok(Some(state))
     }
 
     /// Undoes `drop_name`'s count change: the name did not go after all.
     /// (The index copy stays: it is complete, and the other names read the
     /// same data and count through it.)
-    fn undrop_name(&self, dropped: Option<NodeState>) {
+    fn undrop_name(&self, stack: &BranchStack, dropped: Option<NodeState>) {
         if let Some(state) = dropped {
-            let _ = self.shift_nlink(&state, 1);
+            let _ = self.shift_nlink(stack, &state, 1);
         }
     }
 
     /// True when the merged view of directory `found` (at `path`) lists nothing.
-    fn merged_dir_is_empty(&self, found: &lookup::Found, path: &Path) -> Result<bool> {
-        let layers = crate::readdir::layer_listings(&self.stack, &found.state.layers, path)?;
+    fn merged_dir_is_empty(
+        &self,
+        stack: &BranchStack,
+        found: &lookup::Found,
+        path: &Path,
+    ) -> Result<bool> {
+        let layers = crate::readdir::layer_listings(stack, &found.state.layers, path)?;
         Ok(crate::readdir::merge(&layers).is_empty())
     }
 
@@ -475,7 +521,7 @@ impl UnionFs {
     ) -> Result<()> {
         let tmp = upper.temp_name();
         match (whiteout, upper.format) {
-            (true, crate::config::WhiteoutFormat::Overlay) => {
+            (true, crate::whiteout::WhiteoutFormat::Overlay) => {
                 sys::fs::mknod_at(upper.work.as_fd(), &tmp, libc::S_IFCHR, 0)?;
                 if let Err(e) =
                     sys::fs::rename_at(upper.work.as_fd(), &tmp, dir, name, RenameMode::Exchange)
@@ -484,7 +530,7 @@ impl UnionFs {
                     return Err(e);
                 }
             }
-            (true, crate::config::WhiteoutFormat::Aufs) => {
+            (true, crate::whiteout::WhiteoutFormat::Aufs) => {
                 let had = upper.whiteout_at(dir, name)?;
                 upper.write_aufs_whiteout_only(dir, name)?;
                 if let Err(e) =
@@ -514,6 +560,8 @@ impl UnionFs {
         newname: &OsStr,
         how: RenameHow,
     ) -> Result<()> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         super::namei::check_lookup_len(name)?;
         if how == RenameHow::Exchange {
             // Both names exist already and stay: nothing new is named and
@@ -523,7 +571,7 @@ impl UnionFs {
         } else {
             self.check_new_name(newname)?;
         }
-        let upper = self.upper_ctx()?;
+        let upper = self.upper_ctx(stack)?;
         // Everything that can fail is checked before anything is copied up.
         let (pstate, ppath) = self.dir_state(parent)?;
         let (npstate, nppath) = if newparent == parent {
@@ -532,13 +580,13 @@ impl UnionFs {
             self.dir_state(newparent)?
         };
         let src = self
-            .find(parent, &pstate, &ppath, name)?
+            .find(stack, parent, &pstate, &ppath, name)?
             .ok_or_else(|| self.or_too_long(Error::NotFound, name))?;
-        let dst = self.find(newparent, &npstate, &nppath, newname)?;
-        let src_ino = self.ino_of(&src);
-        let dst_ino = dst.as_ref().map(|d| self.ino_of(d));
+        let dst = self.find(stack, newparent, &npstate, &nppath, newname)?;
+        let src_ino = self.ino_of(stack, &src);
+        let dst_ino = dst.as_ref().map(|d| self.ino_of(stack, d));
         match (how, &dst) {
-            (RenameHow::NoReplace, Some(_)) => return Err(Error::sys("rename", Errno::EEXIST)),
+            (RenameHow::NoReplace, Some(_)) => return Err(Error::Exists),
             (RenameHow::Exchange, None) => return Err(self.or_too_long(Error::NotFound, newname)),
             _ => {}
         }
@@ -550,46 +598,48 @@ impl UnionFs {
             match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
                 (true, false) => return Err(Error::NotDir),
                 (false, true) => return Err(Error::IsDir),
-                (true, true) if !self.merged_dir_is_empty(d, &nppath.join(newname))? => {
+                (true, true) if !self.merged_dir_is_empty(stack, d, &nppath.join(newname))? => {
                     // A target that is purely the upper's own (no lower
                     // content, never moved) is not checked before copy-up
                     // by overlayfs: the source is copied up, then the
                     // upper's rename refuses. The same here, so the tree
                     // after the failure is the same.
-                    if self.is_pure_upper_dir(d)? {
-                        self.copy_up_path(&ppath.join(name), CopyUpData::Full)?;
+                    if self.is_pure_upper_dir(stack, d)? {
+                        self.copy_up_path(stack, &ppath.join(name), CopyUpData::Full)?;
                     }
-                    return Err(Error::sys("rename", Errno::ENOTEMPTY));
+                    return Err(Error::NotEmpty);
                 }
                 _ => {}
             }
         }
         if how != RenameHow::Exchange {
-            self.check_whiteout_fits(upper, parent, &pstate, &ppath, name)?;
+            self.check_whiteout_fits(stack, upper, parent, &pstate, &ppath, name)?;
         }
-        let (pstate, _) = self.upper_parent(parent)?;
+        let (pstate, _) = self.upper_parent(stack, parent)?;
         let (npstate, _) = if newparent == parent {
             (pstate.clone(), nppath.clone())
         } else {
-            self.upper_parent(newparent)?
+            self.upper_parent(stack, newparent)?
         };
         let pfd = pstate.top()?.fd()?;
         let npfd = npstate.top()?.fd()?;
         let src_path = ppath.join(name);
-        let src_state = self.prepare_move(&src, &src_path)?;
+        let src_state = self.prepare_move(stack, &src, &src_path)?;
         let dst_state = match (&dst, how) {
-            (Some(d), RenameHow::Exchange) => Some(self.prepare_move(d, &nppath.join(newname))?),
+            (Some(d), RenameHow::Exchange) => {
+                Some(self.prepare_move(stack, d, &nppath.join(newname))?)
+            }
             _ => None,
         };
-        let src_lower = self.lower_has(parent, &pstate, &ppath, name)?;
-        let dst_lower = self.lower_has(newparent, &npstate, &nppath, newname)?;
+        let src_lower = self.lower_has(stack, parent, &pstate, &ppath, name)?;
+        let dst_lower = self.lower_has(stack, newparent, &npstate, &nppath, newname)?;
         // A directory without lower content arriving where a lower directory
         // shows must hide it.
-        if src.kind == Kind::Dir && self.lower_layer(&src).is_none() && dst_lower {
+        if src.kind == Kind::Dir && self.lower_layer(stack, &src).is_none() && dst_lower {
             upper.make_opaque(src_state.top()?.fd()?.as_fd())?;
         }
         if let (Some(d), Some(ds)) = (&dst, &dst_state) {
-            if d.kind == Kind::Dir && self.lower_layer(d).is_none() && src_lower {
+            if d.kind == Kind::Dir && self.lower_layer(stack, d).is_none() && src_lower {
                 upper.make_opaque(ds.top()?.fd()?.as_fd())?;
             }
         }
@@ -597,13 +647,13 @@ impl UnionFs {
         // recorded inode number only where its new parent says so: mark
         // before the move, so a failure here changes nothing.
         let mut npstate = npstate;
-        self.mark_impure(newparent, &mut npstate)?;
+        self.mark_impure(stack, newparent, &mut npstate)?;
         if how == RenameHow::Exchange {
             let mut pstate = pstate.clone();
-            self.mark_impure(parent, &mut pstate)?;
+            self.mark_impure(stack, parent, &mut pstate)?;
         }
         let dropped = match (how, &dst) {
-            (RenameHow::Replace, Some(d)) if d.kind != Kind::Dir => self.drop_name(d)?,
+            (RenameHow::Replace, Some(d)) if d.kind != Kind::Dir => self.drop_name(stack, d)?,
             _ => None,
         };
         let moved = self.rename_in_upper(
@@ -615,7 +665,7 @@ impl UnionFs {
             how,
         );
         if let Err(e) = moved {
-            self.undrop_name(dropped);
+            self.undrop_name(stack, dropped);
             return Err(e);
         }
         // The kernel moves its dentries itself; keep our parent links right.
@@ -653,7 +703,7 @@ impl UnionFs {
                 // An AUFS whiteout for the old name goes in first: while both
                 // it and the object exist the object shows, so the view never
                 // has the lower object peek through.
-                let aufs = upper.format == crate::config::WhiteoutFormat::Aufs;
+                let aufs = upper.format == crate::whiteout::WhiteoutFormat::Aufs;
                 let wrote_aufs_whiteout = src_lower
                     && aufs
                     && match sys::fs::stat_at(pfd, &whiteout::whiteout_name(name)) {
@@ -696,21 +746,31 @@ impl UnionFs {
     /// Gives a rename source an upper instance; a directory with lower
     /// content gets a redirect to where that content lives, so the rename
     /// costs O(1) whatever the size of the subtree.
-    fn prepare_move(&self, found: &lookup::Found, path: &Path) -> Result<NodeState> {
-        let upper = self.upper_ctx()?;
-        let redirect_to = match self.lower_layer(found) {
-            Some(i) if found.kind == Kind::Dir && !self.has_redirect(found)? => {
+    fn prepare_move(
+        &self,
+        stack: &BranchStack,
+        found: &lookup::Found,
+        path: &Path,
+    ) -> Result<NodeState> {
+        let upper = self.upper_ctx(stack)?;
+        let redirect_to = match self.lower_layer(stack, found) {
+            Some(i) if found.kind == Kind::Dir && !self.has_redirect(stack, found)? => {
                 found.state.layers.get(i).map(|l| l.path.clone())
             }
             _ => None,
         };
-        let state = if found.state.is_metacopy() && self.in_upper(&found.state) {
+        let state = if found.state.is_metacopy() && self.in_upper(stack, &found.state) {
             // Its data is found by its path below: give it the data first.
-            self.complete_data(self.ino_of(found), found.state.clone(), CopyUpData::Full)?
-        } else if self.in_upper(&found.state) {
+            self.complete_data(
+                stack,
+                self.ino_of(stack, found),
+                found.state.clone(),
+                CopyUpData::Full,
+            )?
+        } else if self.in_upper(stack, &found.state) {
             found.state.clone()
         } else {
-            self.copy_up_path(path, CopyUpData::Full)?
+            self.copy_up_path(stack, path, CopyUpData::Full)?
         };
         if let Some(target) = redirect_to {
             upper.set_redirect(state.top()?.fd()?.as_fd(), &target)?;
@@ -719,22 +779,22 @@ impl UnionFs {
     }
 
     /// Index of the first layer of `found` that is not in the upper.
-    fn lower_layer(&self, found: &lookup::Found) -> Option<usize> {
-        let up = self.upper.as_ref().map(|u| u.branch);
+    fn lower_layer(&self, stack: &BranchStack, found: &lookup::Found) -> Option<usize> {
+        let up = stack.writer().map(|u| u.branch);
         found.state.layers.iter().position(|l| Some(l.branch) != up)
     }
 
     /// A directory only the upper holds and that was never moved (overlayfs:
     /// no lower and no origin — `ovl_pure_upper`).
-    fn is_pure_upper_dir(&self, found: &lookup::Found) -> Result<bool> {
+    fn is_pure_upper_dir(&self, stack: &BranchStack, found: &lookup::Found) -> Result<bool> {
         Ok(found.state.layers.len() == 1
-            && self.in_upper(&found.state)
-            && !self.has_redirect(found)?)
+            && self.in_upper(stack, &found.state)
+            && !self.has_redirect(stack, found)?)
     }
 
     /// Whether the upper instance of a directory already redirects.
-    fn has_redirect(&self, found: &lookup::Found) -> Result<bool> {
-        if !self.in_upper(&found.state) {
+    fn has_redirect(&self, stack: &BranchStack, found: &lookup::Found) -> Result<bool> {
+        if !self.in_upper(stack, &found.state) {
             return Ok(false);
         }
         let fd = found.state.top()?.fd()?;
@@ -834,14 +894,14 @@ mod tests {
 
     use std::ffi::OsString;
     use std::path::Path;
-    use std::sync::Arc;
 
     use super::*;
-    use crate::branch::{Branch, BranchId, BranchMode, BranchStack};
-    use crate::config::WhiteoutFormat;
+    use crate::branch::{Branch, BranchId, BranchMode};
     use crate::inode::ROOT_INO;
     use crate::ops::CoreOptions;
+    use crate::stack::BranchStack;
     use crate::upper::XattrNs;
+    use crate::whiteout::WhiteoutFormat;
 
     const ROOT: Caller = Caller {
         uid: 0,
@@ -861,21 +921,29 @@ mod tests {
         }
         std::fs::write(dir.join("lower").join(name('a', 253)), b"a").unwrap();
         std::fs::write(dir.join("lower").join(name('y', 252)), b"y").unwrap();
+        let backings = crate::backing::Backings::new(64);
         let ub = Branch::open(
             BranchId(0),
             &dir.join("upper"),
             BranchMode::ReadWrite,
             false,
+            &backings,
         )
         .unwrap();
         let up = Upper::open(&ub, Some(&dir.join("work")), format, true, XattrNs::User).unwrap();
-        let lb =
-            Branch::open(BranchId(1), &dir.join("lower"), BranchMode::ReadOnly, false).unwrap();
-        let stack = Arc::new(BranchStack::new(vec![ub, lb]));
+        let lb = Branch::open(
+            BranchId(1),
+            &dir.join("lower"),
+            BranchMode::ReadOnly,
+            false,
+            &backings,
+        )
+        .unwrap();
+        let stack = BranchStack::new(vec![ub, lb], vec![up], backings);
         let opts = CoreOptions {
             name_max: format.name_max(),
         };
-        UnionFs::new(stack, Some(up), opts).unwrap()
+        UnionFs::new(stack, opts).unwrap()
     }
 
     fn err<T>(r: Result<T>) -> Option<Errno> {

@@ -14,27 +14,33 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
 use super::UnionFs;
-use crate::backing;
 use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::inode::Ino;
+use crate::stack::BranchStack;
 use crate::sys;
 use crate::whiteout;
 
 impl UnionFs {
     /// The value of xattr `name` of `ino`.
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
+        let snapshot = self.stack.load_full();
+        self.getxattr_in(&snapshot, ino, name)
+    }
+
+    /// `getxattr` on the operation's stack snapshot.
+    fn getxattr_in(&self, stack: &BranchStack, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
         if whiteout::is_private_xattr(name) {
             return Err(Error::NoXattr);
         }
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let top = state.top()?;
-        let knowable = self.lists_all_xattrs(top);
+        let knowable = self.lists_all_xattrs(stack, top);
         if knowable && top.backing.has_no_xattrs() {
             return Err(Error::NoXattr);
         }
-        let generation = backing::xattr_generation();
+        let generation = top.backing.xattr_generation();
         let fd = top.fd()?;
         match sys::xattr::get(fd.as_fd(), name)? {
             Some(v) => Ok(v),
@@ -54,14 +60,16 @@ impl UnionFs {
 
     /// The NUL-separated xattr names of `ino`, private ones left out.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let top = state.top()?;
-        let knowable = self.lists_all_xattrs(top);
+        let knowable = self.lists_all_xattrs(stack, top);
         if knowable && top.backing.has_no_xattrs() {
             return Ok(Vec::new());
         }
-        let generation = backing::xattr_generation();
+        let generation = top.backing.xattr_generation();
         let out = self.visible_xattrs(top.fd()?.as_fd())?;
         if knowable {
             top.backing.note_xattrs(generation, !out.is_empty());
@@ -70,10 +78,8 @@ impl UnionFs {
     }
 
     /// Whether an empty listing of `layer`'s object means it has no xattr.
-    fn lists_all_xattrs(&self, layer: &crate::inode::Layer) -> bool {
-        self.stack
-            .get(layer.branch)
-            .is_some_and(|b| b.lists_all_xattrs)
+    fn lists_all_xattrs(&self, stack: &BranchStack, layer: &crate::inode::Layer) -> bool {
+        stack.get(layer.branch).is_some_and(|b| b.lists_all_xattrs)
     }
 
     /// The visible xattr names of the object behind `fd`, NUL-separated.
@@ -93,25 +99,29 @@ impl UnionFs {
     /// setxattr(2): copies a lower object up, then sets the attribute on
     /// the upper instance. The union's own attributes cannot be set.
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         if whiteout::is_private_xattr(name) {
             return Err(Error::NotSupported);
         }
-        let state = self.copy_up(ino, CopyUpData::Meta)?;
+        let state = self.copy_up(stack, ino, CopyUpData::Meta)?;
         let res = sys::xattr::set(state.top()?.fd()?.as_fd(), name, value, flags);
-        backing::forget_xattrs();
+        self.backings.forget_xattrs();
         res
     }
 
     /// removexattr(2).
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        let snapshot = self.stack.load_full();
+        let stack = &*snapshot;
         if whiteout::is_private_xattr(name) {
             return Err(Error::NoXattr);
         }
         // Nothing to remove: fail without copying up.
-        self.getxattr(ino, name)?;
-        let state = self.copy_up(ino, CopyUpData::Meta)?;
+        self.getxattr_in(stack, ino, name)?;
+        let state = self.copy_up(stack, ino, CopyUpData::Meta)?;
         let res = sys::xattr::remove(state.top()?.fd()?.as_fd(), name);
-        backing::forget_xattrs();
+        self.backings.forget_xattrs();
         res
     }
 }

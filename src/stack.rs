@@ -1,0 +1,136 @@
+//! The branch stack: one immutable snapshot of the union's branches,
+//! topmost first, with the writers (`Upper`) of its writable branches and a
+//! generation number.
+//!
+//! Invariant: a `BranchStack` never changes once built. The union holds
+//! the current one in an `ArcSwap` and replaces it whole
+//! (`UnionFs::replace_stack`), each replacement one generation higher; a
+//! core operation loads one snapshot at its start and uses only that one,
+//! so no branch it sees (by id or by position) shifts under it, and what it
+//! writes goes through the writer of that same snapshot. The snapshot is
+//! the whole truth about branches and writers: there is no writer outside
+//! it. What outlives a snapshot is per union and shared by all of them: the
+//! backing state (`Backings`) and the device numbering (`InoFolder`), so
+//! inode numbers do not change when the stack does.
+//! Locks: none of its own (the shared device table is a `DashMap`).
+
+use std::sync::Arc;
+
+use crate::backing::Backings;
+use crate::branch::{Branch, BranchId, BranchMode, InoFolder};
+use crate::error::{Error, Result};
+use crate::upper::Upper;
+
+/// The branches of a union, topmost first (upper, then lowers left to
+/// right), and the writers of the writable ones.
+#[derive(Debug)]
+pub struct BranchStack {
+    branches: Vec<Branch>,
+    /// One per writable branch that may be written (`Upper::branch` names
+    /// it), topmost first.
+    writers: Vec<Upper>,
+    inos: Arc<InoFolder>,
+    /// The union's backing state, which every branch was opened with.
+    backings: Arc<Backings>,
+    /// 0 for the stack a union is built with; one more at each replacement.
+    generation: u64,
+}
+
+impl BranchStack {
+    /// Builds a stack (generation 0) from branches (topmost first) opened
+    /// with `backings`, and the writers of the writable ones.
+    pub fn new(branches: Vec<Branch>, writers: Vec<Upper>, backings: Arc<Backings>) -> Self {
+        debug_assert!(branches.iter().all(|b| Arc::ptr_eq(&b.backings, &backings)));
+        let inos = Arc::new(InoFolder::default());
+        // Devices are numbered in branch order, so the numbering (and with it
+        // every st_ino) is the same at every mount of the same branches.
+        for b in &branches {
+            inos.index(b.dev);
+        }
+        BranchStack {
+            branches,
+            writers,
+            inos,
+            backings,
+            generation: 0,
+        }
+    }
+
+    /// This stack as the successor of `old`: one generation higher, with
+    /// `old`'s device numbering (new devices get the next numbers, in
+    /// branch order). Its branches must have been opened with the union's
+    /// backing state (EINVAL otherwise: their objects would be cached
+    /// outside the union's bound).
+    pub fn succeed(mut self, old: &BranchStack) -> Result<Self> {
+        if !Arc::ptr_eq(&self.backings, &old.backings)
+            || !self
+                .branches
+                .iter()
+                .all(|b| Arc::ptr_eq(&b.backings, &old.backings))
+        {
+            return Err(Error::Invalid);
+        }
+        self.inos = Arc::clone(&old.inos);
+        for b in &self.branches {
+            self.inos.index(b.dev);
+        }
+        self.generation = old.generation.wrapping_add(1);
+        Ok(self)
+    }
+
+    /// The generation of this snapshot (see the module doc).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The union's backing state (fd cache, xattr generation).
+    pub fn backings(&self) -> &Arc<Backings> {
+        &self.backings
+    }
+
+    /// All branches, topmost first.
+    pub fn iter(&self) -> impl Iterator<Item = &Branch> {
+        self.branches.iter()
+    }
+
+    /// The branch with this id.
+    pub fn get(&self, id: BranchId) -> Option<&Branch> {
+        self.branches.iter().find(|b| b.id == id)
+    }
+
+    /// Position of branch `id` from the top (`usize::MAX` if unknown), in
+    /// this snapshot only.
+    pub fn position(&self, id: BranchId) -> usize {
+        self.branches
+            .iter()
+            .position(|b| b.id == id)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Branches strictly below `id`, topmost first.
+    pub fn below(&self, id: BranchId) -> impl Iterator<Item = &Branch> {
+        self.branches.iter().skip_while(move |b| b.id != id).skip(1)
+    }
+
+    /// The topmost writable branch, if any (the upper).
+    pub fn upper(&self) -> Option<&Branch> {
+        self.branches
+            .iter()
+            .find(|b| b.mode == BranchMode::ReadWrite)
+    }
+
+    /// The writer of the upper (`upper()`), if the union may write.
+    pub fn writer(&self) -> Option<&Upper> {
+        self.upper().and_then(|b| self.writer_of(b.id))
+    }
+
+    /// The writer of branch `id`, if it has one.
+    pub fn writer_of(&self, id: BranchId) -> Option<&Upper> {
+        self.writers.iter().find(|u| u.branch == id)
+    }
+
+    /// The st_ino the union reports for backing object (dev, ino).
+    pub fn fold_ino(&self, dev: u64, ino: u64) -> u64 {
+        self.inos.fold(dev, ino)
+    }
+}
