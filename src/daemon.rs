@@ -20,12 +20,23 @@ use crate::config::{join_branches, MountConfig, Passthrough, Uring, WhiteoutForm
 use crate::fuse::FuseAdapter;
 use crate::ops::{CoreOptions, UnionFs};
 use crate::sys;
+use crate::udba::{Udba, Watcher};
 use crate::upper::{Upper, XattrNs};
 use crate::whiteout;
 
-/// Default kernel cache lifetime: lower branches never change under us and
-/// the union invalidates what it changes itself.
+/// Default kernel cache lifetime: the union invalidates what it changes
+/// itself, and lower branches are trusted not to change under it
+/// (`udba=none`; `udba=notify` invalidates what changes in them).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+
+/// The kernel cache lifetime for `udba`, unless `ttl=` says otherwise:
+/// `reval` caches nothing, so every access reaches the daemon.
+fn default_ttl(udba: Udba) -> Duration {
+    match udba {
+        Udba::None | Udba::Notify => DEFAULT_TTL,
+        Udba::Reval => Duration::ZERO,
+    }
+}
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -238,9 +249,23 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
         .as_ref()
         .map_or(crate::whiteout::NAME_MAX, |u| u.format.name_max());
     let stack = Arc::new(stack);
-    let core = UnionFs::new(Arc::clone(&stack), upper, CoreOptions { name_max })
-        .context("cannot read the branch roots")?;
+    let core = UnionFs::new(
+        Arc::clone(&stack),
+        upper,
+        CoreOptions {
+            name_max,
+            statfs: cfg.options.statfs.unwrap_or_default(),
+        },
+    )
+    .context("cannot read the branch roots")?;
     let core = Arc::new(core);
+    let udba = cfg.options.udba.unwrap_or_default();
+    let watcher = match udba {
+        Udba::Notify => {
+            Some(Watcher::new(Arc::clone(&core)).context("udba=notify: cannot start inotify")?)
+        }
+        Udba::None | Udba::Reval => None,
+    };
     let root = is_root();
     // Registering a backing file needs CAP_SYS_ADMIN.
     let passthrough = if root {
@@ -250,10 +275,11 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
     };
     let fs = FuseAdapter::new(
         Arc::clone(&core),
-        cfg.options.ttl.unwrap_or(DEFAULT_TTL),
+        cfg.options.ttl.unwrap_or_else(|| default_ttl(udba)),
         passthrough,
     )
-    .with_uring(uring_mode(cfg.options.uring.unwrap_or_default(), root)?);
+    .with_uring(uring_mode(cfg.options.uring.unwrap_or_default(), root)?)
+    .with_udba(udba, watcher.clone());
     let allow_other = cfg.options.allow_other.unwrap_or(root);
     let default_permissions = cfg.options.default_permissions.unwrap_or(root);
     let threads = cfg
@@ -344,6 +370,13 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
         }
     }
     spawn_signal_unmounter(&mnt);
+    if let Some(w) = &watcher {
+        // After the fork (threads do not survive it), with the signal mask
+        // set; the root is held by the kernel from the start.
+        w.watch(crate::inode::ROOT_INO);
+        w.spawn()
+            .context("udba=notify: cannot start the watcher thread")?;
+    }
     session.run().context("FUSE session failed")?;
     Ok(())
 }

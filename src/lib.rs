@@ -24,5 +24,6 @@ pub mod ops;
 pub mod readdir;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod udba;
 pub mod upper;
 pub mod whiteout;

@@ -874,6 +874,7 @@ mod tests {
         let stack = Arc::new(BranchStack::new(vec![ub, lb]));
         let opts = CoreOptions {
             name_max: format.name_max(),
+            ..CoreOptions::default()
         };
         UnionFs::new(stack, Some(up), opts).unwrap()
     }

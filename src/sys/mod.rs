@@ -8,6 +8,7 @@
 
 pub mod fs;
 pub mod mount;
+pub mod notify;
 pub mod process;
 pub mod xattr;
 
