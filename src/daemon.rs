@@ -344,6 +344,12 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
         Session::from_fd(fs, dev, acl, fconf).context("FUSE handshake failed")?
     };
     core.set_invalidator(Box::new(crate::fuse::KernelInvalidator(session.notifier())));
+    if let Some(w) = &watcher {
+        // The kernel holds the root from the start; watched before the
+        // mount command returns, so no change after it is missed (the
+        // inotify instance and its watches survive the fork).
+        w.watch(crate::inode::ROOT_INO);
+    }
     tracing::info!(
         "mounted {} (upper {}) on {}",
         join_branches(&cfg.lowers),
@@ -372,8 +378,7 @@ fn mount_and_serve(cfg: &MountConfig) -> Result<()> {
     spawn_signal_unmounter(&mnt);
     if let Some(w) = &watcher {
         // After the fork (threads do not survive it), with the signal mask
-        // set; the root is held by the kernel from the start.
-        w.watch(crate::inode::ROOT_INO);
+        // set. Events since the root's watch (before the fork) are queued.
         w.spawn()
             .context("udba=notify: cannot start the watcher thread")?;
     }

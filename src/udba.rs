@@ -29,8 +29,8 @@
 //! Locks: the watch table's mutex, held for table updates and the
 //! `inotify_add_watch`/`rm_watch` calls that go with them (never while the
 //! kernel is told of a change: that takes the directory's lock in the
-//! kernel, which a request in flight may hold); it is taken after (never
-//! while holding) any core lock.
+//! kernel, which a request in flight may hold). The inode table's shard
+//! lock may be taken under it (`is_live`), never the other way round.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -73,8 +73,9 @@ const REPEAT: Duration = Duration::from_millis(100);
 /// What the kernel is told of.
 #[derive(Debug)]
 enum Change {
-    /// Directory `.0`'s entry `.1` changed (`None`: the directory itself).
-    Entry(Ino, Option<OsString>),
+    /// Directory `.0`'s entry `.1` changed (`None`: the directory itself);
+    /// `.2`: names came or went (the listing changed), not only an object.
+    Entry(Ino, Option<OsString>, bool),
     /// Events were lost: everything may have changed.
     All,
 }
@@ -240,9 +241,9 @@ impl Watcher {
 
     fn apply(&self, c: &Change) {
         match c {
-            Change::Entry(ino, name) => {
+            Change::Entry(ino, name, names) => {
                 tracing::debug!("udba=notify: inode {} entry {:?} changed", ino.0, name);
-                self.fs.branch_changed(*ino, name.as_deref());
+                self.fs.branch_changed(*ino, name.as_deref(), *names);
             }
             Change::All => self.fs.branches_changed(),
         }
@@ -252,7 +253,11 @@ impl Watcher {
     /// (directory, name) once per batch.
     fn changes(&self, events: Vec<InotifyEvent>) -> Vec<Change> {
         let mut todo: Vec<Change> = Vec::new();
-        let mut seen: HashSet<(Ino, Option<OsString>)> = HashSet::new();
+        let mut seen: HashSet<(Ino, Option<OsString>, bool)> = HashSet::new();
+        let name_events = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_MOVED_TO;
         let mut t = self.table.lock();
         for ev in events {
             if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
@@ -268,10 +273,14 @@ impl Watcher {
                 }
                 continue;
             }
+            // A file written or chmod-ed leaves the listing as it is: only
+            // its entry goes (the union's own writes to the upper are
+            // mostly these, so they cost the kernel no listing).
+            let names = ev.mask.intersects(name_events);
             if let Some(users) = t.by_wd.get(&ev.wd) {
                 for ino in users {
-                    if seen.insert((*ino, ev.name.clone())) {
-                        todo.push(Change::Entry(*ino, ev.name.clone()));
+                    if seen.insert((*ino, ev.name.clone(), names)) {
+                        todo.push(Change::Entry(*ino, ev.name.clone(), names));
                     }
                 }
             }

@@ -51,20 +51,23 @@ impl UnionFs {
         self.inodes.get(ino).is_ok()
     }
 
-    /// A branch instance of directory `dir` changed behind the union:
-    /// its entry `name` (created, removed, renamed, written, chmod-ed), or
-    /// the directory itself (`None`). The kernel forgets the entry (so the
-    /// next access looks it up again and sees the new object, attributes
-    /// and — with FUSE_AUTO_INVAL_DATA — content) and the directory's
-    /// cached listing and attributes. Not from inside a request.
-    pub fn branch_changed(&self, dir: Ino, name: Option<&OsStr>) {
+    /// A branch instance of directory `dir` changed behind the union: its
+    /// entry `name` (created, removed, renamed, written, chmod-ed), or the
+    /// directory itself (`None`). The kernel forgets the entry, so the next
+    /// access looks it up again and sees the new object, attributes and —
+    /// with FUSE_AUTO_INVAL_DATA — content; with `names` (an entry came or
+    /// went) or for the directory itself, also the directory's cached
+    /// listing and attributes. Not from inside a request.
+    pub fn branch_changed(&self, dir: Ino, name: Option<&OsStr>, names: bool) {
         let Some(inv) = self.invalidator.get() else {
             return;
         };
         if let Some(name) = name {
             inv.entry(dir, name);
         }
-        inv.inode(dir);
+        if names || name.is_none() {
+            inv.inode(dir);
+        }
     }
 
     /// Branch changes were lost (the watch queue overflowed): the kernel
