@@ -45,8 +45,13 @@ impl crate::ops::Invalidate for KernelInvalidator {
     }
 
     fn entry(&self, parent: Ino, name: &OsStr) {
+        // Expire, not drop: dropping a dentry detaches what is mounted on
+        // or below it (a container's /proc, /dev on a union directory),
+        // also for the events of the union's own writes, which change no
+        // node. Expired, the entry is revalidated by a LOOKUP at its next
+        // use and only dropped when the name now leads elsewhere.
         // ENOENT: the kernel had nothing cached there; nothing to do.
-        let _ = self.0.inval_entry(INodeNo(parent.0), name);
+        let _ = self.0.expire_entry(INodeNo(parent.0), name);
     }
 
     fn inode(&self, ino: Ino) {

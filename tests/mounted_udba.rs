@@ -368,3 +368,42 @@ fn udba_notify_watches_follow_what_the_kernel_holds() {
     assert!(inotify_watches(pid) >= 3);
     m.unmount();
 }
+
+#[test]
+fn udba_notify_keeps_mounts_on_union_directories() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("udba-notify-mounts");
+    mkdir(&t.l, "mp", 0o755);
+    let m = t.mount("udba=notify");
+    let mp = t.m("mp");
+    tmpfs(&mp, "1m");
+    fs::write(mp.join("inside"), b"x").unwrap();
+    assert!(fs::metadata(t.m("sentinel")).is_err());
+    // An event naming `mp` (its lower instance chmod-ed, as a container's
+    // /dev or /proc directory may be) makes the kernel revalidate the name,
+    // which still leads to the same directory: what is mounted there stays.
+    fs::set_permissions(
+        t.l.join("mp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    // Events are handled in order: once the sentinel shows, so did `mp`'s.
+    file(&t.l, "sentinel", b"", 0o644);
+    let seen = wait_until(Duration::from_secs(2), || t.m("sentinel").exists());
+    assert!(seen, "udba=notify: the sentinel never showed");
+    // ... and the second invalidation of each (100 ms later) is done too.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        is_mounted(&mp),
+        "the tmpfs on a union directory was detached"
+    );
+    assert_eq!(fs::read(mp.join("inside")).unwrap(), b"x");
+    umount(&mp);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::mode(&fs::metadata(&mp).unwrap()) & 0o777,
+        0o700
+    );
+    m.unmount();
+}
