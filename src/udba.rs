@@ -73,9 +73,16 @@ const REPEAT: Duration = Duration::from_millis(100);
 /// What the kernel is told of.
 #[derive(Debug)]
 enum Change {
-    /// Directory `.0`'s entry `.1` changed (`None`: the directory itself);
-    /// `.2`: names came or went (the listing changed), not only an object.
-    Entry(Ino, Option<OsString>, bool),
+    /// Directory `dir`'s entry `name` changed (`None`: the directory
+    /// itself).
+    Entry {
+        dir: Ino,
+        name: Option<OsString>,
+        /// Names came or went (the listing changed), not only an object.
+        names: bool,
+        /// The entry is a directory.
+        is_dir: bool,
+    },
     /// Events were lost: everything may have changed.
     All,
 }
@@ -241,9 +248,15 @@ impl Watcher {
 
     fn apply(&self, c: &Change) {
         match c {
-            Change::Entry(ino, name, names) => {
-                tracing::debug!("udba=notify: inode {} entry {:?} changed", ino.0, name);
-                self.fs.branch_changed(*ino, name.as_deref(), *names);
+            Change::Entry {
+                dir,
+                name,
+                names,
+                is_dir,
+            } => {
+                tracing::debug!("udba=notify: inode {} entry {:?} changed", dir.0, name);
+                self.fs
+                    .branch_changed(*dir, name.as_deref(), *names, *is_dir);
             }
             Change::All => self.fs.branches_changed(),
         }
@@ -253,7 +266,7 @@ impl Watcher {
     /// (directory, name) once per batch.
     fn changes(&self, events: Vec<InotifyEvent>) -> Vec<Change> {
         let mut todo: Vec<Change> = Vec::new();
-        let mut seen: HashSet<(Ino, Option<OsString>, bool)> = HashSet::new();
+        let mut seen: HashSet<(Ino, Option<OsString>, bool, bool)> = HashSet::new();
         let name_events = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
@@ -277,10 +290,16 @@ impl Watcher {
             // its entry goes (the union's own writes to the upper are
             // mostly these, so they cost the kernel no listing).
             let names = ev.mask.intersects(name_events);
+            let is_dir = ev.mask.contains(AddWatchFlags::IN_ISDIR);
             if let Some(users) = t.by_wd.get(&ev.wd) {
                 for ino in users {
-                    if seen.insert((*ino, ev.name.clone(), names)) {
-                        todo.push(Change::Entry(*ino, ev.name.clone(), names));
+                    if seen.insert((*ino, ev.name.clone(), names, is_dir)) {
+                        todo.push(Change::Entry {
+                            dir: *ino,
+                            name: ev.name.clone(),
+                            names,
+                            is_dir,
+                        });
                     }
                 }
             }

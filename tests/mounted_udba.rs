@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::*;
 
 struct Setup {
-    _s: Scratch,
+    s: Scratch,
     l: PathBuf,
     u: PathBuf,
     mnt: PathBuf,
@@ -30,7 +30,7 @@ impl Setup {
             l: s.dir("lower"),
             u: s.dir("upper"),
             mnt: s.dir("mnt"),
-            _s: s,
+            s,
         };
         file(&t.l, "old", b"one", 0o644);
         file(&t.l, "gone", b"bye", 0o644);
@@ -131,6 +131,13 @@ fn udba_reval_sees_lower_changes_at_next_access() {
     // And back: a file removed from the lower behind the mount disappears.
     fs::remove_file(t.l.join("new")).unwrap();
     assert!(fs::metadata(t.m("new")).is_err());
+    // An upper-only directory that gets a lower instance lists both.
+    mkdir(&t.u, "e", 0o755);
+    file(&t.u, "e/up", b"", 0o644);
+    assert_eq!(names(&t.m("e")), set(&["up"]));
+    mkdir(&t.l, "e", 0o755);
+    file(&t.l, "e/low", b"", 0o644);
+    assert_eq!(names(&t.m("e")), set(&["up", "low"]));
     m.unmount();
 }
 
@@ -159,6 +166,19 @@ fn udba_notify_sees_lower_changes_promptly() {
         got == set(&["x"])
     });
     assert!(seen, "udba=notify: d/sub lists {got:?}");
+    // A union directory that was upper-only gets a lower instance: its listing
+    // changes without an event in any directory of its own.
+    mkdir(&t.u, "e", 0o755);
+    file(&t.u, "e/up", b"", 0o644);
+    assert_eq!(names(&t.m("e")), set(&["up"]));
+    fs::create_dir(t.s.path("e-new")).unwrap();
+    file(&t.s.root, "e-new/low", b"", 0o644);
+    fs::rename(t.s.path("e-new"), t.l.join("e")).unwrap();
+    let seen = wait_until(Duration::from_secs(2), || {
+        got = names(&t.m("e"));
+        got == set(&["up", "low"])
+    });
+    assert!(seen, "udba=notify: e lists {got:?}");
     m.unmount();
 }
 

@@ -53,21 +53,41 @@ impl UnionFs {
 
     /// A branch instance of directory `dir` changed behind the union: its
     /// entry `name` (created, removed, renamed, written, chmod-ed), or the
-    /// directory itself (`None`). The kernel forgets the entry, so the next
+    /// directory itself (`None`). The kernel's entry expires, so the next
     /// access looks it up again and sees the new object, attributes and —
     /// with FUSE_AUTO_INVAL_DATA — content; with `names` (an entry came or
-    /// went) or for the directory itself, also the directory's cached
-    /// listing and attributes. Not from inside a request.
-    pub fn branch_changed(&self, dir: Ino, name: Option<&OsStr>, names: bool) {
+    /// went) or for the directory itself, the directory's cached listing
+    /// and attributes go too. A directory instance that came or went
+    /// (`names` and `is_dir`) may belong to a union directory the kernel
+    /// holds, whose listing then changes without any event of its own: its
+    /// cached listing goes as well. Not from inside a request.
+    pub fn branch_changed(&self, dir: Ino, name: Option<&OsStr>, names: bool, is_dir: bool) {
         let Some(inv) = self.invalidator.get() else {
             return;
         };
         if let Some(name) = name {
             inv.entry(dir, name);
+            if names && is_dir {
+                if let Some(child) = self.held_child(dir, name) {
+                    inv.inode(child);
+                }
+            }
         }
         if names || name.is_none() {
             inv.inode(dir);
         }
+    }
+
+    /// The node the kernel holds for `parent`'s entry `name` as the
+    /// branches show it now. Its state is left alone: the kernel's next
+    /// lookup refreshes it, serialised with the union's own changes of the
+    /// name (this thread is not).
+    fn held_child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        let pstate = self.inodes.get(parent).ok()?.snapshot();
+        let ppath = self.inodes.path_of(parent).ok()?;
+        let found = self.find_union(parent, &pstate, &ppath, name).ok()?;
+        let ino = self.ino_of(&found);
+        self.is_live(ino).then_some(ino)
     }
 
     /// Branch changes were lost (the watch queue overflowed): the kernel
