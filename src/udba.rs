@@ -4,8 +4,9 @@
 //! Invariant: under `notify`, every directory the kernel holds (looked up
 //! and not yet forgotten) has a watch on each of its branch instances in
 //! branches that may change, up to `MAX_WATCHES` watched branch
-//! directories; an event on one makes the kernel forget the entry named
-//! and the directory's listing (`UnionFs::branch_changed`), and again
+//! directories; an event on one makes the kernel revalidate the entry
+//! named and forget the directory's listing when names came or went
+//! (`UnionFs::branch_changed`), and again
 //! `REPEAT` later, in case an answer read from the branch before the change
 //! reached the kernel after the first invalidation. A directory
 //! beyond the bound is not watched (one warning): changes there are seen
@@ -23,8 +24,14 @@
 //! bound above (and the system's `fs.inotify.max_user_watches`).
 //!
 //! The union's own writes to the upper also raise events. They make the
-//! kernel forget an entry it has just learnt (one more lookup later), never
-//! a wrong answer: an invalidation only ever makes the kernel ask again.
+//! kernel revalidate an entry it has just learnt (one more lookup later),
+//! never a wrong answer: an invalidation only ever makes the kernel ask
+//! again, and an expired entry that still leads to the same inode stays,
+//! with anything mounted on it.
+//!
+//! A branch instance a directory gains later through the union itself (an
+//! upper copy of a lower directory, made when something is created in it)
+//! is watched from the directory's next lookup on.
 //!
 //! Locks: the watch table's mutex, held for table updates and the
 //! `inotify_add_watch`/`rm_watch` calls that go with them (never while the

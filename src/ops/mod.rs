@@ -136,9 +136,9 @@ pub struct UnionFs {
 pub trait Invalidate: Send + Sync + std::fmt::Debug {
     /// Drops the kernel's cached attributes of `ino` (safe inside a request).
     fn attributes(&self, ino: Ino);
-    /// Drops the kernel's cached entry (or negative entry) `name` in
-    /// directory `parent`. Takes the directory's lock in the kernel: never
-    /// call it from inside a request.
+    /// Makes the kernel revalidate its cached entry (or negative entry)
+    /// `name` in directory `parent` at its next use. Takes the directory's
+    /// lock in the kernel: never call it from inside a request.
     fn entry(&self, parent: Ino, name: &std::ffi::OsStr);
     /// Drops everything the kernel cached about `ino`: attributes, data
     /// pages, a directory's cached listing. Takes page locks in the
