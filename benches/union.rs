@@ -144,7 +144,14 @@ fn bench_lookup(c: &mut Criterion) {
             dirs.push(File::open(&p).unwrap());
         }
         let stack = BranchStack::new(branches, Vec::new(), backings);
-        let fs = UnionFs::new(stack, CoreOptions { name_max: 255 }).unwrap();
+        let fs = UnionFs::new(
+            stack,
+            CoreOptions {
+                name_max: 255,
+                ..CoreOptions::default()
+            },
+        )
+        .unwrap();
         let root = ROOT_INO;
         g.bench_with_input(BenchmarkId::new("UnionFs::lookup", n), &n, |b, _| {
             b.iter(|| {

@@ -51,7 +51,14 @@ lowerdir=, upperdir=, workdir=   branches, overlay style\n  \
 ro                        read-only even with an upper\n  \
 allow_other, noallow_other, default_permissions, nodefault_permissions\n                            \
 (both on by default as root)\n  \
-ttl=SECONDS               kernel cache lifetime of names and attributes (default 86400)\n  \
+ttl=SECONDS               kernel cache lifetime of names and attributes (default 86400;\n                            \
+0 with udba=reval)\n  \
+udba=none|reval|notify    changes made directly in a branch: none (default) trusts the\n                            \
+caches (a change may stay unseen for ttl); reval revalidates every\n                            \
+access; notify watches looked-up directories (inotify) and drops\n                            \
+what changed\n  \
+sum, nosum                statfs: sum over the branches' filesystems, each counted once;\n                            \
+nosum (default): the upper's\n  \
 threads=N                 FUSE event loops (default: number of CPUs)\n  \
 log=FILE                  where the daemon's warnings go in the background (default: nowhere)\n  \
 fsname=NAME               source shown in /proc/mounts\n  \

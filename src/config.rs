@@ -112,7 +112,8 @@ pub enum Dialect {
     /// unknown keys are warned about and ignored.
     Overlay,
     /// AUFS `-o br=/u=rw:/a=ro+wh` (also `br:` and unionfs 1.x `dirs=`):
-    /// AUFS tuning keys (`udba=`, `xino=`...) are warned about and ignored.
+    /// AUFS tuning keys it does not implement (`xino=`, `create=`...) are
+    /// warned about and ignored; `udba=` and `sum` are real options.
     Aufs,
     /// unionfs-fuse `unionfs [-o cow] /u=RW:/a=RO MNT`: branches with modes
     /// as the first positional; unknown keys are errors.
@@ -318,6 +319,12 @@ pub struct MountOptions {
     pub cpup: Option<crate::policy::CopyUpPolicy>,
     /// `uring=auto|on|off`.
     pub uring: Option<Uring>,
+    /// `udba=none|reval|notify` (AUFS): how changes made directly in a
+    /// branch are noticed. `None` = `none`.
+    pub udba: Option<crate::udba::Udba>,
+    /// `sum` / `nosum` (AUFS): statfs of all branches added up, or the
+    /// upper's (default).
+    pub statfs: Option<crate::ops::StatfsMode>,
     /// Mount flags: `nosuid`, `nodev`, `noexec`, `noatime`...
     pub flags: Vec<String>,
     /// Keys that were ignored (overlay dialect, fstab noise), for a warning.
@@ -518,6 +525,19 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                     ],
                 )?)
             }
+            "udba" => {
+                o.udba = Some(choice(
+                    key,
+                    value,
+                    &[
+                        ("none", crate::udba::Udba::None),
+                        ("reval", crate::udba::Udba::Reval),
+                        ("notify", crate::udba::Udba::Notify),
+                    ],
+                )?)
+            }
+            "sum" if value.is_none() => o.statfs = Some(crate::ops::StatfsMode::Sum),
+            "nosum" if value.is_none() => o.statfs = Some(crate::ops::StatfsMode::Upper),
             k if value.is_none() && FLAG_WORDS.contains(&k) => o.flags.push(k.to_string()),
             k if value.is_none() && FSTAB_NOISE.contains(&k) => o.ignored.push(k.to_string()),
             // fstab options for other programs (systemd's x-systemd.*, comments).
@@ -1004,13 +1024,46 @@ mod tests {
     }
 
     #[test]
+    fn udba_and_sum_in_every_dialect() {
+        use crate::ops::StatfsMode;
+        use crate::udba::Udba;
+        for d in [
+            Dialect::Native,
+            Dialect::Overlay,
+            Dialect::Aufs,
+            Dialect::UnionfsFuse,
+        ] {
+            for (w, u) in [
+                ("udba=none", Udba::None),
+                ("udba=reval", Udba::Reval),
+                ("udba=notify", Udba::Notify),
+            ] {
+                let o = parse_options(&v(&[w]), d);
+                assert_eq!(o.map(|o| (o.udba, o.ignored)), Ok((Some(u), vec![])), "{w}");
+            }
+            let o = parse_options(&v(&["sum"]), d).map(|o| o.statfs);
+            assert_eq!(o, Ok(Some(StatfsMode::Sum)));
+            let o = parse_options(&v(&["sum", "nosum"]), d).map(|o| o.statfs);
+            assert_eq!(o, Ok(Some(StatfsMode::Upper)));
+            assert_eq!(
+                parse_options(&v(&["udba=inotify"]), d),
+                Err(ConfigError::BadValue {
+                    key: "udba".into(),
+                    value: "inotify".into()
+                })
+            );
+            assert_eq!(parse_options(&v(&[]), d).map(|o| o.udba), Ok(None));
+        }
+    }
+
+    #[test]
     fn aufs_and_unionfs_fuse_option_words() {
         for item in ["br=/u=rw:/a=ro", "br:/u=rw:/a=ro", "dirs=/u=rw:/a=ro"] {
             let o = parse_options(&v(&[item]), Dialect::Aufs);
             assert_eq!(o.map(|o| o.br), Ok(Some("/u=rw:/a=ro".into())), "{item}");
         }
         let o = parse_options(&v(&["br=/u", "udba=reval", "xino=/tmp/x"]), Dialect::Aufs);
-        assert_eq!(o.map(|o| o.ignored), Ok(v(&["udba=reval", "xino=/tmp/x"])));
+        assert_eq!(o.map(|o| o.ignored), Ok(v(&["xino=/tmp/x"])));
         assert!(parse_options(&v(&["cow", "hide_meta_files"]), Dialect::UnionfsFuse).is_ok());
         assert_eq!(
             parse_options(&v(&["max_files=4"]), Dialect::UnionfsFuse),

@@ -22,12 +22,23 @@ use crate::fuse::FuseAdapter;
 use crate::ops::{CoreOptions, UnionFs};
 use crate::stack::BranchStack;
 use crate::sys;
+use crate::udba::{Udba, Watcher};
 use crate::upper::{Upper, XattrNs};
 use crate::whiteout::{self, WhiteoutFormat};
 
-/// Default kernel cache lifetime: lower branches never change under us and
-/// the union invalidates what it changes itself.
+/// Default kernel cache lifetime: the union invalidates what it changes
+/// itself, and lower branches are trusted not to change under it
+/// (`udba=none`; `udba=notify` invalidates what changes in them).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+
+/// The kernel cache lifetime for `udba`, unless `ttl=` says otherwise:
+/// `reval` caches nothing, so every access reaches the daemon.
+fn default_ttl(udba: Udba) -> Duration {
+    match udba {
+        Udba::None | Udba::Notify => DEFAULT_TTL,
+        Udba::Reval => Duration::ZERO,
+    }
+}
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -239,9 +250,22 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
     let name_max = stack
         .writer()
         .map_or(crate::whiteout::NAME_MAX, |u| u.format.name_max());
-    let core =
-        UnionFs::new(stack, CoreOptions { name_max }).context("cannot read the branch roots")?;
+    let core = UnionFs::new(
+        stack,
+        CoreOptions {
+            name_max,
+            statfs: cfg.options.statfs.unwrap_or_default(),
+        },
+    )
+    .context("cannot read the branch roots")?;
     let core = Arc::new(core);
+    let udba = cfg.options.udba.unwrap_or_default();
+    let watcher = match udba {
+        Udba::Notify => {
+            Some(Watcher::new(Arc::clone(&core)).context("udba=notify: cannot start inotify")?)
+        }
+        Udba::None | Udba::Reval => None,
+    };
     let root = is_root();
     // Registering a backing file needs CAP_SYS_ADMIN.
     let passthrough = if root {
@@ -251,10 +275,11 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
     };
     let fs = FuseAdapter::new(
         Arc::clone(&core),
-        cfg.options.ttl.unwrap_or(DEFAULT_TTL),
+        cfg.options.ttl.unwrap_or_else(|| default_ttl(udba)),
         passthrough,
     )
-    .with_uring(uring_mode(cfg.options.uring.unwrap_or_default(), root)?);
+    .with_uring(uring_mode(cfg.options.uring.unwrap_or_default(), root)?)
+    .with_udba(udba, watcher.clone());
     let allow_other = cfg.options.allow_other.unwrap_or(root);
     let default_permissions = cfg.options.default_permissions.unwrap_or(root);
     let threads = cfg
@@ -319,6 +344,12 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
         Session::from_fd(fs, dev, acl, fconf).context("FUSE handshake failed")?
     };
     core.set_invalidator(Box::new(crate::fuse::KernelInvalidator(session.notifier())));
+    if let Some(w) = &watcher {
+        // The kernel holds the root from the start; watched before the
+        // mount command returns, so no change after it is missed (the
+        // inotify instance and its watches survive the fork).
+        w.watch(crate::inode::ROOT_INO);
+    }
     tracing::info!(
         "mounted {} (upper {}) on {}",
         join_branches(&cfg.lowers),
@@ -345,6 +376,12 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
         }
     }
     spawn_signal_unmounter(&mnt);
+    if let Some(w) = &watcher {
+        // After the fork (threads do not survive it), with the signal mask
+        // set. Events since the root's watch (before the fork) are queued.
+        w.spawn()
+            .context("udba=notify: cannot start the watcher thread")?;
+    }
     session.run().context("FUSE session failed")?;
     Ok(())
 }

@@ -31,6 +31,7 @@ use crate::handle::Fh;
 use crate::inode::{Ino, Kind};
 use crate::ops::{Attr, Caller, Entry, NewObject, Opened, RenameHow, SetAttr, UnionFs};
 use crate::sys::fs::SetTime;
+use crate::udba::{Udba, Watcher};
 
 /// Attribute invalidation through fuser's notification channel.
 #[derive(Debug)]
@@ -41,6 +42,22 @@ impl crate::ops::Invalidate for KernelInvalidator {
         // A negative offset drops attributes only: no page locks are taken,
         // so this is safe from inside a request handler.
         let _ = self.0.inval_inode(INodeNo(ino.0), -1, 0);
+    }
+
+    fn entry(&self, parent: Ino, name: &OsStr) {
+        // Expire, not drop: dropping a dentry detaches what is mounted on
+        // or below it (a container's /proc, /dev on a union directory),
+        // also for the events of the union's own writes, which change no
+        // node. Expired, the entry is revalidated by a LOOKUP at its next
+        // use and only dropped when the name now leads elsewhere.
+        // ENOENT: the kernel had nothing cached there; nothing to do.
+        let _ = self.0.expire_entry(INodeNo(parent.0), name);
+    }
+
+    fn inode(&self, ino: Ino) {
+        // Offset 0, length 0: attributes and every cached page, which for
+        // a directory is its cached listing.
+        let _ = self.0.inval_inode(INodeNo(ino.0), 0, 0);
     }
 }
 
@@ -63,6 +80,10 @@ pub struct FuseAdapter {
     /// when the kernel does not offer it.
     uring: Uring,
     io: IoModes<BackingId>,
+    /// How changes made directly in a branch are noticed (`udba=`).
+    udba: Udba,
+    /// Under `udba=notify`: watches the directories the kernel looked up.
+    watcher: Option<Arc<Watcher>>,
 }
 
 impl FuseAdapter {
@@ -76,6 +97,26 @@ impl FuseAdapter {
             passthrough,
             uring: Uring::Off,
             io: IoModes::default(),
+            udba: Udba::None,
+            watcher: None,
+        }
+    }
+
+    /// Sets `udba=`: under `reval` (give a TTL of 0 with it) directories
+    /// are opened by the daemon, so the kernel caches no listing; under
+    /// `notify`, `watcher` is told of every directory the kernel looks up
+    /// and forgets.
+    pub fn with_udba(mut self, udba: Udba, watcher: Option<Arc<Watcher>>) -> Self {
+        self.udba = udba;
+        self.watcher = watcher;
+        self
+    }
+
+    /// Under `udba=notify`: the kernel now holds `e`; watch it if it is a
+    /// directory.
+    fn watch(&self, e: &Entry) {
+        if let (Some(w), Kind::Dir) = (&self.watcher, e.attr.kind) {
+            w.watch(e.attr.ino);
         }
     }
 
@@ -253,7 +294,10 @@ impl FuseAdapter {
 
     fn reply_entry(&self, reply: ReplyEntry, res: Result<Entry, Error>) {
         match res {
-            Ok(e) => reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0)),
+            Ok(e) => {
+                self.watch(&e);
+                reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -291,6 +335,13 @@ impl Filesystem for FuseAdapter {
             // A capability the kernel lacks is simply not used.
             let _ = config.add_capabilities(cap);
         }
+        if self.udba != Udba::None {
+            // A lower file's content may change behind the union: the kernel
+            // drops its cached pages when it sees a new mtime (it already
+            // does on a new size), on a revalidating lookup (reval) or the
+            // lookup after an invalidated entry (notify).
+            let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        }
         let _ = config.set_max_readahead(1 << 20);
         if self.uring != Uring::Off {
             // Each ring entry has a payload buffer of max_write bytes; the
@@ -326,10 +377,14 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(ino(parent), name) {
-            Ok(e) => reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0)),
+            Ok(e) => {
+                self.watch(&e);
+                reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0))
+            }
             // A negative entry (node id 0) the kernel may cache: a name only
             // appears through the kernel (create, rename, link), which
-            // replaces the negative dentry itself.
+            // replaces the negative dentry itself — or directly in a
+            // branch, which `udba=` (TTL 0 or an invalidation) is about.
             Err(e) if e.is_not_found() => {
                 reply.entry_with_ttls(&Duration::ZERO, &self.ttl, &negative_attr(), Generation(0))
             }
@@ -340,6 +395,9 @@ impl Filesystem for FuseAdapter {
     fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
         self.io.forget(i.0);
         self.fs.forget(ino(i), nlookup);
+        if let Some(w) = &self.watcher {
+            w.forget(ino(i));
+        }
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, h: Option<FileHandle>, reply: ReplyAttr) {
@@ -438,7 +496,16 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, _i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.udba == Udba::Reval {
+            // A handle of our own and no FOPEN_CACHE_DIR: the kernel keeps
+            // no listing, and each opendir snapshots the branches anew.
+            match self.fs.opendir(ino(i)) {
+                Ok(fh) => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+                Err(e) => reply.error(self.fail("opendir", i, &e)),
+            }
+            return;
+        }
         // ENOSYS puts the kernel in no-opendir mode: it stops sending
         // OPENDIR/RELEASEDIR (two round trips per directory walked) and
         // opens directories with FOPEN_KEEP_CACHE|FOPEN_CACHE_DIR itself —
@@ -475,14 +542,19 @@ impl Filesystem for FuseAdapter {
     ) {
         let ttl = self.ttl;
         let res = self.fs.readdirplus(ino(i), fh(h), offset, |e, entry| {
-            reply.add(
+            let full = reply.add(
                 INodeNo(e.ino.0),
                 e.next_offset,
                 &e.name,
                 &ttl,
                 &file_attr(&entry.attr),
                 Generation(0),
-            )
+            );
+            // An entry that did not fit is undone (not held by the kernel).
+            if !full {
+                self.watch(entry);
+            }
+            full
         });
         match res {
             Ok(()) => reply.ok(),

@@ -339,6 +339,20 @@ impl InodeTable {
         Err(Error::StaleInode)
     }
 
+    /// Every live node's number, kind and place (parent, name), taken one
+    /// shard at a time (a consistent picture is not needed: the caller
+    /// invalidates kernel caches, where too much is harmless).
+    pub fn entries(&self) -> Vec<(Ino, Kind, Ino, OsString)> {
+        let nodes: Vec<Arc<Node>> = self.nodes.iter().map(|n| Arc::clone(n.value())).collect();
+        nodes
+            .into_iter()
+            .map(|n| {
+                let st = n.state.read();
+                (n.ino, n.kind, st.parent, st.name.clone())
+            })
+            .collect()
+    }
+
     /// Number of live nodes (root included).
     pub fn len(&self) -> usize {
         self.nodes.len()

@@ -30,5 +30,6 @@ pub mod readdir;
 pub mod stack;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod udba;
 pub mod upper;
 pub mod whiteout;

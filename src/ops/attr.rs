@@ -120,10 +120,21 @@ impl UnionFs {
     }
 
     /// Statistics of the filesystem new objects land on (the upper, else the
-    /// topmost lower).
+    /// topmost lower), or with `StatfsMode::Sum` of all branches.
     pub fn statfs(&self) -> Result<StatFs> {
         let snapshot = self.stack.load_full();
         let stack = &*snapshot;
+        let namelen = |max: u64| {
+            u32::try_from(
+                u64::try_from(self.opts.name_max)
+                    .unwrap_or(u64::MAX)
+                    .min(max),
+            )
+            .unwrap_or(255)
+        };
+        if self.opts.statfs == StatfsMode::Sum {
+            return self.statfs_sum(stack, namelen);
+        }
         let b = stack
             .upper()
             .or_else(|| stack.iter().next())
@@ -136,15 +147,65 @@ impl UnionFs {
             files: s.files(),
             ffree: s.files_free(),
             bsize: u32::try_from(s.block_size()).unwrap_or(4096),
-            namelen: u32::try_from(
-                u64::try_from(self.opts.name_max)
-                    .unwrap_or(u64::MAX)
-                    .min(s.name_max()),
-            )
-            .unwrap_or(255),
+            namelen: namelen(s.name_max()),
             frsize: u32::try_from(s.fragment_size()).unwrap_or(4096),
         })
     }
+
+    /// AUFS `sum`: blocks and inodes of every branch's filesystem added
+    /// up, each filesystem (`st_dev` of the branch root) counted once;
+    /// block counts in the smallest fragment size among them, the name
+    /// length the smallest.
+    fn statfs_sum(&self, stack: &BranchStack, namelen: impl Fn(u64) -> u32) -> Result<StatFs> {
+        let mut seen = Vec::new();
+        let mut all = Vec::new();
+        for b in stack.iter() {
+            let dev = sys::fs::fstat(b.root())?.st_dev;
+            if seen.contains(&dev) {
+                continue;
+            }
+            seen.push(dev);
+            all.push(sys::fs::statvfs(b.root())?);
+        }
+        let unit = all
+            .iter()
+            .map(|s| s.fragment_size().max(1))
+            .min()
+            .ok_or(Error::StaleInode)?;
+        let mut out = StatFs {
+            blocks: 0,
+            bfree: 0,
+            bavail: 0,
+            files: 0,
+            ffree: 0,
+            bsize: u32::try_from(unit).unwrap_or(4096),
+            namelen: u32::MAX,
+            frsize: u32::try_from(unit).unwrap_or(4096),
+        };
+        for s in &all {
+            // Exact: every fragment size is a multiple of the smallest
+            // (powers of two) in practice; saturate rather than wrap.
+            let scale = |n: u64| n.saturating_mul(s.fragment_size().max(1) / unit);
+            out.blocks = out.blocks.saturating_add(scale(s.blocks()));
+            out.bfree = out.bfree.saturating_add(scale(s.blocks_free()));
+            out.bavail = out.bavail.saturating_add(scale(s.blocks_available()));
+            out.files = out.files.saturating_add(s.files());
+            out.ffree = out.ffree.saturating_add(s.files_free());
+            out.namelen = out.namelen.min(namelen(s.name_max()));
+        }
+        Ok(out)
+    }
+}
+
+/// What statfs reports (AUFS `nosum` / `sum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatfsMode {
+    /// The upper branch's filesystem (the first branch's without an
+    /// upper): what a write can use. AUFS `nosum`, the default.
+    #[default]
+    Upper,
+    /// The sum over the branches' filesystems, each counted once.
+    Sum,
 }
 
 /// What a setattr changes (`None` = leave alone).

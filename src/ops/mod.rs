@@ -18,6 +18,7 @@ mod copyup;
 mod dir;
 mod file;
 mod namei;
+mod udba;
 mod write;
 mod xattr;
 
@@ -27,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::stat::FileStat;
 
-pub use attr::{SetAttr, StatFs};
+pub use attr::{SetAttr, StatFs, StatfsMode};
 pub use file::Opened;
 pub use write::{NewObject, RenameHow};
 
@@ -105,6 +106,17 @@ pub struct CoreOptions {
     /// The union's NAME_MAX: reported in statfs; longer names are never
     /// created and, where no branch holds them, looked up as ENAMETOOLONG.
     pub name_max: usize,
+    /// What statfs reports: the upper's, or the sum over the branches.
+    pub statfs: StatfsMode,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        CoreOptions {
+            name_max: crate::whiteout::NAME_MAX,
+            statfs: StatfsMode::default(),
+        }
+    }
 }
 
 /// The union filesystem.
@@ -130,10 +142,19 @@ pub struct UnionFs {
 
 /// Tells the kernel that what it cached about an inode is stale, for the
 /// changes the union makes without the kernel asking (copy-up turning a
-/// directory into a merged one changes its attributes).
+/// directory into a merged one changes its attributes), and for changes
+/// made directly in a branch (`udba=notify`).
 pub trait Invalidate: Send + Sync + std::fmt::Debug {
-    /// Drops the kernel's cached attributes of `ino`.
+    /// Drops the kernel's cached attributes of `ino` (safe inside a request).
     fn attributes(&self, ino: Ino);
+    /// Makes the kernel revalidate its cached entry (or negative entry)
+    /// `name` in directory `parent` at its next use. Takes the directory's
+    /// lock in the kernel: never call it from inside a request.
+    fn entry(&self, parent: Ino, name: &std::ffi::OsStr);
+    /// Drops everything the kernel cached about `ino`: attributes, data
+    /// pages, a directory's cached listing. Takes page locks in the
+    /// kernel: never call it from inside a request.
+    fn inode(&self, ino: Ino);
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -378,6 +399,7 @@ mod tests {
         std::fs::write(dir.join("lower/g"), b"g").unwrap();
         let opts = CoreOptions {
             name_max: WhiteoutFormat::Aufs.name_max(),
+            ..CoreOptions::default()
         };
         let fs = UnionFs::new(open(dir, &Backings::new(64)), opts).unwrap();
         let first = fs.stack();

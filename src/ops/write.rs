@@ -942,6 +942,7 @@ mod tests {
         let stack = BranchStack::new(vec![ub, lb], vec![up], backings);
         let opts = CoreOptions {
             name_max: format.name_max(),
+            ..CoreOptions::default()
         };
         UnionFs::new(stack, opts).unwrap()
     }

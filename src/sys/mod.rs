@@ -9,6 +9,7 @@
 pub mod ctl;
 pub mod fs;
 pub mod mount;
+pub mod notify;
 pub mod process;
 pub mod xattr;
 

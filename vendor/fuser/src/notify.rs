@@ -74,6 +74,18 @@ impl Notifier {
         self.send_inval(notify_code::FUSE_NOTIFY_INVAL_ENTRY, &notif)
     }
 
+    /// Expire a directory entry: the kernel revalidates it (a LOOKUP) at
+    /// its next use and keeps it, with anything mounted on it, when the
+    /// answer is the same inode (`FUSE_EXPIRE_ONLY`, kernel >= 6.2; older
+    /// kernels ignore the flag and drop the entry as `inval_entry` does).
+    /// # Errors
+    /// Returns an error if the notification data is too large.
+    /// Returns an error if the kernel rejects the notification.
+    pub fn expire_entry(&self, parent: INodeNo, name: &OsStr) -> io::Result<()> {
+        let notif = Notification::new_expire_entry(parent, name).map_err(Self::too_big_err)?;
+        self.send_inval(notify_code::FUSE_NOTIFY_INVAL_ENTRY, &notif)
+    }
+
     /// Invalidate the kernel cache for a given inode (metadata and
     /// data in the given range)
     /// # Errors

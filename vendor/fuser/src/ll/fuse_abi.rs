@@ -688,8 +688,13 @@ pub(crate) struct fuse_notify_inval_inode_out {
 pub(crate) struct fuse_notify_inval_entry_out {
     pub(crate) parent: u64,
     pub(crate) namelen: u32,
-    pub(crate) padding: u32,
+    /// `FUSE_EXPIRE_ONLY` (ABI 7.38; older kernels ignore the field).
+    pub(crate) flags: u32,
 }
+
+/// `fuse_notify_inval_entry_out.flags`: only expire the entry (the next
+/// access revalidates it) instead of dropping it with its submounts.
+pub(crate) const FUSE_EXPIRE_ONLY: u32 = 1 << 0;
 
 #[repr(C)]
 #[derive(Debug, IntoBytes, KnownLayout, Immutable)]
