@@ -49,9 +49,10 @@ use criterion::{
 };
 use nix::sys::stat::FileStat;
 use unionfs::backing::{Backings, DEFAULT_CACHED_FDS};
-use unionfs::branch::{Branch, BranchId, BranchMode};
+use unionfs::branch::{Branch, BranchId};
 use unionfs::copy_up::{copy_data, data_extents, stage, CopyUpData};
 use unionfs::inode::{Ino, InodeTable, Kind, Layer, NodeState, ROOT_INO};
+use unionfs::mode::Mode;
 use unionfs::ops::{CoreOptions, UnionFs};
 use unionfs::readdir::{merge, LayerEntry};
 use unionfs::stack::BranchStack;
@@ -138,9 +139,7 @@ fn bench_lookup(c: &mut Criterion) {
             if i == n - 1 {
                 std::fs::write(p.join("deep"), b"x").unwrap();
             }
-            branches.push(
-                Branch::open(BranchId(i), &p, BranchMode::ReadOnly, false, &backings).unwrap(),
-            );
+            branches.push(Branch::open(BranchId(i), &p, Mode::RO_WH, false, &backings).unwrap());
             dirs.push(File::open(&p).unwrap());
         }
         let stack = BranchStack::new(branches, Vec::new(), backings);
@@ -281,7 +280,7 @@ fn bench_copy_up(c: &mut Criterion) {
     let upper_branch = Branch::open(
         BranchId(0),
         &upper_dir,
-        BranchMode::ReadWrite,
+        Mode::RW,
         false,
         &Backings::new(DEFAULT_CACHED_FDS),
     )
@@ -467,7 +466,7 @@ fn bench_inode_table(c: &mut Criterion) {
     let branch = Branch::open(
         BranchId(0),
         dir.path(),
-        BranchMode::ReadOnly,
+        Mode::RO_WH,
         false,
         &Backings::new(DEFAULT_CACHED_FDS),
     )

@@ -17,21 +17,13 @@ use dashmap::DashMap;
 
 use crate::backing::{Backing, Backings};
 use crate::error::Result;
+use crate::mode::Mode;
 use crate::sys;
 use crate::whiteout;
 
 /// Stable identifier of a branch within a stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BranchId(pub u16);
-
-/// Whether the union may write to a branch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BranchMode {
-    /// The writable upper branch.
-    ReadWrite,
-    /// A read-only lower branch.
-    ReadOnly,
-}
 
 /// How a branch was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +35,9 @@ pub enum BranchView {
     Direct,
 }
 
-/// One branch of the union.
-#[derive(Debug)]
+/// One branch of the union. Cloning it shares its fds (a live branch
+/// change builds the next stack from clones of the branches it keeps).
+#[derive(Debug, Clone)]
 pub struct Branch {
     /// Stable id.
     pub id: BranchId,
@@ -56,8 +49,8 @@ pub struct Branch {
     /// O_PATH fds), when objects of this branch can be reopened by handle
     /// and so need not keep their fds open (see `backing`).
     pub handle_mount: Option<Arc<OwnedFd>>,
-    /// Writable or not.
-    pub mode: BranchMode,
+    /// Its AUFS mode: writable or not, whiteouts honoured or not.
+    pub mode: Mode,
     /// st_dev of the branch root.
     pub dev: u64,
     /// How it was opened.
@@ -67,7 +60,7 @@ pub struct Branch {
     /// The filesystem UUID the kernel knows (for overlayfs file handles).
     pub fs_uuid: Option<[u8; 16]>,
     /// unionfs-fuse whiteout tree (`.unionfs/` or `.unionfs-fuse/`), if present.
-    pub hidden: Option<OwnedFd>,
+    pub hidden: Option<Arc<OwnedFd>>,
     /// Whether a char 0:0 device in this branch is a whiteout. False only for
     /// an upper recorded in AUFS format, where such a device is a user's device.
     pub char_whiteouts: bool,
@@ -90,7 +83,7 @@ impl Branch {
     pub fn open(
         id: BranchId,
         path: &Path,
-        mode: BranchMode,
+        mode: Mode,
         clone: bool,
         backings: &Arc<Backings>,
     ) -> Result<Self> {
@@ -114,7 +107,7 @@ impl Branch {
                     .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
                     .unwrap_or(false)
                 {
-                    hidden = Some(fd);
+                    hidden = Some(Arc::new(fd));
                     break;
                 }
             }
@@ -149,6 +142,18 @@ impl Branch {
         })
     }
 
+    /// Whether whiteouts and opaque markers in this branch hide what lies
+    /// below (`rw`, `ro+wh`, `rr+wh`; not `ro`, `rr`: AUFS does not even
+    /// look for them there).
+    pub fn whiteouts(&self) -> bool {
+        self.mode.wh
+    }
+
+    /// Whether a char 0:0 device here is a whiteout.
+    pub fn char_whiteouts(&self) -> bool {
+        self.char_whiteouts && self.mode.wh
+    }
+
     /// The root fd.
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
@@ -167,9 +172,7 @@ impl Branch {
     /// can be reopened by handle, seen through a mount clone (so no mount
     /// point inside needs an fd to be recognised).
     pub fn reach_by_name(&self) -> bool {
-        self.mode == BranchMode::ReadOnly
-            && self.handle_mount.is_some()
-            && self.view != BranchView::Direct
+        !self.mode.writable() && self.handle_mount.is_some() && self.view != BranchView::Direct
     }
 
     /// A backing object for `dir/name` known by its file handle only;

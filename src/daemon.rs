@@ -16,14 +16,16 @@ use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::backing::Backings;
-use crate::branch::{Branch, BranchId, BranchMode};
+use crate::branch::BranchId;
 use crate::config::{join_branches, MountConfig, Passthrough, Uring};
 use crate::fuse::FuseAdapter;
+use crate::live::Opener;
+use crate::mode::Mode;
 use crate::ops::{CoreOptions, UnionFs};
 use crate::stack::BranchStack;
 use crate::sys;
 use crate::udba::{Udba, Watcher};
-use crate::upper::{Upper, XattrNs};
+use crate::upper::XattrNs;
 use crate::whiteout::{self, WhiteoutFormat};
 
 /// Default kernel cache lifetime: the union invalidates what it changes
@@ -84,79 +86,72 @@ fn prepare_staging(cfg: &MountConfig) -> Result<Option<std::path::PathBuf>> {
     }
 }
 
-/// The whiteout format of the upper, and whether it is (to be) recorded on
-/// it: what the upper recorded; else the option, recorded; else AUFS,
-/// recorded only on an empty upper — an unrecorded upper with content came
-/// from another tool, so its char 0:0 devices stay whiteouts. A recorded
-/// format that contradicts the option is an error: one upper never mixes.
-fn upper_format(cfg: &MountConfig, upper: &Branch) -> Result<(WhiteoutFormat, bool)> {
-    let recorded = crate::upper::recorded_format(upper.root())
-        .with_context(|| format!("cannot read upper branch {}", upper.path.display()))?;
-    match (recorded, cfg.options.whiteout) {
-        (Some(r), Some(o)) if r != o => anyhow::bail!(
-            "upper branch {} holds {} whiteouts; it cannot be mounted with whiteout={}",
-            upper.path.display(),
-            r,
-            o
-        ),
-        (Some(r), _) => Ok((r, true)),
-        (None, Some(o)) => Ok((o, true)),
-        (None, None) => {
-            let empty = std::fs::read_dir(&upper.path)
-                .with_context(|| format!("cannot read upper branch {}", upper.path.display()))?
-                .filter_map(|e| e.ok())
-                .all(|e| e.file_name() == whiteout::STAGING_NAME);
-            Ok((WhiteoutFormat::default(), empty))
-        }
+/// The mount's settings for opening branches, now and on live changes.
+fn opener(cfg: &MountConfig) -> Opener {
+    Opener {
+        clone: is_root(),
+        format: cfg.options.whiteout,
+        ns: if is_root() {
+            XattrNs::Trusted
+        } else {
+            XattrNs::User
+        },
+        durable: !cfg.options.volatile,
+        metacopy: cfg
+            .options
+            .metacopy
+            .unwrap_or(cfg.dialect == crate::config::Dialect::Native),
+        copy_strategy: cfg.options.copyup,
+        read_only: cfg.options.read_only,
     }
 }
 
-/// Opens the branches (upper first) and the upper's staging area (its
-/// writer), for a union caching at most `cached_fds` backing fds.
-fn open_stack(cfg: &MountConfig, cached_fds: usize) -> Result<BranchStack> {
-    let clone = is_root();
+/// Opens the branches (upper first) and the writers of the writable ones,
+/// for a union caching at most `cached_fds` backing fds.
+fn open_stack(cfg: &MountConfig, opener: &Opener, cached_fds: usize) -> Result<BranchStack> {
     let backings = Backings::new(cached_fds);
     let mut branches = Vec::new();
-    let mut id = 0u16;
     let mut writers = Vec::new();
-    if let Some(u) = &cfg.upper {
-        let mode = if cfg.options.read_only {
-            BranchMode::ReadOnly
-        } else {
-            BranchMode::ReadWrite
-        };
-        // The upper is opened directly, not as a clone: copy-up renames
-        // between it and the workdir, which must be on one mount.
-        let mut b = Branch::open(BranchId(id), u, mode, false, &backings)
-            .with_context(|| format!("cannot open upper branch {}", u.display()))?;
-        let (format, recorded) = upper_format(cfg, &b)?;
-        // In an upper recorded as AUFS format a char 0:0 device is a user's device.
-        b.char_whiteouts = !(recorded && format == WhiteoutFormat::Aufs);
-        if mode == BranchMode::ReadWrite {
-            let ns = if is_root() {
-                XattrNs::Trusted
-            } else {
-                XattrNs::User
-            };
-            let mut up = Upper::open(&b, cfg.workdir.as_deref(), format, recorded, ns)
-                .with_context(|| format!("cannot prepare the workdir of {}", u.display()))?;
-            up.durable = !cfg.options.volatile;
-            up.metacopy = cfg
-                .options
-                .metacopy
-                .unwrap_or(cfg.dialect == crate::config::Dialect::Native);
-            up.copy_strategy = cfg.options.copyup;
-            writers.push(up);
+    let upper = cfg
+        .upper
+        .iter()
+        .map(|u| (u, cfg.upper_mode, cfg.workdir.as_deref()));
+    let lowers = cfg
+        .lowers
+        .iter()
+        .zip(
+            cfg.lower_modes
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(Mode::RO_WH)),
+        )
+        .map(|(l, m)| (l, m, None));
+    for (id, (path, mode, workdir)) in upper.chain(lowers).enumerate() {
+        let id = u16::try_from(id).context("too many branches")?;
+        let mut b = opener.branch(BranchId(id), path, mode, &backings)?;
+        if b.mode.writable() {
+            writers.push(opener.writer(&mut b, workdir)?);
+        } else if cfg.upper.as_ref() == Some(path) {
+            // A read-only mount of an upper reads its whiteouts as written.
+            let (format, recorded) = crate::live::branch_format(opener.format, &b)?;
+            b.char_whiteouts = !(recorded && format == WhiteoutFormat::Aufs);
         }
         branches.push(b);
-        id += 1;
     }
-    for l in &cfg.lowers {
-        branches.push(
-            Branch::open(BranchId(id), l, BranchMode::ReadOnly, clone, &backings)
-                .with_context(|| format!("cannot open lower branch {}", l.display()))?,
-        );
-        id += 1;
+    // One format is written: a second writable branch must agree.
+    if let Some(f) = writers.first().map(|w| w.format) {
+        if let Some(w) = writers.iter().find(|w| w.format != f) {
+            let p = branches
+                .iter()
+                .find(|b| b.id == w.branch)
+                .map(|b| b.path.display().to_string());
+            bail!(
+                "branch {} holds {} whiteouts, the union writes {}: give whiteout= to choose",
+                p.unwrap_or_default(),
+                w.format,
+                f
+            );
+        }
     }
     Ok(BranchStack::new(branches, writers, backings))
 }
@@ -245,7 +240,8 @@ fn uring_mode(mode: Uring, root: bool) -> Result<Uring> {
 }
 
 fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
-    let stack = open_stack(cfg, cached_fds)?;
+    let opener = opener(cfg);
+    let stack = open_stack(cfg, &opener, cached_fds)?;
     // What the union writes must stay deletable in its format.
     let name_max = stack
         .writer()
@@ -350,6 +346,18 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
         // inotify instance and its watches survive the fork).
         w.watch(crate::inode::ROOT_INO);
     }
+    // Bound before the mount command returns, so `unionfs branch` works
+    // right after it; served from a thread started after the fork.
+    let control = match crate::control::Server::bind(&mnt) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "no control socket for {} (branch changes refused): {e}",
+                mnt.display()
+            );
+            None
+        }
+    };
     tracing::info!(
         "mounted {} (upper {}) on {}",
         join_branches(&cfg.lowers),
@@ -376,14 +384,26 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
         }
     }
     spawn_signal_unmounter(&mnt);
+    let socket = control.as_ref().map(|c| c.path().to_path_buf());
+    if let Some(c) = control {
+        let live = crate::live::LiveBranches {
+            fs: Arc::clone(&core),
+            opener,
+        };
+        c.spawn(Arc::new(live))
+            .context("cannot start the control thread")?;
+    }
     if let Some(w) = &watcher {
         // After the fork (threads do not survive it), with the signal mask
         // set. Events since the root's watch (before the fork) are queued.
         w.spawn()
             .context("udba=notify: cannot start the watcher thread")?;
     }
-    session.run().context("FUSE session failed")?;
-    Ok(())
+    let served = session.run().context("FUSE session failed");
+    if let Some(p) = socket {
+        let _ = std::fs::remove_file(p);
+    }
+    served
 }
 
 /// On SIGINT/SIGTERM/SIGHUP, detach the mount so the event loops end and

@@ -59,6 +59,10 @@ impl crate::ops::Invalidate for KernelInvalidator {
         // a directory is its cached listing.
         let _ = self.0.inval_inode(INodeNo(ino.0), 0, 0);
     }
+
+    fn all_entries(&self) -> bool {
+        self.0.inc_epoch().is_ok()
+    }
 }
 
 /// Above this much page cache of a file, its copy-up open keeps the cache

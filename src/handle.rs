@@ -104,6 +104,11 @@ impl HandleTable {
         self.map.remove(&fh).map(|(_, h)| h)
     }
 
+    /// True when any open handle satisfies `f`.
+    pub fn any(&self, f: impl Fn(&Handle) -> bool) -> bool {
+        self.map.iter().any(|h| f(h.value()))
+    }
+
     /// Number of open handles.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -194,6 +194,9 @@ fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo
     let names = obj.xattrs()?;
     for n in &names {
         if whiteout::OPAQUE_XATTRS.iter().any(|x| n == OsStr::new(x)) {
+            if !branch.whiteouts() {
+                continue;
+            }
             if let Some(v) = obj.xattr(n)? {
                 match whiteout::opacity_from_xattr(&v) {
                     Opacity::Opaque => info.opacity = Opacity::Opaque,
@@ -215,6 +218,7 @@ fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo
         }
     }
     if info.opacity != Opacity::Opaque
+        && branch.whiteouts()
         && (marker_absent(obj.child_stat(OsStr::new(whiteout::OPAQUE_MARKER)))?.is_some()
             || hidden_in(branch, path)?)
     {
@@ -265,7 +269,7 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Out
         }
     };
     let Some((fd, stat)) = found else {
-        if last {
+        if last || !c.branch.whiteouts() {
             return Ok(Outcome::Absent);
         }
         let wh = whiteout::whiteout_name(name);
@@ -276,7 +280,7 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Out
         }
         return Ok(Outcome::Absent);
     };
-    if c.branch.char_whiteouts && whiteout::is_char_whiteout(stat.st_mode, stat.st_rdev) {
+    if c.branch.char_whiteouts() && whiteout::is_char_whiteout(stat.st_mode, stat.st_rdev) {
         return Ok(Outcome::Whiteout);
     }
     let p = Probe { fd, stat };
@@ -743,7 +747,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use crate::branch::{BranchId, BranchMode};
+    use crate::branch::BranchId;
+    use crate::mode::Mode;
     use std::fs;
 
     /// Branches `u` (writable) and `l1`, `l2`, ... under one temp dir.
@@ -763,11 +768,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let mode = if i == 0 {
-                    BranchMode::ReadWrite
-                } else {
-                    BranchMode::ReadOnly
-                };
+                let mode = if i == 0 { Mode::RW } else { Mode::RO_WH };
                 Branch::open(
                     BranchId(i as u16),
                     &dir.path().join(b),

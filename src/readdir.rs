@@ -175,7 +175,10 @@ pub fn list_layer(
     for r in raw {
         match whiteout::classify_name(&r.name) {
             NameClass::Whiteout(target) => {
-                out.push(LayerEntry::Whiteout(target.to_os_string()));
+                // Reserved everywhere; hides something only where honoured.
+                if branch.whiteouts() {
+                    out.push(LayerEntry::Whiteout(target.to_os_string()));
+                }
                 continue;
             }
             NameClass::OpaqueMarker | NameClass::Internal => continue,
@@ -199,7 +202,7 @@ pub fn list_layer(
                     Err(e) if e.is_not_found() => continue,
                     Err(e) => return Err(e),
                 };
-                if branch.char_whiteouts && whiteout::is_char_whiteout(st.st_mode, st.st_rdev) {
+                if branch.char_whiteouts() && whiteout::is_char_whiteout(st.st_mode, st.st_rdev) {
                     out.push(LayerEntry::Whiteout(r.name));
                     continue;
                 }
@@ -223,7 +226,7 @@ pub fn list_layer(
             kind,
         });
     }
-    if let Some(hidden) = &branch.hidden {
+    if let Some(hidden) = branch.hidden.as_ref().filter(|_| branch.whiteouts()) {
         out.extend(hidden_whiteouts(hidden, path)?);
     }
     Ok(out)

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use crate::backing::Backings;
-use crate::branch::{Branch, BranchId, BranchMode, InoFolder};
+use crate::branch::{Branch, BranchId, InoFolder};
 use crate::error::{Error, Result};
 use crate::upper::Upper;
 
@@ -27,8 +27,10 @@ use crate::upper::Upper;
 pub struct BranchStack {
     branches: Vec<Branch>,
     /// One per writable branch that may be written (`Upper::branch` names
-    /// it), topmost first.
-    writers: Vec<Upper>,
+    /// it), topmost first; shared with the stacks before and after this one
+    /// that keep the branch writable, so a live change never resets a
+    /// staging area in use.
+    writers: Vec<Arc<Upper>>,
     inos: Arc<InoFolder>,
     /// The union's backing state, which every branch was opened with.
     backings: Arc<Backings>,
@@ -40,6 +42,19 @@ impl BranchStack {
     /// Builds a stack (generation 0) from branches (topmost first) opened
     /// with `backings`, and the writers of the writable ones.
     pub fn new(branches: Vec<Branch>, writers: Vec<Upper>, backings: Arc<Backings>) -> Self {
+        Self::with_shared(
+            branches,
+            writers.into_iter().map(Arc::new).collect(),
+            backings,
+        )
+    }
+
+    /// As `new`, with writers shared with another stack.
+    pub fn with_shared(
+        branches: Vec<Branch>,
+        writers: Vec<Arc<Upper>>,
+        backings: Arc<Backings>,
+    ) -> Self {
         debug_assert!(branches.iter().all(|b| Arc::ptr_eq(&b.backings, &backings)));
         let inos = Arc::new(InoFolder::default());
         // Devices are numbered in branch order, so the numbering (and with it
@@ -114,9 +129,7 @@ impl BranchStack {
 
     /// The topmost writable branch, if any (the upper).
     pub fn upper(&self) -> Option<&Branch> {
-        self.branches
-            .iter()
-            .find(|b| b.mode == BranchMode::ReadWrite)
+        self.branches.iter().find(|b| b.mode.writable())
     }
 
     /// The writer of the upper (`upper()`), if the union may write.
@@ -126,7 +139,12 @@ impl BranchStack {
 
     /// The writer of branch `id`, if it has one.
     pub fn writer_of(&self, id: BranchId) -> Option<&Upper> {
-        self.writers.iter().find(|u| u.branch == id)
+        self.writers.iter().find(|u| u.branch == id).map(|u| &**u)
+    }
+
+    /// The writer of branch `id`, shared (to build the next stack with).
+    pub fn shared_writer(&self, id: BranchId) -> Option<Arc<Upper>> {
+        self.writers.iter().find(|u| u.branch == id).cloned()
     }
 
     /// The st_ino the union reports for backing object (dev, ino).

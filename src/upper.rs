@@ -13,7 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::errno::Errno;
 
@@ -84,6 +84,14 @@ pub struct Upper {
     pub metacopy: bool,
     /// The one way copy-up may move data (`copyup=`); `None`: the best that works.
     pub copy_strategy: Option<Strategy>,
+    /// AUFS whiteouts are hard links to the branch's whiteout base
+    /// (`rw`), or separate empty files (`rw+nolwh`). Changed by a live
+    /// `branch mod` between the two, so an atomic.
+    pub link_whiteouts: AtomicBool,
+    /// The whiteout base (`.wh..wh.aufs` in the branch root), once made.
+    wh_base: std::sync::OnceLock<Option<OwnedFd>>,
+    /// The branch root (to make the whiteout base in).
+    root: std::sync::Arc<OwnedFd>,
     seq: AtomicU64,
 }
 
@@ -199,6 +207,9 @@ impl Upper {
             durable: true,
             metacopy: false,
             copy_strategy: None,
+            link_whiteouts: AtomicBool::new(false),
+            wh_base: std::sync::OnceLock::new(),
+            root: std::sync::Arc::clone(&upper.root),
             seq: AtomicU64::new(0),
         };
         // Record the format so a later mount reads this upper the same way
@@ -252,11 +263,63 @@ impl Upper {
         if wh.len() > 255 {
             return Err(Error::NameTooLong);
         }
+        if self.link_whiteouts.load(Ordering::Relaxed) {
+            if let Some(base) = self.whiteout_base() {
+                match sys::fs::link_fd(base.as_fd(), dir, &wh) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.errno() == Errno::EEXIST => return Ok(()),
+                    // Too many links, no privilege for linkat(AT_EMPTY_PATH),
+                    // a filesystem without hard links: a file of its own.
+                    Err(_) => {}
+                }
+            }
+        }
         match sys::fs::create_at(dir, &wh, nix::fcntl::OFlag::O_WRONLY, 0) {
             Ok(_) => Ok(()),
             Err(e) if e.errno() == Errno::EEXIST => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Makes the whiteout base (`.wh..wh.aufs`, empty, in the branch
+    /// root) if the branch links its whiteouts and has none, keeping the
+    /// root's times (mounting is not a change of the branch). Called when
+    /// the writer is set up, as AUFS does at mount and remount.
+    pub fn prepare_whiteout_base(&self) -> Result<()> {
+        if self.format != WhiteoutFormat::Aufs || !self.link_whiteouts.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let root = self.root.as_fd();
+        let name = OsStr::new(whiteout::WHITEOUT_BASE);
+        if sys::fs::stat_at(root, name).is_ok() {
+            return Ok(());
+        }
+        let before = sys::fs::fstat(root)?;
+        match sys::fs::create_at(root, name, nix::fcntl::OFlag::O_WRONLY, 0o444) {
+            Ok(_) => {}
+            Err(e) if e.errno() == Errno::EEXIST => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let _ = sys::fs::utimes_fd(
+            root,
+            sys::fs::SetTime::At(before.st_atime, before.st_atime_nsec),
+            sys::fs::SetTime::At(before.st_mtime, before.st_mtime_nsec),
+        );
+        Ok(())
+    }
+
+    /// The whiteout base, when the branch has one that is a plain empty
+    /// file (anything else there is not linked to).
+    fn whiteout_base(&self) -> Option<&OwnedFd> {
+        self.wh_base
+            .get_or_init(|| {
+                let fd =
+                    sys::fs::open_path_at(self.root.as_fd(), OsStr::new(whiteout::WHITEOUT_BASE))
+                        .ok()?;
+                let st = sys::fs::fstat(fd.as_fd()).ok()?;
+                (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0).then_some(fd)
+            })
+            .as_ref()
     }
 
     /// Writes a whiteout for `name` into upper directory `dir`, replacing

@@ -14,6 +14,9 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// The union's staging area inside the upper when no workdir is given.
 pub const STAGING_NAME: &str = ".wh..wh.unionfs";
+/// AUFS's whiteout base in a writable branch's root: every whiteout of
+/// the branch is a hard link to it, unless the branch is `rw+nolwh`.
+pub const WHITEOUT_BASE: &str = ".wh..wh.aufs";
 /// unionfs-fuse keeps whiteouts as `<branch>/.unionfs/<path>_HIDDEN~`.
 pub const UNIONFS_FUSE_DIRS: [&str; 2] = [".unionfs", ".unionfs-fuse"];
 /// Suffix of a unionfs-fuse whiteout.

@@ -41,8 +41,7 @@ impl UnionFs {
 
     /// The merged listing of directory `ino`, `.` and `..` first.
     fn snapshot_dir(&self, stack: &BranchStack, ino: Ino) -> Result<Vec<MergedEntry>> {
-        let node = self.inodes.get(ino)?;
-        let state = node.snapshot();
+        let state = self.fresh_dir(stack, ino)?;
         let path = self.inodes.path_of(ino)?;
         let layers = readdir::layer_listings(stack, &state.layers, &path)?;
         let merged = readdir::merge(&layers);

@@ -12,7 +12,6 @@ use nix::fcntl::OFlag;
 use nix::unistd::Whence;
 
 use super::UnionFs;
-use crate::branch::BranchMode;
 use crate::copy_up::CopyUpData;
 use crate::error::{Error, Result};
 use crate::handle::{Fh, FileHandle, Handle};
@@ -56,6 +55,9 @@ impl UnionFs {
     /// Opens `ino` with open(2) `flags`; opening for writing (or with
     /// O_TRUNC) copies a lower object up first.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
+        // Before the stack is loaded: a branch change waits for this open,
+        // or this open sees the changed stack.
+        let _gate = self.gate.read();
         let snapshot = self.stack.load_full();
         let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
@@ -77,11 +79,8 @@ impl UnionFs {
         // A metadata-only copy is read from the layer with the data.
         let top = state.data()?;
         let fd = sys::fs::reopen(top.fd()?.as_fd(), backing_flags(flags))?;
-        let keep_cache = matches!(
-            stack.get(top.branch).map(|b| b.mode),
-            Some(BranchMode::ReadOnly)
-        );
-        let on_upper = stack.writer().is_some_and(|u| u.branch == top.branch);
+        let keep_cache = stack.get(top.branch).is_some_and(|b| !b.mode.writable());
+        let on_upper = stack.writer_of(top.branch).is_some();
         let fh = self
             .handles
             .insert(Handle::File(FileHandle::new(ino, top.branch, fd)));

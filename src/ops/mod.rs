@@ -14,6 +14,7 @@
 //! (never on a request path) so that replacements are ordered.
 
 mod attr;
+mod branches;
 mod copyup;
 mod dir;
 mod file;
@@ -138,6 +139,10 @@ pub struct UnionFs {
     invalidator: std::sync::OnceLock<Box<dyn Invalidate>>,
     /// Branch faults seen, so each is logged once (`faults`).
     faults: crate::faults::FaultLog,
+    /// Taken shared by every operation that opens a file handle, and
+    /// exclusively by a branch change while it checks that no handle is
+    /// open in a branch it removes and swaps the stack (`branches`).
+    gate: parking_lot::RwLock<()>,
 }
 
 /// Tells the kernel that what it cached about an inode is stale, for the
@@ -155,6 +160,10 @@ pub trait Invalidate: Send + Sync + std::fmt::Debug {
     /// pages, a directory's cached listing. Takes page locks in the
     /// kernel: never call it from inside a request.
     fn inode(&self, ino: Ino);
+    /// Makes the kernel revalidate every entry it holds, negative ones
+    /// included, at its next use; false when the kernel cannot (before
+    /// Linux 6.16), and then the caller names the entries one by one.
+    fn all_entries(&self) -> bool;
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -185,6 +194,7 @@ impl UnionFs {
                 .collect(),
             invalidator: std::sync::OnceLock::new(),
             faults: crate::faults::FaultLog::default(),
+            gate: parking_lot::RwLock::new(()),
         })
     }
 
@@ -349,22 +359,16 @@ mod tests {
 
     use super::*;
     use crate::backing::Backings;
-    use crate::branch::{Branch, BranchId, BranchMode};
+    use crate::branch::{Branch, BranchId};
     use crate::error::Error;
     use crate::inode::ROOT_INO;
+    use crate::mode::Mode;
     use crate::upper::{Upper, XattrNs};
     use crate::whiteout::WhiteoutFormat;
 
     /// Upper (with its writer) over one lower, opened with `backings`.
     fn open(dir: &Path, backings: &Arc<Backings>) -> BranchStack {
-        let ub = Branch::open(
-            BranchId(0),
-            &dir.join("upper"),
-            BranchMode::ReadWrite,
-            false,
-            backings,
-        )
-        .unwrap();
+        let ub = Branch::open(BranchId(0), &dir.join("upper"), Mode::RW, false, backings).unwrap();
         let up = Upper::open(
             &ub,
             Some(&dir.join("work")),
@@ -376,7 +380,7 @@ mod tests {
         let lb = Branch::open(
             BranchId(1),
             &dir.join("lower"),
-            BranchMode::ReadOnly,
+            Mode::RO_WH,
             false,
             backings,
         )

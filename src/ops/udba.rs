@@ -16,15 +16,17 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::UnionFs;
-use crate::branch::BranchMode;
 use crate::error::Result;
 use crate::inode::{Ino, Kind};
+use crate::mode::{Mode, Perm};
 
-/// Whether changes made directly in a branch of `mode` are looked for.
-/// (Really read-only branches, once they exist, are trusted forever.)
-fn may_change(mode: BranchMode) -> bool {
-    match mode {
-        BranchMode::ReadWrite | BranchMode::ReadOnly => true,
+/// Whether changes made directly in a branch of `mode` are looked for:
+/// really read-only (`rr`) branches never change, so they are trusted
+/// forever (aufs.5: no watches on them).
+fn may_change(mode: Mode) -> bool {
+    match mode.perm {
+        Perm::Rw | Perm::Ro => true,
+        Perm::Rr => false,
     }
 }
 
@@ -87,7 +89,9 @@ impl UnionFs {
         let pstate = self.inodes.get(parent).ok()?.snapshot();
         let ppath = self.inodes.path_of(parent).ok()?;
         let stack = self.stack.load_full();
-        let found = self.find_union(&stack, parent, &pstate, &ppath, name).ok()?;
+        let found = self
+            .find_union(&stack, parent, &pstate, &ppath, name)
+            .ok()?;
         let ino = self.ino_of(&stack, &found);
         self.is_live(ino).then_some(ino)
     }

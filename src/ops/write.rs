@@ -313,6 +313,7 @@ impl UnionFs {
         mode: u32,
         caller: Caller,
     ) -> Result<(Entry, Option<Fh>)> {
+        let _gate = self.gate.read();
         let snapshot = self.stack.load_full();
         let stack = &*snapshot;
         self.check_new_name(name)?;
@@ -896,8 +897,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::branch::{Branch, BranchId, BranchMode};
+    use crate::branch::{Branch, BranchId};
     use crate::inode::ROOT_INO;
+    use crate::mode::Mode;
     use crate::ops::CoreOptions;
     use crate::stack::BranchStack;
     use crate::upper::XattrNs;
@@ -922,19 +924,12 @@ mod tests {
         std::fs::write(dir.join("lower").join(name('a', 253)), b"a").unwrap();
         std::fs::write(dir.join("lower").join(name('y', 252)), b"y").unwrap();
         let backings = crate::backing::Backings::new(64);
-        let ub = Branch::open(
-            BranchId(0),
-            &dir.join("upper"),
-            BranchMode::ReadWrite,
-            false,
-            &backings,
-        )
-        .unwrap();
+        let ub = Branch::open(BranchId(0), &dir.join("upper"), Mode::RW, false, &backings).unwrap();
         let up = Upper::open(&ub, Some(&dir.join("work")), format, true, XattrNs::User).unwrap();
         let lb = Branch::open(
             BranchId(1),
             &dir.join("lower"),
-            BranchMode::ReadOnly,
+            Mode::RO_WH,
             false,
             &backings,
         )

@@ -86,6 +86,15 @@ impl Notifier {
         self.send_inval(notify_code::FUSE_NOTIFY_INVAL_ENTRY, &notif)
     }
 
+    /// Make the kernel revalidate every directory entry it holds, positive
+    /// and negative, at its next use (FUSE_NOTIFY_INC_EPOCH, kernel >= 6.16;
+    /// older kernels refuse it with EINVAL).
+    /// # Errors
+    /// Returns an error if the kernel rejects the notification.
+    pub fn inc_epoch(&self) -> io::Result<()> {
+        self.send(notify_code::FUSE_NOTIFY_INC_EPOCH, &Notification::new_empty())
+    }
+
     /// Invalidate the kernel cache for a given inode (metadata and
     /// data in the given range)
     /// # Errors
