@@ -41,9 +41,13 @@ pub enum Command {
   unionfs mount -o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK MNT\n\
   unionfs mount -o br=/u=rw:/a=ro+wh:/b=ro [none] MNT     (AUFS; also br:... and dirs=...)\n\
   unionfs mount /u=RW:/a=RO MNT [-o cow]                 (unionfs-fuse)\n\n\
-The leftmost lower is the topmost. In branch lists with modes (rw, ro, rr, nfsro, \
-any case; ro may take +wh) the one rw branch must come first and is the upper; \
-an unmarked branch is ro, except the first one of an AUFS br= list. \
+The leftmost lower is the topmost. In branch lists with modes (AUFS's: rw, rw+nolwh, \
+ro, ro+wh, rr, rr+wh; also nfsro, RW, RO, any case) an unmarked branch is ro+wh, except \
+the first one of an AUFS br= list (rw). ro and rr read no whiteouts (aufs.5); +wh \
+makes them read them; rr promises the branch never changes; rw writes whiteouts as \
+hard links to .wh..wh.aufs, rw+nolwh as files of their own. Several rw branches \
+may be given: new objects go where create= says, copy-ups where cpup= says. \
+Branches can be added, removed and changed on the live mount: see `unionfs branch`. \
 Write \\= for an equals sign inside such a path. Write \\: for a colon inside a path. Without an \
 UPPER (or with UPPER '-') the union is read-only.\n\n\
 Options (-o, comma-separated, may repeat):\n  \
@@ -57,6 +61,9 @@ udba=none|reval|notify    changes made directly in a branch: none (default) trus
 caches (a change may stay unseen for ttl); reval revalidates every\n                            \
 access; notify watches looked-up directories (inotify) and drops\n                            \
 what changed\n  \
+create=tdp|rr|mfs[:SEC]|mfsrr:LOW[:SEC]|pmfs[:SEC]|pmfsrr:LOW[:SEC]\n                            \
+where new objects go among several rw branches (default tdp)\n  \
+cpup=tdp|bup|bu           where copy-ups go among them (default tdp)\n  \
 sum, nosum                statfs: sum over the branches' filesystems, each counted once;\n                            \
 nosum (default): the upper's\n  \
 threads=N                 FUSE event loops (default: number of CPUs)\n  \

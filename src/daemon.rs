@@ -251,6 +251,8 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
         CoreOptions {
             name_max,
             statfs: cfg.options.statfs.unwrap_or_default(),
+            create: cfg.options.create.unwrap_or_default(),
+            cpup: cfg.options.cpup.unwrap_or_default(),
         },
     )
     .context("cannot read the branch roots")?;

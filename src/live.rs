@@ -119,8 +119,13 @@ impl Opener {
         up.copy_strategy = self.copy_strategy;
         up.link_whiteouts
             .store(!b.mode.nolwh, std::sync::atomic::Ordering::Relaxed);
-        up.prepare_whiteout_base()
-            .with_context(|| format!("cannot make the whiteout base of {}", b.path.display()))?;
+        if let Err(e) = up.prepare_whiteout_base() {
+            // A full branch, say: its whiteouts are files of their own.
+            tracing::warn!(
+                "cannot make the whiteout base of {}: {e}; whiteouts there are separate files",
+                b.path.display()
+            );
+        }
         Ok(up)
     }
 }

@@ -597,6 +597,27 @@ fn resolve_dir<'a>(cx: &Ctx<'a>, above: &Branch, path: &Path) -> Result<Vec<Cand
 }
 
 /// Looks `name` up in the directory whose state is `parent`.
+/// The topmost layer of directory state `parent` (by index in its
+/// layers) holding a whiteout of `name`, if any: what a new object of that
+/// name must be created at or above to be seen.
+pub fn whiteout_layer(
+    stack: &BranchStack,
+    parent: &NodeState,
+    name: &OsStr,
+) -> Result<Option<usize>> {
+    for (i, l) in parent.layers.iter().enumerate().filter(|(_, l)| !l.sealed) {
+        let Some(branch) = stack.get(l.branch) else {
+            continue;
+        };
+        let c = Candidate::of_layer(branch, l)?;
+        let path = l.path.join(name);
+        if matches!(probe(&c, name, &path, false)?, Outcome::Whiteout) {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
 pub fn lookup(
     stack: &BranchStack,
     faults: Option<&FaultLog>,

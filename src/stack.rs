@@ -21,6 +21,9 @@ use crate::branch::{Branch, BranchId, InoFolder};
 use crate::error::{Error, Result};
 use crate::upper::Upper;
 
+/// Marks the generation of a view (`view_from`): never a real stack's.
+const VIEW_BIT: u64 = 1 << 63;
+
 /// The branches of a union, topmost first (upper, then lowers left to
 /// right), and the writers of the writable ones.
 #[derive(Debug)]
@@ -89,8 +92,47 @@ impl BranchStack {
         for b in &self.branches {
             self.inos.index(b.dev);
         }
-        self.generation = old.generation.wrapping_add(1);
+        self.generation = old.generation.wrapping_add(1) & !VIEW_BIT;
         Ok(self)
+    }
+
+    /// The part of this stack from branch `id` down, as a stack of its own
+    /// whose topmost branch is `id`: what an operation writing to `id` (one
+    /// of several writable branches) works on, so that `id` is its upper
+    /// and everything below its lowers. Its generation differs from this
+    /// stack's, so node states it resolves are re-resolved against the
+    /// whole stack before they are looked in again.
+    pub fn view_from(&self, id: BranchId) -> Option<BranchStack> {
+        let pos = self.branches.iter().position(|b| b.id == id)?;
+        let branches: Vec<Branch> = self.branches[pos..].to_vec();
+        let writers = self
+            .writers
+            .iter()
+            .filter(|w| branches.iter().any(|b| b.id == w.branch))
+            .cloned()
+            .collect();
+        Some(BranchStack {
+            branches,
+            writers,
+            inos: Arc::clone(&self.inos),
+            backings: Arc::clone(&self.backings),
+            generation: self.generation ^ VIEW_BIT,
+        })
+    }
+
+    /// True when the topmost branch is the one writable branch: every
+    /// write goes there, no policy has anything to choose.
+    pub fn one_writer_on_top(&self) -> bool {
+        self.writers.len() == 1
+            && self
+                .branches
+                .first()
+                .is_some_and(|b| b.id == self.writers[0].branch)
+    }
+
+    /// True for a stack made by `view_from`.
+    pub fn is_view(&self) -> bool {
+        self.generation & VIEW_BIT != 0
     }
 
     /// The generation of this snapshot (see the module doc).

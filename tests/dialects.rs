@@ -84,7 +84,8 @@ fn every_dialect_mounts_the_same_view() {
                     "none".into(),
                     m.into(),
                     "-o".into(),
-                    format!("br:{}=rw:{l1s}=rr:{l2s}", u.display()).into(),
+                    // l1 holds a whiteout: it must say +wh to have it read (aufs.5).
+                    format!("br:{}=rw:{l1s}=rr+wh:{l2s}", u.display()).into(),
                 ]
             }),
         ),
@@ -93,7 +94,7 @@ fn every_dialect_mounts_the_same_view() {
             Box::new(|u: &Path, m: &Path, _w: &Path| {
                 vec![
                     "-o".into(),
-                    format!("dirs={}=rw:{l1s}=ro:{l2s}=nfsro", u.display()).into(),
+                    format!("dirs={}=rw:{l1s}=ro+wh:{l2s}=nfsro", u.display()).into(),
                     "unionfs".into(),
                     m.into(),
                 ]
@@ -163,7 +164,7 @@ fn unknown_mode_word_is_one_line_and_mounts_nothing() {
         vec![
             "mount".into(),
             "-o".into(),
-            format!("br={}=ro:{}=rw", l1.display(), u.display()),
+            format!("br={}=rw+wh:{}=ro", u.display(), l1.display()),
             m.display().to_string(),
         ],
     ] {

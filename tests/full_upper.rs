@@ -374,6 +374,11 @@ struct Op {
     prepare: fn(&Setup),
     run: fn(&Setup) -> io::Result<()>,
     done: fn(&Setup),
+    /// It needs only new hard links — whiteouts, which in AUFS format are
+    /// links to the branch's whiteout base, and links from the index: no
+    /// inode and, mostly, no block, so on a filesystem that does not count
+    /// links as inodes (ext4, unlike tmpfs) it may succeed at once.
+    links_only: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -399,6 +404,7 @@ fn ops() -> Vec<Op> {
     vec![
         Op {
             name: "create",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::File::create(s.m("new-file")).map(drop),
@@ -406,6 +412,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "mkdir",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::create_dir(s.m("new-dir")),
@@ -413,6 +420,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "symlink",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| std::os::unix::fs::symlink("target", s.m("new-link")),
@@ -420,6 +428,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "copy-up of a small file",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Bytes(4 << 10),
             run: |s| copy_up_append(s, "s/small0"),
@@ -427,6 +436,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "copy-up of a small file (inodes)",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| copy_up_append(s, "s/small1"),
@@ -434,6 +444,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "copy-up of a file bigger than the free space",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Bytes(128 << 10),
             run: |s| copy_up_append(s, "big"),
@@ -441,6 +452,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "hard-link copy-up",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| copy_up_append(s, "h1"),
@@ -462,6 +474,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "link of a lower file",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::hard_link(s.m("s/small2"), s.m("s/small2-link")),
@@ -476,6 +489,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "rename of a lower directory (redirect + whiteout)",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::rename(s.m("dir"), s.m("dir-renamed")),
@@ -489,6 +503,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "rename of a lower file (whiteout)",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::rename(s.m("s/small3"), s.m("small3-moved")),
@@ -499,6 +514,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "unlink of a lower file (whiteout)",
+            links_only: true,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::remove_file(s.m("victim")),
@@ -506,6 +522,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "unlink of one name of a lower hard-link pair (index + whiteout)",
+            links_only: false,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::remove_file(s.m("h3")),
@@ -518,6 +535,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "rename of the second name of a copied-up hard link (link from the index)",
+            links_only: true,
             prepare: |s| copy_up_append(s, "h5").unwrap(),
             budget: Budget::Inodes,
             run: |s| fs::rename(s.m("h6"), s.m("h6-moved")),
@@ -533,6 +551,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "rmdir of a lower directory (whiteout)",
+            links_only: true,
             prepare: |_| {},
             budget: Budget::Inodes,
             run: |s| fs::remove_dir(s.m("empty1")),
@@ -540,6 +559,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "rmdir of a copied-up directory (whiteout, upper dir moved out)",
+            links_only: true,
             prepare: |s| {
                 use std::os::unix::fs::PermissionsExt;
                 fs::set_permissions(s.m("empty2"), fs::Permissions::from_mode(0o700)).unwrap();
@@ -550,6 +570,7 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "rename of a lower directory over an emptied one (moved aside, whiteout)",
+            links_only: false,
             // tdir is empty in the view but its upper instance holds a whiteout.
             prepare: |s| {
                 if s.m("tdir/x").exists() {
@@ -719,7 +740,7 @@ fn run_sweep(format: &'static str, kind: SmallFs, seed: u64) {
             op.name
         );
         assert!(
-            attempts > 0,
+            attempts > 0 || (op.links_only && format == "aufs" && kind == SmallFs::Ext4),
             "{}: did not fail on a full filesystem",
             op.name
         );

@@ -53,7 +53,14 @@ impl UnionFs {
     /// `getattr` on the operation's stack snapshot.
     pub(super) fn getattr_in(&self, stack: &BranchStack, ino: Ino) -> Result<Attr> {
         let node = self.inodes.get(ino)?;
-        let state = node.snapshot();
+        // A directory changed through one of several writable branches, or
+        // across a branch change, is read as the whole stack shows it now.
+        let state = if node.kind == Kind::Dir && !stack.is_view() {
+            self.fresh_dir(stack, ino)
+                .unwrap_or_else(|_| node.snapshot())
+        } else {
+            node.snapshot()
+        };
         let st = sys::fs::fstat(state.top()?.fd()?.as_fd())?;
         Ok(self.attr_of(stack, ino, &st, &state))
     }
@@ -231,7 +238,7 @@ impl UnionFs {
     /// chmod/chown/truncate/utimens: copies a lower object up (without its
     /// data when it is truncated to zero), then changes the upper instance.
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
-        let snapshot = self.stack.load_full();
+        let snapshot = self.for_node(self.stack.load_full(), ino)?;
         let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
         let data = match set.size {

@@ -87,7 +87,7 @@ impl UnionFs {
     ) -> Result<NodeState> {
         self.upper_ctx(stack)?;
         let node = self.inodes.get(ino)?;
-        let state = node.snapshot();
+        let state = self.state_in(stack, &node);
         // An indexed hard link already has its upper data, whatever name
         // the node was last seen under (that name may be gone).
         if self.in_upper(stack, &state) || state.layers.first().is_some_and(|l| l.indexed) {
@@ -116,7 +116,7 @@ impl UnionFs {
         data: CopyUpData,
     ) -> Result<NodeState> {
         let mut ino = ROOT_INO;
-        let mut state = self.inodes.get(ROOT_INO)?.snapshot();
+        let mut state = self.state_in(stack, &*self.inodes.get(ROOT_INO)?);
         if !self.in_upper(stack, &state) {
             return Err(Error::ReadOnly);
         }
@@ -328,7 +328,10 @@ impl UnionFs {
     ) -> Result<NodeState> {
         let upper = self.upper_ctx(stack)?;
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
-        let state = self.inodes.get(ino).map_or(state, |n| n.snapshot());
+        let state = self
+            .inodes
+            .get(ino)
+            .map_or(state, |n| self.state_in(stack, &n));
         if !state.is_metacopy() {
             return Ok(state);
         }

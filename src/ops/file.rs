@@ -58,14 +58,18 @@ impl UnionFs {
         // Before the stack is loaded: a branch change waits for this open,
         // or this open sees the changed stack.
         let _gate = self.gate.read();
-        let snapshot = self.stack.load_full();
-        let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
         if node.kind == Kind::Dir {
             return Err(Error::IsDir);
         }
         let acc = flags & libc::O_ACCMODE;
         let writing = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let snapshot = if writing {
+            self.for_node(self.stack.load_full(), ino)?
+        } else {
+            self.stack.load_full()
+        };
+        let stack = &*snapshot;
         let state = if writing {
             let data = if flags & libc::O_TRUNC != 0 {
                 CopyUpData::Empty

@@ -19,6 +19,7 @@ mod copyup;
 mod dir;
 mod file;
 mod namei;
+mod target;
 mod udba;
 mod write;
 mod xattr;
@@ -109,6 +110,10 @@ pub struct CoreOptions {
     pub name_max: usize,
     /// What statfs reports: the upper's, or the sum over the branches.
     pub statfs: StatfsMode,
+    /// `create=`: where new objects go among several writable branches.
+    pub create: crate::policy::CreatePolicy,
+    /// `cpup=`: where copy-ups go among them.
+    pub cpup: crate::policy::CopyUpPolicy,
 }
 
 impl Default for CoreOptions {
@@ -116,6 +121,8 @@ impl Default for CoreOptions {
         CoreOptions {
             name_max: crate::whiteout::NAME_MAX,
             statfs: StatfsMode::default(),
+            create: crate::policy::CreatePolicy::default(),
+            cpup: crate::policy::CopyUpPolicy::default(),
         }
     }
 }
@@ -143,6 +150,8 @@ pub struct UnionFs {
     /// exclusively by a branch change while it checks that no handle is
     /// open in a branch it removes and swaps the stack (`branches`).
     gate: parking_lot::RwLock<()>,
+    /// Round robin and most-free-space state of the create policy.
+    policy: crate::policy::PolicyState,
 }
 
 /// Tells the kernel that what it cached about an inode is stale, for the
@@ -195,6 +204,7 @@ impl UnionFs {
             invalidator: std::sync::OnceLock::new(),
             faults: crate::faults::FaultLog::default(),
             gate: parking_lot::RwLock::new(()),
+            policy: crate::policy::PolicyState::default(),
         })
     }
 

@@ -130,12 +130,12 @@ impl UnionFs {
     }
 
     /// The union state of directory `ino` as it is (no copy-up), and its path.
-    fn dir_state(&self, ino: Ino) -> Result<(NodeState, std::path::PathBuf)> {
+    fn dir_state(&self, stack: &BranchStack, ino: Ino) -> Result<(NodeState, std::path::PathBuf)> {
         let node = self.inodes.get(ino)?;
         if node.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
-        Ok((node.snapshot(), self.inodes.path_of(ino)?))
+        Ok((self.state_in(stack, &node), self.inodes.path_of(ino)?))
     }
 
     /// Looks `name` up in a directory state (no lookup counted).
@@ -314,9 +314,10 @@ impl UnionFs {
         caller: Caller,
     ) -> Result<(Entry, Option<Fh>)> {
         let _gate = self.gate.read();
-        let snapshot = self.stack.load_full();
-        let stack = &*snapshot;
         self.check_new_name(name)?;
+        let is_dir = matches!(what, NewObject::Dir);
+        let snapshot = self.for_new(self.stack.load_full(), parent, name, is_dir)?;
+        let stack = &*snapshot;
         let upper = self.upper_ctx(stack)?;
         if let NewObject::Node { rdev } = what {
             if upper.format == crate::whiteout::WhiteoutFormat::Overlay
@@ -342,7 +343,12 @@ impl UnionFs {
 
     /// Links node `ino` as `newparent/newname`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Entry> {
-        let snapshot = self.stack.load_full();
+        let snapshot = self.for_move(
+            self.stack.load_full(),
+            (ino, Path::new(""), None),
+            newparent,
+            newname,
+        )?;
         let stack = &*snapshot;
         self.check_new_name(newname)?;
         let upper = self.upper_ctx(stack)?;
@@ -374,14 +380,14 @@ impl UnionFs {
 
     /// unlink(2).
     pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
-        let snapshot = self.stack.load_full();
+        let snapshot = self.for_child(self.stack.load_full(), parent, name)?;
         let stack = &*snapshot;
         self.remove(stack, parent, name, false)
     }
 
     /// rmdir(2): the merged view must be empty.
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
-        let snapshot = self.stack.load_full();
+        let snapshot = self.for_child(self.stack.load_full(), parent, name)?;
         let stack = &*snapshot;
         self.remove(stack, parent, name, true)
     }
@@ -396,7 +402,7 @@ impl UnionFs {
             return Ok(());
         }
         // Everything that can fail is checked before anything is copied up.
-        let (pstate, ppath) = self.dir_state(parent)?;
+        let (pstate, ppath) = self.dir_state(stack, parent)?;
         let found = self
             .find(stack, parent, &pstate, &ppath, name)?
             .ok_or_else(|| self.or_too_long(Error::NotFound, name))?;
@@ -445,7 +451,7 @@ impl UnionFs {
         name: &OsStr,
         dir: bool,
     ) -> Result<bool> {
-        let pstate = self.inodes.get(parent)?.snapshot();
+        let pstate = self.state_in(stack, &*self.inodes.get(parent)?);
         if pstate.layers.len() != 1 || !self.in_upper(stack, &pstate) {
             return Ok(false);
         }
@@ -561,7 +567,13 @@ impl UnionFs {
         newname: &OsStr,
         how: RenameHow,
     ) -> Result<()> {
-        let snapshot = self.stack.load_full();
+        let ppath = self.inodes.path_of(parent)?;
+        let snapshot = self.for_move(
+            self.stack.load_full(),
+            (parent, &ppath, Some(name)),
+            newparent,
+            newname,
+        )?;
         let stack = &*snapshot;
         super::namei::check_lookup_len(name)?;
         if how == RenameHow::Exchange {
@@ -574,11 +586,11 @@ impl UnionFs {
         }
         let upper = self.upper_ctx(stack)?;
         // Everything that can fail is checked before anything is copied up.
-        let (pstate, ppath) = self.dir_state(parent)?;
+        let (pstate, ppath) = self.dir_state(stack, parent)?;
         let (npstate, nppath) = if newparent == parent {
             (pstate.clone(), ppath.clone())
         } else {
-            self.dir_state(newparent)?
+            self.dir_state(stack, newparent)?
         };
         let src = self
             .find(stack, parent, &pstate, &ppath, name)?

@@ -99,7 +99,7 @@ impl UnionFs {
     /// setxattr(2): copies a lower object up, then sets the attribute on
     /// the upper instance. The union's own attributes cannot be set.
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        let snapshot = self.stack.load_full();
+        let snapshot = self.for_node(self.stack.load_full(), ino)?;
         let stack = &*snapshot;
         if whiteout::is_private_xattr(name) {
             return Err(Error::NotSupported);
@@ -112,7 +112,7 @@ impl UnionFs {
 
     /// removexattr(2).
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
-        let snapshot = self.stack.load_full();
+        let snapshot = self.for_node(self.stack.load_full(), ino)?;
         let stack = &*snapshot;
         if whiteout::is_private_xattr(name) {
             return Err(Error::NoXattr);
