@@ -390,6 +390,7 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
     if let Some(c) = control {
         let live = crate::live::LiveBranches {
             fs: Arc::clone(&core),
+            mountpoint: mnt.clone(),
             opener,
         };
         c.spawn(Arc::new(live))

@@ -92,6 +92,10 @@ pub enum Error {
     /// holds something other than a whiteout).
     #[error("union rule: name exists in the merged view")]
     Exists,
+    /// A union rule: a branch cannot be removed while a file in it is open
+    /// through the union (AUFS's `del` gives EBUSY too).
+    #[error("union rule: the branch has files open through the union")]
+    BranchBusy,
     /// A union rule: a directory cannot be hard-linked (link(2)'s EPERM).
     #[error("union rule: a directory cannot be hard-linked")]
     LinkDir,
@@ -125,6 +129,7 @@ impl Error {
             Error::Access => Errno::EACCES,
             Error::NotSupported => Errno::EOPNOTSUPP,
             Error::Busy => Errno::ETXTBSY,
+            Error::BranchBusy => Errno::EBUSY,
             Error::MetacopyWithoutData => Errno::EIO,
             Error::RedirectsTooDeep => Errno::ELOOP,
             Error::NotEmpty => Errno::ENOTEMPTY,
@@ -165,6 +170,7 @@ mod tests {
             Error::Access,
             Error::NotSupported,
             Error::Busy,
+            Error::BranchBusy,
             Error::MetacopyWithoutData,
             Error::RedirectsTooDeep,
             Error::NotEmpty,

@@ -135,6 +135,8 @@ impl Opener {
 pub struct LiveBranches {
     /// The union.
     pub fs: Arc<UnionFs>,
+    /// Where it is mounted (a branch inside it would be the union itself).
+    pub mountpoint: PathBuf,
     /// How to open what is added.
     pub opener: Opener,
 }
@@ -256,17 +258,31 @@ impl Branches for LiveBranches {
                 format!("{} is not a directory", canon.display()),
             ));
         }
-        for (b, _) in &parts {
+        if canon.starts_with(&self.mountpoint) {
+            return Err(Refused::new(
+                Errno::EINVAL,
+                format!("{} is inside the union's mount point", canon.display()),
+            ));
+        }
+        let mode = mode.unwrap_or(Mode::RO_WH);
+        for (b, w) in &parts {
             if same_dir(&b.path, &canon) {
                 return Err(Refused::new(
                     Errno::EEXIST,
                     format!("{} is a branch already", canon.display()),
                 ));
             }
-            if canon.starts_with(&b.path) || b.path.starts_with(&canon) {
+            // The mount-time rule: what is written never overlaps another
+            // branch; read-only branches may nest (`/` and `/img`).
+            let nested = canon.starts_with(&b.path) || b.path.starts_with(&canon);
+            if nested && (mode.writable() || w.is_some()) {
                 return Err(Refused::new(
                     Errno::EINVAL,
-                    format!("{} overlaps branch {}", canon.display(), b.path.display()),
+                    format!(
+                        "{} overlaps writable branch {}",
+                        canon.display(),
+                        b.path.display()
+                    ),
                 ));
             }
         }
@@ -278,7 +294,6 @@ impl Branches for LiveBranches {
         if stack.iter().any(|b| b.id.0 == id) {
             return Err(Refused::new(Errno::ENOSPC, "no branch id left"));
         }
-        let mode = mode.unwrap_or(Mode::RO_WH);
         let part = self.open(BranchId(id), &canon, mode)?;
         parts.insert(at, part);
         self.install(parts, &[])

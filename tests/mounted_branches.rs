@@ -555,6 +555,12 @@ fn add_del_mod_change_the_view_at_once() {
             t.extra.clone().into(),
         ],
         vec!["add".into(), t.mnt.clone().into(), t.l1.clone().into()],
+        vec!["add".into(), t.mnt.clone().into(), t.mnt.join("dir").into()],
+        vec![
+            "add".into(),
+            t.mnt.clone().into(),
+            format!("{}=rw", t.l2.join("dir").display()).into(),
+        ],
         vec![
             "mod".into(),
             t.mnt.clone().into(),

@@ -34,7 +34,7 @@ impl UnionFs {
                 Handle::File(f) => gone.contains(&f.branch),
                 Handle::Dir(_) => false,
             }) {
-                return Err(Error::Busy);
+                return Err(Error::BranchBusy);
             }
             self.replace_stack(next)?;
             let stack = self.stack.load_full();
@@ -51,6 +51,15 @@ impl UnionFs {
             return;
         };
         let all = inv.all_entries();
+        tracing::info!(
+            "branches changed (generation {}): the kernel revalidates {}",
+            self.stack.load().generation(),
+            if all {
+                "every entry (epoch)"
+            } else {
+                "the entries the union knows, one by one"
+            }
+        );
         for (ino, kind, parent, name) in self.inodes.entries() {
             if !all && !name.is_empty() {
                 inv.entry(parent, &name);

@@ -456,4 +456,111 @@ mod tests {
         assert_eq!(fs.replace_stack(foreign).err(), Some(Error::Invalid));
         assert_eq!(fs.stack().generation(), 1);
     }
+
+    /// Records what the union asks the kernel to forget; `epoch` says
+    /// whether it offers FUSE_NOTIFY_INC_EPOCH.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        epoch: bool,
+        entries: parking_lot::Mutex<Vec<(Ino, std::ffi::OsString)>>,
+        inodes: parking_lot::Mutex<Vec<Ino>>,
+    }
+
+    impl Invalidate for Arc<Recorder> {
+        fn attributes(&self, ino: Ino) {
+            self.inodes.lock().push(ino);
+        }
+        fn entry(&self, parent: Ino, name: &OsStr) {
+            self.entries.lock().push((parent, name.to_os_string()));
+        }
+        fn inode(&self, ino: Ino) {
+            self.inodes.lock().push(ino);
+        }
+        fn all_entries(&self) -> bool {
+            self.epoch
+        }
+    }
+
+    #[test]
+    fn a_branch_change_is_refused_while_a_file_of_a_removed_branch_is_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for d in ["lower", "upper", "work", "extra"] {
+            std::fs::create_dir(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("lower/f"), b"f").unwrap();
+        std::fs::create_dir(dir.join("lower/d")).unwrap();
+        std::fs::write(dir.join("extra/new"), b"n").unwrap();
+        std::fs::create_dir(dir.join("extra/d")).unwrap();
+        std::fs::write(dir.join("extra/d/x"), b"x").unwrap();
+        let fs = UnionFs::new(open(dir, &Backings::new(64)), CoreOptions::default()).unwrap();
+        let rec = Arc::new(Recorder::default());
+        fs.set_invalidator(Box::new(Arc::clone(&rec)));
+        let f = fs.lookup(ROOT_INO, OsStr::new("f")).unwrap().attr.ino;
+        let d = fs.lookup(ROOT_INO, OsStr::new("d")).unwrap().attr.ino;
+        assert!(fs.lookup(ROOT_INO, OsStr::new("new")).is_err());
+
+        // Add `extra` at the bottom: with no epoch, every name the
+        // directories the kernel holds now show is revalidated one by one,
+        // the new ones (cached as absent) too.
+        let with_extra = |fs: &UnionFs| {
+            let mut s = open(dir, fs.backings());
+            let eb = Branch::open(
+                BranchId(2),
+                &dir.join("extra"),
+                Mode::RO_WH,
+                false,
+                fs.backings(),
+            )
+            .unwrap();
+            let (branches, writers) = (
+                s.iter().cloned().chain([eb]).collect(),
+                vec![s.shared_writer(BranchId(0)).unwrap()],
+            );
+            s = BranchStack::with_shared(branches, writers, Arc::clone(fs.backings()));
+            s
+        };
+        fs.change_branches(with_extra(&fs), &[]).unwrap();
+        let named = rec.entries.lock().clone();
+        for (p, n) in [
+            (ROOT_INO, "f"),
+            (ROOT_INO, "d"),
+            (ROOT_INO, "new"),
+            (d, "x"),
+        ] {
+            assert!(
+                named.iter().any(|(pp, nn)| *pp == p && nn == n),
+                "{n} in {p:?} not revalidated: {named:?}"
+            );
+        }
+        assert!(
+            rec.inodes.lock().contains(&d),
+            "the listing of d is dropped"
+        );
+        assert!(fs.lookup(ROOT_INO, OsStr::new("new")).is_ok());
+        assert!(
+            fs.lookup(d, OsStr::new("x")).is_ok(),
+            "d re-resolved with extra"
+        );
+
+        // A file of extra open: removing extra is EBUSY, and nothing changes.
+        let new = fs.lookup(ROOT_INO, OsStr::new("new")).unwrap().attr.ino;
+        let o = fs.open(new, libc::O_RDONLY).unwrap();
+        let gen = fs.stack().generation();
+        let without = open(dir, fs.backings());
+        assert_eq!(
+            fs.change_branches(without, &[BranchId(2)]).err(),
+            Some(Error::BranchBusy)
+        );
+        assert_eq!(fs.stack().generation(), gen);
+        fs.release(o.fh);
+        assert!(fs.getattr(f).is_ok());
+        fs.change_branches(open(dir, fs.backings()), &[BranchId(2)])
+            .unwrap();
+        assert!(fs.lookup(ROOT_INO, OsStr::new("new")).is_err());
+        assert!(
+            fs.lookup(d, OsStr::new("x")).is_err(),
+            "d re-resolved without extra"
+        );
+    }
 }
