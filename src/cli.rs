@@ -508,6 +508,26 @@ pub fn helper_argv(args: &[OsString]) -> Result<Vec<OsString>, String> {
     Ok(out)
 }
 
+/// A branch list with modes as (lowers, upper, (lower modes, upper mode)).
+#[allow(clippy::type_complexity)]
+fn moded(
+    list: &str,
+    dialect: Dialect,
+    first_rw: bool,
+) -> Result<(Vec<PathBuf>, Option<PathBuf>, (Vec<Mode>, Mode)), ConfigError> {
+    let specs = config::split_branch_specs(list, dialect)?;
+    let (lowers, upper) = config::specs_to_branches(&specs, first_rw)?;
+    let modes = (
+        lowers.iter().map(|l| l.1).collect(),
+        upper.as_ref().map_or(Mode::RW, |u| u.1),
+    );
+    Ok((
+        lowers.into_iter().map(|l| l.0).collect(),
+        upper.map(|u| u.0),
+        modes,
+    ))
+}
+
 /// Parses argv; the overlay dialect (`unionfs -o ... MNT`) is `mount`;
 /// called by a helper name, argv is read as mount(8) passes it.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
@@ -560,34 +580,18 @@ impl MountArgs {
             }
             // `mount -t aufs -o br=... none MNT`: the source is a label.
             (Dialect::Aufs, [mnt] | [_, mnt]) => {
-                let specs = config::split_branch_specs(opts.br.as_deref().unwrap_or(""), dialect)?;
-                let (lowers, upper) = config::specs_to_branches(&specs, true)?;
-                modes = Some((
-                    lowers.iter().map(|l| l.1).collect(),
-                    upper.as_ref().map_or(Mode::RW, |u| u.1),
-                ));
-                (
-                    lowers.into_iter().map(|l| l.0).collect(),
-                    upper.map(|u| u.0),
-                    mnt.clone(),
-                )
+                let (lowers, upper, m) = moded(opts.br.as_deref().unwrap_or(""), dialect, true)?;
+                modes = Some(m);
+                (lowers, upper, mnt.clone())
             }
             (Dialect::Aufs, _) => return Err(ConfigError::Usage(
                 "with -o br=... give only the mount point (or a source label and the mount point)"
                     .into(),
             )),
             (Dialect::UnionfsFuse, [branches, mnt]) => {
-                let specs = config::split_branch_specs(&branches.to_string_lossy(), dialect)?;
-                let (lowers, upper) = config::specs_to_branches(&specs, false)?;
-                modes = Some((
-                    lowers.iter().map(|l| l.1).collect(),
-                    upper.as_ref().map_or(Mode::RW, |u| u.1),
-                ));
-                (
-                    lowers.into_iter().map(|l| l.0).collect(),
-                    upper.map(|u| u.0),
-                    mnt.clone(),
-                )
+                let (lowers, upper, m) = moded(&branches.to_string_lossy(), dialect, false)?;
+                modes = Some(m);
+                (lowers, upper, mnt.clone())
             }
             (Dialect::Native, [lowers, mnt]) => (
                 config::split_branches(&lowers.to_string_lossy()),

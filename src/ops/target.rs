@@ -200,11 +200,9 @@ impl UnionFs {
             .ok_or(Error::NotFound)?;
         let npstate = self.fresh_dir(&stack, newparent)?;
         let nppath = self.inodes.path_of(newparent)?;
-        let dst_top = match self.find_union(&stack, newparent, &npstate, &nppath, newname) {
-            Ok(d) => positions(&stack, &d.state).first().copied(),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e),
-        };
+        let dst_top = self
+            .find(&stack, newparent, &npstate, &nppath, newname)?
+            .and_then(|d| positions(&stack, &d.state).first().copied());
         let slots = self.slots(&stack, src_parent.as_ref());
         let sel = dst_top.map_or(s, |d| d.min(s));
         let mut pos = if slots.get(sel).is_some_and(|x| x.writable) {

@@ -139,7 +139,7 @@ impl UnionFs {
     }
 
     /// Looks `name` up in a directory state (no lookup counted).
-    fn find(
+    pub(super) fn find(
         &self,
         stack: &BranchStack,
         pino: Ino,

@@ -186,32 +186,29 @@ pub fn mount_id_fd(fd: BorrowedFd<'_>) -> Result<u64> {
     traced!("statx", fd.as_raw_fd(), res)
 }
 
-/// (mount id, whether `path` is the root of its mount) via statx.
-pub fn mount_id(path: &Path) -> Result<(u64, bool)> {
+/// statx(2) of `path` with `flags` and `mask`.
+pub(crate) fn statx_path(path: &Path, flags: i32, mask: u32) -> Result<libc::statx> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| crate::error::Error::Invalid)?;
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: `c` is NUL-terminated and outlives the call; `stx` points to
     // writable memory of the right size for the kernel to fill.
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_MNT_ID,
-            stx.as_mut_ptr(),
-        )
-    };
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), flags, mask, stx.as_mut_ptr()) };
     let res = if r == 0 {
         // SAFETY: statx returned 0, so it filled the struct.
-        let s = unsafe { stx.assume_init() };
-        let root = s.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
-            && s.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
-        Ok((s.stx_mnt_id, root))
+        Ok(unsafe { stx.assume_init() })
     } else {
         Err(nix::errno::Errno::last())
     };
     traced!("statx", path, res)
+}
+
+/// (mount id, whether `path` is the root of its mount) via statx.
+pub fn mount_id(path: &Path) -> Result<(u64, bool)> {
+    let s = statx_path(path, libc::AT_STATX_SYNC_AS_STAT, libc::STATX_MNT_ID)?;
+    let root = s.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+        && s.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
+    Ok((s.stx_mnt_id, root))
 }
 
 /// Creates and opens a new regular file `name` in `dir` (O_EXCL).
