@@ -48,7 +48,7 @@ impl UnionFs {
         let node = self.inodes.get(ino)?;
         let state = node.snapshot();
         let st = sys::fs::fstat(state.top()?.fd()?.as_fd())?;
-        Ok(self.attr_of(ino, &st, &state))
+        Ok(self.attr_of(node.st_ino, &st, &state))
     }
 
     /// Attributes of `ino` as seen through open handle `fh` (fstat(2)),
@@ -67,7 +67,7 @@ impl UnionFs {
         // Through the fd reads use: the upper copy once a file opened on a
         // lower branch was copied up (its lower size is stale then).
         let st = sys::fs::fstat(self.read_fd(f)?)?;
-        Ok(self.attr_of(ino, &st, &state))
+        Ok(self.attr_of(node.st_ino, &st, &state))
     }
 
     /// Target of symlink `ino`.
@@ -198,6 +198,6 @@ impl UnionFs {
             )?;
         }
         let st = sys::fs::fstat(fd.as_fd())?;
-        Ok(self.attr_of(ino, &st, &state))
+        Ok(self.attr_of(node.st_ino, &st, &state))
     }
 }

@@ -65,8 +65,11 @@ pub struct Attr {
 /// A lookup result handed to the kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
-    /// The object's attributes (ino included).
+    /// The object's attributes (its `st_ino` included).
     pub attr: Attr,
+    /// The FUSE node id the kernel is to know it by (usually `attr.ino`;
+    /// see `inode` on retired nodes).
+    pub node: Ino,
 }
 
 /// Who is asking.
@@ -123,6 +126,11 @@ pub struct UnionFs {
 pub trait Invalidate: Send + Sync + std::fmt::Debug {
     /// Drops the kernel's cached attributes of `ino`.
     fn attributes(&self, ino: Ino);
+
+    /// Drops the kernel's cached name `name` in directory `parent` (the
+    /// next path walk through it looks it up again) — soon, not before it
+    /// returns: the kernel may need requests answered first.
+    fn entry(&self, parent: Ino, name: &std::ffi::OsStr);
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
