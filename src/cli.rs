@@ -73,8 +73,8 @@ whiteout=aufs|overlay     format of whiteouts written (default aufs)\n  \
 metacopy=on|off           metadata changes of a lower file copy no data until a write\n                            \
 (default on; off in the overlay dialect)\n  \
 copyup=auto|reflink|copy_file_range|readwrite   force one way of copying data up\n  \
-passthrough=off|upper|all kernel-direct file I/O (root, kernel >= 6.9); upper (default):\n                            \
-files in the upper; all: lower files too (ETXTBSY on writes while read)\n  \
+passthrough=off|upper|all kernel-direct file I/O (root, kernel >= 6.9); all (default):\n                            \
+every file (a reader keeps the lower file across a copy-up); upper: upper files only\n  \
 nosuid, nodev, noexec, noatime, ...  mount flags\n\n\
 Unknown options are an error, except in the overlay dialect (-o lowerdir=...), where \
 they are warned about and ignored, as podman needs.\n\n\

@@ -248,11 +248,12 @@ pub enum Passthrough {
     Off,
     /// Files whose data is on the upper branch (created or copied up): their
     /// data never moves again. Lower files use the page cache.
-    #[default]
     Upper,
-    /// Lower files too. The kernel pins a passthrough file to its backing
-    /// file until every opener closes it, so a lower file held open for
-    /// reading cannot be opened for writing meanwhile (ETXTBSY).
+    /// Lower files too (the default: native read speed). The kernel pins a
+    /// passthrough node to its backing file until every opener closes it;
+    /// a writer of a lower file held open for reading is moved to a fresh
+    /// node for the copied-up file (see `fuse::FuseAdapter::reroute`).
+    #[default]
     All,
 }
 

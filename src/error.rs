@@ -76,7 +76,8 @@ pub enum Error {
     #[error("operation not supported")]
     NotSupported,
     /// The file is pinned to a lower branch by readers the kernel serves
-    /// directly (`passthrough=all`), so it cannot be written now.
+    /// directly (`passthrough=all`), and the writer cannot be moved to a new
+    /// node (a reopen through /proc/PID/fd), so it cannot be written now.
     #[error("file busy")]
     Busy,
     /// A metadata-only file (`*.metacopy`) has no file with its data in

@@ -5,6 +5,8 @@
 //! (a panicking daemon hangs every process using the mount). The kernel's
 //! per-inode I/O mode (passthrough or page cache) is FUSE business and is
 //! mirrored in `iomode`, whose locks are its own; the adapter takes none.
+//! So is the VFS's one retry of an open that failed with ESTALE, which
+//! `reroute` uses to move a writer off a node pinned to a lower file.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -63,6 +65,22 @@ impl crate::ops::Invalidate for KernelInvalidator {
     fn all_entries(&self) -> bool {
         self.0.inc_epoch().is_ok()
     }
+
+    fn drop_entry_soon(&self, parent: Ino, name: &OsStr) {
+        // The kernel takes the parent's inode lock for this, which a lookup
+        // waiting for one of our event loops may hold: sent from a thread of
+        // its own, so no event loop ever waits for it.
+        let notifier = self.0.clone();
+        let name = name.to_os_string();
+        let sent = std::thread::Builder::new()
+            .name("inval-entry".into())
+            .spawn(move || {
+                let _ = notifier.inval_entry(INodeNo(parent.0), &name);
+            });
+        if let Err(e) = sent {
+            tracing::debug!("no thread to drop a kernel name: {e}");
+        }
+    }
 }
 
 /// Above this much page cache of a file, its copy-up open keeps the cache
@@ -72,6 +90,17 @@ const KEEP_CACHE_ABOVE: u64 = 64 << 20;
 /// How long a writer waits for the RELEASE of a lower file's last
 /// passthrough reader before it gets ETXTBSY.
 const PIN_GRACE: Duration = Duration::from_millis(200);
+
+/// Where `FuseAdapter::reroute` sends an open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Served by this node.
+    Here,
+    /// Answered ESTALE, to be retried through a fresh lookup.
+    Stale,
+    /// The retry of an ESTALE came back to this node: served by it.
+    CameBack,
+}
 
 /// fuser's view of the union.
 #[derive(Debug)]
@@ -120,7 +149,7 @@ impl FuseAdapter {
     /// directory.
     fn watch(&self, e: &Entry) {
         if let (Some(w), Kind::Dir) = (&self.watcher, e.attr.kind) {
-            w.watch(e.attr.ino);
+            w.watch(e.node);
         }
     }
 
@@ -137,6 +166,7 @@ impl FuseAdapter {
         &self,
         i: u64,
         mut o: Opened,
+        writing: bool,
         register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> Result<(Opened, Grant<BackingId>), Error> {
         // A file the kernel caches a lot of, rightly (read through the page
@@ -150,7 +180,7 @@ impl FuseAdapter {
                 Passthrough::Upper => o.on_upper,
                 Passthrough::All => true,
             };
-        let res = self.io.grant(i, o.fh.0, want, o.on_upper, || {
+        let res = self.io.grant(i, o.fh.0, want, o.on_upper, writing, || {
             self.fs
                 .with_fd(o.fh, register)
                 .unwrap_or_else(|e| Err(std::io::Error::from_raw_os_error(e.errno() as i32)))
@@ -159,6 +189,36 @@ impl FuseAdapter {
             self.fs.release(o.fh);
         }
         res.map(|g| (o, g))
+    }
+
+    /// Moves an open of node `i` off the lower file the kernel pinned it to,
+    /// when it must not be served from there: a writer (or truncate) of it,
+    /// or any opener of it once it was retired (it would read old data).
+    /// The node is retired (`UnionFs::retire`: copy-up, fresh node id for
+    /// the object, its name dropped from the kernel's cache) and the caller
+    /// answers ESTALE: the VFS retries an open (and a truncate(2)) once
+    /// with LOOKUP_REVAL, whose lookup reaches the new, unpinned node — the
+    /// user never sees the ESTALE. A retry that comes back to the same node
+    /// walked no name (/proc/PID/fd/N): it is served here as before
+    /// (readers from the lower file, a writer ETXTBSY).
+    fn reroute(&self, i: INodeNo, writing: bool, pid: u32) -> Result<Route, Error> {
+        if !self.io.pinned_to_lower(i.0) {
+            return Ok(Route::Here);
+        }
+        let retired = self.fs.is_retired(ino(i));
+        if !writing && !retired {
+            return Ok(Route::Here);
+        }
+        if self.io.take_estale(i.0, pid) {
+            tracing::debug!("node {i}: the retry of pid {pid} came back; served as it is");
+            return Ok(Route::CameBack);
+        }
+        if !retired {
+            self.fs.retire(ino(i))?;
+        }
+        self.io.note_estale(i.0, pid);
+        tracing::debug!("node {i}: pid {pid} told ESTALE (writing: {writing}, retired: {retired})");
+        Ok(Route::Stale)
     }
 
     /// Refuses to change the data of a node whose readers the kernel serves
@@ -300,7 +360,11 @@ impl FuseAdapter {
         match res {
             Ok(e) => {
                 self.watch(&e);
-                reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0))
+                reply.with_node(INodeNo(e.node.0)).entry(
+                    &self.ttl,
+                    &file_attr(&e.attr),
+                    Generation(0),
+                )
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -383,7 +447,11 @@ impl Filesystem for FuseAdapter {
         match self.fs.lookup(ino(parent), name) {
             Ok(e) => {
                 self.watch(&e);
-                reply.entry(&self.ttl, &file_attr(&e.attr), Generation(0))
+                reply.with_node(INodeNo(e.node.0)).entry(
+                    &self.ttl,
+                    &file_attr(&e.attr),
+                    Generation(0),
+                )
             }
             // A negative entry (node id 0) the kernel may cache: a name only
             // appears through the kernel (create, rename, link), which
@@ -425,8 +493,13 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let came_back = match self.reroute(i, writing, req.pid()) {
+            Ok(Route::Stale) => return reply.error(Errno::ESTALE),
+            Ok(r) => r == Route::CameBack,
+            Err(e) => return reply.error(self.fail("open", i, &e)),
+        };
         let res = if writing {
             self.check_not_pinned(i)
         } else {
@@ -434,7 +507,17 @@ impl Filesystem for FuseAdapter {
         };
         let res = res
             .and_then(|()| self.fs.open(ino(i), flags.0))
-            .and_then(|o| self.grant(i.0, o, |fd| reply.open_backing(fd)));
+            .and_then(|o| self.grant(i.0, o, writing, |fd| reply.open_backing(fd)));
+        // A reader pinned the node to its lower file meanwhile.
+        let res = match res {
+            Err(Error::Busy) if writing && !came_back => {
+                match self.reroute(i, writing, req.pid()) {
+                    Ok(Route::Stale) => return reply.error(Errno::ESTALE),
+                    _ => Err(Error::Busy),
+                }
+            }
+            res => res,
+        };
         match res {
             Ok((o, Grant::Passthrough(b))) => {
                 reply.opened_passthrough(FileHandle(o.fh.0), FopenFlags::empty(), &b)
@@ -547,7 +630,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         let res = self.fs.readdirplus(ino(i), fh(h), offset, |e, entry| {
             let full = reply.add(
-                INodeNo(e.ino.0),
+                INodeNo(entry.node.0),
                 e.next_offset,
                 &e.name,
                 &ttl,
@@ -627,7 +710,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -653,7 +736,11 @@ impl Filesystem for FuseAdapter {
             fh: h.map(fh),
         };
         let res = if size.is_some() {
-            self.check_not_pinned(i)
+            match self.reroute(i, true, req.pid()) {
+                Ok(Route::Stale) => return reply.error(Errno::ESTALE),
+                Ok(_) => self.check_not_pinned(i),
+                Err(e) => Err(e),
+            }
         } else {
             Ok(())
         };
@@ -775,7 +862,8 @@ impl Filesystem for FuseAdapter {
                     keep_cache: false,
                     on_upper: true,
                 };
-                match self.grant(e.attr.ino.0, o, |fd| reply.open_backing(fd)) {
+                let reply = reply.with_node(INodeNo(e.node.0));
+                match self.grant(e.node.0, o, true, |fd| reply.open_backing(fd)) {
                     Ok((_, Grant::Passthrough(b))) => reply.created_passthrough(
                         &self.ttl,
                         &file_attr(&e.attr),

@@ -1,12 +1,19 @@
-//! The inode table: union inode number -> `Node`.
+//! The inode table: FUSE node id -> `Node`.
 //!
-//! Invariant: a node's number is derived from its backing object (see
-//! `BranchStack::fold_ino`), so hard links of one backing file are one node
-//! and numbers survive a remount; the node stays in the table exactly while
-//! the kernel holds lookups on it (root excepted).
+//! Invariant: a node's reported inode number (`st_ino`) is derived from its
+//! backing object (see `BranchStack::fold_ino`), so hard links of one
+//! backing file are one node and numbers survive a remount; the node stays
+//! in the table exactly while the kernel holds lookups on it (root
+//! excepted). The FUSE node id equals `st_ino`, except for an object whose
+//! old node was *retired* (`rekey`): the kernel pins a node to the lower
+//! file its passthrough readers use, so a copied-up object gets a fresh
+//! node id (top byte 0xff, see `FRESH_BASE`) that lookups of its `st_ino`
+//! return from then on, while the old node serves the readers it has.
 //! Locks: the table is a `DashMap` (shard lock held only for insert/remove
 //! and the lookup-count update that goes with it); each node's `state` is an
 //! `RwLock` taken after the shard lock is released, never the other way round.
+//! The `rekeyed` map's shard lock may be held while a `nodes` shard lock is
+//! taken, never the other way round.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -23,12 +30,19 @@ use crate::branch::BranchId;
 use crate::error::{Error, Result};
 use crate::whiteout::Opacity;
 
-/// A union inode number (also the FUSE node id).
+/// A union inode number: the FUSE node id, or the reported `st_ino` (the
+/// same number unless the node was rekeyed, see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ino(pub u64);
 
 /// The union root's inode number (FUSE_ROOT_ID).
 pub const ROOT_INO: Ino = Ino(1);
+
+/// First fresh node id. `fold_ino` puts the device index in the top byte
+/// and uses 0xff only for folded 0 and 1 (or a 256th device), so ids from
+/// here up meet no backing-derived number in practice; `rekey` also skips
+/// any id the table holds.
+const FRESH_BASE: u64 = (0xff << 56) | 0x100;
 
 /// File type of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,8 +209,10 @@ impl NodeState {
 /// An inode known to the kernel.
 #[derive(Debug)]
 pub struct Node {
-    /// Its number.
+    /// Its FUSE node id.
     pub ino: Ino,
+    /// The inode number reported for it (`st_ino`, `d_ino`).
+    pub st_ino: Ino,
     /// Its type (fixed for the life of the node).
     pub kind: Kind,
     lookups: AtomicU64,
@@ -224,6 +240,12 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct InodeTable {
     nodes: DashMap<Ino, Arc<Node>>,
+    /// `st_ino` -> the fresh node id lookups of it return (module doc).
+    /// An entry lives while its old node (id `st_ino`) or its fresh node is
+    /// in the table.
+    rekeyed: DashMap<Ino, Ino>,
+    /// Fresh node ids handed out so far.
+    fresh: AtomicU64,
 }
 
 impl InodeTable {
@@ -233,6 +255,7 @@ impl InodeTable {
             ROOT_INO,
             Arc::new(Node {
                 ino: ROOT_INO,
+                st_ino: ROOT_INO,
                 kind: Kind::Dir,
                 lookups: AtomicU64::new(1),
                 state: RwLock::new(state),
@@ -249,9 +272,44 @@ impl InodeTable {
             .ok_or(Error::StaleInode)
     }
 
-    /// Records one kernel lookup of the object `ino` found at `state`,
+    /// The node id lookups of the object numbered `st_ino` return.
+    pub fn node_id(&self, st_ino: Ino) -> Ino {
+        self.rekeyed.get(&st_ino).map_or(st_ino, |f| *f.value())
+    }
+
+    /// True when node `id` was retired: lookups of its object return
+    /// another node now.
+    pub fn is_retired(&self, id: Ino) -> bool {
+        self.get(id).is_ok_and(|n| self.node_id(n.st_ino) != id)
+    }
+
+    /// Retires node `id`: later lookups of its object get a fresh node id
+    /// (already done if `id` is not the current node of its object).
+    pub fn rekey(&self, id: Ino) -> Result<()> {
+        let node = self.get(id)?;
+        if node.ino == ROOT_INO || node.kind == Kind::Dir {
+            // Directories are never pinned to a backing file.
+            return Err(Error::Invalid);
+        }
+        let st = node.st_ino;
+        let mut e = self.rekeyed.entry(st).or_insert(st);
+        if *e.value() != id {
+            return Ok(());
+        }
+        let fresh = loop {
+            let f = Ino(FRESH_BASE + self.fresh.fetch_add(1, Ordering::Relaxed));
+            if !self.nodes.contains_key(&f) {
+                break f;
+            }
+        };
+        *e.value_mut() = fresh;
+        Ok(())
+    }
+
+    /// Records one kernel lookup of the object `st_ino` found at `state`,
     /// creating the node or refreshing where an existing one lives.
-    pub fn remember(&self, ino: Ino, kind: Kind, state: NodeState) -> Arc<Node> {
+    pub fn remember(&self, st_ino: Ino, kind: Kind, state: NodeState) -> Arc<Node> {
+        let ino = self.node_id(st_ino);
         match self.nodes.entry(ino) {
             Entry::Occupied(mut e) => {
                 if e.get().kind == kind {
@@ -267,6 +325,7 @@ impl InodeTable {
                     let held = e.get().lookups.load(Ordering::Relaxed);
                     let fresh = Arc::new(Node {
                         ino,
+                        st_ino,
                         kind,
                         lookups: AtomicU64::new(held + 1),
                         state: RwLock::new(state),
@@ -279,6 +338,7 @@ impl InodeTable {
             Entry::Vacant(e) => {
                 let node = Arc::new(Node {
                     ino,
+                    st_ino,
                     kind,
                     lookups: AtomicU64::new(1),
                     state: RwLock::new(state),
@@ -291,11 +351,18 @@ impl InodeTable {
     }
 
     /// Replaces where node `ino` lives without counting a lookup (after the
-    /// union itself moved it: copy-up, rename).
+    /// union itself moved it: copy-up, rename). `ino` may also be an object's
+    /// `st_ino`: then its current node, and its retired one, both move.
     pub fn refresh(&self, ino: Ino, kind: Kind, state: NodeState) {
-        if let Some(node) = self.nodes.get(&ino).map(|n| Arc::clone(n.value())) {
-            if node.kind == kind {
-                *node.state.write() = state;
+        let current = self.node_id(ino);
+        for id in [ino, current] {
+            if let Some(node) = self.nodes.get(&id).map(|n| Arc::clone(n.value())) {
+                if node.kind == kind {
+                    *node.state.write() = state.clone();
+                }
+            }
+            if current == ino {
+                break;
             }
         }
     }
@@ -315,7 +382,12 @@ impl InodeTable {
                 })
                 .map_or(0, |before| before.saturating_sub(n));
             if left == 0 {
-                e.remove();
+                let (_, node) = e.remove_entry();
+                // The retirement is over once neither node is known.
+                let st = node.st_ino;
+                self.rekeyed.remove_if(&st, |_, f| {
+                    !self.nodes.contains_key(&st) && !self.nodes.contains_key(f)
+                });
                 return true;
             }
         }
@@ -361,5 +433,45 @@ impl InodeTable {
     /// True when the table holds no node at all (not even the root).
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> NodeState {
+        NodeState {
+            parent: ROOT_INO,
+            name: "f".into(),
+            layers: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn a_rekeyed_object_gets_a_fresh_node_id_and_keeps_its_st_ino() {
+        let t = InodeTable::default();
+        let old = t.remember(Ino(42), Kind::File, state());
+        assert_eq!((old.ino, old.st_ino), (Ino(42), Ino(42)));
+        assert!(t.rekey(Ino(42)).is_ok());
+        assert!(t.is_retired(Ino(42)));
+        let new = t.remember(Ino(42), Kind::File, state());
+        assert_ne!(new.ino, Ino(42));
+        assert_eq!(new.st_ino, Ino(42));
+        assert!(!t.is_retired(new.ino));
+        // Retiring again is a no-op for the old node.
+        assert!(t.rekey(Ino(42)).is_ok());
+        assert_eq!(t.node_id(Ino(42)), new.ino);
+        // The kernel's revalidation gives the fresh lookup back at once:
+        // the mapping must outlive it while the old node lives.
+        assert!(t.forget(new.ino, 1));
+        assert_eq!(t.node_id(Ino(42)), new.ino);
+        assert_eq!(t.remember(Ino(42), Kind::File, state()).ino, new.ino);
+        assert!(t.forget(new.ino, 1));
+        // Both gone: the object is back at its own number.
+        assert!(t.forget(Ino(42), 1));
+        assert_eq!(t.node_id(Ino(42)), Ino(42));
+        assert_eq!(t.len(), 0);
     }
 }

@@ -13,17 +13,22 @@
 //! accepted.
 //!
 //! A backing on a *lower* file (`passthrough=all`) pins the node to that
-//! file: the kernel would keep serving its data after a copy-up, so the
-//! adapter refuses to open such a node for writing while it is pinned.
+//! file: the kernel would keep serving its data after a copy-up, so a
+//! pinned node is never opened for writing. The adapter instead retires
+//! the node (the copied-up object gets a fresh node id) and answers ESTALE,
+//! which makes the VFS retry the open once through a fresh lookup — that
+//! reaches the new node. `note_estale`/`take_estale` remember whom it told
+//! so, to recognise a retry that came back to the same node (an open of
+//! /proc/PID/fd/N walks no name): that one gets the old answer.
 //!
 //! The kernel sends RELEASE after close(2) has returned, so "pinned" may
-//! still be true for a moment after the last reader closed: a writer waits
-//! (briefly, on `unpinned`) for the RELEASE before it is refused.
+//! still be true for a moment after the last reader closed: such a writer
+//! waits (briefly, on `unpinned`) for the RELEASE before it is refused.
 //!
 //! Locks: one `DashMap` shard lock per node, held while the mode is chosen
 //! and the backing registered (one ioctl); never across a core call. The
 //! `unpinned` mutex is taken only by a writer of a pinned node and by the
-//! release of a lower backing.
+//! release of a lower backing; the `estale` mutex only around its list.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -73,7 +78,17 @@ pub struct IoModes<B> {
     /// caches of it — and whether any handle was passthrough since (the
     /// cache may then be stale: passthrough writes bypass it).
     cache: DashMap<u64, CacheState>,
+    /// (node, pid, when) of opens answered ESTALE, newest last; at most
+    /// `MAX_ESTALE`, none older than `RETRY_WINDOW`.
+    estale: Mutex<Vec<(u64, u32, Instant)>>,
 }
+
+/// How long after an ESTALE the same caller's open of the same node counts
+/// as the VFS's retry of it (which follows at once).
+const RETRY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Most ESTALE answers remembered at once.
+const MAX_ESTALE: usize = 256;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct CacheState {
@@ -88,6 +103,7 @@ impl<B> Default for IoModes<B> {
             handles: DashMap::new(),
             unpinned: (Mutex::new(()), Condvar::new()),
             cache: DashMap::new(),
+            estale: Mutex::new(Vec::new()),
         }
     }
 }
@@ -98,6 +114,34 @@ impl<B> IoModes<B> {
         self.nodes
             .get(&ino)
             .is_some_and(|n| n.lower && n.backing.strong_count() > 0)
+    }
+
+    /// Remembers that `pid`'s open of `ino` is answered ESTALE.
+    pub fn note_estale(&self, ino: u64, pid: u32) {
+        let now = Instant::now();
+        let mut v = self.estale.lock();
+        v.retain(|&(_, _, t)| now.duration_since(t) < RETRY_WINDOW);
+        if v.len() >= MAX_ESTALE {
+            v.remove(0);
+        }
+        v.push((ino, pid, now));
+    }
+
+    /// True (once) when `pid`'s open of `ino` was answered ESTALE just now:
+    /// this open is the VFS's retry, and it came back to the same node.
+    pub fn take_estale(&self, ino: u64, pid: u32) -> bool {
+        let now = Instant::now();
+        let mut v = self.estale.lock();
+        match v
+            .iter()
+            .position(|&(n, p, t)| n == ino && p == pid && now.duration_since(t) < RETRY_WINDOW)
+        {
+            Some(i) => {
+                v.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// `n` bytes of `ino` went into the kernel's page cache.
@@ -134,21 +178,24 @@ impl<B> IoModes<B> {
 
     /// Chooses the mode of the new handle `fh` of `ino`. `want`: the mount
     /// would like passthrough for it; `on_upper`: its data is on the upper;
-    /// `register` makes a backing id of the handle's file. A backing that
-    /// cannot be registered (stacked or odd filesystem) means cached I/O.
+    /// `writing`: the handle may write; `register` makes a backing id of
+    /// the handle's file. A backing that cannot be registered (stacked or
+    /// odd filesystem) means cached I/O.
     pub fn grant(
         &self,
         ino: u64,
         fh: u64,
         want: bool,
         on_upper: bool,
+        writing: bool,
         register: impl FnOnce() -> std::io::Result<B>,
     ) -> Result<Grant<B>> {
         let mut n = self.nodes.entry(ino).or_default();
         let grant = match n.backing.upgrade() {
-            // The kernel insists on the backing it has; a lower one would
-            // now serve data older than the upper copy.
-            Some(_) if n.lower && on_upper => return Err(Error::Busy),
+            // The kernel insists on the backing it has; writes through a
+            // lower one would go to the lower file. (A reader of a node
+            // retired since gets the lower file the node stands for.)
+            Some(_) if n.lower && on_upper && writing => return Err(Error::Busy),
             Some(b) => Grant::Passthrough(b),
             None if want && n.cached == 0 => match register() {
                 Ok(b) => {
@@ -231,8 +278,8 @@ mod tests {
             made.fetch_add(1, Ordering::SeqCst);
             Ok(Id(&closed))
         };
-        assert!(is_pt(&io.grant(7, 1, true, true, reg)));
-        assert!(is_pt(&io.grant(7, 2, true, true, reg)));
+        assert!(is_pt(&io.grant(7, 1, true, true, true, reg)));
+        assert!(is_pt(&io.grant(7, 2, true, true, true, reg)));
         assert_eq!(made.load(Ordering::SeqCst), 1, "the backing is shared");
         io.release(1);
         assert_eq!(closed.load(Ordering::SeqCst), 0);
@@ -251,30 +298,34 @@ mod tests {
         let io = IoModes::default();
         // A lower file read through the page cache...
         assert!(matches!(
-            io.grant(7, 1, false, false, || Ok(Id(&closed))),
+            io.grant(7, 1, false, false, false, || Ok(Id(&closed))),
             Ok(Grant::Cached)
         ));
         // ...keeps a later upper open cached too, while it is open.
         assert!(matches!(
-            io.grant(7, 2, true, true, || Ok(Id(&closed))),
+            io.grant(7, 2, true, true, true, || Ok(Id(&closed))),
             Ok(Grant::Cached)
         ));
         io.release(1);
         io.release(2);
-        assert!(is_pt(&io.grant(7, 3, true, true, || Ok(Id(&closed)))));
+        assert!(is_pt(&io.grant(7, 3, true, true, true, || Ok(Id(&closed)))));
         // A handle that does not want passthrough still gets it while the
         // kernel holds a backing for the node.
-        assert!(is_pt(&io.grant(7, 4, false, true, || Ok(Id(&closed)))));
+        assert!(is_pt(
+            &io.grant(7, 4, false, true, true, || Ok(Id(&closed)))
+        ));
     }
 
     #[test]
     fn a_lower_backing_pins_the_node() {
         let closed = AtomicUsize::new(0);
         let io = IoModes::default();
-        assert!(is_pt(&io.grant(7, 1, true, false, || Ok(Id(&closed)))));
+        assert!(is_pt(
+            &io.grant(7, 1, true, false, false, || Ok(Id(&closed)))
+        ));
         assert!(io.pinned_to_lower(7));
         assert!(matches!(
-            io.grant(7, 2, true, true, || Ok(Id(&closed))),
+            io.grant(7, 2, true, true, true, || Ok(Id(&closed))),
             Err(Error::Busy)
         ));
         let waiter = std::thread::scope(|sc| {
@@ -286,13 +337,44 @@ mod tests {
         assert!(waiter, "the writer was woken by the release");
         assert!(!io.pinned_to_lower(7));
         assert!(io.wait_unpinned(7, Duration::ZERO));
-        assert!(is_pt(&io.grant(7, 3, true, true, || Ok(Id(&closed)))));
+        assert!(is_pt(&io.grant(7, 3, true, true, true, || Ok(Id(&closed)))));
+    }
+
+    #[test]
+    fn a_reader_of_a_copied_up_pinned_node_shares_its_lower_backing() {
+        let closed = AtomicUsize::new(0);
+        let io = IoModes::default();
+        assert!(is_pt(
+            &io.grant(7, 1, true, false, false, || Ok(Id(&closed)))
+        ));
+        // Its data is on the upper now, but the kernel holds the lower file.
+        assert!(is_pt(
+            &io.grant(7, 2, true, true, false, || Ok(Id(&closed)))
+        ));
+        assert!(matches!(
+            io.grant(7, 3, true, true, true, || Ok(Id(&closed))),
+            Err(Error::Busy)
+        ));
+    }
+
+    #[test]
+    fn an_estale_answer_is_recognised_once_for_its_caller_and_node() {
+        let io: IoModes<()> = IoModes::default();
+        io.note_estale(7, 100);
+        assert!(!io.take_estale(7, 101), "another caller");
+        assert!(!io.take_estale(8, 100), "another node");
+        assert!(io.take_estale(7, 100));
+        assert!(!io.take_estale(7, 100), "only once");
+        for pid in 0..(MAX_ESTALE as u32 + 10) {
+            io.note_estale(9, pid);
+        }
+        assert!(io.estale.lock().len() <= MAX_ESTALE, "bounded");
     }
 
     #[test]
     fn a_refused_backing_falls_back_to_the_page_cache() {
         let io: IoModes<()> = IoModes::default();
-        let g = io.grant(7, 1, true, true, || {
+        let g = io.grant(7, 1, true, true, true, || {
             Err(std::io::Error::from_raw_os_error(libc::ELOOP))
         });
         assert!(matches!(g, Ok(Grant::Cached)));
@@ -313,7 +395,7 @@ mod cache_tests {
         io.note_read(7, 60);
         assert!(io.big_valid_cache(7, 100));
         assert!(matches!(
-            io.grant(7, 1, true, true, || Ok(())),
+            io.grant(7, 1, true, true, true, || Ok(())),
             Ok(Grant::Passthrough(_))
         ));
         io.release(1);

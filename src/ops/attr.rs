@@ -62,7 +62,7 @@ impl UnionFs {
             node.snapshot()
         };
         let st = sys::fs::fstat(state.top()?.fd()?.as_fd())?;
-        Ok(self.attr_of(stack, ino, &st, &state))
+        Ok(self.attr_of(stack, node.st_ino, &st, &state))
     }
 
     /// Attributes of `ino` as seen through open handle `fh` (fstat(2)),
@@ -83,7 +83,7 @@ impl UnionFs {
         // Through the fd reads use: the upper copy once a file opened on a
         // lower branch was copied up (its lower size is stale then).
         let st = sys::fs::fstat(self.read_fd(stack, f)?)?;
-        Ok(self.attr_of(stack, ino, &st, &state))
+        Ok(self.attr_of(stack, node.st_ino, &st, &state))
     }
 
     /// Target of symlink `ino`.
@@ -280,6 +280,6 @@ impl UnionFs {
             )?;
         }
         let st = sys::fs::fstat(fd.as_fd())?;
-        Ok(self.attr_of(stack, ino, &st, &state))
+        Ok(self.attr_of(stack, node.st_ino, &st, &state))
     }
 }

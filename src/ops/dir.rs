@@ -169,10 +169,11 @@ impl UnionFs {
             let entry = if dots {
                 let target = if i == 0 { ino } else { Ino(e.ino) };
                 match self.getattr_in(stack, target) {
-                    Ok(attr) => Entry { attr },
+                    Ok(attr) => Entry { attr, node: target },
                     // The parent may be forgotten already: fall back to self.
                     Err(_) => Entry {
                         attr: self.getattr_in(stack, ino)?,
+                        node: ino,
                     },
                 }
             } else {
@@ -197,7 +198,7 @@ impl UnionFs {
             };
             if add(&out, &entry) {
                 if !dots {
-                    self.forget(entry.attr.ino, 1);
+                    self.forget(entry.node, 1);
                 }
                 return Ok(());
             }

@@ -95,6 +95,34 @@ impl UnionFs {
         })
     }
 
+    /// Retires file node `ino`, which the kernel has pinned to the lower
+    /// file its passthrough readers read: copies it up (with its data),
+    /// gives the object a fresh node id for every later lookup (its
+    /// `st_ino` stays), and has the kernel drop its name of the old node, so
+    /// path walks reach the new node, which is not pinned (until the kernel
+    /// has dropped it, an open of the old node is sent to the new one by
+    /// the adapter, see `is_retired`). The old node keeps serving the
+    /// readers it has, from the lower file.
+    pub fn retire(&self, ino: Ino) -> Result<()> {
+        let node = self.inodes.get(ino)?;
+        if node.kind != Kind::File {
+            return Err(Error::Busy);
+        }
+        let snapshot = self.for_node(self.stack.load_full(), ino)?;
+        let state = self.copy_up(&snapshot, ino, CopyUpData::Full)?;
+        self.inodes.rekey(ino)?;
+        if let Some(inv) = self.invalidator.get() {
+            inv.drop_entry_soon(state.parent, &state.name);
+        }
+        Ok(())
+    }
+
+    /// True when node `ino` was retired (`retire`): path walks reach
+    /// another node for its object now.
+    pub fn is_retired(&self, ino: Ino) -> bool {
+        self.inodes.is_retired(ino)
+    }
+
     /// Runs `f` on the backing fd of the open file `fh` (the FUSE adapter
     /// registers it with the kernel for passthrough).
     pub fn with_fd<R>(
@@ -155,6 +183,17 @@ impl UnionFs {
         let (Handle::File(i), Handle::File(o)) = (&*hi, &*ho) else {
             return Err(Error::IsDir);
         };
+        // The kernel refuses an overlapping copy within one inode; a file
+        // retired after one of the two was opened (`retire`) is two kernel
+        // inodes, so the same check is made here for the one object.
+        let same = i.ino == o.ino
+            || matches!(
+                (self.inodes.get(i.ino), self.inodes.get(o.ino)),
+                (Ok(a), Ok(b)) if a.st_ino == b.st_ino
+            );
+        if same && off_out.saturating_add(len) > off_in && off_in.saturating_add(len) > off_out {
+            return Err(Error::Invalid);
+        }
         let len = usize::try_from(len)
             .unwrap_or(usize::MAX)
             .min(u32::MAX as usize);

@@ -74,8 +74,11 @@ pub struct Attr {
 /// A lookup result handed to the kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
-    /// The object's attributes (ino included).
+    /// The object's attributes (its `st_ino` included).
     pub attr: Attr,
+    /// The FUSE node id the kernel is to know it by (usually `attr.ino`;
+    /// see `inode` on retired nodes).
+    pub node: Ino,
 }
 
 /// Who is asking.
@@ -173,6 +176,11 @@ pub trait Invalidate: Send + Sync + std::fmt::Debug {
     /// included, at its next use; false when the kernel cannot (before
     /// Linux 6.16), and then the caller names the entries one by one.
     fn all_entries(&self) -> bool;
+    /// Drops the kernel's cached name `name` in directory `parent` (the
+    /// next path walk through it looks it up again) — soon, not before it
+    /// returns: the kernel may need requests answered first, so this one
+    /// may be called from inside a request.
+    fn drop_entry_soon(&self, parent: Ino, name: &std::ffi::OsStr);
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -478,6 +486,9 @@ mod tests {
         }
         fn all_entries(&self) -> bool {
             self.epoch
+        }
+        fn drop_entry_soon(&self, parent: Ino, name: &OsStr) {
+            self.entry(parent, name);
         }
     }
 

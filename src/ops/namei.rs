@@ -50,7 +50,13 @@ impl UnionFs {
         let ino = self.ino_of(stack, &found);
         let attr = self.attr_of(stack, ino, &found.stat, &found.state);
         let node = self.inodes.remember(ino, found.kind, found.state);
-        Ok((Entry { attr }, node))
+        Ok((
+            Entry {
+                attr,
+                node: node.ino,
+            },
+            node,
+        ))
     }
 
     /// What "`name` is not there" is to the caller: ENAMETOOLONG for a name

@@ -300,8 +300,8 @@ impl UnionFs {
             generation: stack.generation(),
         };
         let attr = self.attr_of(stack, ino, &st, &state);
-        self.inodes.remember(ino, kind, state);
-        Ok(Entry { attr })
+        let node = self.inodes.remember(ino, kind, state).ino;
+        Ok(Entry { attr, node })
     }
 
     /// Creates `name` in `parent`. For files also returns an open handle.
@@ -332,11 +332,8 @@ impl UnionFs {
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
         let entry = self.new_entry(stack, parent, &ppath, name, fd)?;
         let fh = open.map(|fd| {
-            self.handles.insert(Handle::File(FileHandle::new(
-                entry.attr.ino,
-                upper.branch,
-                fd,
-            )))
+            self.handles
+                .insert(Handle::File(FileHandle::new(entry.node, upper.branch, fd)))
         });
         Ok((entry, fh))
     }
@@ -373,9 +370,10 @@ impl UnionFs {
         // recorded offset stays as it is.
         // The node keeps its number; count the lookup the reply implies.
         let st = sys::fs::fstat(sfd.as_fd())?;
-        let attr = self.attr_of(stack, ino, &st, &src);
-        self.inodes.remember(ino, node.kind, src);
-        Ok(Entry { attr })
+        let attr = self.attr_of(stack, node.st_ino, &st, &src);
+        // (A retired node's new name goes to its object's current node.)
+        let node = self.inodes.remember(node.st_ino, node.kind, src).ino;
+        Ok(Entry { attr, node })
     }
 
     /// unlink(2).

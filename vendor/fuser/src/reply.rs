@@ -230,21 +230,30 @@ impl ReplyData {
 #[derive(Debug)]
 pub struct ReplyEntry {
     reply: ReplyRaw,
+    node: Option<INodeNo>,
 }
 
 impl Reply for ReplyEntry {
     fn new(unique: ll::RequestId, sender: ReplySender) -> ReplyEntry {
         ReplyEntry {
             reply: Reply::new(unique, sender),
+            node: None,
         }
     }
 }
 
 impl ReplyEntry {
+    /// Makes the entry's node id `node` instead of `attr.ino` (which stays
+    /// the inode number `stat` reports).
+    pub fn with_node(mut self, node: INodeNo) -> Self {
+        self.node = Some(node);
+        self
+    }
+
     /// Reply to a request with the given entry
     pub fn entry(self, ttl: &Duration, attr: &FileAttr, generation: Generation) {
         self.reply.send_ll(&ll::ResponseStruct::new_entry(
-            attr.ino,
+            self.node.unwrap_or(attr.ino),
             generation,
             &attr.into(),
             *ttl,
@@ -271,7 +280,7 @@ impl ReplyEntry {
         generation: Generation,
     ) {
         self.reply.send_ll(&ll::ResponseStruct::new_entry(
-            attr.ino,
+            self.node.unwrap_or(attr.ino),
             generation,
             &attr.into(),
             *attr_ttl,
@@ -494,17 +503,26 @@ impl ReplyStatfs {
 #[derive(Debug)]
 pub struct ReplyCreate {
     reply: ReplyRaw,
+    node: Option<INodeNo>,
 }
 
 impl Reply for ReplyCreate {
     fn new(unique: ll::RequestId, sender: ReplySender) -> ReplyCreate {
         ReplyCreate {
             reply: Reply::new(unique, sender),
+            node: None,
         }
     }
 }
 
 impl ReplyCreate {
+    /// Makes the entry's node id `node` instead of `attr.ino` (which stays
+    /// the inode number `stat` reports).
+    pub fn with_node(mut self, node: INodeNo) -> Self {
+        self.node = Some(node);
+        self
+    }
+
     /// Reply to a request with a newly created file entry and its newly open file handle
     /// # Panics
     /// When attempting to use kernel passthrough. Use `opened_passthrough()` instead.
@@ -518,6 +536,7 @@ impl ReplyCreate {
     ) {
         assert!(!flags.contains(FopenFlags::FOPEN_PASSTHROUGH));
         self.reply.send_ll(&ll::ResponseStruct::new_create(
+            self.node.unwrap_or(attr.ino),
             ttl,
             &attr.into(),
             generation,
@@ -571,6 +590,7 @@ impl ReplyCreate {
         backing_id: &BackingId,
     ) {
         self.reply.send_ll(&ll::ResponseStruct::new_create(
+            self.node.unwrap_or(attr.ino),
             ttl,
             &attr.into(),
             generation,
