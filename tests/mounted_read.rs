@@ -1241,9 +1241,18 @@ fn memory_and_fds_follow_the_kernel_cache() {
     let m = Mount::unionfs(&[&lower], None, &mnt);
     let pid = m.daemon_pids[0];
     let base = vm_rss_kib(pid);
-    let out = run("find", &[m.mnt.to_str().unwrap(), "-printf", "%s\n"]);
-    assert!(out.ok(), "{out}");
-    let peak = vm_rss_kib(pid);
+    // The premise (the kernel holds 60k inodes after the walk) is broken by
+    // anyone dropping the kernel's caches meanwhile (other tests, a
+    // benchmark's cold runs): walk again, up to three times.
+    let mut peak = base;
+    for _ in 0..3 {
+        let out = run("find", &[m.mnt.to_str().unwrap(), "-printf", "%s\n"]);
+        assert!(out.ok(), "{out}");
+        peak = vm_rss_kib(pid);
+        if peak > base + 10_000 {
+            break;
+        }
+    }
     let peak_fds = open_fds(pid);
     assert!(
         peak > base + 10_000,
