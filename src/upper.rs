@@ -150,6 +150,21 @@ fn mkdir_open(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
     sys::fs::open_path_at(dir, OsStr::new(name))
 }
 
+/// `dir/name` as an empty directory: its entries removed if it is one,
+/// else (anything else there removed) made.
+fn clear_dir(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
+    if let Ok(fd) = sys::fs::open_path_at(dir, OsStr::new(name)) {
+        if sys::fs::fstat(fd.as_fd())?.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            for e in sys::fs::read_dir(fd.as_fd())? {
+                remove_tree(fd.as_fd(), &e.name)?;
+            }
+            return Ok(fd);
+        }
+        remove_tree(dir, OsStr::new(name))?;
+    }
+    mkdir_open(dir, name)
+}
+
 /// Removes `dir/name` and everything below it (never following symlinks).
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
     let fd = match sys::fs::open_path_at(dir, name) {
@@ -193,9 +208,10 @@ impl Upper {
         } else {
             "unionfs-index"
         };
-        // Leftovers of a crash are junk by construction: clear them.
-        remove_tree(base.as_fd(), OsStr::new(work_name))?;
-        let work = mkdir_open(base.as_fd(), work_name)?;
+        // Leftovers of a crash are junk by construction: clear them —
+        // emptying the directory rather than making it anew, so a full
+        // filesystem (no inode to spare) can still be mounted.
+        let work = clear_dir(base.as_fd(), work_name)?;
         let index = mkdir_open(base.as_fd(), index_name)?;
         let up = Upper {
             branch: upper.id,

@@ -1043,6 +1043,11 @@ fn ten_containers_on_one_image() {
         let (internal, got): (BTreeMap<_, _>, BTreeMap<_, _>) = files_of(upper)
             .into_iter()
             .partition(|(p, _)| p.starts_with("/.wh..wh.unionfs"));
+        // AUFS's whiteout base, made at mount, is no write of the container's.
+        let got: BTreeMap<_, _> = got
+            .into_iter()
+            .filter(|(p, _)| p != "/.wh..wh.aufs")
+            .collect();
         assert!(
             internal.values().all(|v| v == b"/"),
             "container {n}: left in the union's staging area: {:?}",
