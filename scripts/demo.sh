@@ -28,15 +28,9 @@ echo "== a container on a copy-on-write view of this machine"
 upper=$state/upper
 echo
 echo "== what changed (the upper branch: $upper)"
-cd "$upper"
-find . -mindepth 1 -not -path './.wh..wh.unionfs*' | sort | while read -r p; do
-  base=${p##*/} dir=${p%/*}; dir=${dir#.}
-  case $base in
-    .wh..wh..opq) echo "opaque   $dir/" ;;
-    .wh.*)        echo "deleted  $dir/${base#.wh.}" ;;
-    *)            [ -d "$p" ] || echo "changed  ${p#.}" ;;
-  esac
-done
+# What `docker diff` prints (A added, C changed, D deleted), read from the
+# upper alone with the lowers it was mounted on: this machine's /.
+"$PWD/target/release/unionfs" diff "$upper" --lowers /
 echo
 echo "== the host is untouched"
 ls -l /root/hello.txt 2>&1 | sed 's/^/host: /' || true
