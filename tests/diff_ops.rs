@@ -53,7 +53,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -511,17 +510,7 @@ impl Drop for MountGuard {
 ///   [`cross_comparable`]): unionfs's own bookkeeping xattrs `trusted.unionfs.*` show
 ///   through the kernel mount (the kernel hides only `trusted.overlay.*`).
 fn comparable(e: &Ent) -> Ent {
-    let mut c = e.clone();
-    c.ino = 0;
-    c.dev = 0;
-    c.dino = 0;
-    if c.kind == 'd' {
-        c.size = 0;
-        c.mtime = (0, 0);
-    } else if c.mtime.0 >= OLD_TIME {
-        c.mtime = (i64::MAX, 0); // "recent"
-    }
-    c
+    without_numbers_and_recent_times(e)
 }
 
 /// [`comparable`], for kernel overlayfs reading an upper unionfs wrote: also without
@@ -675,17 +664,8 @@ fn run_case(lowers: &Lowers, ops: &[Op], check: Check, fmt: Fmt) -> Result<CaseO
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     // first in, last out: every guard below unmounts inside this namespace
     let _ns = PrivateMountNs::enter()?;
-    let td = tempfile::Builder::new()
-        .prefix("unionfs-diffops-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let root = td.path().canonicalize().map_err(|e| e.to_string())?;
-    let mk = |n: &str| {
-        let p = root.join(n);
-        fs::create_dir_all(&p).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        p
-    };
+    let (td, root) = case_root("unionfs-diffops-")?;
+    let mk = |n: &str| subdir(&root, n);
     let lower_dirs: Vec<PathBuf> = (1..=lowers.count()).map(|i| mk(&format!("l{i}"))).collect();
     lowers.build(&lower_dirs);
     let before: Vec<(PathBuf, Snap)> = lower_dirs
@@ -716,7 +696,7 @@ fn run_case(lowers: &Lowers, ops: &[Op], check: Check, fmt: Fmt) -> Result<CaseO
         let mut us = Side::new(&ud.mnt);
         let stats = std::env::var_os("DIFFOPS_STATS").is_some();
         let (mut oks, mut dir_moves) = (0, 0);
-        let mut by_kind: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut by_kind = OpStats::default();
         for (i, op) in ops.iter().enumerate() {
             let moves_dir = stats
                 && matches!(op, Op::Rename { from, .. }
@@ -727,13 +707,7 @@ fn run_case(lowers: &Lowers, ops: &[Op], check: Check, fmt: Fmt) -> Result<CaseO
             };
             oks += usize::from(a.is_ok());
             if stats {
-                let dbg = format!("{op:?}");
-                let kind = dbg
-                    .split(|c: char| !c.is_alphanumeric())
-                    .next()
-                    .unwrap_or("");
-                let e = by_kind.entry(kind.to_string()).or_insert((0, 0));
-                *e = (e.0 + usize::from(a.is_ok()), e.1 + 1);
+                by_kind.count(op, a.is_ok());
             }
             dir_moves += usize::from(moves_dir && a.is_ok());
             if a != b {
@@ -746,14 +720,10 @@ fn run_case(lowers: &Lowers, ops: &[Op], check: Check, fmt: Fmt) -> Result<CaseO
             }
         }
         if stats {
-            let kinds: Vec<String> = by_kind
-                .iter()
-                .map(|(k, (ok, n))| format!("{k} {ok}/{n}"))
-                .collect();
             eprintln!(
                 "{} ops: {oks} succeeded, {dir_moves} of them renamed a directory ({})",
                 ops.len(),
-                kinds.join(", ")
+                by_kind.line()
             );
         }
         // no descriptor may keep a mount busy

@@ -62,6 +62,19 @@ pub enum Wr {
     Creat,
 }
 
+impl Wr {
+    /// The open(2) flags of a `Write` opening its file this way.
+    pub fn flags(self) -> OFlag {
+        OFlag::O_WRONLY
+            | match self {
+                Wr::Plain => OFlag::empty(),
+                Wr::Append => OFlag::O_APPEND,
+                Wr::Trunc => OFlag::O_TRUNC,
+                Wr::Creat => OFlag::O_CREAT,
+            }
+    }
+}
+
 /// rename flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rn {
@@ -453,13 +466,7 @@ impl Side {
                 off,
                 data: d,
             } => {
-                let flags = OFlag::O_WRONLY
-                    | match how {
-                        Wr::Plain => OFlag::empty(),
-                        Wr::Append => OFlag::O_APPEND,
-                        Wr::Trunc => OFlag::O_TRUNC,
-                        Wr::Creat => OFlag::O_CREAT,
-                    };
+                let flags = how.flags();
                 let fd = self.open(p, flags, 0o644)?;
                 let buf = data(d);
                 let n = if how == Wr::Append {
@@ -1264,6 +1271,24 @@ pub fn snapshot(root: &Path) -> Snap {
     walk(root, "", &mut s);
     s
 }
+/// What neither model test compares, whatever the two sides: st_ino, st_dev and
+/// readdir's d_ino (numbering is each side's own), a directory's size and mtime (the
+/// backing directory's), and any mtime at or after [`OLD_TIME`] ("now" on one side or
+/// the other; shown as "recent"). Each test's own `comparable` says why, and what else.
+pub fn without_numbers_and_recent_times(e: &Ent) -> Ent {
+    let mut c = e.clone();
+    c.ino = 0;
+    c.dev = 0;
+    c.dino = 0;
+    if c.kind == 'd' {
+        c.size = 0;
+        c.mtime = (0, 0);
+    } else if c.mtime.0 >= OLD_TIME {
+        c.mtime = (i64::MAX, 0); // "recent"
+    }
+    c
+}
+
 pub fn describe(r: &Result<Ent, String>) -> String {
     match r {
         Err(e) => format!("<{e}>"),
@@ -1335,6 +1360,24 @@ pub fn tree_diff_by(
     out
 }
 
+/// A fresh temporary directory for one case, and its canonical path.
+pub fn case_root(prefix: &str) -> Result<(tempfile::TempDir, PathBuf), String> {
+    let td = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let root = td.path().canonicalize().map_err(|e| e.to_string())?;
+    Ok((td, root))
+}
+
+/// `root/name`, made (mode 0755) if missing.
+pub fn subdir(root: &Path, name: &str) -> PathBuf {
+    let p = root.join(name);
+    fs::create_dir_all(&p).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
 /// Everything of a raw branch that must not change (not atime/ctime).
 pub fn branch_snapshot(root: &Path) -> Snap {
     snapshot(root)
@@ -1359,6 +1402,33 @@ pub fn lower_problems(before: &[(PathBuf, Snap)]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Operations tried and succeeded, by kind (`Write`, `Rename`, ...): the statistics
+/// both model tests print on request.
+#[derive(Default)]
+pub struct OpStats(BTreeMap<String, (usize, usize)>);
+
+impl OpStats {
+    pub fn count(&mut self, op: &Op, ok: bool) {
+        let dbg = format!("{op:?}");
+        let kind = dbg
+            .split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or("");
+        let e = self.0.entry(kind.to_string()).or_insert((0, 0));
+        *e = (e.0 + usize::from(ok), e.1 + 1);
+    }
+
+    /// `Kind succeeded/tried, ...`
+    pub fn line(&self) -> String {
+        let kinds: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, (ok, n))| format!("{k} {ok}/{n}"))
+            .collect();
+        kinds.join(", ")
+    }
 }
 
 pub fn ops_as_rust(ops: &[Op]) -> String {
