@@ -59,115 +59,11 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{OFlag, AT_FDCWD};
 use nix::mount::{MntFlags, MsFlags};
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use proptest::prelude::*;
 
-// ---------------------------------------------------------------------------------------
-// The alphabet of paths: few names, so generated operations collide a lot
-// ---------------------------------------------------------------------------------------
-
-/// Every path an operation may name. `x` is a merged directory, `y` an opaque one, `x/z` a
-/// directory of the bottom lower only; `a`, `b`, `c`, `z` are the names inside each.
-const PATHS: &[&str] = &[
-    "a", "b", "c", "z", "x", "y", "x/a", "x/b", "x/c", "x/z", "y/a", "y/b", "y/c", "y/z", "x/z/a",
-    "x/z/b", "x/z/c", "x/z/z",
-];
-
-/// Directories listed by the `List` operation.
-const DIRS: &[&str] = &["", "x", "y", "x/z", "y/z", "z"];
-
-/// Symlink targets: relative and without `..`, so following one never leaves the mount.
-const TARGETS: &[&str] = &["a", "x", "x/c", "nowhere"];
-
 use model::*;
-
-/// The fixed fixture of [`build_lowers`].
-const FIXED: Alphabet = Alphabet {
-    paths: PATHS,
-    fresh: PATHS,
-    dirs: DIRS,
-    targets: TARGETS,
-    structural: false,
-};
-
-// ---------------------------------------------------------------------------------------
-// Fixture
-// ---------------------------------------------------------------------------------------
-
-fn lchown(root: &Path, rel: &str, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(root.join(rel), Some(uid), Some(gid)).unwrap();
-}
-
-/// The two lower branches (`l1` on top). Every path of [`PATHS`] starts out interesting.
-fn build_lowers(l1: &Path, l2: &Path) {
-    // bottom
-    mk_file(l2, "a", "l2:a\n", 0o644);
-    xattr::set(l2.join("a"), "user.origin", b"l2").unwrap();
-    mk_file(l2, "b", "l2:b (whited out by l1)\n", 0o644);
-    std::os::unix::fs::symlink("a", at(l2, "z")).unwrap();
-    lchown(l2, "z", 65534, 65534);
-    mk_dir(l2, "x", 0o755);
-    xattr::set(l2.join("x"), "user.dir", b"l2").unwrap();
-    mk_file(l2, "x/a", "l2:x/a (hidden by l1's x/a)\n", 0o644);
-    mk_file(l2, "x/b", "l2:x/b\n", 0o600);
-    lchown(l2, "x/b", 1000, 1000);
-    mk_dir(l2, "x/z", 0o700);
-    mk_file(l2, "x/z/a", "l2:x/z/a suid\n", 0o4755);
-    mk_node(l2, "x/z/z", SFlag::S_IFIFO, 0o640);
-    mk_file(l2, "y/a", "l2:y/a (hidden: l1's y is opaque)\n", 0o644);
-    mk_file(l2, "y/c", "l2:y/c (hidden: l1's y is opaque)\n", 0o644);
-    // top
-    mk_node(l1, "b", SFlag::S_IFCHR, 0); // char 0:0 whiteout
-    mk_file(l1, "c", "l1:c, hard-linked with x/c\n", 0o644);
-    mk_dir(l1, "x", 0o750);
-    lchown(l1, "x", 0, 100);
-    xattr::set(l1.join("x"), "user.dir", b"l1").unwrap();
-    fs::hard_link(l1.join("c"), at(l1, "x/c")).unwrap();
-    mk_file(l1, "x/a", "l1:x/a\n", 0o664);
-    mk_dir(l1, "y", 0o755);
-    xattr::set(l1.join("y"), "trusted.overlay.opaque", b"y").unwrap();
-    mk_file(l1, "y/b", "l1:y/b\n", 0o644);
-    mk_file(l1, "y/z/a", "l1:y/z/a nested\n", 0o644);
-    // deterministic times everywhere
-    fix_times(&[l1.to_path_buf(), l2.to_path_buf()]);
-}
-
-/// Which lowers a case runs on.
-#[derive(Clone, Debug)]
-enum Lowers {
-    /// [`build_lowers`]
-    Fixed,
-    Gen(GenLowers),
-}
-
-impl Lowers {
-    fn count(&self) -> usize {
-        match self {
-            Lowers::Fixed => 2,
-            Lowers::Gen(g) => g.0.len(),
-        }
-    }
-
-    fn build(&self, roots: &[PathBuf]) {
-        match self {
-            Lowers::Fixed => build_lowers(&roots[0], &roots[1]),
-            Lowers::Gen(g) => {
-                for (i, r) in roots.iter().enumerate() {
-                    g.build(i, r, Marks::Overlay);
-                }
-                fix_times(roots);
-            }
-        }
-    }
-
-    fn as_rust(&self) -> String {
-        match self {
-            Lowers::Fixed => "the fixed fixture (build_lowers)".into(),
-            Lowers::Gen(g) => format!("gen_lowers({})", g.as_rust()),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Mounts
@@ -667,7 +563,7 @@ fn run_case(lowers: &Lowers, ops: &[Op], check: Check, fmt: Fmt) -> Result<CaseO
     let (td, root) = case_root("unionfs-diffops-")?;
     let mk = |n: &str| subdir(&root, n);
     let lower_dirs: Vec<PathBuf> = (1..=lowers.count()).map(|i| mk(&format!("l{i}"))).collect();
-    lowers.build(&lower_dirs);
+    lowers.build(&lower_dirs, Marks::Overlay);
     let before: Vec<(PathBuf, Snap)> = lower_dirs
         .iter()
         .map(|l| (l.clone(), branch_snapshot(l)))
