@@ -41,6 +41,8 @@ pub struct Opener {
     pub durable: bool,
     /// Metadata-only copy-up.
     pub metacopy: bool,
+    /// Sparse copy-up of big files (`sparse=`).
+    pub sparse: bool,
     /// `copyup=`.
     pub copy_strategy: Option<Strategy>,
     /// `-o ro`: no branch is written, whatever its mode.
@@ -116,6 +118,7 @@ impl Opener {
             .with_context(|| format!("cannot prepare the staging area of {}", b.path.display()))?;
         up.durable = self.durable;
         up.metacopy = self.metacopy;
+        up.sparse = self.sparse;
         up.copy_strategy = self.copy_strategy;
         up.link_whiteouts
             .store(!b.mode.nolwh, std::sync::atomic::Ordering::Relaxed);

@@ -241,14 +241,25 @@ impl UnionFs {
         let snapshot = self.for_node(self.stack.load_full(), ino)?;
         let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
+        // A partial file (`sparse.rs`) is truncated through its map, with
+        // no data copied.
+        let partial = match set.size {
+            Some(s) if s > 0 && node.kind == Kind::File => {
+                self.partial_of(stack, ino, &self.state_in(stack, &node), false)?
+            }
+            _ => None,
+        };
         let data = match set.size {
+            _ if partial.is_some() => CopyUpData::Meta,
             Some(0) => CopyUpData::Empty,
             Some(_) => CopyUpData::Full,
             None => CopyUpData::Meta,
         };
         let state = self.copy_up(stack, ino, data)?;
         let fd = state.top()?.fd()?;
-        if let Some(size) = set.size {
+        if let (Some(size), Some(p)) = (set.size, &partial) {
+            p.set_size(size)?;
+        } else if let Some(size) = set.size {
             if node.kind == Kind::Dir {
                 return Err(Error::IsDir);
             }
