@@ -547,6 +547,59 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, s: u64, e: u64) -> Resul
     Ok(())
 }
 
+/// The ranges a partial file with xattrs `x` reads from below (in this
+/// boot), if it is one — for readers of an upper outside the mount
+/// (`unionfs export`). A malformed map means all of it.
+pub fn lower_ranges_of(
+    x: &std::collections::BTreeMap<OsString, Vec<u8>>,
+    size: u64,
+) -> Option<Ranges> {
+    let v = crate::whiteout::PARTIAL_XATTRS
+        .iter()
+        .find_map(|n| x.get(std::ffi::OsStr::new(n)))?;
+    let mut r = Map::decode(v).map_or(Ranges(vec![(0, size)]), |m| m.effective(&boot_id()));
+    r.subtract(size, u64::MAX);
+    Some(r)
+}
+
+/// A partial file's merged bytes as a reader: the upper's, except in
+/// `lower` ranges (zeros past the lower file's end).
+#[derive(Debug)]
+pub struct Merged {
+    /// The upper file.
+    pub upper: std::fs::File,
+    /// The file below.
+    pub lower: std::fs::File,
+    /// Ranges read from below.
+    pub ranges: Ranges,
+    /// Next offset.
+    pub pos: u64,
+    /// The upper file's size.
+    pub len: u64,
+}
+
+impl std::io::Read for Merged {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if self.pos >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = self.pos.saturating_add(buf.len() as u64).min(self.len);
+        let Some(&(s, e, below)) = self.ranges.segments(self.pos, end).first() else {
+            return Ok(0);
+        };
+        let want = (e - s) as usize;
+        let f = if below { &self.lower } else { &self.upper };
+        let mut n = f.read_at(&mut buf[..want], s)?;
+        if n == 0 {
+            buf[..want].fill(0);
+            n = want;
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// A new map: everything below (`size` bytes), written in boot `boot`.
 pub fn initial(size: u64, boot: &[u8]) -> Vec<u8> {
     let all = if size > 0 {

@@ -276,3 +276,57 @@ fn overlay_format_is_whole_when_the_mount_ends() {
         );
     }
 }
+
+#[test]
+fn export_writes_a_partial_file_whole() {
+    let Some((s, l, u, m)) = setup("sparse-export") else {
+        return;
+    };
+    let mount = Mount::unionfs_opts(&l, &u, &m, &opts(&s, ""));
+    let mut model = content(1, SIZE);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("big"))
+        .unwrap();
+    writes(&mut model, &f, &[(77, 5, 21), (SIZE / 3, 9000, 22)]);
+    drop(f);
+    mount.unmount();
+    assert!(
+        fs::metadata(u.join("big")).unwrap().blocks() * 512 < 1 << 20,
+        "still partial after the unmount"
+    );
+    let tar = s.path("layer.tar");
+    let out = run_bin(&[
+        "export".as_ref(),
+        u.as_os_str(),
+        tar.as_os_str(),
+        "--lowers".as_ref(),
+        l.as_os_str(),
+    ]);
+    assert!(out.ok(), "export failed:\n{out}");
+    let x = s.dir("x");
+    let untar = run(
+        "tar",
+        &[
+            "-xf".as_ref(),
+            tar.as_os_str(),
+            "-C".as_ref(),
+            x.as_os_str(),
+        ],
+    );
+    assert!(untar.ok(), "tar -x failed:\n{untar}");
+    assert!(
+        fs::read(x.join("big")).unwrap() == model,
+        "the exported file is not the merged one"
+    );
+    // Without the lowers it is refused, as for any metadata-only file.
+    let out = run_bin(&[
+        "export".as_ref(),
+        u.as_os_str(),
+        s.path("l2.tar").as_os_str(),
+    ]);
+    assert!(
+        !out.ok(),
+        "an export of a partial file without --lowers succeeded"
+    );
+}
