@@ -169,20 +169,24 @@ for sz in sizes:
                         with open(f"{d}/l/f{i}", "rb") as f:
                             while f.read(1 << 20):
                                 pass
-                lat = []
+                lat, synced = [], []
                 t_all = time.perf_counter()
                 for i in range(files):
                     t = time.perf_counter()
                     fd = os.open(f"{d}/m/f{i}", os.O_WRONLY)
                     os.pwrite(fd, b"!", 1)
                     lat.append(time.perf_counter() - t)
+                    # and then makes it durable (the write's fsync)
+                    os.fsync(fd)
+                    synced.append(time.perf_counter() - t)
                     os.close(fd)
                 total = time.perf_counter() - t_all
             finally:
                 unmount(d)
             alloc = statistics.median(os.stat(f"{d}/u/f{i}").st_blocks * 512 for i in range(files))
-            r = res.setdefault((sz, name), {"lat": [], "alloc": [], "total": []})
+            r = res.setdefault((sz, name), {"lat": [], "alloc": [], "total": [], "synced": []})
             r["lat"] += lat
+            r["synced"] += synced
             r["alloc"].append(alloc)
             r["total"].append(total)
     sh(f"rm -rf {lower} {root}/run")
@@ -195,8 +199,8 @@ print(f"Copy-up on the first write: {files} {kind} file(s) per size, medians of 
       f"interleaved runs, {cache} cache, branches on a fresh {fs} image"
       f"{' (reflink available)' if can_reflink else ' (no reflink on ' + fs + ')'}; "
       f"kernel {os.uname().release}.\n")
-print("| size | system | first write, per file (ms): median | min–max | throughput (MiB/s) | upper allocates per file | × kernel overlayfs |")
-print("|---|---|---|---|---|---|---|")
+print("| size | system | first write, per file (ms): median | min–max | + fsync (ms) | throughput (MiB/s) | upper allocates per file | × kernel overlayfs |")
+print("|---|---|---|---|---|---|---|---|")
 out = []
 for sz in sizes:
     base = statistics.median(res[(sz, "kernel overlayfs")]["lat"])
@@ -206,10 +210,12 @@ for sz in sizes:
         alloc = statistics.median(r["alloc"])
         mibs = size_of(sz) / (1 << 20) / lat if lat > 0 else float("inf")
         lo, hi = min(r["lat"]) * 1000, max(r["lat"]) * 1000
-        print(f"| {sz} | {name} | {lat * 1000:.2f} | {lo:.2f}–{hi:.2f} | {mibs:.0f} | {human(alloc)} | {lat / base:.2f} |")
+        syn = statistics.median(r["synced"]) * 1000
+        print(f"| {sz} | {name} | {lat * 1000:.2f} | {lo:.2f}–{hi:.2f} | {syn:.2f} | {mibs:.0f} | {human(alloc)} | {lat / base:.2f} |")
         out.append({"size": sz, "system": name, "latency_s": lat, "throughput_mib_s": mibs,
                     "allocated_bytes": alloc, "ratio_vs_overlayfs": lat / base,
-                    "total_s": statistics.median(r["total"])})
+                    "total_s": statistics.median(r["total"]),
+                    "with_fsync_s": statistics.median(r["synced"])})
 if env.get("JSON"):
     with open(env["JSON"], "w") as f:
         json.dump({"fs": fs, "cache": cache, "files": files, "sparse": sparse, "runs": runs,

@@ -330,3 +330,51 @@ fn export_writes_a_partial_file_whole() {
         "an export of a partial file without --lowers succeeded"
     );
 }
+
+#[test]
+fn truncate_and_o_trunc_of_big_files_copy_nothing_or_nothing_stale() {
+    let Some((s, l, u, m)) = setup("sparse-trunc") else {
+        return;
+    };
+    fs::write(l.join("big2"), content(2, SIZE)).unwrap();
+    let mount = Mount::unionfs_opts(&l, &u, &m, &opts(&s, ""));
+    // truncate(2) of a lower file: partial, the tail cut, no data copied.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("big"))
+        .unwrap();
+    drop(f);
+    let before = content(1, SIZE);
+    nix::unistd::truncate(&m.join("big"), (SIZE / 2) as i64).unwrap();
+    nix::unistd::truncate(&m.join("big"), SIZE as i64).unwrap();
+    let mut model = before[..SIZE / 2].to_vec();
+    model.resize(SIZE, 0);
+    check(&m.join("big"), &model, "truncated down and up by path");
+    let blocks = fs::metadata(u.join("big")).unwrap().blocks() * 512;
+    assert!(blocks < 1 << 20, "truncate copied data: {blocks} bytes");
+    // A lower file truncated by path before any open.
+    nix::unistd::truncate(&m.join("big2"), (SIZE - 1000) as i64).unwrap();
+    let model2 = content(2, SIZE)[..SIZE - 1000].to_vec();
+    assert!(
+        fs::read(m.join("big2")).unwrap() == model2,
+        "big2 after truncate"
+    );
+    assert!(fs::metadata(u.join("big2")).unwrap().blocks() * 512 < 1 << 20);
+    // O_TRUNC of a partial file: empty, then new content only.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("big"))
+        .unwrap();
+    f.write_all_at(b"fresh", 3).unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.join("big")).unwrap(), b"\0\0\0fresh");
+    mount.unmount();
+    let mount = Mount::unionfs_opts(&l, &u, &m, &opts(&s, ""));
+    assert_eq!(fs::read(m.join("big")).unwrap(), b"\0\0\0fresh");
+    assert!(
+        fs::read(m.join("big2")).unwrap() == model2,
+        "big2 after remount"
+    );
+    mount.unmount();
+}

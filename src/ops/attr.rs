@@ -241,21 +241,28 @@ impl UnionFs {
         let snapshot = self.for_node(self.stack.load_full(), ino)?;
         let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
-        // A partial file (`sparse.rs`) is truncated through its map, with
-        // no data copied.
-        let partial = match set.size {
-            Some(s) if s > 0 && node.kind == Kind::File => {
-                self.partial_of(stack, ino, &self.state_in(stack, &node), false)?
-            }
-            _ => None,
-        };
+        // A big file truncated to a size other than zero becomes (or stays)
+        // a partial file (`sparse.rs`), truncated through its map: no data
+        // is copied.
+        let sparse = set.size.is_some_and(|s| s > 0)
+            && node.kind == Kind::File
+            && stack.writer().is_some_and(|u| u.sparse);
         let data = match set.size {
-            _ if partial.is_some() => CopyUpData::Meta,
             Some(0) => CopyUpData::Empty,
+            Some(_) if sparse => CopyUpData::Sparse,
             Some(_) => CopyUpData::Full,
             None => CopyUpData::Meta,
         };
-        let state = self.copy_up(stack, ino, data)?;
+        let mut state = self.copy_up(stack, ino, data)?;
+        let partial = if sparse {
+            self.partial_of(stack, ino, &state, true)?
+        } else {
+            None
+        };
+        if sparse && partial.is_none() && state.is_metacopy() {
+            // A small metadata-only copy: its data, whole.
+            state = self.complete_data(stack, ino, state, CopyUpData::Full)?;
+        }
         let fd = state.top()?.fd()?;
         if let (Some(size), Some(p)) = (set.size, &partial) {
             p.set_size(size)?;
