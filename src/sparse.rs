@@ -208,6 +208,10 @@ struct MapState {
 pub struct Partial {
     /// The upper file, read-write.
     pub upper: OwnedFd,
+    /// Its (st_dev, st_ino): union inode numbers of deleted files come
+    /// back (the upper filesystem reuses its own), so an entry is checked
+    /// against the object before it is used for a new open.
+    id: (u64, u64),
     lower: OwnedFd,
     name: OsString,
     boot: Vec<u8>,
@@ -265,7 +269,8 @@ impl Partial {
         let Some(v) = sys::xattr::get(upper, &name)? else {
             return Ok(None);
         };
-        let size = u64::try_from(sys::fs::fstat(upper)?.st_size).unwrap_or(0);
+        let st = sys::fs::fstat(upper)?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
         let mut lower_ranges = match Map::decode(&v) {
             Some(m) => m.effective(boot),
             None => Ranges(vec![(0, size)]),
@@ -280,6 +285,7 @@ impl Partial {
         .or_else(|_| sys::fs::reopen(lower, nix::fcntl::OFlag::O_RDONLY))?;
         Ok(Some(Partial {
             upper,
+            id: id_of(&st),
             lower,
             name,
             boot: boot.to_vec(),
@@ -510,6 +516,10 @@ impl Partial {
     }
 }
 
+fn id_of(st: &nix::sys::stat::FileStat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
 /// Copies `[s, e)` of `src` to the same offsets of `dst`, skipping the
 /// holes of `src` (the upper's unwritten ranges are holes already).
 fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, s: u64, e: u64) -> Result<()> {
@@ -683,7 +693,13 @@ impl Partials {
         durable: bool,
         fill_at_end: bool,
     ) -> Result<Option<Arc<Partial>>> {
-        if let Some(p) = self.map.read().get(&ino).filter(|p| !p.is_done()) {
+        let id = id_of(&sys::fs::fstat(upper)?);
+        if let Some(p) = self
+            .map
+            .read()
+            .get(&ino)
+            .filter(|p| !p.is_done() && p.id == id)
+        {
             return Ok(Some(p.clone()));
         }
         let Some(p) = Partial::load(upper, lower, name, &self.boot, durable, fill_at_end)? else {
@@ -699,12 +715,31 @@ impl Partials {
         let mut m = self.map.write();
         // Another thread may have loaded it meanwhile: one per file.
         match m.get(&ino) {
-            Some(e) if !e.is_done() => Ok(Some(e.clone())),
+            Some(e) if !e.is_done() && e.id == id => Ok(Some(e.clone())),
             _ => {
                 let a = Arc::new(p);
                 m.insert(ino, Arc::clone(&a));
                 Ok(Some(a))
             }
+        }
+    }
+
+    /// Forgets a partial file of an earlier object with union inode number
+    /// `ino` whose upper is not `upper` and is deleted (its number came
+    /// back with a new object).
+    pub fn evict_stale(&self, ino: u64, upper: BorrowedFd<'_>) {
+        if self.map.read().is_empty() {
+            return;
+        }
+        let Ok(st) = sys::fs::fstat(upper) else {
+            return;
+        };
+        let mut m = self.map.write();
+        let gone = |p: &Partial| {
+            p.id != id_of(&st) && sys::fs::fstat(p.upper.as_fd()).is_ok_and(|s| s.st_nlink == 0)
+        };
+        if m.get(&ino).is_some_and(|p| gone(p)) {
+            m.remove(&ino);
         }
     }
 

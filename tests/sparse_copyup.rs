@@ -378,3 +378,37 @@ fn truncate_and_o_trunc_of_big_files_copy_nothing_or_nothing_stale() {
     );
     mount.unmount();
 }
+
+#[test]
+fn a_deleted_partial_file_leaves_nothing_to_a_new_one() {
+    let Some((s, l, u, m)) = setup("sparse-reuse") else {
+        return;
+    };
+    let mount = Mount::unionfs_opts(&l, &u, &m, &opts(&s, ""));
+    for round in 0..5u64 {
+        let name = if round == 0 {
+            "big".to_string()
+        } else {
+            format!("big{round}")
+        };
+        if round > 0 {
+            fs::write(l.join(&name), content(round, SIZE)).unwrap_or_else(|_| ());
+        }
+        let f = fs::OpenOptions::new().write(true).open(m.join(&name));
+        let Ok(f) = f else { continue };
+        f.write_all_at(b"partial", 100).unwrap();
+        drop(f);
+        fs::remove_file(m.join(&name)).unwrap();
+        // New files (the upper may give them the deleted file's inode).
+        for i in 0..8 {
+            let p = m.join(format!("new-{round}-{i}"));
+            fs::write(&p, b"new content").unwrap();
+            assert_eq!(
+                fs::read(&p).unwrap(),
+                b"new content",
+                "round {round}, file {i}"
+            );
+        }
+    }
+    mount.unmount();
+}

@@ -106,6 +106,9 @@ impl UnionFs {
                 on_upper: false,
             });
         }
+        if let Ok(t) = state.top().and_then(|t| t.fd()) {
+            self.partials.evict_stale(ino.0, t.as_fd());
+        }
         // A metadata-only copy is read from the layer with the data.
         let top = state.data()?;
         let fd = sys::fs::reopen(top.fd()?.as_fd(), backing_flags(flags))?;
