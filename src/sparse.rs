@@ -517,7 +517,7 @@ impl Partial {
 }
 
 fn id_of(st: &nix::sys::stat::FileStat) -> (u64, u64) {
-    (st.st_dev as u64, st.st_ino as u64)
+    (st.st_dev, st.st_ino)
 }
 
 /// Copies `[s, e)` of `src` to the same offsets of `dst`, skipping the
