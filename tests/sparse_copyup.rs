@@ -392,7 +392,7 @@ fn a_deleted_partial_file_leaves_nothing_to_a_new_one() {
             format!("big{round}")
         };
         if round > 0 {
-            fs::write(l.join(&name), content(round, SIZE)).unwrap_or_else(|_| ());
+            fs::write(l.join(&name), content(round, SIZE)).unwrap();
         }
         let f = fs::OpenOptions::new().write(true).open(m.join(&name));
         let Ok(f) = f else { continue };
