@@ -3,6 +3,11 @@
 #
 #   scripts/bench-copyup.sh [--runs N] [--sizes 4K,1M,64M,1G] [--files N] [--sparse]
 #                           [--fs ext4|xfs] [--cache cold|warm] [--json FILE]
+#                           [--systems REGEX] [--dir DIR]
+#
+# The size sweep of the sparse copy-up (docs/BENCHMARKS.md):
+#   scripts/bench-copyup.sh --sparse --sizes 1M,64M,1G,4G,16G --runs 7 \
+#       --systems 'unionfs$|sparse=off|kernel overlayfs$|fuse-overlayfs'
 #
 # For every size, N files of that size sit in a lower branch (--sparse: each
 # file is a hole with three 4 KiB data extents, at the start, middle and end).
@@ -11,7 +16,9 @@
 # write (open + copy-up + write), the throughput it implies (file size /
 # latency) and the blocks the upper copy allocates. Systems, interleaved run
 # by run (A B C A B C ...):
-#   unionfs                     copy-up strategy chosen by unionfs (auto)
+#   unionfs                     default: files of 1 MiB or more are copied up
+#                               sparse (no data copied; docs/ARCHITECTURE.md)
+#   unionfs sparse=off          the whole-file copy-up (strategy chosen: auto)
 #   unionfs copyup=reflink      FICLONE only (only where the filesystem can)
 #   unionfs copyup=copy_file_range
 #   unionfs copyup=readwrite
@@ -27,7 +34,7 @@
 # medians over runs (and files). Needs root; installs missing peers with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=5 sizes=4K,1M,64M,1G files=1 sparse=0 fs=ext4 cache=cold json=
+runs=5 sizes=4K,1M,64M,1G files=1 sparse=0 fs=ext4 cache=cold json= systems=. dir=/var/tmp
 while [ $# -gt 0 ]; do
   case $1 in
     --runs) runs=$2; shift 2 ;;
@@ -37,6 +44,8 @@ while [ $# -gt 0 ]; do
     --fs) fs=$2; shift 2 ;;
     --cache) cache=$2; shift 2 ;;
     --json) json=$2; shift 2 ;;
+    --systems) systems=$2; shift 2 ;;
+    --dir) dir=$2; shift 2 ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench-copyup: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -55,9 +64,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release --quiet -p unionfs
 export BIN=$PWD/target/release/unionfs RUNS=$runs SIZES=$sizes FILES=$files SPARSE=$sparse \
-  FS=$fs CACHE=$cache JSON=$json
+  FS=$fs CACHE=$cache JSON=$json SYSTEMS_RE=$systems IMG_DIR=$dir
 exec python3 - <<'PY'
-import json, os, statistics, subprocess, time
+import json, os, re, statistics, subprocess, time
 
 env = os.environ
 runs, files, sparse = int(env["RUNS"]), int(env["FILES"]), env["SPARSE"] == "1"
@@ -71,7 +80,10 @@ def sh(c, check=True):
 def size_of(s):
     return int(s[:-1]) * UNIT[s[-1].upper()]
 
-img, root = f"/var/tmp/unionfs-bench-copyup.{fs}.img", f"/var/tmp/unionfs-bench-copyup.{fs}"
+# --dir: where the image lives (/dev/shm for dense files bigger than the
+# disk's free space; its syncs are then nearly free: say so with the figures).
+img = f"{env['IMG_DIR']}/unionfs-bench-copyup.{fs}.img"
+root = f"/var/tmp/unionfs-bench-copyup.{fs}"
 biggest = max(size_of(s) for s in sizes)
 img_bytes = max(4 << 30, (0 if sparse else biggest * files * 3) + (1 << 30))
 os.makedirs(root, exist_ok=True)
@@ -88,11 +100,11 @@ sh(f"rm -f {probe} {probe}.2")
 def un(opts):
     return lambda d: sh(f"{binp} mount {d}/l {d}/u {d}/m -o workdir={d}/w{opts}")
 
-SYSTEMS = {"unionfs": un("")}
+SYSTEMS = {"unionfs": un(""), "unionfs sparse=off": un(",sparse=off")}
 if can_reflink:
-    SYSTEMS["unionfs copyup=reflink"] = un(",copyup=reflink")
-SYSTEMS["unionfs copyup=copy_file_range"] = un(",copyup=copy_file_range")
-SYSTEMS["unionfs copyup=readwrite"] = un(",copyup=readwrite")
+    SYSTEMS["unionfs copyup=reflink"] = un(",sparse=off,copyup=reflink")
+SYSTEMS["unionfs copyup=copy_file_range"] = un(",sparse=off,copyup=copy_file_range")
+SYSTEMS["unionfs copyup=readwrite"] = un(",sparse=off,copyup=readwrite")
 SYSTEMS["unionfs volatile"] = un(",volatile")
 SYSTEMS["kernel overlayfs"] = lambda d: sh(
     f"mount -t overlay overlay -o lowerdir={d}/l,upperdir={d}/u,workdir={d}/w,index=on {d}/m")
@@ -101,6 +113,10 @@ SYSTEMS["kernel overlayfs volatile"] = lambda d: sh(
 SYSTEMS["fuse-overlayfs"] = lambda d: sh(
     f"fuse-overlayfs -o lowerdir={d}/l,upperdir={d}/u,workdir={d}/w {d}/m")
 SYSTEMS["unionfs-fuse"] = lambda d: sh(f"unionfs-fuse -o cow,allow_other {d}/u=RW:{d}/l=RO {d}/m")
+
+SYSTEMS = {k: v for k, v in SYSTEMS.items() if re.search(env["SYSTEMS_RE"], k)}
+if "kernel overlayfs" not in SYSTEMS:
+    raise SystemExit("bench-copyup: --systems must keep 'kernel overlayfs' (the yardstick)")
 
 def make_lower(d, n):
     os.makedirs(f"{d}/l")
@@ -153,20 +169,24 @@ for sz in sizes:
                         with open(f"{d}/l/f{i}", "rb") as f:
                             while f.read(1 << 20):
                                 pass
-                lat = []
+                lat, synced = [], []
                 t_all = time.perf_counter()
                 for i in range(files):
                     t = time.perf_counter()
                     fd = os.open(f"{d}/m/f{i}", os.O_WRONLY)
                     os.pwrite(fd, b"!", 1)
                     lat.append(time.perf_counter() - t)
+                    # and then makes it durable (the write's fsync)
+                    os.fsync(fd)
+                    synced.append(time.perf_counter() - t)
                     os.close(fd)
                 total = time.perf_counter() - t_all
             finally:
                 unmount(d)
             alloc = statistics.median(os.stat(f"{d}/u/f{i}").st_blocks * 512 for i in range(files))
-            r = res.setdefault((sz, name), {"lat": [], "alloc": [], "total": []})
+            r = res.setdefault((sz, name), {"lat": [], "alloc": [], "total": [], "synced": []})
             r["lat"] += lat
+            r["synced"] += synced
             r["alloc"].append(alloc)
             r["total"].append(total)
     sh(f"rm -rf {lower} {root}/run")
@@ -179,8 +199,8 @@ print(f"Copy-up on the first write: {files} {kind} file(s) per size, medians of 
       f"interleaved runs, {cache} cache, branches on a fresh {fs} image"
       f"{' (reflink available)' if can_reflink else ' (no reflink on ' + fs + ')'}; "
       f"kernel {os.uname().release}.\n")
-print("| size | system | first write, per file (ms) | throughput (MiB/s) | upper allocates per file | × kernel overlayfs |")
-print("|---|---|---|---|---|---|")
+print("| size | system | first write, per file (ms): median | min–max | + fsync (ms) | throughput (MiB/s) | upper allocates per file | × kernel overlayfs |")
+print("|---|---|---|---|---|---|---|---|")
 out = []
 for sz in sizes:
     base = statistics.median(res[(sz, "kernel overlayfs")]["lat"])
@@ -189,10 +209,13 @@ for sz in sizes:
         lat = statistics.median(r["lat"])
         alloc = statistics.median(r["alloc"])
         mibs = size_of(sz) / (1 << 20) / lat if lat > 0 else float("inf")
-        print(f"| {sz} | {name} | {lat * 1000:.2f} | {mibs:.0f} | {human(alloc)} | {lat / base:.2f} |")
+        lo, hi = min(r["lat"]) * 1000, max(r["lat"]) * 1000
+        syn = statistics.median(r["synced"]) * 1000
+        print(f"| {sz} | {name} | {lat * 1000:.2f} | {lo:.2f}–{hi:.2f} | {syn:.2f} | {mibs:.0f} | {human(alloc)} | {lat / base:.2f} |")
         out.append({"size": sz, "system": name, "latency_s": lat, "throughput_mib_s": mibs,
                     "allocated_bytes": alloc, "ratio_vs_overlayfs": lat / base,
-                    "total_s": statistics.median(r["total"])})
+                    "total_s": statistics.median(r["total"]),
+                    "with_fsync_s": statistics.median(r["synced"])})
 if env.get("JSON"):
     with open(env["JSON"], "w") as f:
         json.dump({"fs": fs, "cache": cache, "files": files, "sparse": sparse, "runs": runs,

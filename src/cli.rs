@@ -72,6 +72,8 @@ fsname=NAME               source shown in /proc/mounts\n  \
 whiteout=aufs|overlay     format of whiteouts written (default aufs)\n  \
 metacopy=on|off           metadata changes of a lower file copy no data until a write\n                            \
 (default on; off in the overlay dialect)\n  \
+sparse=on|off             a write to a big lower file copies only what it writes\n                            \
+(default on; off in the overlay dialect and with whiteout=overlay)\n  \
 copyup=auto|reflink|copy_file_range|readwrite   force one way of copying data up\n  \
 passthrough=off|upper|all kernel-direct file I/O (root, kernel >= 6.9); all (default):\n                            \
 every file (a reader keeps the lower file across a copy-up); upper: upper files only\n  \

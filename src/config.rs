@@ -309,6 +309,13 @@ pub struct MountOptions {
     /// copy its metadata only. Default on, except in the overlay dialect,
     /// whose users (podman) read the upper directly, as with overlayfs.
     pub metacopy: Option<bool>,
+    /// `sparse=on|off`: opening a big lower file for writing copies no
+    /// data; the upper holds what is written and an extent map the rest
+    /// (`sparse.rs`). Default: on in the native dialect with AUFS-format
+    /// whiteouts; off in the overlay dialect (whose users read the upper
+    /// directly) and in overlay format (an upper kernel overlayfs may mount
+    /// after a crash, before unionfs fills what it left partial).
+    pub sparse: Option<bool>,
     /// `copyup=auto|reflink|copy_file_range|readwrite`: force one way of
     /// copying data (benchmarks; filesystems with a broken one). `None` = auto.
     pub copyup: Option<Strategy>,
@@ -484,6 +491,7 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                 )?)
             }
             "metacopy" => o.metacopy = Some(choice(key, value, &[("on", true), ("off", false)])?),
+            "sparse" => o.sparse = Some(choice(key, value, &[("on", true), ("off", false)])?),
             "copyup" => {
                 o.copyup = choice(
                     key,

@@ -33,6 +33,17 @@ pub enum CopyUpData {
     /// metadata-only copy (its size, no blocks, a metacopy marker) whose
     /// data stays in the lower until it is opened for writing.
     Meta,
+    /// None yet, for writing: a partial file (`sparse.rs`), its size, no
+    /// blocks, the union's metacopy marker and an extent map saying all
+    /// its data is below; writes then fill it in where they land.
+    Sparse,
+}
+
+impl CopyUpData {
+    /// Copies no data now (the object keeps a layer with its data below).
+    pub fn is_deferred(self) -> bool {
+        matches!(self, CopyUpData::Meta | CopyUpData::Sparse)
+    }
 }
 
 const CHUNK: usize = 1 << 20;
@@ -220,6 +231,10 @@ pub fn stage(
                 if data == CopyUpData::Meta {
                     sys::fs::ftruncate(out.as_fd(), u64::try_from(st.st_size).unwrap_or(0))?;
                     upper.set_metacopy(out.as_fd())?;
+                } else if data == CopyUpData::Sparse {
+                    let size = u64::try_from(st.st_size).unwrap_or(0);
+                    sys::fs::ftruncate(out.as_fd(), size)?;
+                    upper.set_partial(out.as_fd(), size, &crate::sparse::boot_id())?;
                 } else if data == CopyUpData::Full {
                     let size = u64::try_from(st.st_size).unwrap_or(0);
                     let input =

@@ -101,6 +101,8 @@ fn opener(cfg: &MountConfig) -> Opener {
             .options
             .metacopy
             .unwrap_or(cfg.dialect == crate::config::Dialect::Native),
+        sparse: cfg.options.sparse,
+        native: cfg.dialect == crate::config::Dialect::Native,
         copy_strategy: cfg.options.copyup,
         read_only: cfg.options.read_only,
     }
@@ -403,6 +405,8 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
             .context("udba=notify: cannot start the watcher thread")?;
     }
     let served = session.run().context("FUSE session failed");
+    // Partially copied-up files: synced, or filled in overlay format.
+    core.finish_partials();
     if let Some(p) = socket {
         let _ = std::fs::remove_file(p);
     }

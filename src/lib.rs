@@ -28,6 +28,7 @@ pub mod mode;
 pub mod ops;
 pub mod policy;
 pub mod readdir;
+pub mod sparse;
 pub mod stack;
 #[allow(unsafe_code)]
 pub mod sys;

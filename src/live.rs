@@ -41,6 +41,11 @@ pub struct Opener {
     pub durable: bool,
     /// Metadata-only copy-up.
     pub metacopy: bool,
+    /// Sparse copy-up of big files: `sparse=` as given, else the dialect's
+    /// default (see `writer`).
+    pub sparse: Option<bool>,
+    /// The native dialect (whose defaults are unionfs's own).
+    pub native: bool,
     /// `copyup=`.
     pub copy_strategy: Option<Strategy>,
     /// `-o ro`: no branch is written, whatever its mode.
@@ -116,6 +121,12 @@ impl Opener {
             .with_context(|| format!("cannot prepare the staging area of {}", b.path.display()))?;
         up.durable = self.durable;
         up.metacopy = self.metacopy;
+        // By default only in AUFS format: an overlay-format upper is meant
+        // for kernel overlayfs too, which would read a partial file left by
+        // a crash (before the next unionfs mount fills it) as holes.
+        up.sparse = self
+            .sparse
+            .unwrap_or(self.native && format == WhiteoutFormat::Aufs);
         up.copy_strategy = self.copy_strategy;
         up.link_whiteouts
             .store(!b.mode.nolwh, std::sync::atomic::Ordering::Relaxed);

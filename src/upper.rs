@@ -82,6 +82,8 @@ pub struct Upper {
     pub durable: bool,
     /// Metadata changes of a lower file copy its metadata only.
     pub metacopy: bool,
+    /// Opening a big lower file for writing copies no data (`sparse.rs`).
+    pub sparse: bool,
     /// The one way copy-up may move data (`copyup=`); `None`: the best that works.
     pub copy_strategy: Option<Strategy>,
     /// AUFS whiteouts are hard links to the branch's whiteout base
@@ -222,6 +224,7 @@ impl Upper {
             kernel_index,
             durable: true,
             metacopy: false,
+            sparse: false,
             copy_strategy: None,
             link_whiteouts: AtomicBool::new(false),
             wh_base: std::sync::OnceLock::new(),
@@ -494,12 +497,35 @@ impl Upper {
         sys::xattr::set(fd, &self.metacopy_xattr(), b"", 0)
     }
 
-    /// Drops every metacopy marker (and a file's redirect) from `fd`: its
-    /// data is complete.
+    /// The extent map of a partially copied-up file (`sparse.rs`).
+    pub fn partial_xattr(&self) -> OsString {
+        self.xattr("partial")
+    }
+
+    /// Marks the staged upper file `fd` of `size` bytes as partial: all of
+    /// its data below, by the map and by the union's own metacopy marker
+    /// (in both formats: the kernel's marker would make a kernel mount
+    /// read the written ranges from below; the union's is ignored by it).
+    /// The map comes first, so a marked file always has its map.
+    pub fn set_partial(&self, fd: BorrowedFd<'_>, size: u64, boot: &[u8]) -> Result<()> {
+        sys::xattr::set(
+            fd,
+            &self.partial_xattr(),
+            &crate::sparse::initial(size, boot),
+            0,
+        )?;
+        sys::xattr::set(fd, &self.xattr("metacopy"), b"", 0)
+    }
+
+    /// Drops every metacopy marker (and a file's redirect, and a partial
+    /// file's extent map) from `fd`: its data is complete.
     pub fn clear_metacopy(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        // Markers first: a crash half-way leaves a complete file with a
+        // map that nothing reads.
         for n in crate::whiteout::METACOPY_XATTRS
             .iter()
             .chain(crate::whiteout::REDIRECT_XATTRS.iter())
+            .chain(crate::whiteout::PARTIAL_XATTRS.iter())
         {
             match sys::xattr::remove(fd, OsStr::new(n)) {
                 Ok(()) => {}

@@ -71,6 +71,9 @@ const PRIVATE_XATTR_PREFIXES: [&[u8]; 5] = [
     b"user.unionfs.",
 ];
 
+/// The extent map of a partially copied-up file (`sparse.rs`).
+pub const PARTIAL_XATTRS: [&str; 2] = ["trusted.unionfs.partial", "user.unionfs.partial"];
+
 /// What a raw name found in a branch directory means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameClass<'a> {

@@ -281,6 +281,20 @@ impl<'a, W: Write> Exporter<'a, W> {
         x: &std::collections::BTreeMap<OsString, Vec<u8>>,
         data_from: Option<&Path>,
     ) -> Result<()> {
+        self.object_from(rel, disk, md, x, data_from, false)
+    }
+
+    /// `object`; `partial`: the data is a partial file's (`sparse.rs`),
+    /// the upper's bytes merged with those of `data_from` below.
+    fn object_from(
+        &mut self,
+        rel: &Path,
+        disk: &Path,
+        md: &Metadata,
+        x: &std::collections::BTreeMap<OsString, Vec<u8>>,
+        data_from: Option<&Path>,
+        partial: bool,
+    ) -> Result<()> {
         let ft = md.file_type();
         if ft.is_socket() {
             eprintln!("unionfs: export: skipping socket {}", shown(rel));
@@ -307,6 +321,28 @@ impl<'a, W: Write> Exporter<'a, W> {
                 .map_err(Self::wr(rel));
         }
         if ft.is_file() {
+            let ranges = crate::sparse::lower_ranges_of(x, md.len()).filter(|_| partial);
+            if let (Some(ranges), Some(below)) = (ranges, data_from) {
+                let upper = File::open(disk).map_err(io_at(disk))?;
+                let lower = File::open(below).map_err(io_at(below))?;
+                let len = md.len();
+                let mut h = self.header(md, EntryType::Regular);
+                h.set_size(len);
+                let data = Exact {
+                    inner: crate::sparse::Merged {
+                        upper,
+                        lower,
+                        ranges,
+                        pos: 0,
+                        len,
+                    },
+                    left: len,
+                };
+                return self
+                    .b
+                    .append_data(&mut h, rel, data)
+                    .map_err(|e| io_at(disk)(e));
+            }
             let src = data_from.unwrap_or(disk);
             let f = File::open(src).map_err(io_at(src))?;
             let len = f.metadata().map_err(io_at(src))?.len();
@@ -437,7 +473,7 @@ impl<'a, W: Write> Exporter<'a, W> {
                             shown(&p)
                         )));
                     };
-                    self.object(&p, &e.path, &e.md, &e.xattrs, Some(&found.path))?;
+                    self.object_from(&p, &e.path, &e.md, &e.xattrs, Some(&found.path), true)?;
                 }
                 _ => self.object(&p, &e.path, &e.md, &e.xattrs, None)?,
             }

@@ -241,14 +241,32 @@ impl UnionFs {
         let snapshot = self.for_node(self.stack.load_full(), ino)?;
         let stack = &*snapshot;
         let node = self.inodes.get(ino)?;
+        // A big file truncated to a size other than zero becomes (or stays)
+        // a partial file (`sparse.rs`), truncated through its map: no data
+        // is copied.
+        let sparse = set.size.is_some_and(|s| s > 0)
+            && node.kind == Kind::File
+            && stack.writer().is_some_and(|u| u.sparse);
         let data = match set.size {
             Some(0) => CopyUpData::Empty,
+            Some(_) if sparse => CopyUpData::Sparse,
             Some(_) => CopyUpData::Full,
             None => CopyUpData::Meta,
         };
-        let state = self.copy_up(stack, ino, data)?;
+        let mut state = self.copy_up(stack, ino, data)?;
+        let partial = if sparse {
+            self.partial_of(stack, ino, &state, true)?
+        } else {
+            None
+        };
+        if sparse && partial.is_none() && state.is_metacopy() {
+            // A small metadata-only copy: its data, whole.
+            state = self.complete_data(stack, ino, state, CopyUpData::Full)?;
+        }
         let fd = state.top()?.fd()?;
-        if let Some(size) = set.size {
+        if let (Some(size), Some(p)) = (set.size, &partial) {
+            p.set_size(size)?;
+        } else if let Some(size) = set.size {
             if node.kind == Kind::Dir {
                 return Err(Error::IsDir);
             }

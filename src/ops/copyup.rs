@@ -91,7 +91,7 @@ impl UnionFs {
         // An indexed hard link already has its upper data, whatever name
         // the node was last seen under (that name may be gone).
         if self.in_upper(stack, &state) || state.layers.first().is_some_and(|l| l.indexed) {
-            if state.is_metacopy() && data != CopyUpData::Meta {
+            if state.is_metacopy() && !data.is_deferred() {
                 return self.complete_data(stack, ino, state, data);
             }
             return Ok(state);
@@ -131,7 +131,7 @@ impl UnionFs {
             let cino = self.ino_of(stack, &found);
             let this_data = if i + 1 == n { data } else { CopyUpData::Full };
             let next = if self.in_upper(stack, &found.state) {
-                if found.state.is_metacopy() && this_data != CopyUpData::Meta {
+                if found.state.is_metacopy() && !this_data.is_deferred() {
                     self.complete_data(stack, cino, found.state, this_data)?
                 } else {
                     found.state
@@ -339,7 +339,26 @@ impl UnionFs {
         let tfd = top.fd()?;
         let out = sys::fs::reopen(tfd.as_fd(), nix::fcntl::OFlag::O_WRONLY)?;
         let st = sys::fs::fstat(out.as_fd())?;
-        if data == CopyUpData::Full {
+        // A partial file: only the ranges its map leaves below are copied
+        // (the rest was written since); writers wait meanwhile.
+        let partial = self.partials.load(
+            ino.0,
+            tfd.as_fd(),
+            state.data()?.fd()?.as_fd(),
+            upper.partial_xattr(),
+            upper.durable,
+            upper.format == crate::whiteout::WhiteoutFormat::Overlay,
+        )?;
+        let _excl;
+        if let Some(p) = &partial {
+            if data == CopyUpData::Full {
+                p.fill()?;
+            } else {
+                p.abandon();
+                sys::fs::ftruncate(out.as_fd(), 0)?;
+            }
+            _excl = p.exclusive();
+        } else if data == CopyUpData::Full {
             let caps = OsStr::new("security.capability");
             let cap = sys::xattr::get(tfd.as_fd(), caps)?;
             let src = state.data()?.fd()?;
@@ -370,6 +389,9 @@ impl UnionFs {
             sys::fs::ftruncate(out.as_fd(), 0)?;
         }
         upper.clear_metacopy(tfd.as_fd())?;
+        if partial.is_some() {
+            self.partials.remove(ino.0);
+        }
         let mut layer = top.clone();
         layer.metacopy = false;
         let done = NodeState {
@@ -407,7 +429,7 @@ impl UnionFs {
             None => self.find_union(stack, pino, pstate, ppath, name)?,
         };
         if self.in_upper(stack, &found.state) {
-            if found.state.is_metacopy() && data != CopyUpData::Meta {
+            if found.state.is_metacopy() && !data.is_deferred() {
                 return self.complete_data(stack, self.ino_of(stack, &found), found.state, data);
             }
             return Ok(found.state);
@@ -441,7 +463,17 @@ impl UnionFs {
             {
                 CopyUpData::Meta
             }
-            CopyUpData::Meta => CopyUpData::Full,
+            CopyUpData::Sparse
+                if upper.sparse
+                    && found.kind == Kind::File
+                    && !hard_linked
+                    && !top.indexed
+                    && u64::try_from(found.stat.st_size).unwrap_or(0)
+                        >= crate::sparse::SPARSE_MIN =>
+            {
+                CopyUpData::Sparse
+            }
+            CopyUpData::Meta | CopyUpData::Sparse => CopyUpData::Full,
             d => d,
         };
         // The copy carries its recorded inode number; the parent must say
@@ -488,7 +520,7 @@ impl UnionFs {
         );
         let nfd = sys::fs::open_path_at(pfd, name)?;
         let mut layers = vec![self.upper_layer(stack, nfd, ppath.join(name), false)?];
-        if data == CopyUpData::Meta {
+        if data.is_deferred() {
             layers[0].metacopy = true;
             layers.push(found.state.data()?.clone());
         }

@@ -73,6 +73,9 @@ impl UnionFs {
         let state = if writing {
             let data = if flags & libc::O_TRUNC != 0 {
                 CopyUpData::Empty
+            } else if node.kind == Kind::File && stack.writer().is_some_and(|u| u.sparse) {
+                // A big file becomes a partial one (`copy_up_one` decides).
+                CopyUpData::Sparse
             } else {
                 CopyUpData::Full
             };
@@ -80,6 +83,32 @@ impl UnionFs {
         } else {
             node.snapshot()
         };
+        let partial = self.partial_of(stack, ino, &state, writing)?;
+        // A small metadata-only copy opened for writing gets its data now.
+        let state = if writing && partial.is_none() && state.is_metacopy() {
+            self.complete_data(stack, ino, state, CopyUpData::Full)?
+        } else {
+            state
+        };
+        if let Some(p) = partial {
+            // Its handle is on the upper file; reads and writes go through
+            // the map, so never passthrough (the kernel would read the
+            // holes), and no page cache kept from opens that read below.
+            let f = backing_flags(flags) & !(OFlag::O_APPEND | OFlag::O_TRUNC);
+            let fd = sys::fs::reopen(p.upper.as_fd(), f)?;
+            let branch = state.top()?.branch;
+            let fh = self
+                .handles
+                .insert(Handle::File(FileHandle::new(ino, branch, fd)));
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+                on_upper: false,
+            });
+        }
+        if let Ok(t) = state.top().and_then(|t| t.fd()) {
+            self.partials.evict_stale(ino.0, t.as_fd());
+        }
         // A metadata-only copy is read from the layer with the data.
         let top = state.data()?;
         let fd = sys::fs::reopen(top.fd()?.as_fd(), backing_flags(flags))?;
@@ -123,6 +152,64 @@ impl UnionFs {
         self.inodes.is_retired(ino)
     }
 
+    /// The partial file (`sparse.rs`) of node `ino` in `state`, loaded from
+    /// its map on first use; `for_write`: a metadata-only upper copy
+    /// without a map gets one (all below), so its data is never copied
+    /// whole for a write either.
+    pub(super) fn partial_of(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        state: &crate::inode::NodeState,
+        for_write: bool,
+    ) -> Result<Option<Arc<crate::sparse::Partial>>> {
+        if !state.is_metacopy() || !self.in_upper(stack, state) {
+            return Ok(None);
+        }
+        let upper = self.upper_ctx(stack)?;
+        let top = state.top()?.fd()?;
+        let data = state.data()?.fd()?;
+        let load = || {
+            self.partials.load(
+                ino.0,
+                top.as_fd(),
+                data.as_fd(),
+                upper.partial_xattr(),
+                upper.durable,
+                upper.format == crate::whiteout::WhiteoutFormat::Overlay,
+            )
+        };
+        if let Some(p) = load()? {
+            return Ok(Some(p));
+        }
+        let size = u64::try_from(sys::fs::fstat(top.as_fd())?.st_size).unwrap_or(0);
+        if !for_write || !upper.sparse || size < crate::sparse::SPARSE_MIN {
+            return Ok(None);
+        }
+        let _guard = self.copy_locks[(ino.0 as usize) % super::copyup::COPY_LOCKS].lock();
+        if let Some(p) = load()? {
+            return Ok(Some(p));
+        }
+        // The map first, then the union's marker beside the one it had.
+        upper.set_partial(top.as_fd(), size, &self.partials.boot)?;
+        load()
+    }
+
+    /// The mount ends: partial files are synced, or filled (overlay format).
+    pub fn finish_partials(&self) {
+        self.partials.finish();
+    }
+
+    /// Fills partial file `ino` and makes it an ordinary upper file (before
+    /// an operation the map cannot express).
+    fn complete_partial(&self, ino: Ino) -> Result<()> {
+        let snapshot = self.stack.load_full();
+        let node = self.inodes.get(ino)?;
+        let state = self.state_in(&snapshot, &node);
+        self.complete_data(&snapshot, ino, state, CopyUpData::Full)?;
+        Ok(())
+    }
+
     /// Runs `f` on the backing fd of the open file `fh` (the FUSE adapter
     /// registers it with the kernel for passthrough).
     pub fn with_fd<R>(
@@ -147,6 +234,15 @@ impl UnionFs {
         let Handle::File(f) = &*h else {
             return Err(Error::IsDir);
         };
+        if let Some(p) = self.partials.get(f.ino.0) {
+            let (n, after) = p.write(data, offset)?;
+            if after == crate::sparse::After::Nothing {
+                return Ok(u32::try_from(n).unwrap_or(u32::MAX));
+            }
+            // This write would leave the file looking whole to lookup:
+            // made whole first, it is then an ordinary upper file.
+            self.complete_partial(f.ino)?;
+        }
         let n = sys::fs::pwrite(f.fd.as_fd(), data, offset)?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
@@ -157,6 +253,10 @@ impl UnionFs {
         let Handle::File(f) = &*h else {
             return Err(Error::IsDir);
         };
+        if let Some(p) = self.partials.get(f.ino.0) {
+            // The data, then the map that points at it.
+            return p.sync();
+        }
         sys::fs::fsync(f.fd.as_fd(), data_only)
     }
 
@@ -166,6 +266,9 @@ impl UnionFs {
         let Handle::File(f) = &*h else {
             return Err(Error::IsDir);
         };
+        if self.partials.get(f.ino.0).is_some() {
+            self.complete_partial(f.ino)?;
+        }
         sys::fs::fallocate(f.fd.as_fd(), mode, offset, len)
     }
 
@@ -193,6 +296,16 @@ impl UnionFs {
             );
         if same && off_out.saturating_add(len) > off_in && off_in.saturating_add(len) > off_out {
             return Err(Error::Invalid);
+        }
+        if self.partials.get(i.ino.0).is_some() || self.partials.get(o.ino.0).is_some() {
+            // Through the map, a bounded piece per call (a short count is
+            // allowed; the kernel or libc asks again).
+            let want = u32::try_from(len.min(1 << 20)).unwrap_or(1 << 20);
+            let data = self.read(fh_in, off_in, want)?;
+            if data.is_empty() {
+                return Ok(0);
+            }
+            return self.write(fh_out, off_out, &data);
         }
         let len = usize::try_from(len)
             .unwrap_or(usize::MAX)
@@ -236,6 +349,9 @@ impl UnionFs {
         };
         // The read path's snapshot: a guard (no shared refcount touched),
         // held for this one short read.
+        if let Some(p) = self.partials.get(f.ino.0) {
+            return p.read(offset, size);
+        }
         let stack = self.stack.load();
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
@@ -270,6 +386,21 @@ impl UnionFs {
             libc::SEEK_HOLE => Whence::SeekHole,
             _ => return Err(Error::Invalid),
         };
+        if let Some(p) = self.partials.get(f.ino.0) {
+            // Its data is everywhere as far as a reader can tell: the
+            // ranges below are data there, and holes that happen to be
+            // read from either side are zeros anyway.
+            let size = sys::fs::fstat(p.upper.as_fd())?.st_size;
+            return match whence {
+                Whence::SeekData if offset < size => Ok(offset),
+                Whence::SeekHole if offset < size => Ok(size),
+                Whence::SeekData | Whence::SeekHole => Err(Error::Sys {
+                    op: "lseek",
+                    errno: nix::errno::Errno::ENXIO,
+                }),
+                _ => sys::fs::lseek(p.upper.as_fd(), offset, whence),
+            };
+        }
         sys::fs::lseek(self.read_fd(&self.stack.load(), f)?, offset, whence)
     }
 

@@ -155,6 +155,8 @@ pub struct UnionFs {
     gate: parking_lot::RwLock<()>,
     /// Round robin and most-free-space state of the create policy.
     policy: crate::policy::PolicyState,
+    /// Partially copied-up files (`sparse.rs`).
+    partials: crate::sparse::Partials,
 }
 
 /// Tells the kernel that what it cached about an inode is stale, for the
@@ -213,6 +215,7 @@ impl UnionFs {
             faults: crate::faults::FaultLog::default(),
             gate: parking_lot::RwLock::new(()),
             policy: crate::policy::PolicyState::default(),
+            partials: crate::sparse::Partials::default(),
         })
     }
 
