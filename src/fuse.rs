@@ -175,6 +175,7 @@ impl FuseAdapter {
         let keep_big_cache = self.io.big_valid_cache(i, KEEP_CACHE_ABOVE);
         o.keep_cache |= keep_big_cache;
         let want = !keep_big_cache
+            && o.passthrough_ok
             && match self.passthrough {
                 Passthrough::Off => false,
                 Passthrough::Upper => o.on_upper,
@@ -861,6 +862,7 @@ impl Filesystem for FuseAdapter {
                     fh: h,
                     keep_cache: false,
                     on_upper: true,
+                    passthrough_ok: true,
                 };
                 let reply = reply.with_node(INodeNo(e.node.0));
                 match self.grant(e.node.0, o, true, |fd| reply.open_backing(fd)) {

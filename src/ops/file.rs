@@ -30,6 +30,11 @@ pub struct Opened {
     /// The handle's fd is on the upper branch: the file's data will not
     /// move again, so the kernel may do its I/O on that file directly.
     pub on_upper: bool,
+    /// The kernel may do this handle's I/O on its fd directly (FUSE
+    /// passthrough). False for a partial file (`sparse.rs`): its fd holds
+    /// holes where the data is still below, so every read must go through
+    /// the union's map.
+    pub passthrough_ok: bool,
 }
 
 /// Flags the union passes through to the backing open (O_CREAT and
@@ -104,6 +109,7 @@ impl UnionFs {
                 fh,
                 keep_cache: false,
                 on_upper: false,
+                passthrough_ok: false,
             });
         }
         if let Ok(t) = state.top().and_then(|t| t.fd()) {
@@ -121,6 +127,7 @@ impl UnionFs {
             fh,
             keep_cache,
             on_upper,
+            passthrough_ok: true,
         })
     }
 
