@@ -56,7 +56,7 @@ impl UnionFs {
         // A directory changed through one of several writable branches, or
         // across a branch change, is read as the whole stack shows it now.
         let state = if node.kind == Kind::Dir && !stack.is_view() {
-            self.fresh_dir(stack, ino)
+            self.fresh_state(stack, &node)
                 .unwrap_or_else(|_| node.snapshot())
         } else {
             node.snapshot()

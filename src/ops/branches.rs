@@ -20,7 +20,7 @@ use super::UnionFs;
 use crate::branch::BranchId;
 use crate::error::{Error, Result};
 use crate::handle::Handle;
-use crate::inode::{Ino, Kind, NodeState, ROOT_INO};
+use crate::inode::{Ino, Kind, Node, NodeState, ROOT_INO};
 use crate::lookup;
 use crate::stack::BranchStack;
 
@@ -108,14 +108,19 @@ impl UnionFs {
     /// The state of directory `ino`, re-resolved by its path when it was
     /// resolved against an older stack than `stack`.
     pub(super) fn fresh_dir(&self, stack: &BranchStack, ino: Ino) -> Result<NodeState> {
-        let node = self.inodes.get(ino)?;
+        self.fresh_state(stack, &*self.inodes.get(ino)?)
+    }
+
+    /// `fresh_dir` for a node the caller holds already (one table lookup
+    /// less on the lookup and getattr paths).
+    pub(super) fn fresh_state(&self, stack: &BranchStack, node: &Node) -> Result<NodeState> {
         let state = node.snapshot();
-        if state.generation == stack.generation() || ino == ROOT_INO {
+        if state.generation == stack.generation() || node.ino == ROOT_INO {
             return Ok(state);
         }
-        let path = self.inodes.path_of(ino)?;
+        let path = self.inodes.path_of(node.ino)?;
         let fresh = self.resolve_path(stack, &path)?;
-        self.inodes.refresh(ino, node.kind, fresh.clone());
+        self.inodes.refresh(node.ino, node.kind, fresh.clone());
         Ok(fresh)
     }
 

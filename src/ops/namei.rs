@@ -42,7 +42,7 @@ impl UnionFs {
         if pnode.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
-        let pstate = self.fresh_dir(stack, parent)?;
+        let pstate = self.fresh_state(stack, &pnode)?;
         let ppath = self.inodes.path_of(parent)?;
         let found = self
             .find_union(stack, parent, &pstate, &ppath, name)
