@@ -301,11 +301,12 @@ fn faulty_fuse_lower_gives_eio_and_logs_once() {
             })
             .count()
     };
-    // (By default the kernel reads a lower file itself, passthrough: the
-    // daemon meets the fault where it touches the data, at open.)
-    assert_eq!(
-        count("read", "/bad_read") + count("open", "/bad_read"),
-        1,
+    // The daemon meets the fault where it touches the data: at open (a
+    // lower file passed through) and/or at read (through the daemon). Each
+    // of those two faults is logged once, and at least one is.
+    let (reads, opens) = (count("read", "/bad_read"), count("open", "/bad_read"));
+    assert!(
+        reads <= 1 && opens <= 1 && reads + opens >= 1,
         "log:\n{}",
         lines.join("\n")
     );

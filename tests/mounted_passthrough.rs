@@ -43,6 +43,10 @@ impl Setup {
             format!("{}:{}", self.l1.display(), self.l2.display()).into(),
             self.u.clone().into(),
             self.mnt.clone().into(),
+            // The mechanism under test (not the default yet: see
+            // config::Passthrough); a later -o overrides it.
+            "-o".into(),
+            "passthrough=all".into(),
         ];
         for o in opts {
             args.push("-o".into());
