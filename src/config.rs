@@ -247,16 +247,13 @@ pub enum Passthrough {
     /// Every file goes through the daemon.
     Off,
     /// Files whose data is on the upper branch (created or copied up): their
-    /// data never moves again. Lower files use the page cache. The default:
-    /// with `All`, a write through a second hard-link name of a lower file
-    /// held open for reading still gets ETXTBSY (the soak found it), so
-    /// `All` is not yet the default.
-    #[default]
+    /// data never moves again. Lower files use the page cache.
     Upper,
-    /// Lower files too (native read speed). The kernel pins a passthrough
-    /// node to its backing file until every opener closes it; a writer of a
-    /// lower file held open for reading is moved to a fresh node for the
-    /// copied-up file (see `fuse::FuseAdapter::reroute`).
+    /// Lower files too (the default: native read speed). The kernel pins a
+    /// passthrough node to its backing file until every opener closes it;
+    /// a writer of a lower file held open for reading is moved to a fresh
+    /// node for the copied-up file (see `fuse::FuseAdapter::reroute`).
+    #[default]
     All,
 }
 

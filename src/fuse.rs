@@ -203,6 +203,8 @@ impl FuseAdapter {
     /// walked no name (/proc/PID/fd/N): it is served here as before
     /// (readers from the lower file, a writer ETXTBSY).
     fn reroute(&self, i: INodeNo, writing: bool, pid: u32) -> Result<Route, Error> {
+        // Taken by every open: only the caller's next one can be the retry.
+        let retry = self.io.take_estale(i.0, pid);
         if !self.io.pinned_to_lower(i.0) {
             return Ok(Route::Here);
         }
@@ -210,7 +212,7 @@ impl FuseAdapter {
         if !writing && !retired {
             return Ok(Route::Here);
         }
-        if self.io.take_estale(i.0, pid) {
+        if retry {
             tracing::debug!("node {i}: the retry of pid {pid} came back; served as it is");
             return Ok(Route::CameBack);
         }

@@ -120,25 +120,29 @@ impl<B> IoModes<B> {
     pub fn note_estale(&self, ino: u64, pid: u32) {
         let now = Instant::now();
         let mut v = self.estale.lock();
-        v.retain(|&(_, _, t)| now.duration_since(t) < RETRY_WINDOW);
+        v.retain(|&(_, p, t)| p != pid && now.duration_since(t) < RETRY_WINDOW);
         if v.len() >= MAX_ESTALE {
             v.remove(0);
         }
         v.push((ino, pid, now));
     }
 
-    /// True (once) when `pid`'s open of `ino` was answered ESTALE just now:
-    /// this open is the VFS's retry, and it came back to the same node.
+    /// True when `pid`'s last open was of `ino` and answered ESTALE just
+    /// now: this open is the VFS's retry, and it came back to the same node.
+    /// Every open by `pid` takes its note, whatever the node: the retry is
+    /// the caller's very next open, so a note not taken by it (the retry
+    /// walked to another node) must not make a later open of `ino` — a
+    /// second hard-link name still on the old node — look like a retry.
     pub fn take_estale(&self, ino: u64, pid: u32) -> bool {
         let now = Instant::now();
         let mut v = self.estale.lock();
-        match v
-            .iter()
-            .position(|&(n, p, t)| n == ino && p == pid && now.duration_since(t) < RETRY_WINDOW)
-        {
+        if v.is_empty() {
+            return false;
+        }
+        match v.iter().position(|&(_, p, _)| p == pid) {
             Some(i) => {
-                v.remove(i);
-                true
+                let (n, _, t) = v.remove(i);
+                n == ino && now.duration_since(t) < RETRY_WINDOW
             }
             None => false,
         }
@@ -358,13 +362,16 @@ mod tests {
     }
 
     #[test]
-    fn an_estale_answer_is_recognised_once_for_its_caller_and_node() {
+    fn an_estale_answer_is_recognised_only_in_its_callers_next_open() {
         let io: IoModes<()> = IoModes::default();
         io.note_estale(7, 100);
         assert!(!io.take_estale(7, 101), "another caller");
-        assert!(!io.take_estale(8, 100), "another node");
         assert!(io.take_estale(7, 100));
         assert!(!io.take_estale(7, 100), "only once");
+        // the retry went to another node: the note is gone with it
+        io.note_estale(7, 100);
+        assert!(!io.take_estale(8, 100), "another node");
+        assert!(!io.take_estale(7, 100), "a later open is not the retry");
         for pid in 0..(MAX_ESTALE as u32 + 10) {
             io.note_estale(9, pid);
         }
