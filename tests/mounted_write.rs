@@ -237,6 +237,95 @@ fn concurrent_writers_cause_one_copy_up() {
     assert_eq!(fs::read_dir(work).unwrap().count(), 0);
 }
 
+/// A copy-up (an open for writing, a chmod) racing an unlink or a rename
+/// of the same lower file: every open, chmod and unlink answers with
+/// success or ENOENT only (never, say, ENXIO from opening an overlay
+/// whiteout that took the name meanwhile), and a name whose unlink or
+/// rename succeeded stays gone: no copy-up puts it back.
+#[test]
+fn a_copy_up_racing_a_removal_never_brings_the_name_back() {
+    if !can_mount_fuse() {
+        return;
+    }
+    const N: usize = 300;
+    for fmt in ["aufs", "overlay"] {
+        let t = Setup::new(&format!("copyup-vs-unlink-{fmt}"));
+        for i in 0..N {
+            file(&t.l1, &format!("d/f{i}"), &vec![b'.'; 64 << 10], 0o666);
+        }
+        let m = t.mount(&[&format!("whiteout={fmt}")]);
+        let d = m.mnt.join("d");
+        let go = std::sync::Barrier::new(3);
+        let (gone, answers) = std::thread::scope(|sc| {
+            let writer = sc.spawn(|| {
+                let mut errs = Vec::new();
+                for i in 0..N {
+                    go.wait();
+                    let r = fs::OpenOptions::new()
+                        .append(true)
+                        .open(d.join(format!("f{i}")))
+                        .and_then(|mut f| f.write_all(b"x"));
+                    errs.extend(errno_of(r).map(|e| ("open", e)));
+                }
+                errs
+            });
+            let chmod = sc.spawn(|| {
+                let mut errs = Vec::new();
+                for i in 0..N {
+                    go.wait();
+                    let r = fs::set_permissions(
+                        d.join(format!("f{i}")),
+                        fs::Permissions::from_mode(0o640),
+                    );
+                    errs.extend(errno_of(r).map(|e| ("chmod", e)));
+                }
+                errs
+            });
+            let mut gone = Vec::new();
+            let mut errs = Vec::new();
+            for i in 0..N {
+                go.wait();
+                let p = d.join(format!("f{i}"));
+                // half unlinked, half renamed away (the source name goes)
+                let r = if i % 2 == 0 {
+                    fs::remove_file(&p)
+                } else {
+                    fs::rename(&p, d.join(format!("moved{i}")))
+                };
+                match errno_of(r) {
+                    None => gone.push(i),
+                    Some(e) => errs.push(("remove", e)),
+                }
+            }
+            errs.extend(writer.join().unwrap());
+            errs.extend(chmod.join().unwrap());
+            (gone, errs)
+        });
+        let bad: Vec<_> = answers.iter().filter(|(_, e)| *e != libc::ENOENT).collect();
+        assert!(bad.is_empty(), "{fmt}: errors other than ENOENT: {bad:?}");
+        assert!(!gone.is_empty(), "{fmt}: no removal succeeded");
+        let back = |root: &Path| -> Vec<usize> {
+            gone.iter()
+                .copied()
+                .filter(|i| fs::symlink_metadata(root.join(format!("d/f{i}"))).is_ok())
+                .collect()
+        };
+        assert_eq!(
+            back(&m.mnt),
+            Vec::<usize>::new(),
+            "{fmt}: removed names came back"
+        );
+        m.unmount();
+        let m = t.mount(&[&format!("whiteout={fmt}")]);
+        assert_eq!(
+            back(&m.mnt),
+            Vec::<usize>::new(),
+            "{fmt}: ... after a remount"
+        );
+        m.unmount();
+    }
+}
+
 #[test]
 fn aufs_format_whiteouts_opaque_and_user_char_devices() {
     if !can_mount_fuse() {

@@ -9,7 +9,12 @@
 //! Locks: one of `COPY_LOCKS` striped mutexes, keyed by the object's inode
 //! number, is held while that object is copied up, so concurrent writers to
 //! one lower file cause exactly one copy-up. Parents are copied up before
-//! the child's lock is taken, so no thread holds two of them.
+//! the child's lock is taken, so no thread holds two of them. Inside it,
+//! the name's lock (`UnionFs::name_lock`) is held from the last look at the
+//! upper parent to the placing rename: an unlink, rmdir or rename that
+//! whites the name out meanwhile (they take the same name lock, and never
+//! a copy lock inside it) is seen, and its whiteout never replaced — a
+//! name removed stays removed.
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -436,9 +441,12 @@ impl UnionFs {
         }
         let ino = self.ino_of(stack, &found);
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
+        let _name = self.name_lock(pino, name);
         // Another writer may have finished this copy-up while we waited (the
-        // name is in the upper now), or copied up another name of this
-        // hard-linked file (its data is in the index now): look again.
+        // name is in the upper now), copied up another name of this
+        // hard-linked file (its data is in the index now), or removed or
+        // replaced the name (a whiteout or another object is there): look
+        // again.
         let raced = sys::fs::stat_at(pfd, name).is_ok()
             || (upper.format == crate::whiteout::WhiteoutFormat::Aufs
                 && sys::fs::stat_at(pfd, &crate::whiteout::whiteout_name(name)).is_ok());
@@ -482,43 +490,55 @@ impl UnionFs {
         self.mark_impure(stack, pino, pstate)?;
         // Each branch undoes its own staging when placing fails, so a
         // refused copy-up (a full upper) leaves nothing behind.
-        if top.indexed {
+        // The copy is held by the fd it was staged with, not found again by
+        // its name once placed: the name is the parent's, and a racing
+        // unlink, rename or create may have put another object (in overlay
+        // format a whiteout, a char device) there already.
+        let nfd = if top.indexed {
             // Another name of this hard-linked file was copied up already:
             // link its upper data into place (one more upper link, the same
             // union count).
             let tmp = upper.temp_name();
             let fd = top.fd()?;
             sys::fs::link_fd(fd.as_fd(), upper.work.as_fd(), &tmp)?;
-            if let Err(e) = upper.shift_nlink_offset(fd.as_fd(), -1) {
-                upper.discard(&tmp);
-                return Err(e);
-            }
+            let placed = upper
+                .shift_nlink_offset(fd.as_fd(), -1)
+                .and_then(|()| sys::fs::open_path_at(upper.work.as_fd(), &tmp));
+            let nfd = match placed {
+                Ok(nfd) => nfd,
+                Err(e) => {
+                    upper.discard(&tmp);
+                    return Err(e);
+                }
+            };
             if let Err(e) = upper.place(&tmp, pfd, name, false) {
                 let _ = upper.shift_nlink_offset(fd.as_fd(), 1);
                 return Err(e);
             }
+            nfd
         } else if hard_linked {
             // Keep the lower hard links together (overlayfs index=on): the
             // other names find this copy through the index. Two upper
             // names once placed: the index entry and this one.
-            let (tmp, _, iname) = self.stage_into_index(stack, &found, ino, data, 2)?;
+            let (tmp, nfd, iname) = self.stage_into_index(stack, &found, ino, data, 2)?;
             if let Err(e) = upper.place(&tmp, pfd, name, false) {
                 // An index entry without its name would make the other
                 // names report a wrong link count: take it back.
                 let _ = sys::fs::unlink_at(upper.index.as_fd(), &iname, false);
                 return Err(e);
             }
+            nfd
         } else {
-            let tmp = self.stage_found(stack, &found, ino, data)?.0;
+            let (tmp, nfd) = self.stage_found(stack, &found, ino, data)?;
             upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
-        }
+            nfd
+        };
         // Copy-up is not a change of the parent: keep its times (as overlayfs does).
         let _ = sys::fs::utimes_fd(
             pfd,
             SetTime::At(pst.st_atime, pst.st_atime_nsec),
             SetTime::At(pst.st_mtime, pst.st_mtime_nsec),
         );
-        let nfd = sys::fs::open_path_at(pfd, name)?;
         let mut layers = vec![self.upper_layer(stack, nfd, ppath.join(name), false)?];
         if data.is_deferred() {
             layers[0].metacopy = true;

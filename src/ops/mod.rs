@@ -24,7 +24,8 @@ mod udba;
 mod write;
 mod xattr;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -144,6 +145,10 @@ pub struct UnionFs {
     handles: HandleTable,
     opts: CoreOptions,
     copy_locks: Box<[parking_lot::Mutex<()>]>,
+    /// Striped by (parent, name): held while a copy-up places an object
+    /// under a name and while a removal or rename changes what the upper
+    /// holds under it (`name_lock`).
+    name_locks: Box<[parking_lot::Mutex<()>]>,
     /// Nodes freed by FORGET so far (to return heap memory now and then).
     freed_nodes: std::sync::atomic::AtomicU64,
     invalidator: std::sync::OnceLock<Box<dyn Invalidate>>,
@@ -185,6 +190,16 @@ pub trait Invalidate: Send + Sync + std::fmt::Debug {
     fn drop_entry_soon(&self, parent: Ino, name: &std::ffi::OsStr);
 }
 
+/// The stripe of `name_locks` for `name` in directory `parent`.
+fn name_stripe(parent: Ino, name: &OsStr) -> usize {
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    h.write_u64(parent.0);
+    h.write(std::os::unix::ffi::OsStrExt::as_bytes(name));
+    (h.finish() % NAME_LOCKS as u64) as usize
+}
+
 fn time(secs: i64, nsecs: i64) -> SystemTime {
     let nsecs = u32::try_from(nsecs.clamp(0, 999_999_999)).unwrap_or(0);
     if secs >= 0 {
@@ -194,7 +209,34 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
+/// Stripes of `UnionFs::name_locks`.
+const NAME_LOCKS: usize = 64;
+
 impl UnionFs {
+    /// The lock of name `name` in directory `parent`; see `copyup.rs`. The
+    /// kernel serialises namespace changes within one directory, but not a
+    /// copy-up (an open for writing, a chmod) with them.
+    pub(super) fn name_lock(&self, parent: Ino, name: &OsStr) -> parking_lot::MutexGuard<'_, ()> {
+        self.name_locks[name_stripe(parent, name)].lock()
+    }
+
+    /// The locks of two names, taken in stripe order (one, if they share
+    /// a stripe), so two renames never wait for each other crosswise.
+    pub(super) fn name_locks(
+        &self,
+        a: (Ino, &OsStr),
+        b: (Ino, &OsStr),
+    ) -> (
+        parking_lot::MutexGuard<'_, ()>,
+        Option<parking_lot::MutexGuard<'_, ()>>,
+    ) {
+        let (i, j) = (name_stripe(a.0, a.1), name_stripe(b.0, b.1));
+        let (lo, hi) = (i.min(j), i.max(j));
+        let first = self.name_locks[lo].lock();
+        let second = (hi != lo).then(|| self.name_locks[hi].lock());
+        (first, second)
+    }
+
     /// Builds the union over `stack` (its branches and writers).
     pub fn new(stack: BranchStack, opts: CoreOptions) -> Result<Self> {
         let (root, _) = lookup::root(&stack)?;
@@ -209,6 +251,9 @@ impl UnionFs {
             opts,
             freed_nodes: std::sync::atomic::AtomicU64::new(0),
             copy_locks: (0..copyup::COPY_LOCKS)
+                .map(|_| parking_lot::Mutex::new(()))
+                .collect(),
+            name_locks: (0..NAME_LOCKS)
                 .map(|_| parking_lot::Mutex::new(()))
                 .collect(),
             invalidator: std::sync::OnceLock::new(),

@@ -422,6 +422,9 @@ impl UnionFs {
         } else {
             self.drop_name(stack, &found)?
         };
+        // What the upper holds under the name changes under its lock (a
+        // copy-up of it must see the whiteout, see `copyup.rs`).
+        let _name = self.name_lock(parent, name);
         let removed = match (in_upper, lower_has, dir) {
             (true, false, false) => sys::fs::unlink_at(pfd.as_fd(), name, false),
             (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false),
@@ -667,6 +670,7 @@ impl UnionFs {
             (RenameHow::Replace, Some(d)) if d.kind != Kind::Dir => self.drop_name(stack, d)?,
             _ => None,
         };
+        let names = self.name_locks((parent, name), (newparent, newname));
         let moved = self.rename_in_upper(
             upper,
             (pfd.as_fd(), name, src_lower),
@@ -675,6 +679,7 @@ impl UnionFs {
             src.kind,
             how,
         );
+        drop(names);
         if let Err(e) = moved {
             self.undrop_name(stack, dropped);
             return Err(e);
