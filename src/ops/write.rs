@@ -416,7 +416,8 @@ impl UnionFs {
         let (pstate, _) = self.upper_parent(stack, parent)?;
         let pfd = pstate.top()?.fd()?;
         let in_upper = self.in_upper(stack, &found.state);
-        let lower_has = self.lower_has(stack, parent, &pstate, &ppath, name)?;
+        // An object that shows from below is a lower's: no second look.
+        let lower_has = !in_upper || self.lower_has(stack, parent, &pstate, &ppath, name)?;
         let dropped = if dir {
             None
         } else {
@@ -645,7 +646,8 @@ impl UnionFs {
             }
             _ => None,
         };
-        let src_lower = self.lower_has(stack, parent, &pstate, &ppath, name)?;
+        let src_lower = !self.in_upper(stack, &src.state)
+            || self.lower_has(stack, parent, &pstate, &ppath, name)?;
         let dst_lower = self.lower_has(stack, newparent, &npstate, &nppath, newname)?;
         // A directory without lower content arriving where a lower directory
         // shows must hide it.
