@@ -714,7 +714,7 @@ How each row is measured (every run mounts fresh over the same lower, with an em
 
 COLORS = {"native": "#9e9e9e", "overlay": "#4c72b0", "fuse-overlayfs": "#dd8452",
           "unionfs-fuse": "#c44e52", "unionfs": "#55a868", "unionfs-uring": "#2e7d32",
-          "unionfs-pt-all": "#8fd19e", "unionfs-spin": "#b8e186", "unionfs-uring-spin": "#00441b",
+          "unionfs-pt-upper": "#8fd19e", "unionfs-spin": "#b8e186", "unionfs-uring-spin": "#00441b",
           "floor": "#b2abd2", "floor-best": "#542788"}
 
 
@@ -778,8 +778,8 @@ def every_system():
             UnionfsFuse("unionfs-fuse", "unionfs-fuse 1.0", "unionfs-fuse"),
             Unionfs("unionfs", "unionfs", "unionfs", ",uring=off"),
             Unionfs("unionfs-uring", "unionfs uring=on", "unionfs", ",uring=on"),
-            Unionfs("unionfs-pt-all", "unionfs passthrough=all", "unionfs",
-                    ",passthrough=all,uring=off"),
+            Unionfs("unionfs-pt-upper", "unionfs passthrough=upper", "unionfs",
+                    ",passthrough=upper,uring=off"),
             Unionfs("unionfs-spin", "unionfs spin=200", "unionfs", ",spin=200,uring=off"),
             Unionfs("unionfs-uring-spin", "unionfs uring=on,spin=200", "unionfs",
                     ",uring=on,spin=200"),
