@@ -476,15 +476,21 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, h: Option<FileHandle>, reply: ReplyAttr) {
+        // A retired node (`reroute`) stands for the copied-up object, which
+        // changes through the new node, unseen here: its readers' handles
+        // are still on the lower file, so it is answered from the object,
+        // and never cached.
+        let retired = self.fs.is_retired(ino(i));
         let res = match h {
-            Some(h) => self
+            Some(h) if !retired => self
                 .fs
                 .getattr_fh(ino(i), fh(h))
                 .or_else(|_| self.fs.getattr(ino(i))),
-            None => self.fs.getattr(ino(i)),
+            _ => self.fs.getattr(ino(i)),
         };
+        let ttl = if retired { Duration::ZERO } else { self.ttl };
         match res {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&ttl, &file_attr(&a)),
             Err(e) => reply.error(self.fail("getattr", i, &e)),
         }
     }

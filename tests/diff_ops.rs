@@ -1095,6 +1095,41 @@ fn regression_fd_opened_before_copy_up_reads_stale_size() {
     ]);
 }
 
+/// The same, with fstat(2) of the first descriptor instead of a read: its attributes
+/// are the copy's (size 5002), as the kernel says. unionfs answered the lower file's
+/// (size 9) under `passthrough=all`: the reader's handle is on the lower file, and the
+/// kernel kept the old node's attributes cached (found by CI, stop 18).
+#[test]
+fn regression_fstat_of_fd_opened_before_copy_up() {
+    let lowers = gen_lowers(&[&[("d", Obj::Dir), ("d/d", Obj::File(0))], &[]]);
+    for fmt in [Fmt::Overlay, Fmt::Aufs] {
+        fstat_of_fd_opened_before_copy_up(&lowers, fmt);
+    }
+}
+
+fn fstat_of_fd_opened_before_copy_up(lowers: &GenLowers, fmt: Fmt) {
+    check_on(
+        &Lowers::Gen(lowers.clone()),
+        &[
+            Op::Open {
+                p: "d/d",
+                slot: 1,
+                rw: false,
+            },
+            Op::Stat("d/d"),
+            Op::Write {
+                p: "d/d",
+                how: Wr::Plain,
+                off: 5000,
+                data: 1,
+            },
+            Op::FstatFd(1),
+        ],
+        Check::Full,
+        fmt,
+    );
+}
+
 /// O_TMPFILE in a merged directory. Kernel: works. unionfs: EOPNOTSUPP, because fuser
 /// 0.18 has no FUSE_TMPFILE request (see [`comparable`]).
 #[test]

@@ -147,6 +147,9 @@ impl UnionFs {
         let snapshot = self.for_node(self.stack.load_full(), ino)?;
         let state = self.copy_up(&snapshot, ino, CopyUpData::Full)?;
         self.inodes.rekey(ino)?;
+        // What the kernel holds of the old node's attributes is the lower
+        // file's; from now on they are the copy's (see `FuseAdapter::getattr`).
+        self.invalidate_attributes(ino);
         if let Some(inv) = self.invalidator.get() {
             inv.drop_entry_soon(state.parent, &state.name);
         }
