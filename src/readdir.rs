@@ -5,7 +5,8 @@
 //! visible name once, topmost instance winning, with whiteouts hiding names
 //! only in the layers below the one holding them. `list_layer` turns one
 //! branch directory into classified entries. Takes no locks; a big
-//! merged directory's layers are listed on scoped threads, one per layer.
+//! merged directory's layers are listed on a few scoped threads (at most
+//! `MAX_LISTING_THREADS`).
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -124,27 +125,49 @@ pub fn layer_listings(
     }
     // Big merged directory: every layer's listing is independent,
     // mostly cold-disk work (getdents, a stat per possible whiteout), so
-    // the layers are read at once; the result keeps the stack's order.
+    // the layers are read at once, by a few threads (a thread per layer
+    // would cost more than the listing in a deep stack: 127 spawns per
+    // directory of 128 lowers); the result keeps the stack's order.
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, MAX_LISTING_THREADS)
+        .min(jobs.len());
+    // Worker k lists jobs k, k + workers, ...; worker 0 is this thread.
+    let share = |k: usize| jobs.iter().enumerate().skip(k).step_by(workers);
     std::thread::scope(|s| {
-        let mut rest = Vec::with_capacity(jobs.len() - 1);
-        for job in &jobs[1..] {
+        let mut rest = Vec::with_capacity(workers - 1);
+        for k in 1..workers {
             let spawned = std::thread::Builder::new()
                 .name("readdir".into())
-                .spawn_scoped(s, || run(job));
-            // No thread to be had: that layer is read here, in turn.
-            rest.push(spawned.map_err(|_| job));
+                .spawn_scoped(s, move || {
+                    share(k).map(|(i, j)| (i, run(j))).collect::<Vec<_>>()
+                });
+            // No thread to be had: that share is read here, in turn.
+            rest.push((k, spawned));
         }
-        let mut out = Vec::with_capacity(jobs.len());
-        out.push(run(&jobs[0])?);
-        for r in rest {
-            out.push(match r {
-                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?,
-                Err(job) => run(job)?,
-            });
+        let mut slots: Vec<Option<Result<Vec<LayerEntry>>>> = jobs.iter().map(|_| None).collect();
+        for (i, j) in share(0) {
+            slots[i] = Some(run(j));
         }
-        Ok(out)
+        for (k, r) in rest {
+            let done = match r {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err(_) => share(k).map(|(i, j)| (i, run(j))).collect(),
+            };
+            for (i, r) in done {
+                slots[i] = Some(r);
+            }
+        }
+        slots
+            .into_iter()
+            .zip(&jobs)
+            .map(|(slot, job)| slot.unwrap_or_else(|| run(job)))
+            .collect()
     })
 }
+
+/// At most this many threads read one merged directory.
+const MAX_LISTING_THREADS: usize = 8;
 
 /// Merged directories whose layers hold at least this many bytes of
 /// directory (ext4: ~1,000 entries per 32 KiB) are read layer-parallel;
