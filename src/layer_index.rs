@@ -12,7 +12,8 @@
 //! stack (live branch change) starts with an empty index, so a branch that
 //! became writable is never answered from an old entry. A hash collision
 //! only costs a probe: the index may say "maybe" wrongly, never "absent".
-//! Memory is bounded: at most `MAX_HASHES` hashes (8 bytes each) in all,
+//! Memory is bounded: at most `MAX_HASHES` 8-byte units in all (a
+//! directory's hashes, its path, one for the entry),
 //! least recently used directories dropped first; a directory with more
 //! than `MAX_DIR_NAMES` names is not indexed (probing it is cheap compared
 //! to listing it again after eviction).
@@ -68,6 +69,13 @@ fn hash(name: &OsStr) -> u64 {
             .build_hasher();
     h.write(std::os::unix::ffi::OsStrExt::as_bytes(name));
     h.finish()
+}
+
+/// What a directory's entry counts against `MAX_HASHES`, in 8-byte units:
+/// its hashes, its key's path, and one for the entry itself (so empty
+/// directories and long paths are bounded too).
+fn charge(path: &Path, n: &Names) -> usize {
+    n.0.len() + path.as_os_str().len() / 8 + 1
 }
 
 struct Table {
@@ -140,14 +148,14 @@ impl LayerIndex {
         v.dedup();
         let n = Arc::new(Names(v.into_boxed_slice()));
         let mut t = self.table.lock();
-        let len = n.0.len();
+        let add = charge(path, &n);
         if let Some(old) = t.dirs.put((branch, path.to_path_buf()), Arc::clone(&n)) {
-            t.hashes -= old.0.len();
+            t.hashes -= charge(path, &old);
         }
-        t.hashes += len;
+        t.hashes += add;
         while t.hashes > MAX_HASHES {
             match t.dirs.pop_lru() {
-                Some((_, old)) => t.hashes -= old.0.len(),
+                Some(((_, p), old)) => t.hashes -= charge(&p, &old),
                 None => break,
             }
         }
