@@ -193,6 +193,15 @@ pub fn list_layer(
     path: &Path,
 ) -> Result<Vec<LayerEntry>> {
     let raw = sys::fs::read_dir(layer.fd()?.as_fd())?;
+    if let Some(ix) = stack.layer_index(branch) {
+        // Every name, as listed: later lookups here skip this layer for
+        // names it does not hold.
+        ix.insert(
+            branch.id,
+            &layer.path,
+            raw.iter().map(|r| r.name.as_os_str()),
+        );
+    }
     let at_root = path.as_os_str().is_empty();
     let mut out = Vec::with_capacity(raw.len());
     for r in raw {

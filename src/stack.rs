@@ -11,14 +11,19 @@
 //! the whole truth about branches and writers: there is no writer outside
 //! it. What outlives a snapshot is per union and shared by all of them: the
 //! backing state (`Backings`) and the device numbering (`InoFolder`), so
-//! inode numbers do not change when the stack does.
-//! Locks: none of its own (the shared device table is a `DashMap`).
+//! inode numbers do not change when the stack does. The layer index
+//! (`layer_index`, switched on under `udba=none`) belongs to one snapshot:
+//! a successor starts with an empty one, so an index entry never outlives
+//! the branch modes it was made under.
+//! Locks: none of its own (the shared device table is a `DashMap`; the
+//! layer index has its own mutex).
 
 use std::sync::Arc;
 
 use crate::backing::Backings;
 use crate::branch::{Branch, BranchId, InoFolder};
 use crate::error::{Error, Result};
+use crate::layer_index::LayerIndex;
 use crate::upper::Upper;
 
 /// Marks the generation of a view (`view_from`): never a real stack's.
@@ -39,6 +44,9 @@ pub struct BranchStack {
     backings: Arc<Backings>,
     /// 0 for the stack a union is built with; one more at each replacement.
     generation: u64,
+    /// Names of read-only branch directories (`layer_index.rs`); `None`
+    /// unless switched on (`with_layer_index`).
+    names: Option<Arc<LayerIndex>>,
 }
 
 impl BranchStack {
@@ -71,7 +79,26 @@ impl BranchStack {
             inos,
             backings,
             generation: 0,
+            names: None,
         }
+    }
+
+    /// This stack with a layer index: only for a union whose read-only
+    /// branches do not change behind it (`udba=none`).
+    pub fn with_layer_index(mut self) -> Self {
+        self.names = Some(Arc::new(LayerIndex::default()));
+        self
+    }
+
+    /// The layer index for `branch`'s directories, if there is one and the
+    /// branch qualifies: never written by the union, and without a
+    /// unionfs-fuse whiteout tree (whose path-based whiteouts are not
+    /// names in the directory).
+    pub fn layer_index(&self, branch: &Branch) -> Option<&LayerIndex> {
+        if branch.mode.writable() || branch.hidden.is_some() {
+            return None;
+        }
+        self.names.as_deref()
     }
 
     /// This stack as the successor of `old`: one generation higher, with
@@ -93,6 +120,8 @@ impl BranchStack {
             self.inos.index(b.dev);
         }
         self.generation = old.generation.wrapping_add(1) & !VIEW_BIT;
+        // A fresh index: branch modes may have changed.
+        self.names = old.names.as_ref().map(|_| Arc::new(LayerIndex::default()));
         Ok(self)
     }
 
@@ -117,6 +146,8 @@ impl BranchStack {
             inos: Arc::clone(&self.inos),
             backings: Arc::clone(&self.backings),
             generation: self.generation ^ VIEW_BIT,
+            // the same branches in the same modes: the same index
+            names: self.names.clone(),
         })
     }
 
