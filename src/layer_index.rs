@@ -10,7 +10,11 @@
 //! writes, and the index is switched on only under `udba=none` (the user's
 //! promise that branches do not change behind the union); a new branch
 //! stack (live branch change) starts with an empty index, so a branch that
-//! became writable is never answered from an old entry. A hash collision
+//! became writable is never answered from an old entry — and that new
+//! index is neither read nor filled while a request may still run on an
+//! older stack (`settled`): such a request may still be writing into a
+//! branch that was writable there and is read-only now, and a listing
+//! taken before its write lands would miss the name for good. A hash collision
 //! only costs a probe: the index may say "maybe" wrongly, never "absent".
 //! Memory is bounded: at most `MAX_HASHES` 8-byte units in all (a
 //! directory's hashes, its path, one for the entry),
@@ -19,12 +23,14 @@
 //! to listing it again after eviction).
 //!
 //! Locks: one mutex over the table, held for table work only (never across
-//! a syscall).
+//! a syscall); one over the older stacks' tokens, held to prune them (only
+//! until they are all gone).
 
 use std::ffi::OsStr;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -88,6 +94,13 @@ struct Table {
 /// The index of one branch stack.
 pub struct LayerIndex {
     table: Mutex<Table>,
+    /// The liveness tokens of the stacks this one's stack replaced that
+    /// may still be in use (`BranchStack` holds one, shared with its views).
+    older: Mutex<Vec<Weak<()>>>,
+    /// Set once `older` is empty: from then on no request runs on an older
+    /// stack, and the union writes only into branches this stack says are
+    /// writable (never indexed).
+    settled: AtomicBool,
 }
 
 impl std::fmt::Debug for LayerIndex {
@@ -106,11 +119,51 @@ impl Default for LayerIndex {
                     std::num::NonZeroUsize::new(MAX_TOUCHED).unwrap_or(std::num::NonZeroUsize::MIN),
                 ),
             }),
+            older: Mutex::new(Vec::new()),
+            settled: AtomicBool::new(true),
         }
     }
 }
 
 impl LayerIndex {
+    /// An empty index for the stack replacing the one that held `self`,
+    /// whose liveness token is `replaced`: not settled while that stack,
+    /// or one of those `self` was still waiting for, is in use.
+    pub fn successor(&self, replaced: &Arc<()>) -> LayerIndex {
+        let mut older: Vec<Weak<()>> = self
+            .older
+            .lock()
+            .iter()
+            .filter(|w| w.strong_count() > 0)
+            .cloned()
+            .collect();
+        older.push(Arc::downgrade(replaced));
+        LayerIndex {
+            older: Mutex::new(older),
+            settled: AtomicBool::new(false),
+            ..LayerIndex::default()
+        }
+    }
+
+    /// True once no older stack is in use: only then may the index be read
+    /// or filled. Take it before listing a directory for `insert`, so that
+    /// every write made on an older stack is in the listing.
+    pub fn settled(&self) -> bool {
+        if self.settled.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut older = self.older.lock();
+        older.retain(|w| w.strong_count() > 0);
+        if !older.is_empty() {
+            return false;
+        }
+        // The last holder's drop (after its writes returned) comes before
+        // the listings that follow this.
+        std::sync::atomic::fence(Ordering::Acquire);
+        self.settled.store(true, Ordering::Release);
+        true
+    }
+
     /// The names of `path` in `branch`, if indexed.
     pub fn get(&self, branch: BranchId, path: &Path) -> Option<Arc<Names>> {
         let mut t = self.table.lock();
@@ -181,6 +234,23 @@ mod tests {
         assert!(ix.get(BranchId(1), Path::new("d")).is_some());
         assert!(ix.get(BranchId(2), Path::new("d")).is_none());
         assert!(ix.get(BranchId(1), Path::new("e")).is_none());
+    }
+
+    #[test]
+    fn a_successor_waits_for_every_older_stack() {
+        let first = LayerIndex::default();
+        assert!(first.settled());
+        let (a, b) = (Arc::new(()), Arc::new(()));
+        let second = first.successor(&a);
+        let third = second.successor(&b);
+        assert!(!second.settled() && !third.settled());
+        drop(b);
+        assert!(!third.settled(), "the stack before the last one is in use");
+        let held = Arc::clone(&a);
+        drop(a);
+        assert!(!second.settled(), "a view or request still holds it");
+        drop(held);
+        assert!(second.settled() && third.settled());
     }
 
     #[test]

@@ -192,8 +192,10 @@ pub fn list_layer(
     layer: &Layer,
     path: &Path,
 ) -> Result<Vec<LayerEntry>> {
+    // Before the listing: an index that settles during it may not take it.
+    let index = stack.layer_index(branch);
     let raw = sys::fs::read_dir(layer.fd()?.as_fd())?;
-    if let Some(ix) = stack.layer_index(branch) {
+    if let Some(ix) = index {
         // Every name, as listed: later lookups here skip this layer for
         // names it does not hold.
         ix.insert(

@@ -47,6 +47,9 @@ pub struct BranchStack {
     /// Names of read-only branch directories (`layer_index.rs`); `None`
     /// unless switched on (`with_layer_index`).
     names: Option<Arc<LayerIndex>>,
+    /// Held by this stack and its views: while a clone lives, a request
+    /// may still write through this stack (`LayerIndex::settled`).
+    alive: Arc<()>,
 }
 
 impl BranchStack {
@@ -80,6 +83,7 @@ impl BranchStack {
             backings,
             generation: 0,
             names: None,
+            alive: Arc::new(()),
         }
     }
 
@@ -93,12 +97,14 @@ impl BranchStack {
     /// The layer index for `branch`'s directories, if there is one and the
     /// branch qualifies: never written by the union, and without a
     /// unionfs-fuse whiteout tree (whose path-based whiteouts are not
-    /// names in the directory).
+    /// names in the directory); and only once no request runs on an older
+    /// stack, whose writes may still land in a branch read-only here.
+    /// Take it before listing a directory to record.
     pub fn layer_index(&self, branch: &Branch) -> Option<&LayerIndex> {
         if branch.mode.writable() || branch.hidden.is_some() {
             return None;
         }
-        self.names.as_deref()
+        self.names.as_deref().filter(|ix| ix.settled())
     }
 
     /// This stack as the successor of `old`: one generation higher, with
@@ -120,8 +126,12 @@ impl BranchStack {
             self.inos.index(b.dev);
         }
         self.generation = old.generation.wrapping_add(1) & !VIEW_BIT;
-        // A fresh index: branch modes may have changed.
-        self.names = old.names.as_ref().map(|_| Arc::new(LayerIndex::default()));
+        // A fresh index: branch modes may have changed. It waits for the
+        // requests still running on `old` (or before it) to end.
+        self.names = old
+            .names
+            .as_ref()
+            .map(|ix| Arc::new(ix.successor(&old.alive)));
         Ok(self)
     }
 
@@ -148,6 +158,8 @@ impl BranchStack {
             generation: self.generation ^ VIEW_BIT,
             // the same branches in the same modes: the same index
             names: self.names.clone(),
+            // a write through the view is a write through this stack
+            alive: Arc::clone(&self.alive),
         })
     }
 
