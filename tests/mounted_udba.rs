@@ -77,7 +77,10 @@ impl Setup {
     /// failure says which kinds of change were missed).
     fn all_seen(&self) -> Result<(), String> {
         let mut missed = Vec::new();
-        let checks: [(&str, Option<&[u8]>); 4] = [
+        let checks: [(&str, Option<&[u8]>); 5] = [
+            // Looked up before `d` is listed again: found by a walk of the branches,
+            // not ruled out by the listing `prime` took (no layer index but under `none`).
+            ("d/c", Some(b"c")),
             ("new", Some(b"fresh")),
             ("gone", None),
             ("old", Some(b"two")),
