@@ -243,7 +243,12 @@ fn uring_mode(mode: Uring, root: bool) -> Result<Uring> {
 
 fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
     let opener = opener(cfg);
-    let stack = open_stack(cfg, &opener, cached_fds)?;
+    let mut stack = open_stack(cfg, &opener, cached_fds)?;
+    if cfg.options.udba.unwrap_or_default() == Udba::None {
+        // Read-only branches do not change behind the union: lookups in
+        // deep stacks may skip the layers a directory listing rules out.
+        stack = stack.with_layer_index();
+    }
     // What the union writes must stay deletable in its format.
     let name_max = stack
         .writer()

@@ -22,6 +22,7 @@ pub mod fuse;
 pub mod handle;
 pub mod inode;
 pub mod layer;
+pub mod layer_index;
 pub mod live;
 pub mod lookup;
 pub mod mode;

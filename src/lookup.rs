@@ -28,6 +28,7 @@ use crate::branch::Branch;
 use crate::error::{Error, Result};
 use crate::faults::{FaultKey, FaultLog};
 use crate::inode::{Ino, Kind, Layer, NodeState, ROOT_INO};
+use crate::layer_index::{Names, LIST_TO_INDEX_LAYERS};
 use crate::stack::BranchStack;
 use crate::sys;
 use crate::whiteout::{self, Opacity, Redirect};
@@ -120,13 +121,21 @@ impl<'a> ObjRef<'a> {
 /// A directory in one branch in which to look a name up.
 struct Candidate<'a> {
     branch: &'a Branch,
-    dir: Arc<OwnedFd>,
+    /// The directory, opened on first use (`dir()`): a layer the index
+    /// rules out is never opened — in a deep stack, opening every layer's
+    /// instance (an `open_by_handle_at` each when the fd cache is cold)
+    /// would cost what the probes it saves cost.
+    backing: Arc<crate::backing::Backing>,
+    dir: std::cell::OnceCell<Arc<OwnedFd>>,
     /// The directory's path in its branch.
     dir_path: PathBuf,
     /// Empty regular files here may be xattr whiteouts.
     xwhiteouts: bool,
     /// Entries here may carry a recorded union inode number.
     impure: bool,
+    /// The names this directory holds, when the layer index knows them
+    /// (`layer_index.rs`): a name not among them is absent without a probe.
+    names: Option<Arc<Names>>,
 }
 
 /// What one branch's instance of a directory says about the branches below.
@@ -257,10 +266,20 @@ fn hidden_floor(stack: &BranchStack, path: &Path) -> Result<Option<crate::branch
 /// layer is below it (a whiteout there would hide nothing, so none is
 /// looked for).
 fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Outcome> {
+    if let Some(names) = &c.names {
+        // The listing rules the name out, and its AUFS whiteout too where
+        // one would be looked for: what the probes below would conclude.
+        // (Indexed branches have no unionfs-fuse tree: `layer_index`.)
+        let wh_wanted = !last && c.branch.whiteouts();
+        let wh_listed = || names.may_hold(&whiteout::whiteout_name(name));
+        if !(names.may_hold(name) || (wh_wanted && wh_listed())) {
+            return Ok(Outcome::Absent);
+        }
+    }
     let found = if c.branch.reach_by_name() {
-        absent_is_none(sys::fs::stat_at(c.dir.as_fd(), name))?.map(|st| (None, st))
+        absent_is_none(sys::fs::stat_at(c.dir()?.as_fd(), name))?.map(|st| (None, st))
     } else {
-        match absent_is_none(sys::fs::open_path_at(c.dir.as_fd(), name))? {
+        match absent_is_none(sys::fs::open_path_at(c.dir()?.as_fd(), name))? {
             Some(fd) => {
                 let st = sys::fs::fstat(fd.as_fd())?;
                 Some((Some(fd), st))
@@ -273,7 +292,7 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Out
             return Ok(Outcome::Absent);
         }
         let wh = whiteout::whiteout_name(name);
-        if absent_is_none(sys::fs::stat_at(c.dir.as_fd(), &wh))?.is_some()
+        if absent_is_none(sys::fs::stat_at(c.dir()?.as_fd(), &wh))?.is_some()
             || hidden_in(c.branch, path)?
         {
             return Ok(Outcome::Whiteout);
@@ -284,7 +303,7 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Out
         return Ok(Outcome::Whiteout);
     }
     let p = Probe { fd, stat };
-    if c.xwhiteouts && is_xattr_whiteout_of(p.obj(c, name), &p.stat)? {
+    if c.xwhiteouts && is_xattr_whiteout_of(p.obj(c, name)?, &p.stat)? {
         return Ok(Outcome::Whiteout);
     }
     Ok(if Kind::from_mode(stat.st_mode) == Kind::Dir {
@@ -296,11 +315,11 @@ fn probe(c: &Candidate<'_>, name: &OsStr, path: &Path, last: bool) -> Result<Out
 
 impl Probe {
     /// The object, for reading its union markers.
-    fn obj<'a>(&'a self, c: &'a Candidate<'_>, name: &'a OsStr) -> ObjRef<'a> {
-        match &self.fd {
+    fn obj<'a>(&'a self, c: &'a Candidate<'_>, name: &'a OsStr) -> Result<ObjRef<'a>> {
+        Ok(match &self.fd {
             Some(fd) => ObjRef::Fd(fd.as_fd()),
-            None => ObjRef::At(c.dir.as_fd(), name),
-        }
+            None => ObjRef::At(c.dir()?.as_fd(), name),
+        })
     }
 }
 
@@ -326,14 +345,25 @@ fn is_xattr_whiteout_of(obj: ObjRef<'_>, st: &FileStat) -> Result<bool> {
 }
 
 impl<'a> Candidate<'a> {
+    /// The directory, opened now if it was not yet.
+    fn dir(&self) -> Result<&Arc<OwnedFd>> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d);
+        }
+        let fd = self.backing.fd()?;
+        Ok(self.dir.get_or_init(|| fd))
+    }
+
     /// The directory instance `layer` of `branch`, as a place to look in.
     fn of_layer(branch: &'a Branch, l: &Layer) -> Result<Candidate<'a>> {
         Ok(Candidate {
             branch,
-            dir: l.fd()?,
+            backing: Arc::clone(&l.backing),
+            dir: std::cell::OnceCell::new(),
             dir_path: l.path.clone(),
             xwhiteouts: l.opacity == Opacity::HasXattrWhiteouts,
             impure: l.impure,
+            names: None,
         })
     }
 }
@@ -342,9 +372,29 @@ impl<'a> Candidate<'a> {
 /// shown empty, have nothing to look in).
 fn candidates_of<'a>(stack: &'a BranchStack, layers: &[Layer]) -> Result<Vec<Candidate<'a>>> {
     let mut out = Vec::with_capacity(layers.len());
+    // Deep enough that listing each layer once (for this and every later
+    // lookup in the directory) is cheaper than probing each layer each time.
+    let mut list = layers.len() >= LIST_TO_INDEX_LAYERS;
+    let mut first = true;
     for l in layers.iter().filter(|l| !l.sealed) {
         if let Some(branch) = stack.get(l.branch) {
-            out.push(Candidate::of_layer(branch, l)?);
+            let mut c = Candidate::of_layer(branch, l)?;
+            if let Some(ix) = stack.layer_index(branch) {
+                c.names = ix.get(branch.id, &l.path);
+                if c.names.is_none() && list && first {
+                    // Listed only after a few lookups there: see
+                    // LIST_TO_INDEX_LAYERS.
+                    list = ix.time_to_list(branch.id, &l.path);
+                    first = false;
+                }
+                if c.names.is_none() && list {
+                    // Unreadable (an unprivileged daemon): probed as before.
+                    c.names = sys::fs::read_dir(c.dir()?.as_fd()).ok().and_then(|raw| {
+                        ix.insert(branch.id, &l.path, raw.iter().map(|r| r.name.as_os_str()))
+                    });
+                }
+            }
+            out.push(c);
         }
     }
     Ok(out)
@@ -514,13 +564,13 @@ fn add_dir(
             ..DirInfo::default()
         }
     } else {
-        dir_info_of(c.branch, p.obj(c, name), &here)?
+        dir_info_of(c.branch, p.obj(c, name)?, &here)?
     };
     if info.redirect_ignored {
         cx.note_ignored_redirect(c.branch, &here, &p.stat);
     }
     note_top(w, c, name, &p)?;
-    let mut layer = layer_of(c.branch, p.fd, &c.dir, name, here)?;
+    let mut layer = layer_of(c.branch, p.fd, c.dir()?, name, here)?;
     layer.opacity = info.opacity;
     layer.impure = info.impure;
     layer.sealed = sealed;
@@ -539,7 +589,7 @@ fn add_non_dir(
     here: PathBuf,
 ) -> Result<Option<Option<Redirect>>> {
     let meta = if Kind::from_mode(p.stat.st_mode) == Kind::File && may_be_metacopy(&p.stat) {
-        metacopy_info(p.obj(c, name))?
+        metacopy_info(p.obj(c, name)?)?
     } else {
         None
     };
@@ -548,7 +598,7 @@ fn add_non_dir(
     }
     let meta = meta.map(|(redirect, _)| redirect);
     note_top(w, c, name, &p)?;
-    let mut layer = layer_of(c.branch, p.fd, &c.dir, name, here)?;
+    let mut layer = layer_of(c.branch, p.fd, c.dir()?, name, here)?;
     layer.metacopy = meta.is_some();
     w.layers.push(layer);
     Ok(meta)
@@ -558,7 +608,7 @@ fn add_non_dir(
 fn note_top(w: &mut Walked, c: &Candidate<'_>, name: &OsStr, p: &Probe) -> Result<()> {
     if w.top.is_none() {
         if c.impure {
-            w.recorded_ino = recorded_ino_at(p.obj(c, name))?;
+            w.recorded_ino = recorded_ino_at(p.obj(c, name)?)?;
         }
         w.top = Some((p.stat, Kind::from_mode(p.stat.st_mode)));
     }
@@ -867,6 +917,86 @@ mod tests {
         let s = stack(|r| file(r, "l2/f", "2"));
         assert_eq!(s.layers("f"), [l("l2", "f")]);
         assert_eq!(s.errno("nothing"), nix::errno::Errno::ENOENT);
+    }
+
+    /// Records every directory of the read-only branches in the stack's
+    /// layer index, as readdir would.
+    fn indexed(s: Stack) -> Stack {
+        let Stack { _dir, stack } = s;
+        let stack = stack.with_layer_index();
+        for b in stack.iter() {
+            let Some(ix) = stack.layer_index(b) else {
+                continue;
+            };
+            for e in walkdir::WalkDir::new(&b.path) {
+                let e = e.unwrap();
+                if !e.file_type().is_dir() {
+                    continue;
+                }
+                let rel = e.path().strip_prefix(&b.path).unwrap();
+                let names: Vec<OsString> = fs::read_dir(e.path())
+                    .unwrap()
+                    .map(|d| d.unwrap().file_name())
+                    .collect();
+                ix.insert(b.id, rel, names.iter().map(|n| n.as_os_str()));
+            }
+        }
+        Stack { _dir, stack }
+    }
+
+    /// The layer index skips probes, never changes an outcome: every
+    /// outcome of the walk, looked up with and without it.
+    #[test]
+    fn layer_index_changes_no_outcome() {
+        let build = |r: &Path| {
+            file(r, "l1/a/f", "1");
+            file(r, "l2/a/f", "2");
+            file(r, "l3/a/g", "3");
+            file(r, "l1/.wh.w", "");
+            file(r, "l2/w", "hidden");
+            file(r, "l1/d/.wh..wh..opq", "");
+            file(r, "l2/d/x", "hidden by opacity");
+            mkdir(r, "l1/r");
+            redirect(r, "l1/r", "a");
+            file(r, "l3/z", "z");
+            file(r, "l1/n", "file over a dir");
+            mkdir(r, "l2/n");
+            mkdir(r, "l2/m");
+            file(r, "l3/m", "file under a dir");
+            file(r, "l2/a/.wh.g", "");
+        };
+        let plain = stack(build);
+        let ix = indexed(stack(build));
+        let paths = [
+            "a",
+            "a/f",
+            "a/g",
+            "w",
+            "d",
+            "d/x",
+            "r",
+            "r/f",
+            "r/g",
+            "z",
+            "n",
+            "m",
+            "nothing",
+            "a/nothing",
+        ];
+        for p in paths {
+            match (plain.find(p), ix.find(p)) {
+                (Ok(_), Ok(_)) => assert_eq!(plain.layers(p), ix.layers(p), "{p}"),
+                (Err(a), Err(b)) => assert_eq!(a.errno(), b.errno(), "{p}"),
+                (a, b) => panic!("{p}: {a:?} without the index, {b:?} with it"),
+            }
+        }
+        // It is consulted: a name added to a lower after its listing is not
+        // seen (udba=none: lowers do not change), where a probe sees it.
+        for s in [&plain, &ix] {
+            file(s._dir.path(), "l3/late", "late");
+        }
+        assert_eq!(plain.layers("late"), [l("l3", "late")]);
+        assert_eq!(ix.errno("late"), nix::errno::Errno::ENOENT);
     }
 
     #[test]

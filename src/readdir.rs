@@ -192,7 +192,18 @@ pub fn list_layer(
     layer: &Layer,
     path: &Path,
 ) -> Result<Vec<LayerEntry>> {
+    // Before the listing: an index that settles during it may not take it.
+    let index = stack.layer_index(branch);
     let raw = sys::fs::read_dir(layer.fd()?.as_fd())?;
+    if let Some(ix) = index {
+        // Every name, as listed: later lookups here skip this layer for
+        // names it does not hold.
+        ix.insert(
+            branch.id,
+            &layer.path,
+            raw.iter().map(|r| r.name.as_os_str()),
+        );
+    }
     let at_root = path.as_os_str().is_empty();
     let mut out = Vec::with_capacity(raw.len());
     for r in raw {

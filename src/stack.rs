@@ -11,14 +11,19 @@
 //! the whole truth about branches and writers: there is no writer outside
 //! it. What outlives a snapshot is per union and shared by all of them: the
 //! backing state (`Backings`) and the device numbering (`InoFolder`), so
-//! inode numbers do not change when the stack does.
-//! Locks: none of its own (the shared device table is a `DashMap`).
+//! inode numbers do not change when the stack does. The layer index
+//! (`layer_index`, switched on under `udba=none`) belongs to one snapshot:
+//! a successor starts with an empty one, so an index entry never outlives
+//! the branch modes it was made under.
+//! Locks: none of its own (the shared device table is a `DashMap`; the
+//! layer index has its own mutex).
 
 use std::sync::Arc;
 
 use crate::backing::Backings;
 use crate::branch::{Branch, BranchId, InoFolder};
 use crate::error::{Error, Result};
+use crate::layer_index::LayerIndex;
 use crate::upper::Upper;
 
 /// Marks the generation of a view (`view_from`): never a real stack's.
@@ -39,6 +44,12 @@ pub struct BranchStack {
     backings: Arc<Backings>,
     /// 0 for the stack a union is built with; one more at each replacement.
     generation: u64,
+    /// Names of read-only branch directories (`layer_index.rs`); `None`
+    /// unless switched on (`with_layer_index`).
+    names: Option<Arc<LayerIndex>>,
+    /// Held by this stack and its views: while a clone lives, a request
+    /// may still write through this stack (`LayerIndex::settled`).
+    alive: Arc<()>,
 }
 
 impl BranchStack {
@@ -71,7 +82,29 @@ impl BranchStack {
             inos,
             backings,
             generation: 0,
+            names: None,
+            alive: Arc::new(()),
         }
+    }
+
+    /// This stack with a layer index: only for a union whose read-only
+    /// branches do not change behind it (`udba=none`).
+    pub fn with_layer_index(mut self) -> Self {
+        self.names = Some(Arc::new(LayerIndex::default()));
+        self
+    }
+
+    /// The layer index for `branch`'s directories, if there is one and the
+    /// branch qualifies: never written by the union, and without a
+    /// unionfs-fuse whiteout tree (whose path-based whiteouts are not
+    /// names in the directory); and only once no request runs on an older
+    /// stack, whose writes may still land in a branch read-only here.
+    /// Take it before listing a directory to record.
+    pub fn layer_index(&self, branch: &Branch) -> Option<&LayerIndex> {
+        if branch.mode.writable() || branch.hidden.is_some() {
+            return None;
+        }
+        self.names.as_deref().filter(|ix| ix.settled())
     }
 
     /// This stack as the successor of `old`: one generation higher, with
@@ -93,6 +126,12 @@ impl BranchStack {
             self.inos.index(b.dev);
         }
         self.generation = old.generation.wrapping_add(1) & !VIEW_BIT;
+        // A fresh index: branch modes may have changed. It waits for the
+        // requests still running on `old` (or before it) to end.
+        self.names = old
+            .names
+            .as_ref()
+            .map(|ix| Arc::new(ix.successor(&old.alive)));
         Ok(self)
     }
 
@@ -117,6 +156,10 @@ impl BranchStack {
             inos: Arc::clone(&self.inos),
             backings: Arc::clone(&self.backings),
             generation: self.generation ^ VIEW_BIT,
+            // the same branches in the same modes: the same index
+            names: self.names.clone(),
+            // a write through the view is a write through this stack
+            alive: Arc::clone(&self.alive),
         })
     }
 

@@ -57,8 +57,12 @@ use crate::sys::notify::{Inotify, InotifyEvent, WatchDescriptor};
 pub enum Udba {
     /// Trust the caches (kernel entries and attributes live for `ttl`, a
     /// day by default): a branch changed behind the mount may not be seen
-    /// until the kernel forgets. The fastest; the default, as in
-    /// overlayfs, where changing a lower under a mount is undefined.
+    /// until the kernel forgets; and the union's layer index
+    /// (`layer_index.rs`) remembers the names of the read-only branch
+    /// directories it listed, so a name added to one of those is not seen
+    /// until the union lists that directory again or the branch stack
+    /// changes. The fastest; the default, as in overlayfs, where changing a
+    /// lower under a mount is undefined.
     #[default]
     None,
     /// Revalidate on every access: the kernel caches nothing (TTL 0, no

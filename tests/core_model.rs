@@ -85,7 +85,7 @@ struct Dirs {
 }
 
 /// The union over `d`, built as the daemon builds it for an AUFS-format upper
-/// (`whiteout=aufs`, metacopy on), its bookkeeping in `user.*` xattrs when not root (as
+/// (`whiteout=aufs`, metacopy on, the layer index of `udba=none`), its bookkeeping in `user.*` xattrs when not root (as
 /// an unprivileged daemon keeps it) and in `trusted.*` as root (as a root daemon does).
 fn open_union(d: &Dirs) -> UnionFs {
     let backings = Backings::new(unionfs::backing::DEFAULT_CACHED_FDS);
@@ -105,7 +105,9 @@ fn open_union(d: &Dirs) -> UnionFs {
         let id = BranchId(u16::try_from(i + 1).unwrap());
         branches.push(Branch::open(id, l, BranchMode::RO_WH, false, &backings).unwrap());
     }
-    let stack = BranchStack::new(branches, vec![up], Arc::clone(&backings));
+    // With the layer index, as the daemon under its default `udba=none`: listings the
+    // operations take (readdir, rmdir's emptiness check) then answer later lookups.
+    let stack = BranchStack::new(branches, vec![up], Arc::clone(&backings)).with_layer_index();
     let opts = CoreOptions {
         name_max: WhiteoutFormat::Aufs.name_max(),
         ..CoreOptions::default()

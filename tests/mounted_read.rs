@@ -1275,3 +1275,67 @@ fn memory_and_fds_follow_the_kernel_cache() {
     );
     m.unmount();
 }
+
+/// A deep stack (12 `ro+wh` lowers, default options: `udba=none`, so the layer index is
+/// on): once a directory is listed — by the daemon itself at its third lookup there, or
+/// by readdir — lookups of names it has not answered yet still find a name only the
+/// bottom layer holds, honour an AUFS whiteout in a middle layer (and one below the
+/// name, which hides nothing) and an opaque middle layer. Each name is looked up once,
+/// so the kernel's dentry cache never answers for the daemon.
+#[test]
+fn deep_stack_lookups_after_a_listing() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let s = Scratch::new("deep");
+    let lowers: Vec<PathBuf> = (0..12).map(|i| s.dir(&format!("l{i}"))).collect();
+    let (u, mnt) = (s.dir("upper"), s.dir("mnt"));
+    for l in &lowers {
+        mkdir(l, "d", 0o755);
+        mkdir(l, "e", 0o755);
+    }
+    for i in 0..6 {
+        file(&lowers[11], &format!("d/b{i}"), b"bottom", 0o644);
+    }
+    file(&lowers[9], "d/gone", b"hidden", 0o644);
+    wh_aufs(&lowers[5], "d/gone");
+    file(&lowers[6], "d/mid", b"mid", 0o644);
+    wh_aufs(&lowers[8], "d/mid");
+    opaque_aufs(&lowers[4], "d/o");
+    file(&lowers[3], "d/o/seen", b"seen", 0o644);
+    file(&lowers[10], "d/o/hidden", b"hidden", 0o644);
+    file(&lowers[11], "e/x", b"x", 0o644);
+    wh_aufs(&lowers[7], "e/x");
+    file(&lowers[11], "e/y", b"y", 0o644);
+    let refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    let before = snapshot_all(&refs);
+    let m = Mount::unionfs(&refs, Some(&u), &mnt);
+
+    // Three lookups in d that probe every layer; the third lists d's 12 layers.
+    assert_absent(&mnt, &["/d/n0", "/d/n1", "/d/n2"]);
+    for i in 0..6 {
+        assert_eq!(fs::read(mnt.join(format!("d/b{i}"))).unwrap(), b"bottom");
+    }
+    assert_absent(&mnt, &["/d/gone", "/d/o/hidden"]);
+    assert_eq!(fs::read(mnt.join("d/mid")).unwrap(), b"mid");
+    assert_eq!(fs::read(mnt.join("d/o/seen")).unwrap(), b"seen");
+
+    // e is listed by readdir; x (whited out in l7) is not in the listing, so the kernel
+    // asks the daemon, which must find the whiteout, not the bottom file.
+    let names: Vec<_> = fs::read_dir(mnt.join("e"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["y"]);
+    assert_absent(&mnt, &["/e/x"]);
+
+    assert_unchanged(&before);
+
+    // The index answered: a name put in the bottom layer behind the mount after the
+    // listings is not seen (udba=none promises that does not happen), where a probe of
+    // every layer would see it. So the checks above ran on the index.
+    file(&lowers[11], "d/late", b"late", 0o644);
+    file(&lowers[11], "e/late", b"late", 0o644);
+    assert_absent(&mnt, &["/d/late", "/e/late"]);
+    m.unmount();
+}
