@@ -264,7 +264,19 @@ impl UnionFs {
             // The data, then the map that points at it.
             return p.sync();
         }
-        sys::fs::fsync(f.fd.as_fd(), data_only)
+        sys::fs::fsync(f.fd.as_fd(), data_only)?;
+        // The file's data is on disk, but for a copy-up its name in the
+        // upper came from a rename the filesystem may not have committed
+        // (fdatasync of an in-place overwrite commits nothing on ext4):
+        // after a crash the caller would see the old content it was told
+        // was synced. A sync of the parent makes the name durable too; on
+        // a journaling filesystem it costs nothing once that is so.
+        let snapshot = self.stack.load_full();
+        if snapshot.writer().is_some_and(|u| u.branch == f.branch) {
+            let parent = self.inodes.get(f.ino)?.snapshot().parent;
+            self.fsyncdir(parent, false)?;
+        }
+        Ok(())
     }
 
     /// fallocate(2) on an open file (punching holes included).
