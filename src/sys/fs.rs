@@ -500,6 +500,26 @@ pub fn ficlone(to: BorrowedFd<'_>, from: BorrowedFd<'_>) -> Result<()> {
     )
 }
 
+nix::ioctl_read!(shutdown_ioctl, b'X', 125, u32);
+
+/// `FS_SHUTDOWN_FLAGS_NOLOGFLUSH`: stop without flushing the log.
+pub const SHUTDOWN_NOLOGFLUSH: u32 = 2;
+
+/// Shuts down the filesystem of `fd` (FS_IOC_SHUTDOWN): with
+/// [`SHUTDOWN_NOLOGFLUSH`] what is not yet committed is lost, as at a power
+/// cut. Only the crash tests call it.
+pub fn shutdown_fs(fd: BorrowedFd<'_>, flags: u32) -> Result<()> {
+    let mut f = flags;
+    // SAFETY: FS_IOC_SHUTDOWN reads one u32 through the pointer, which
+    // points at `f` for the duration of the call; `fd` is valid.
+    let r = unsafe { shutdown_ioctl(fd.as_raw_fd(), &mut f) };
+    traced!(
+        "ioctl(FS_IOC_SHUTDOWN)",
+        (fd.as_raw_fd(), flags),
+        r.map(|_| ())
+    )
+}
+
 /// A filesystem's persistent handle of one object (`name_to_handle_at`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectHandle {
