@@ -395,6 +395,22 @@ impl Upper {
         name: &OsStr,
         is_dir: bool,
     ) -> Result<()> {
+        let r = self.place_keep(tmp, dir, name, is_dir);
+        if r.is_err() {
+            self.discard(tmp);
+        }
+        r
+    }
+
+    /// `place`, but a failure leaves the staged copy in the workdir (a
+    /// pending copy-up keeps serving from it and is tried again).
+    pub fn place_keep(
+        &self,
+        tmp: &OsStr,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        is_dir: bool,
+    ) -> Result<()> {
         let at_name = match sys::fs::stat_at(dir, name) {
             Ok(st) => Some(st),
             Err(e) if e.is_not_found() => None,
@@ -414,10 +430,7 @@ impl Upper {
             }
             Some(_) => Err(Error::Exists),
         };
-        if r.is_err() {
-            self.discard(tmp);
-            return r;
-        }
+        r?;
         self.remove_aufs_whiteout(dir, name)
     }
 

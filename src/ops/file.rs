@@ -84,7 +84,7 @@ impl UnionFs {
             } else {
                 CopyUpData::Full
             };
-            self.copy_up(stack, ino, data)?
+            self.copy_up_for_write(stack, ino, data)?
         } else {
             node.snapshot()
         };
@@ -202,6 +202,12 @@ impl UnionFs {
         load()
     }
 
+    /// Publishes every copy-up not yet in the upper (`publish.rs`): the end
+    /// of the mount.
+    pub fn publish_pending(&self) -> Result<()> {
+        self.publisher.flush()
+    }
+
     /// The mount ends: partial files are synced, or filled (overlay format).
     pub fn finish_partials(&self) {
         self.partials.finish();
@@ -264,6 +270,8 @@ impl UnionFs {
             // The data, then the map that points at it.
             return p.sync();
         }
+        // A copy-up not yet published: its name first (`publish.rs`).
+        self.publisher.flush()?;
         sys::fs::fsync(f.fd.as_fd(), data_only)?;
         // The file's data is on disk, but for a copy-up its name in the
         // upper came from a rename the filesystem may not have committed

@@ -468,6 +468,12 @@ pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> Result<()> {
     }
 }
 
+/// `syncfs`: everything written to the filesystem of `fd` reaches the
+/// disk (`fd` must not be O_PATH).
+pub fn syncfs(fd: BorrowedFd<'_>) -> Result<()> {
+    traced!("syncfs", fd.as_raw_fd(), nix::unistd::syncfs(fd))
+}
+
 /// `copy_file_range` between two fds at explicit offsets.
 pub fn copy_file_range(
     from: BorrowedFd<'_>,
