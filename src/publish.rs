@@ -67,6 +67,7 @@ impl Pending {
         let dir = self.dir.as_fd();
         let pst = sys::fs::fstat(dir)?;
         upper.place_keep(&self.tmp, dir, &self.name, false)?;
+        upper.clear_pending(self.fd.as_fd());
         let _ = sys::fs::utimes_fd(
             dir,
             SetTime::At(pst.st_atime, pst.st_atime_nsec),

@@ -406,3 +406,53 @@ fn power_cut_after_the_journal_commits_by_itself() {
     // ext4 commits every 5 s; the data's writeback waits 30 s.
     scenario("crash-settled", false, Duration::from_secs(7));
 }
+
+/// A killed daemon is not a power cut: what it wrote is in the page cache
+/// of the upper's filesystem. Copy-ups it had staged but not yet renamed
+/// into the upper must not be lost with it: the next mount (same boot)
+/// publishes them, so every file shows the content written before the kill.
+#[test]
+fn sigkill_with_copy_ups_pending_loses_nothing() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Scratch::new("crash-killed");
+    let lower = t.dir("lower");
+    for i in 0..FILES {
+        file(&lower, &rel(i), &old_content(i), 0o644);
+    }
+    let upper = t.dir("upper");
+    let mnt = t.dir("mnt");
+    let unsynced: Vec<usize> = (0..FILES)
+        .filter(|&i| matches!(how(i), How::Append | How::Overwrite))
+        .collect();
+    let m = union_mount(&lower, &upper, &mnt);
+    for &i in &unsynced {
+        write_through(&mnt, i);
+    }
+    let pid = m.daemon_pids[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || !pid_alive(pid)));
+    let work = upper.join(".wh..wh.unionfs/work");
+    eprintln!(
+        "killed: {} copy-ups left staged in the workdir",
+        names(&work).len()
+    );
+    let _ = run("umount", &["-l", mnt.to_str().unwrap()]);
+    drop(m);
+    let m = union_mount(&lower, &upper, &mnt);
+    assert!(names(&work).is_empty(), "{:?}", names(&work));
+    let mut problems = Vec::new();
+    for &i in &unsynced {
+        let got = fs::read(mnt.join(rel(i))).unwrap();
+        if got != new_content(i) {
+            judge("union", i, &got, &mut problems);
+            problems.push(format!(
+                "{}: not the content written before the kill",
+                rel(i)
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    m.unmount();
+}

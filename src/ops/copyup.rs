@@ -569,7 +569,10 @@ impl UnionFs {
             // only then does the copy take its name (`publish.rs`); the
             // node serves from the staged copy meanwhile.
             let (tmp, sfd) = self.stage_found(stack, &found, ino, data, true)?;
-            let nfd = match sys::fs::reopen(sfd.as_fd(), nix::fcntl::OFlag::O_PATH) {
+            let nfd = match upper
+                .set_pending(sfd.as_fd(), &ppath.join(name))
+                .and_then(|()| sys::fs::reopen(sfd.as_fd(), nix::fcntl::OFlag::O_PATH))
+            {
                 Ok(fd) => fd,
                 Err(e) => {
                     upper.discard(&tmp);

@@ -468,6 +468,25 @@ pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> Result<()> {
     }
 }
 
+/// The id of the mount `fd` is on, unique in this boot (never reused after
+/// an unmount: statx `STATX_MNT_ID_UNIQUE`, Linux 6.8), or None.
+pub fn mount_unique_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: an all-zero struct statx is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a NUL-terminated empty string (AT_EMPTY_PATH: the
+    // fd itself), `stx` is a struct statx that outlives the call.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID_UNIQUE,
+            &mut stx,
+        )
+    };
+    (r == 0 && stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id)
+}
+
 /// `syncfs`: everything written to the filesystem of `fd` reaches the
 /// disk (`fd` must not be O_PATH).
 pub fn syncfs(fd: BorrowedFd<'_>) -> Result<()> {
