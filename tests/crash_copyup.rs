@@ -19,9 +19,17 @@
 //! rename with the inode's on-disk size still 0 (delayed allocation), so
 //! the copies come back empty: the test fails, which is what it is for.
 //!
-//! `burst_with_copy_ups_pending`: the same with the power cut right after
-//! the writes return (no forced commit first) and after a commit that comes
-//! by itself, so copy-ups the union has not yet published are cut too.
+//! `power_cut_with_copy_ups_pending`: the same with the power cut right
+//! after the writes return (no forced commit first), so copy-ups the union
+//! has staged but not yet published (`publish.rs`) are cut too: they must
+//! come back as the old content (the next mount clears them: their data may
+//! be gone), never as a name with no data. `..._commits_by_itself`: after
+//! the 5 s journal commit instead.
+//!
+//! `sigkill_with_copy_ups_pending_loses_nothing`: a killed daemon is not a
+//! power cut; its pending copy-ups are published by the next mount.
+//! `name_operations_right_after_copy_ups_see_them`: rename, link, unlink,
+//! stat and listing of a file right after the write that copied it up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -454,5 +462,87 @@ fn sigkill_with_copy_ups_pending_loses_nothing() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    m.unmount();
+}
+
+/// Copy-ups still pending (staged, not yet renamed into the upper) are the
+/// name's already for every operation: renames, links and unlinks of them
+/// right after the write that copied them up, their attributes and a
+/// listing; after a remount the same.
+#[test]
+fn name_operations_right_after_copy_ups_see_them() {
+    if !can_mount_fuse() {
+        return;
+    }
+    const N: usize = 100;
+    let t = Scratch::new("crash-names");
+    let lower = t.dir("lower");
+    for i in 0..N {
+        file(&lower, &format!("p/a{i}"), &old_content(i), 0o644);
+    }
+    let upper = t.dir("upper");
+    let mnt = t.dir("mnt");
+    let m = union_mount(&lower, &upper, &mnt);
+    let p = mnt.join("p");
+    let new = |i: usize| [old_content(i), b"x".to_vec()].concat();
+    // Each operation right after the write that copied its file up (the
+    // copy is then usually still pending); the name operations publish it.
+    let work = upper.join(".wh..wh.unionfs/work");
+    let mut staged = 0;
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..N {
+        let a = p.join(format!("a{i}"));
+        let mut f = fs::OpenOptions::new().append(true).open(&a).unwrap();
+        f.write_all(b"x").unwrap();
+        drop(f);
+        staged += usize::from(!names(&work).is_empty());
+        match i % 5 {
+            0 => {
+                fs::rename(&a, p.join(format!("r{i}"))).unwrap();
+                want.insert(format!("r{i}"), new(i));
+            }
+            1 => {
+                fs::hard_link(&a, p.join(format!("l{i}"))).unwrap();
+                want.insert(format!("a{i}"), new(i));
+                want.insert(format!("l{i}"), new(i));
+            }
+            2 => fs::remove_file(&a).unwrap(),
+            _ => {
+                assert_eq!(fs::metadata(&a).unwrap().len(), SIZE as u64 + 1, "a{i}");
+                want.insert(format!("a{i}"), new(i));
+            }
+        }
+    }
+    let check = |when: &str| {
+        let mut problems = Vec::new();
+        let listed: BTreeSet<String> = names(&p);
+        let wanted: BTreeSet<String> = want.keys().cloned().collect();
+        if listed != wanted {
+            problems.push(format!(
+                "{when}: listing differs: extra {:?}, missing {:?}",
+                listed.difference(&wanted).collect::<Vec<_>>(),
+                wanted.difference(&listed).collect::<Vec<_>>()
+            ));
+        }
+        for e in fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(c) = want.get(&name) {
+                let len = e.metadata().unwrap().len();
+                if len != c.len() as u64 {
+                    problems.push(format!("{when}: {name} listed with size {len}"));
+                }
+                if fs::read(e.path()).unwrap() != *c {
+                    problems.push(format!("{when}: {name} has other content"));
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    };
+    eprintln!("{staged} of {N} operations found their copy-up still pending");
+    check("mounted");
+    m.unmount();
+    let m = union_mount(&lower, &upper, &mnt);
+    check("after a remount");
     m.unmount();
 }
