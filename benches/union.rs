@@ -363,6 +363,7 @@ fn bench_copy_up(c: &mut Criterion) {
                         st,
                         CopyUpData::Full,
                         ino,
+                        false,
                     )
                     .unwrap();
                     Discard {

@@ -211,7 +211,8 @@ pub fn copy_meta(
 /// workdir, recording union inode number `ino` on it; a regular file's data
 /// comes from `data_src` (`src` itself, unless `src` is a metadata-only
 /// copy). Returns its temp name and an O_PATH fd. Directories are copied
-/// without their entries.
+/// without their entries. `unsynced`: the copied data is not synced here
+/// (the caller publishes the copy only after a sync: `publish.rs`).
 pub fn stage(
     upper: &Upper,
     src: &OwnedFd,
@@ -219,6 +220,7 @@ pub fn stage(
     st: &FileStat,
     data: CopyUpData,
     ino: u64,
+    unsynced: bool,
 ) -> Result<(OsString, OwnedFd)> {
     let kind = Kind::from_mode(st.st_mode);
     let tmp = upper.temp_name();
@@ -242,7 +244,9 @@ pub fn stage(
                             .or_else(|_| sys::fs::reopen(data_src.as_fd(), OFlag::O_RDONLY))?;
                     let how =
                         copy_data_with(input.as_fd(), out.as_fd(), size, upper.copy_strategy)?;
-                    sync_copy(upper, out.as_fd(), how)?;
+                    if !unsynced {
+                        sync_copy(upper, out.as_fd(), how)?;
+                    }
                 }
             }
             Kind::Symlink => {

@@ -410,6 +410,11 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
             .context("udba=notify: cannot start the watcher thread")?;
     }
     let served = session.run().context("FUSE session failed");
+    // Copy-ups not yet renamed into the upper: published before the daemon
+    // exits (the next mount, or overlayfs, reads them from there).
+    if let Err(e) = core.publish_pending() {
+        tracing::error!("copy-ups left unpublished at unmount: {e}");
+    }
     // Partially copied-up files: synced, or filled in overlay format.
     core.finish_partials();
     if let Some(p) = socket {

@@ -12,6 +12,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -95,6 +96,11 @@ pub struct Upper {
     /// The branch root (to make the whiteout base in).
     root: std::sync::Arc<OwnedFd>,
     seq: AtomicU64,
+    /// This boot's id and the upper's mount's unique id: a pending copy-up
+    /// marked with them was staged while the upper stayed mounted, so
+    /// its data is in the page cache still (`recover_pending`). Empty when
+    /// the mount id is unknown (then nothing is recovered).
+    session: Vec<u8>,
 }
 
 /// The recorded union link-count offset of an upper file ("U±n", as
@@ -167,6 +173,87 @@ fn clear_dir(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
     mkdir_open(dir, name)
 }
 
+/// The xattr naming where a staged copy-up is to go (`publish.rs`).
+fn pending_xattr(ns: XattrNs) -> OsString {
+    format!("{}.unionfs.pending", ns.prefix()).into()
+}
+
+/// This boot's id and the unique id of the mount `root` is on; empty when
+/// either is unknown.
+fn session_id(root: BorrowedFd<'_>) -> Vec<u8> {
+    let boot = crate::sparse::boot_id();
+    match sys::fs::mount_unique_id(root) {
+        Some(id) if !boot.is_empty() => [boot, id.to_le_bytes().to_vec()].concat(),
+        _ => Vec::new(),
+    }
+}
+
+/// Copy-ups a killed daemon left staged but not yet published
+/// (`publish.rs`): each is complete and says where it goes and in which
+/// session (boot and mount of the upper) it was made. In the same session
+/// the daemon died, not the machine, and the upper was not unmounted: the
+/// data is in the page cache still, so after one syncfs the copies take
+/// their names (the writes made into them are not lost). Otherwise (a
+/// power cut, a shut-down filesystem mounted again) their data may never
+/// have reached the disk: they stay junk and are cleared with the rest.
+/// Best effort: what cannot be placed is cleared.
+fn recover_pending(work: BorrowedFd<'_>, root: BorrowedFd<'_>, key: &OsStr, session: &[u8]) {
+    let boot = session;
+    if boot.is_empty() {
+        return;
+    }
+    let Ok(entries) = sys::fs::read_dir(work) else {
+        return;
+    };
+    let mut found = Vec::new();
+    for e in entries {
+        let Ok(fd) = sys::fs::open_path_at(work, &e.name) else {
+            continue;
+        };
+        let Ok(Some(v)) = sys::xattr::get(fd.as_fd(), key) else {
+            continue;
+        };
+        if let Some(target) = v.strip_prefix(boot) {
+            if target.first() == Some(&0) {
+                found.push((e.name, OsString::from_vec(target[1..].to_vec())));
+            }
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    let synced = sys::fs::reopen(
+        work,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+    )
+    .and_then(|w| sys::fs::syncfs(w.as_fd()));
+    if synced.is_err() {
+        return;
+    }
+    for (tmp, target) in found {
+        let target = Path::new(&target);
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            continue;
+        };
+        let dir = if parent.as_os_str().is_empty() {
+            sys::fs::reopen(root, nix::fcntl::OFlag::O_PATH)
+        } else {
+            sys::fs::open_path_at(root, parent.as_os_str())
+        };
+        if let Ok(dir) = dir {
+            if sys::fs::rename_at(work, &tmp, dir.as_fd(), name, RenameMode::NoReplace).is_ok() {
+                if let Ok(fd) = sys::fs::open_path_at(dir.as_fd(), name) {
+                    let _ = sys::xattr::remove(fd.as_fd(), key);
+                }
+                tracing::info!(
+                    "published a copy-up the last daemon left pending: {}",
+                    target.display()
+                );
+            }
+        }
+    }
+}
+
 /// Removes `dir/name` and everything below it (never following symlinks).
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
     let fd = match sys::fs::open_path_at(dir, name) {
@@ -210,6 +297,11 @@ impl Upper {
         } else {
             "unionfs-index"
         };
+        let session = session_id(upper.root());
+        // Copy-ups a killed daemon left pending take their names first.
+        if let Ok(w) = sys::fs::open_path_at(base.as_fd(), OsStr::new(work_name)) {
+            recover_pending(w.as_fd(), upper.root(), &pending_xattr(ns), &session);
+        }
         // Leftovers of a crash are junk by construction: clear them —
         // emptying the directory rather than making it anew, so a full
         // filesystem (no inode to spare) can still be mounted.
@@ -230,6 +322,7 @@ impl Upper {
             wh_base: std::sync::OnceLock::new(),
             root: std::sync::Arc::clone(&upper.root),
             seq: AtomicU64::new(0),
+            session,
         };
         // Record the format so a later mount reads this upper the same way
         // (best effort: without xattr support the default applies).
@@ -247,6 +340,21 @@ impl Upper {
     /// `<ns>.overlay.<what>` (kernel-compatible names).
     pub fn overlay_xattr(&self, what: &str) -> OsString {
         format!("{}.overlay.{what}", self.ns.prefix()).into()
+    }
+
+    /// Marks staged copy `fd` as pending for upper path `target`, made in
+    /// this boot (`recover_pending` reads it after a killed daemon).
+    pub fn set_pending(&self, fd: BorrowedFd<'_>, target: &Path) -> Result<()> {
+        let mut v = self.session.clone();
+        v.push(0);
+        v.extend_from_slice(target.as_os_str().as_bytes());
+        bookkeeping(sys::xattr::set(fd, &pending_xattr(self.ns), &v, 0))
+    }
+
+    /// Drops the pending mark of a published copy (best effort: a mark
+    /// left on a copy in the upper is never read).
+    pub fn clear_pending(&self, fd: BorrowedFd<'_>) {
+        let _ = sys::xattr::remove(fd, &pending_xattr(self.ns));
     }
 
     /// A fresh name in the workdir.
@@ -395,6 +503,22 @@ impl Upper {
         name: &OsStr,
         is_dir: bool,
     ) -> Result<()> {
+        let r = self.place_keep(tmp, dir, name, is_dir);
+        if r.is_err() {
+            self.discard(tmp);
+        }
+        r
+    }
+
+    /// `place`, but a failure leaves the staged copy in the workdir (a
+    /// pending copy-up keeps serving from it and is tried again).
+    pub fn place_keep(
+        &self,
+        tmp: &OsStr,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        is_dir: bool,
+    ) -> Result<()> {
         let at_name = match sys::fs::stat_at(dir, name) {
             Ok(st) => Some(st),
             Err(e) if e.is_not_found() => None,
@@ -414,10 +538,7 @@ impl Upper {
             }
             Some(_) => Err(Error::Exists),
         };
-        if r.is_err() {
-            self.discard(tmp);
-            return r;
-        }
+        r?;
         self.remove_aufs_whiteout(dir, name)
     }
 

@@ -839,9 +839,11 @@ fn chown_r_copies_metadata_only_until_a_write() {
             Mount::unionfs_args(&["-o", opts[0].as_str(), t2.mnt.to_str().unwrap()], &t2.mnt)
         };
         nix::unistd::chown(&m.mnt.join(&name), Some(1.into()), None).unwrap();
+        // A whole-file copy-up takes its upper name once its data is
+        // synced, a moment later, or at unmount at the latest.
+        m.unmount();
         let up = fs::metadata(t2.u.join(&name)).unwrap();
         assert!(up.blocks() >= 256 << 10 >> 9, "{opts:?}: data copied");
-        m.unmount();
     }
 }
 

@@ -253,7 +253,7 @@ impl UnionFs {
             Some(_) => CopyUpData::Full,
             None => CopyUpData::Meta,
         };
-        let mut state = self.copy_up(stack, ino, data)?;
+        let mut state = self.copy_up_for_write(stack, ino, data)?;
         let partial = if sparse {
             self.partial_of(stack, ino, &state, true)?
         } else {

@@ -28,6 +28,8 @@ impl UnionFs {
     /// Installs `next` as the stack, unless a file is open in one of the
     /// branches in `gone` (EBUSY); then makes every cache see it.
     pub fn change_branches(&self, next: BranchStack, gone: &[BranchId]) -> Result<()> {
+        // Pending copy-ups are published into the upper they were made for.
+        let _quiet = self.publisher.quiesce()?;
         {
             let _gate = self.gate.write();
             if self.handles.any(|h| match h {

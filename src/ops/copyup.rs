@@ -90,6 +90,29 @@ impl UnionFs {
         ino: Ino,
         data: CopyUpData,
     ) -> Result<NodeState> {
+        self.copy_up_as(stack, ino, data, false)
+    }
+
+    /// `copy_up` for writing into the file: a whole-file copy of a regular
+    /// file may be published later (`publish.rs`); the node serves from
+    /// the staged copy meanwhile. Only for callers that do nothing by the
+    /// object's upper name afterwards.
+    pub(super) fn copy_up_for_write(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        data: CopyUpData,
+    ) -> Result<NodeState> {
+        self.copy_up_as(stack, ino, data, true)
+    }
+
+    fn copy_up_as(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        data: CopyUpData,
+        defer: bool,
+    ) -> Result<NodeState> {
         self.upper_ctx(stack)?;
         let node = self.inodes.get(ino)?;
         let state = self.state_in(stack, &node);
@@ -109,7 +132,16 @@ impl UnionFs {
         let parent = state.parent;
         let mut pstate = self.copy_up(stack, parent, CopyUpData::Full)?;
         let ppath = self.inodes.path_of(parent)?;
-        self.copy_up_one(stack, parent, &mut pstate, &ppath, &state.name, None, data)
+        self.copy_up_one(
+            stack,
+            parent,
+            &mut pstate,
+            &ppath,
+            &state.name,
+            None,
+            data,
+            defer,
+        )
     }
 
     /// Walks `path` from the root, copying up each directory on the way
@@ -142,7 +174,16 @@ impl UnionFs {
                     found.state
                 }
             } else {
-                self.copy_up_one(stack, ino, &mut state, &cur, name, Some(found), this_data)?
+                self.copy_up_one(
+                    stack,
+                    ino,
+                    &mut state,
+                    &cur,
+                    name,
+                    Some(found),
+                    this_data,
+                    false,
+                )?
             };
             cur.push(name);
             ino = cino;
@@ -211,6 +252,7 @@ impl UnionFs {
         found: &Found,
         ino: Ino,
         data: CopyUpData,
+        unsynced: bool,
     ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd)> {
         copy_up::stage(
             self.upper_ctx(stack)?,
@@ -219,6 +261,7 @@ impl UnionFs {
             &found.stat,
             data,
             ino.0,
+            unsynced,
         )
     }
 
@@ -239,7 +282,7 @@ impl UnionFs {
     ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd, std::ffi::OsString)> {
         let upper = self.upper_ctx(stack)?;
         let (iname, origin) = self.index_key(stack, found, ino)?;
-        let (tmp, tfd) = self.stage_found(stack, found, ino, data)?;
+        let (tmp, tfd) = self.stage_found(stack, found, ino, data, false)?;
         let offset = i64::try_from(found.stat.st_nlink).unwrap_or(i64::MAX)
             - i64::try_from(upper_links).unwrap_or(0);
         let linked = origin
@@ -265,6 +308,16 @@ impl UnionFs {
         name: &OsStr,
     ) -> Result<Found> {
         let mut found = lookup::lookup(stack, Some(&self.faults), pino, pstate, ppath, name)?;
+        // A copy-up not yet renamed into the upper (`publish.rs`): the name
+        // is the staged copy's already.
+        if let Some(p) = self.publisher.get(pino, name) {
+            found.stat = sys::fs::fstat(p.fd.as_fd())?;
+            found.kind = Kind::File;
+            found.recorded_ino = Some(p.ino);
+            let fd = sys::fs::reopen(p.fd.as_fd(), nix::fcntl::OFlag::O_PATH)?;
+            found.state.layers = vec![self.upper_layer(stack, fd, ppath.join(name), false)?];
+            return Ok(found);
+        }
         if let Some(upper) = stack.writer() {
             if found.kind == Kind::File
                 && found.stat.st_nlink > 1
@@ -414,6 +467,7 @@ impl UnionFs {
 
     /// Copies up `name`, whose parent (`pstate`, at `ppath`) already has an
     /// upper instance; `found` is its lookup, if the caller has one.
+    /// `defer`: see `copy_up_for_write`.
     #[allow(clippy::too_many_arguments)] // the operation's stack snapshot is the 8th
     fn copy_up_one(
         &self,
@@ -424,6 +478,7 @@ impl UnionFs {
         name: &OsStr,
         found: Option<Found>,
         data: CopyUpData,
+        defer: bool,
     ) -> Result<NodeState> {
         let upper = self.upper_ctx(stack)?;
         let player = pstate.top()?.clone();
@@ -448,6 +503,7 @@ impl UnionFs {
         // replaced the name (a whiteout or another object is there): look
         // again.
         let raced = sys::fs::stat_at(pfd, name).is_ok()
+            || self.publisher.get(pino, name).is_some()
             || (upper.format == crate::whiteout::WhiteoutFormat::Aufs
                 && sys::fs::stat_at(pfd, &crate::whiteout::whiteout_name(name)).is_ok());
         if raced || (found.kind == Kind::File && found.stat.st_nlink > 1) {
@@ -528,8 +584,51 @@ impl UnionFs {
                 return Err(e);
             }
             nfd
+        } else if defer && found.kind == Kind::File && data == CopyUpData::Full && upper.durable {
+            // The data is synced later, with a whole burst of copy-ups, and
+            // only then does the copy take its name (`publish.rs`); the
+            // node serves from the staged copy meanwhile.
+            let (tmp, sfd) = self.stage_found(stack, &found, ino, data, true)?;
+            let nfd = match upper
+                .set_pending(sfd.as_fd(), &ppath.join(name))
+                .and_then(|()| sys::fs::reopen(sfd.as_fd(), nix::fcntl::OFlag::O_PATH))
+            {
+                Ok(fd) => fd,
+                Err(e) => {
+                    upper.discard(&tmp);
+                    return Err(e);
+                }
+            };
+            let current = self.stack.load_full();
+            let pending = crate::publish::Pending {
+                parent: pino,
+                name: name.to_os_string(),
+                tmp,
+                dir: std::sync::Arc::clone(&pfd_arc),
+                fd: sfd,
+                ino: ino.0,
+                stack: std::sync::Arc::clone(&current),
+            };
+            let refused = if current.generation() == stack.generation() {
+                self.publisher.add(pending).err()
+            } else {
+                Some(pending)
+            };
+            if let Some(p) = refused {
+                // No publisher (or the stack just changed): synced and
+                // placed now, as a copy-up always was.
+                p.publish_synced()?;
+            }
+            let state = NodeState {
+                parent: pino,
+                name: name.to_os_string(),
+                layers: vec![self.upper_layer(stack, nfd, ppath.join(name), false)?],
+                generation: stack.generation(),
+            };
+            self.inodes.refresh(ino, found.kind, state.clone());
+            return Ok(state);
         } else {
-            let (tmp, nfd) = self.stage_found(stack, &found, ino, data)?;
+            let (tmp, nfd) = self.stage_found(stack, &found, ino, data, false)?;
             upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
             nfd
         };

@@ -211,6 +211,8 @@ impl UnionFs {
 impl UnionFs {
     /// fsync of a directory: its upper instance, if it has one.
     pub fn fsyncdir(&self, ino: Ino, data_only: bool) -> Result<()> {
+        // Its entries include the copy-ups not yet published (`publish.rs`).
+        self.publisher.flush()?;
         let snapshot = self.stack.load_full();
         let stack = &*snapshot;
         let node = self.inodes.get(ino)?;

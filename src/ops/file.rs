@@ -84,7 +84,7 @@ impl UnionFs {
             } else {
                 CopyUpData::Full
             };
-            self.copy_up(stack, ino, data)?
+            self.copy_up_for_write(stack, ino, data)?
         } else {
             node.snapshot()
         };
@@ -205,6 +205,12 @@ impl UnionFs {
         load()
     }
 
+    /// Publishes every copy-up not yet in the upper (`publish.rs`): the end
+    /// of the mount.
+    pub fn publish_pending(&self) -> Result<()> {
+        self.publisher.flush()
+    }
+
     /// The mount ends: partial files are synced, or filled (overlay format).
     pub fn finish_partials(&self) {
         self.partials.finish();
@@ -267,7 +273,21 @@ impl UnionFs {
             // The data, then the map that points at it.
             return p.sync();
         }
-        sys::fs::fsync(f.fd.as_fd(), data_only)
+        // A copy-up not yet published: its name first (`publish.rs`).
+        self.publisher.flush()?;
+        sys::fs::fsync(f.fd.as_fd(), data_only)?;
+        // The file's data is on disk, but for a copy-up its name in the
+        // upper came from a rename the filesystem may not have committed
+        // (fdatasync of an in-place overwrite commits nothing on ext4):
+        // after a crash the caller would see the old content it was told
+        // was synced. A sync of the parent makes the name durable too; on
+        // a journaling filesystem it costs nothing once that is so.
+        let snapshot = self.stack.load_full();
+        if snapshot.writer().is_some_and(|u| u.branch == f.branch) {
+            let parent = self.inodes.get(f.ino)?.snapshot().parent;
+            self.fsyncdir(parent, false)?;
+        }
+        Ok(())
     }
 
     /// fallocate(2) on an open file (punching holes included).

@@ -162,6 +162,9 @@ pub struct UnionFs {
     policy: crate::policy::PolicyState,
     /// Partially copied-up files (`sparse.rs`).
     partials: crate::sparse::Partials,
+    /// Whole-file copy-ups staged but not yet renamed into the upper, and
+    /// the thread that publishes them (`publish.rs`).
+    publisher: crate::publish::Publisher,
 }
 
 /// Tells the kernel that what it cached about an inode is stale, for the
@@ -261,6 +264,7 @@ impl UnionFs {
             gate: parking_lot::RwLock::new(()),
             policy: crate::policy::PolicyState::default(),
             partials: crate::sparse::Partials::default(),
+            publisher: crate::publish::Publisher::default(),
         })
     }
 

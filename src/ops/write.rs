@@ -314,6 +314,8 @@ impl UnionFs {
         caller: Caller,
     ) -> Result<(Entry, Option<Fh>)> {
         let _gate = self.gate.read();
+        // Goes by the upper name: its copy-up may not be pending (`publish.rs`).
+        let _quiet = self.publisher.quiesce_names(&[(parent, name)])?;
         self.check_new_name(name)?;
         let is_dir = matches!(what, NewObject::Dir);
         let snapshot = self.for_new(self.stack.load_full(), parent, name, is_dir)?;
@@ -340,6 +342,10 @@ impl UnionFs {
 
     /// Links node `ino` as `newparent/newname`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Entry> {
+        let at = self.inodes.get(ino)?.snapshot();
+        let _quiet = self
+            .publisher
+            .quiesce_names(&[(at.parent, &at.name), (newparent, newname)])?;
         let snapshot = self.for_move(
             self.stack.load_full(),
             (ino, Path::new(""), None),
@@ -391,6 +397,7 @@ impl UnionFs {
     }
 
     fn remove(&self, stack: &BranchStack, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+        let _quiet = self.publisher.quiesce_names(&[(parent, name)])?;
         super::namei::check_lookup_len(name)?;
         let upper = self.upper_ctx(stack)?;
         if self
@@ -569,6 +576,9 @@ impl UnionFs {
         newname: &OsStr,
         how: RenameHow,
     ) -> Result<()> {
+        let _quiet = self
+            .publisher
+            .quiesce_names(&[(parent, name), (newparent, newname)])?;
         let ppath = self.inodes.path_of(parent)?;
         let snapshot = self.for_move(
             self.stack.load_full(),

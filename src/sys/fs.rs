@@ -542,6 +542,31 @@ pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> Result<()> {
     }
 }
 
+/// The id of the mount `fd` is on, unique in this boot (never reused after
+/// an unmount: statx `STATX_MNT_ID_UNIQUE`, Linux 6.8), or None.
+pub fn mount_unique_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: an all-zero struct statx is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a NUL-terminated empty string (AT_EMPTY_PATH: the
+    // fd itself), `stx` is a struct statx that outlives the call.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID_UNIQUE,
+            &mut stx,
+        )
+    };
+    (r == 0 && stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id)
+}
+
+/// `syncfs`: everything written to the filesystem of `fd` reaches the
+/// disk (`fd` must not be O_PATH).
+pub fn syncfs(fd: BorrowedFd<'_>) -> Result<()> {
+    traced!("syncfs", fd.as_raw_fd(), nix::unistd::syncfs(fd))
+}
+
 /// `copy_file_range` between two fds at explicit offsets.
 pub fn copy_file_range(
     from: BorrowedFd<'_>,
@@ -570,6 +595,26 @@ pub fn ficlone(to: BorrowedFd<'_>, from: BorrowedFd<'_>) -> Result<()> {
     traced!(
         "ioctl(FICLONE)",
         (to.as_raw_fd(), from.as_raw_fd()),
+        r.map(|_| ())
+    )
+}
+
+nix::ioctl_read!(shutdown_ioctl, b'X', 125, u32);
+
+/// `FS_SHUTDOWN_FLAGS_NOLOGFLUSH`: stop without flushing the log.
+pub const SHUTDOWN_NOLOGFLUSH: u32 = 2;
+
+/// Shuts down the filesystem of `fd` (FS_IOC_SHUTDOWN): with
+/// [`SHUTDOWN_NOLOGFLUSH`] what is not yet committed is lost, as at a power
+/// cut. Only the crash tests call it.
+pub fn shutdown_fs(fd: BorrowedFd<'_>, flags: u32) -> Result<()> {
+    let mut f = flags;
+    // SAFETY: FS_IOC_SHUTDOWN reads one u32 through the pointer, which
+    // points at `f` for the duration of the call; `fd` is valid.
+    let r = unsafe { shutdown_ioctl(fd.as_raw_fd(), &mut f) };
+    traced!(
+        "ioctl(FS_IOC_SHUTDOWN)",
+        (fd.as_raw_fd(), flags),
         r.map(|_| ())
     )
 }
