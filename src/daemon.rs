@@ -247,7 +247,7 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
     if cfg.options.udba.unwrap_or_default() == Udba::None {
         // Read-only branches do not change behind the union: lookups in
         // deep stacks may skip the layers a directory listing rules out.
-        stack = stack.with_layer_index();
+        stack = stack.with_layer_index_from(crate::stack::INDEXED_LAYERS);
     }
     // What the union writes must stay deletable in its format.
     let name_max = stack

@@ -57,7 +57,8 @@ use crate::sys::notify::{Inotify, InotifyEvent, WatchDescriptor};
 pub enum Udba {
     /// Trust the caches (kernel entries and attributes live for `ttl`, a
     /// day by default): a branch changed behind the mount may not be seen
-    /// until the kernel forgets; and the union's layer index
+    /// until the kernel forgets; and in a stack of 4 or more read-only
+    /// branches the union's layer index
     /// (`layer_index.rs`) remembers the names of the read-only branch
     /// directories it listed, so a name added to one of those is not seen
     /// until the union lists that directory again or the branch stack

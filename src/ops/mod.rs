@@ -481,6 +481,31 @@ mod tests {
         BranchStack::with_shared(branches, writers, Arc::clone(backings)).with_layer_index()
     }
 
+    #[test]
+    fn the_daemon_indexes_only_stacks_of_four_read_only_branches_or_more() {
+        let td = tempfile::tempdir().unwrap();
+        let dir = td.path();
+        deep_dirs(dir, 5);
+        let backings = crate::backing::Backings::new(64);
+        let from = crate::stack::INDEXED_LAYERS;
+        let shallow = deep(dir, 3, None, &backings).with_layer_index_from(from);
+        let l1 = shallow.get(BranchId(1)).unwrap();
+        assert!(shallow.layer_index(l1).is_none(), "3 read-only branches");
+        let deeper = deep(dir, 5, None, &backings).with_layer_index_from(from);
+        let l1 = deeper.get(BranchId(1)).unwrap();
+        assert!(deeper.layer_index(l1).is_some(), "5 read-only branches");
+        // a view keeps the rule: from l2 down, 4 read-only branches are left
+        let view = deep(dir, 5, Some(1), &backings)
+            .with_layer_index_from(from)
+            .view_from(BranchId(2))
+            .unwrap();
+        let l3 = view.get(BranchId(3)).unwrap();
+        assert!(
+            view.layer_index(l3).is_none(),
+            "3 read-only below the view's writer"
+        );
+    }
+
     /// Lowers of `deep`: directory `d` in each of `n` layers.
     fn deep_dirs(dir: &Path, n: u16) {
         for d in ["upper", "work"] {
