@@ -49,21 +49,6 @@ use unionfs::sys;
 const FILES: usize = 48;
 const SIZE: usize = 4096;
 
-fn can_loop_mount_ext4() -> bool {
-    if !can_mount_fuse() {
-        return false;
-    }
-    if !run(
-        "sh",
-        &["-c", "command -v mkfs.ext4 && test -e /dev/loop-control"],
-    )
-    .ok()
-    {
-        return skip_or_fail("no mkfs.ext4 or no loop devices");
-    }
-    true
-}
-
 /// How a file is written into (the write is what copies it up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum How {

@@ -781,21 +781,6 @@ fn rounds() -> u64 {
         .unwrap_or(1)
 }
 
-fn can_loop_mount_ext4() -> bool {
-    if !can_mount_fuse() {
-        return false;
-    }
-    if !run(
-        "sh",
-        &["-c", "command -v mkfs.ext4 && test -e /dev/loop-control"],
-    )
-    .ok()
-    {
-        return skip_or_fail("no mkfs.ext4 or no loop devices");
-    }
-    true
-}
-
 #[test]
 fn full_upper_aufs() {
     if !can_mount_fuse() {

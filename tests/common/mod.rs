@@ -64,6 +64,22 @@ pub fn can_mount_fuse() -> bool {
     true
 }
 
+/// True when FUSE mounts and ext4 images on loop devices can be made here.
+pub fn can_loop_mount_ext4() -> bool {
+    if !can_mount_fuse() {
+        return false;
+    }
+    if !run(
+        "sh",
+        &["-c", "command -v mkfs.ext4 && test -e /dev/loop-control"],
+    )
+    .ok()
+    {
+        return skip_or_fail("no mkfs.ext4 or no loop devices");
+    }
+    true
+}
+
 // ---------------------------------------------------------------------------------------
 // Running commands
 // ---------------------------------------------------------------------------------------
