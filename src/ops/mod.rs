@@ -436,8 +436,9 @@ mod tests {
     use crate::upper::{Upper, XattrNs};
     use crate::whiteout::WhiteoutFormat;
 
-    /// Upper (with its writer) over one lower, opened with `backings`.
-    fn open(dir: &Path, backings: &Arc<Backings>) -> BranchStack {
+    /// The upper branch `dir/upper` (AUFS format, workdir `dir/work`) and
+    /// its writer, opened with `backings`.
+    fn upper_at(dir: &Path, backings: &Arc<Backings>) -> (Branch, Upper) {
         let ub = Branch::open(BranchId(0), &dir.join("upper"), Mode::RW, false, backings).unwrap();
         let up = Upper::open(
             &ub,
@@ -447,6 +448,12 @@ mod tests {
             XattrNs::User,
         )
         .unwrap();
+        (ub, up)
+    }
+
+    /// Upper (with its writer) over one lower, opened with `backings`.
+    fn open(dir: &Path, backings: &Arc<Backings>) -> BranchStack {
+        let (ub, up) = upper_at(dir, backings);
         let lb = Branch::open(
             BranchId(1),
             &dir.join("lower"),
@@ -462,15 +469,7 @@ mod tests {
     /// `dir/l{n-1}`, with a layer index (as the daemon under `udba=none`);
     /// lower `rw` (if any) is writable instead.
     fn deep(dir: &Path, n: u16, rw: Option<u16>, backings: &Arc<Backings>) -> BranchStack {
-        let ub = Branch::open(BranchId(0), &dir.join("upper"), Mode::RW, false, backings).unwrap();
-        let up = Upper::open(
-            &ub,
-            Some(&dir.join("work")),
-            WhiteoutFormat::Aufs,
-            true,
-            XattrNs::User,
-        )
-        .unwrap();
+        let (ub, up) = upper_at(dir, backings);
         let mut branches = vec![ub];
         for i in 0..n {
             let mode = if rw == Some(i) { Mode::RW } else { Mode::RO_WH };
