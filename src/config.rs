@@ -327,6 +327,9 @@ pub struct MountOptions {
     pub cpup: Option<crate::policy::CopyUpPolicy>,
     /// `uring=auto|on|off`.
     pub uring: Option<Uring>,
+    /// `readdirplus=auto|all`: which entries of a listing carry attributes
+    /// (`fuse::rdplus`). `None` = `auto`.
+    pub readdirplus: Option<crate::fuse::rdplus::ReaddirPlus>,
     /// `udba=none|reval|notify` (AUFS): how changes made directly in a
     /// branch are noticed. `None` = `none`.
     pub udba: Option<crate::udba::Udba>,
@@ -521,6 +524,14 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                         ("upper", Passthrough::Upper),
                         ("all", Passthrough::All),
                     ],
+                )?)
+            }
+            "readdirplus" => {
+                use crate::fuse::rdplus::ReaddirPlus;
+                o.readdirplus = Some(choice(
+                    key,
+                    value,
+                    &[("auto", ReaddirPlus::Auto), ("all", ReaddirPlus::All)],
                 )?)
             }
             "uring" => {
@@ -871,6 +882,7 @@ mod tests {
                 "whiteout=overlay",
                 "passthrough=all",
                 "uring=on",
+                "readdirplus=all",
                 "metacopy=off",
                 "copyup=readwrite",
                 "nosuid",
@@ -893,6 +905,7 @@ mod tests {
         assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
         assert_eq!(o.passthrough, Some(Passthrough::All));
         assert_eq!(o.uring, Some(Uring::On));
+        assert_eq!(o.readdirplus, Some(crate::fuse::rdplus::ReaddirPlus::All));
         assert_eq!(o.metacopy, Some(false));
         assert_eq!(o.copyup, Some(Strategy::ReadWrite));
         assert_eq!(o.flags, v(&["nosuid"]));
@@ -915,6 +928,7 @@ mod tests {
             "whiteout=zfs",
             "passthrough=yes",
             "uring=yes",
+            "readdirplus=some",
             "metacopy=1",
             "copyup=fast",
             "ttl",

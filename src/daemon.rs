@@ -284,7 +284,8 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
         passthrough,
     )
     .with_uring(uring_mode(cfg.options.uring.unwrap_or_default(), root)?)
-    .with_udba(udba, watcher.clone());
+    .with_udba(udba, watcher.clone())
+    .with_readdirplus(cfg.options.readdirplus.unwrap_or_default());
     let allow_other = cfg.options.allow_other.unwrap_or(root);
     let default_permissions = cfg.options.default_permissions.unwrap_or(root);
     let threads = cfg

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod iomode;
+pub mod rdplus;
 
 use iomode::{Grant, IoModes};
 
@@ -117,6 +118,8 @@ pub struct FuseAdapter {
     udba: Udba,
     /// Under `udba=notify`: watches the directories the kernel looked up.
     watcher: Option<Arc<Watcher>>,
+    /// Which listings carry their files' attributes (`readdirplus=`).
+    habits: rdplus::Habits,
 }
 
 impl FuseAdapter {
@@ -132,7 +135,14 @@ impl FuseAdapter {
             io: IoModes::default(),
             udba: Udba::None,
             watcher: None,
+            habits: rdplus::Habits::new(rdplus::ReaddirPlus::default()),
         }
+    }
+
+    /// Sets `readdirplus=` (see `rdplus`).
+    pub fn with_readdirplus(mut self, mode: rdplus::ReaddirPlus) -> Self {
+        self.habits = rdplus::Habits::new(mode);
+        self
     }
 
     /// Sets `udba=`: under `reval` (give a TTL of 0 with it) directories
@@ -446,10 +456,11 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(ino(parent), name) {
             Ok(e) => {
                 self.watch(&e);
+                self.habits.looked_up(req.pid(), e.attr.kind == Kind::Dir);
                 reply.with_node(INodeNo(e.node.0)).entry(
                     &self.ttl,
                     &file_attr(&e.attr),
@@ -630,28 +641,47 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         h: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        let res = self.fs.readdirplus(ino(i), fh(h), offset, |e, entry| {
-            let full = reply.add(
-                INodeNo(entry.node.0),
-                e.next_offset,
-                &e.name,
-                &ttl,
-                &file_attr(&entry.attr),
-                Generation(0),
-            );
-            // An entry that did not fit is undone (not held by the kernel).
-            if !full {
-                self.watch(entry);
-            }
-            full
-        });
+        let non_dirs = self.habits.non_dirs(req.pid());
+        let res = self
+            .fs
+            .readdirplus(ino(i), fh(h), offset, non_dirs, |e, entry| match entry {
+                Some(entry) => {
+                    let full = reply.add(
+                        INodeNo(entry.node.0),
+                        e.next_offset,
+                        &e.name,
+                        &ttl,
+                        &file_attr(&entry.attr),
+                        Generation(0),
+                    );
+                    // An entry that did not fit is undone (not held by the kernel).
+                    if !full {
+                        self.watch(entry);
+                    }
+                    full
+                }
+                // Node id 0: a name and type without attributes, which the
+                // kernel lists and does not link (`fuse_direntplus_link`).
+                None => reply.add(
+                    INodeNo(0),
+                    e.next_offset,
+                    &e.name,
+                    &ttl,
+                    &FileAttr {
+                        ino: INodeNo(e.ino.0),
+                        kind: file_type(e.kind),
+                        ..negative_attr()
+                    },
+                    Generation(0),
+                ),
+            });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail("readdirplus", i, &e)),

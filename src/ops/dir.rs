@@ -151,14 +151,18 @@ impl UnionFs {
     }
 
     /// Like `readdir`, with a full lookup of each entry (`.` and `..` are
-    /// not counted as lookups, as the kernel does not link them). An entry
-    /// the buffer had no room for has its lookup undone.
+    /// not counted as lookups, as the kernel does not link them) — of each
+    /// directory only, when `non_dirs` is false: the other entries are
+    /// given by name and type alone (`None`), as `readdir` gives them, so a
+    /// walk that only wants names reads no inode of theirs. An entry the
+    /// buffer had no room for has its lookup undone.
     pub fn readdirplus(
         &self,
         ino: Ino,
         fh: Fh,
         offset: u64,
-        mut add: impl FnMut(&DirEntryOut, &Entry) -> bool,
+        non_dirs: bool,
+        mut add: impl FnMut(&DirEntryOut, Option<&Entry>) -> bool,
     ) -> Result<()> {
         let snapshot = self.stack.load_full();
         let stack = &*snapshot;
@@ -176,6 +180,17 @@ impl UnionFs {
                         node: ino,
                     },
                 }
+            } else if !non_dirs && e.kind != Kind::Dir {
+                let out = DirEntryOut {
+                    name: OsString::from(&e.name),
+                    ino: Ino(e.ino),
+                    kind: e.kind,
+                    next_offset: i as u64 + 1,
+                };
+                if add(&out, None) {
+                    return Ok(());
+                }
+                continue;
             } else {
                 match self.lookup_node(stack, ino, &e.name).map(|(e, _)| e) {
                     Ok(entry) => entry,
@@ -196,7 +211,7 @@ impl UnionFs {
                 kind: entry.attr.kind,
                 next_offset: i as u64 + 1,
             };
-            if add(&out, &entry) {
+            if add(&out, Some(&entry)) {
                 if !dots {
                     self.forget(entry.node, 1);
                 }

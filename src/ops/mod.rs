@@ -835,4 +835,51 @@ mod tests {
             "d re-resolved without extra"
         );
     }
+
+    /// A listing without its files' attributes looks up its directories
+    /// only: the files get no node (no inode of theirs is read), and their
+    /// names, types and inode numbers are what a full listing gives.
+    #[test]
+    fn a_names_only_listing_looks_up_directories_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for d in ["lower/d", "upper", "work"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("lower/f"), b"f").unwrap();
+        std::os::unix::fs::symlink("f", dir.join("lower/l")).unwrap();
+        let fs = UnionFs::new(open(dir, &Backings::new(64)), CoreOptions::default()).unwrap();
+        let listed = |non_dirs: bool| {
+            let mut out = Vec::new();
+            fs.readdirplus(ROOT_INO, dir::NO_HANDLE, 0, non_dirs, |e, entry| {
+                if let Some(entry) = entry {
+                    assert_eq!(entry.attr.ino, e.ino, "{:?}", e.name);
+                }
+                out.push((e.name.clone(), e.ino, e.kind, entry.is_some()));
+                false
+            })
+            .unwrap();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out
+        };
+        let before = fs.inodes.len();
+        let names = listed(false);
+        assert_eq!(fs.inodes.len(), before + 1, "only `d` got a node");
+        let full = listed(true);
+        assert_eq!(fs.inodes.len(), before + 3);
+        let strip = |v: &[(std::ffi::OsString, Ino, Kind, bool)]| {
+            v.iter()
+                .map(|(n, i, k, _)| (n.clone(), *i, *k))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&names), strip(&full));
+        let with_attrs = |v: &[(std::ffi::OsString, Ino, Kind, bool)]| {
+            v.iter()
+                .filter(|e| e.3)
+                .map(|e| e.0.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(with_attrs(&names), [".", "..", "d"]);
+        assert_eq!(with_attrs(&full), [".", "..", "d", "f", "l"]);
+    }
 }
