@@ -338,7 +338,8 @@ def main():
     c = sub.add_parser("count")
     c.add_argument("mountpoint")
     c.add_argument("--pid", type=int)
-    c.add_argument("command", nargs=argparse.REMAINDER)
+    # the command is everything after `--`, split off before parsing (an
+    # argparse REMAINDER would also swallow options given after MOUNTPOINT)
     t = sub.add_parser("table")
     t.add_argument("data")
     t.add_argument("--systems", default="unionfs,floor")
@@ -352,9 +353,13 @@ def main():
         "UNIONFS_BIN", os.path.join(here, "..", "target", "release", "unionfs")))
     t.add_argument("--floorfs-bin", default=os.environ.get(
         "FLOORFS_BIN", os.path.join(here, "..", "target", "release", "examples", "floorfs")))
-    a = ap.parse_args()
+    argv = sys.argv[1:]
+    cmd = []
+    if argv[:1] == ["count"] and "--" in argv:
+        at = argv.index("--")
+        argv, cmd = argv[:at], argv[at + 1:]
+    a = ap.parse_args(argv)
     if a.cmd == "count":
-        cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
         if not cmd:
             raise SystemExit("fuse-opcount: count needs a command after --")
         print_counts(*count(a.mountpoint, cmd, a.pid))
