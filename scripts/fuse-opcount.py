@@ -2,7 +2,7 @@
 """Counts the FUSE requests a workload makes, by opcode: the instrument of "first touches".
 
   scripts/fuse-opcount.py count MOUNTPOINT [--pid PID] -- COMMAND [ARGS...]
-  scripts/fuse-opcount.py table DATA [--systems unionfs,floor,fuse-overlayfs] [--runs N]
+  scripts/fuse-opcount.py table DATA [--systems unionfs,unionfs:OPTS,floor,fuse-overlayfs] [--runs N]
                                      [--unionfs-opts OPTS] [--workloads a,b] [--md FILE]
 
 `count` runs COMMAND and prints how many requests of each opcode the kernel sent to the FUSE
@@ -176,14 +176,17 @@ class Mount:
 
     def __init__(self, system, lower, base, args):
         self.system = system
-        self.dir = tempfile.mkdtemp(prefix=f"{system}-", dir=base)
+        self.dir = tempfile.mkdtemp(prefix=f"{system.partition(':')[0]}-", dir=base)
         self.upper, self.work, self.mnt = (os.path.join(self.dir, s) for s in "uwm")
         for d in (self.upper, self.work, self.mnt):
             os.mkdir(d)
         self.proc = None
-        if system == "unionfs":
+        if system == "unionfs" or system.startswith("unionfs:"):
+            # `unionfs:OPTS` is a variant with mount options of its own (an A/B
+            # in one run: `--systems unionfs,unionfs:readdirplus=all,floor`)
+            opts = [o for o in (args.unionfs_opts, system.partition(":")[2]) if o]
             subprocess.run([args.unionfs_bin, "mount", lower, self.upper, self.mnt, "-o",
-                            f"workdir={self.work}" + (f",{args.unionfs_opts}" if args.unionfs_opts else "")],
+                            ",".join([f"workdir={self.work}"] + opts)],
                            check=True)
             self.pid = daemon_pid(self.mnt, os.path.basename(args.unionfs_bin)[:15])
         elif system == "floor":
