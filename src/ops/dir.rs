@@ -152,10 +152,14 @@ impl UnionFs {
 
     /// Like `readdir`, with a full lookup of each entry (`.` and `..` are
     /// not counted as lookups, as the kernel does not link them) — of each
-    /// directory only, when `non_dirs` is false: the other entries are
-    /// given by name and type alone (`None`), as `readdir` gives them, so a
-    /// walk that only wants names reads no inode of theirs. An entry the
-    /// buffer had no room for has its lookup undone.
+    /// directory only, when `non_dirs` is false — unless the kernel holds
+    /// the entry's node already (it looked the object up, by this name or
+    /// another): the other entries are given by name and type alone
+    /// (`None`), as `readdir` gives them, which the kernel lists without
+    /// touching what it holds. So a walk that only wants names reads no
+    /// inode of its files, and a listing of names the kernel has (`git
+    /// status` lists what it stat'ed) costs no lookup. An entry the buffer
+    /// had no room for has its lookup undone.
     pub fn readdirplus(
         &self,
         ino: Ino,
@@ -180,7 +184,7 @@ impl UnionFs {
                         node: ino,
                     },
                 }
-            } else if !non_dirs && e.kind != Kind::Dir {
+            } else if (!non_dirs && e.kind != Kind::Dir) || self.kernel_holds(Ino(e.ino)) {
                 let out = DirEntryOut {
                     name: OsString::from(&e.name),
                     ino: Ino(e.ino),
@@ -220,6 +224,11 @@ impl UnionFs {
         }
         self.listing_read_to_end(ino, fh, entries.len());
         Ok(())
+    }
+
+    /// True when the kernel holds a node of the object numbered `st_ino`.
+    fn kernel_holds(&self, st_ino: Ino) -> bool {
+        self.inodes.get(self.inodes.node_id(st_ino)).is_ok()
     }
 }
 

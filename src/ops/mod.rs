@@ -865,6 +865,9 @@ mod tests {
         let before = fs.inodes.len();
         let names = listed(false);
         assert_eq!(fs.inodes.len(), before + 1, "only `d` got a node");
+        // as the kernel would, in time (a node it holds is not looked up again)
+        let d = names.iter().find(|e| e.0 == "d").map(|e| e.1).unwrap();
+        fs.forget(d, 1);
         let full = listed(true);
         assert_eq!(fs.inodes.len(), before + 3);
         let strip = |v: &[(std::ffi::OsString, Ino, Kind, bool)]| {
@@ -881,5 +884,35 @@ mod tests {
         };
         assert_eq!(with_attrs(&names), [".", "..", "d"]);
         assert_eq!(with_attrs(&full), [".", "..", "d", "f", "l"]);
+    }
+
+    /// Entries whose node the kernel holds are not looked up again by a
+    /// listing: their one lookup is still the only one (one forget frees
+    /// them).
+    #[test]
+    fn a_listing_does_not_look_up_what_the_kernel_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for d in ["lower/d", "upper", "work"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("lower/f"), b"f").unwrap();
+        std::fs::write(dir.join("lower/g"), b"g").unwrap();
+        let fs = UnionFs::new(open(dir, &Backings::new(64)), CoreOptions::default()).unwrap();
+        let f = fs.lookup(ROOT_INO, OsStr::new("f")).unwrap().attr.ino;
+        let d = fs.lookup(ROOT_INO, OsStr::new("d")).unwrap().attr.ino;
+        let mut looked_up = Vec::new();
+        fs.readdirplus(ROOT_INO, dir::NO_HANDLE, 0, true, |e, entry| {
+            if entry.is_some() && e.name != "." && e.name != ".." {
+                looked_up.push(e.name.clone());
+            }
+            false
+        })
+        .unwrap();
+        assert_eq!(looked_up, ["g"], "f and d are held already");
+        let before = fs.inodes.len();
+        fs.forget(f, 1);
+        fs.forget(d, 1);
+        assert_eq!(fs.inodes.len(), before - 2, "held once each, still");
     }
 }
