@@ -150,8 +150,8 @@ impl UnionFs {
         }
     }
 
-    /// Like `readdir`, with a full lookup of each entry (`.` and `..` are
-    /// not counted as lookups, as the kernel does not link them) — of each
+    /// Like `readdir`, with a full lookup of each entry (not of `.` and
+    /// `..`, which the kernel does not link) — of each
     /// directory only, when `non_dirs` is false — unless the kernel holds
     /// the entry's node already (it looked the object up, by this name or
     /// another): the other entries are given by name and type alone
@@ -173,18 +173,9 @@ impl UnionFs {
         let entries = self.listing(stack, ino, fh, offset)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
-            let dots = i < 2;
-            let entry = if dots {
-                let target = if i == 0 { ino } else { Ino(e.ino) };
-                match self.getattr_in(stack, target) {
-                    Ok(attr) => Entry { attr, node: target },
-                    // The parent may be forgotten already: fall back to self.
-                    Err(_) => Entry {
-                        attr: self.getattr_in(stack, ino)?,
-                        node: ino,
-                    },
-                }
-            } else if (!non_dirs && e.kind != Kind::Dir) || self.kernel_holds(Ino(e.ino)) {
+            // `.` and `..` are never linked by the kernel (it ignores their
+            // attributes: `fuse_direntplus_link`), so they go by name too.
+            if i < 2 || (!non_dirs && e.kind != Kind::Dir) || self.kernel_holds(Ino(e.ino)) {
                 let out = DirEntryOut {
                     name: OsString::from(&e.name),
                     ino: Ino(e.ino),
@@ -195,18 +186,17 @@ impl UnionFs {
                     return Ok(());
                 }
                 continue;
-            } else {
-                match self.lookup_node(stack, ino, &e.name).map(|(e, _)| e) {
-                    Ok(entry) => entry,
-                    // Removed since the snapshot: skip it.
-                    Err(err) if err.is_not_found() => continue,
-                    // One entry that cannot be looked up must not make the
-                    // whole directory unlistable.
-                    // (logged once, as the lookup of the name would be)
-                    Err(err) => {
-                        self.note_failure("lookup", ino, &err);
-                        continue;
-                    }
+            }
+            let entry = match self.lookup_node(stack, ino, &e.name) {
+                Ok((entry, _)) => entry,
+                // Removed since the snapshot: skip it.
+                Err(err) if err.is_not_found() => continue,
+                // One entry that cannot be looked up must not make the
+                // whole directory unlistable.
+                // (logged once, as the lookup of the name would be)
+                Err(err) => {
+                    self.note_failure("lookup", ino, &err);
+                    continue;
                 }
             };
             let out = DirEntryOut {
@@ -216,9 +206,7 @@ impl UnionFs {
                 next_offset: i as u64 + 1,
             };
             if add(&out, Some(&entry)) {
-                if !dots {
-                    self.forget(entry.node, 1);
-                }
+                self.forget(entry.node, 1);
                 return Ok(());
             }
         }
