@@ -2,7 +2,8 @@
 """Counts the FUSE requests a workload makes, by opcode: the instrument of "first touches".
 
   scripts/fuse-opcount.py count MOUNTPOINT [--pid PID] -- COMMAND [ARGS...]
-  scripts/fuse-opcount.py table DATA [--systems unionfs,unionfs:OPTS,floor,fuse-overlayfs] [--runs N]
+  scripts/fuse-opcount.py table DATA [--systems unionfs,unionfs:OPTS,unionfs-base,floor,fuse-overlayfs]
+                                     [--runs N] [--unionfs-base-bin BIN]
                                      [--unionfs-opts OPTS] [--workloads a,b] [--md FILE]
 
 `count` runs COMMAND and prints how many requests of each opcode the kernel sent to the FUSE
@@ -181,14 +182,19 @@ class Mount:
         for d in (self.upper, self.work, self.mnt):
             os.mkdir(d)
         self.proc = None
-        if system == "unionfs" or system.startswith("unionfs:"):
+        name = system.partition(":")[0]
+        if name in ("unionfs", "unionfs-base"):
             # `unionfs:OPTS` is a variant with mount options of its own (an A/B
-            # in one run: `--systems unionfs,unionfs:readdirplus=all,floor`)
+            # in one run: `--systems unionfs,unionfs:readdirplus=all,floor`);
+            # `unionfs-base` is the binary of --unionfs-base-bin (an older build)
+            binary = args.unionfs_bin if name == "unionfs" else args.unionfs_base_bin
+            if not binary:
+                raise SystemExit("fuse-opcount: unionfs-base needs --unionfs-base-bin")
             opts = [o for o in (args.unionfs_opts, system.partition(":")[2]) if o]
-            subprocess.run([args.unionfs_bin, "mount", lower, self.upper, self.mnt, "-o",
+            subprocess.run([binary, "mount", lower, self.upper, self.mnt, "-o",
                             ",".join([f"workdir={self.work}"] + opts)],
                            check=True)
-            self.pid = daemon_pid(self.mnt, os.path.basename(args.unionfs_bin)[:15])
+            self.pid = daemon_pid(self.mnt, os.path.basename(binary)[:15])
         elif system == "floor":
             self.proc = subprocess.Popen([args.floorfs_bin, lower, self.mnt, self.upper],
                                          stdout=subprocess.DEVNULL)
@@ -354,6 +360,7 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     t.add_argument("--unionfs-bin", default=os.environ.get(
         "UNIONFS_BIN", os.path.join(here, "..", "target", "release", "unionfs")))
+    t.add_argument("--unionfs-base-bin", help="the binary of the unionfs-base system")
     t.add_argument("--floorfs-bin", default=os.environ.get(
         "FLOORFS_BIN", os.path.join(here, "..", "target", "release", "examples", "floorfs")))
     argv = sys.argv[1:]
