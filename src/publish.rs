@@ -303,28 +303,29 @@ impl Publisher {
         if !ours(&self.inner.queue.lock()) {
             return Ok(quiet);
         }
-        // A burst in flight may be publishing them: wait for it, then take
-        // what is left of ours out of the queue.
+        // A burst in flight may be publishing them: wait for it (and keep
+        // the next one out), then publish what is left of ours. Each leaves
+        // the queue only once it has its name, as in a burst: a copy-up's
+        // last look at a name asks the queue first, then the upper
+        // (`copy_up_one`), and must never find it in neither.
         let _burst = self.inner.burst.lock();
         let picked: Vec<Arc<Pending>> = {
-            let mut q = self.inner.queue.lock();
-            let picked = names
+            let q = self.inner.queue.lock();
+            names
                 .iter()
-                .filter_map(|(p, n)| q.map.remove(&(*p, n.to_os_string())))
-                .collect();
-            self.inner.count.store(q.map.len(), Ordering::Release);
-            picked
+                .filter_map(|(p, n)| q.map.get(&(*p, n.to_os_string())).cloned())
+                .collect()
         };
         for p in picked {
-            let r = sys::fs::reopen(p.fd.as_fd(), nix::fcntl::OFlag::O_RDONLY)
+            // Stays pending on failure, as in a burst; the operation fails.
+            sys::fs::reopen(p.fd.as_fd(), nix::fcntl::OFlag::O_RDONLY)
                 .and_then(|f| sys::fs::fsync(f.as_fd(), false))
-                .and_then(|()| p.publish());
-            if let Err(e) = r {
-                // Stays pending, as in a burst; the operation fails.
-                let mut q = self.inner.queue.lock();
-                q.map.insert((p.parent, p.name.clone()), p);
+                .and_then(|()| p.publish())?;
+            let mut q = self.inner.queue.lock();
+            let key = (p.parent, p.name.clone());
+            if q.map.get(&key).is_some_and(|e| Arc::ptr_eq(e, &p)) {
+                q.map.remove(&key);
                 self.inner.count.store(q.map.len(), Ordering::Release);
-                return Err(e);
             }
         }
         Ok(quiet)

@@ -307,10 +307,15 @@ impl UnionFs {
         ppath: &Path,
         name: &OsStr,
     ) -> Result<Found> {
-        let mut found = lookup::lookup(stack, Some(&self.faults), pino, pstate, ppath, name)?;
         // A copy-up not yet renamed into the upper (`publish.rs`): the name
-        // is the staged copy's already.
-        if let Some(p) = self.publisher.get(pino, name) {
+        // is the staged copy's already. Asked before the branches are: a
+        // pending copy leaves the queue only once it has its name, so if it
+        // is not pending now, the lookup finds it in the upper (asked
+        // after, one published in between would be found in neither place,
+        // and the lower object taken for the name's).
+        let pending = self.publisher.get(pino, name);
+        let mut found = lookup::lookup(stack, Some(&self.faults), pino, pstate, ppath, name)?;
+        if let Some(p) = pending {
             found.stat = sys::fs::fstat(p.fd.as_fd())?;
             found.kind = Kind::File;
             found.recorded_ino = Some(p.ino);
@@ -498,12 +503,15 @@ impl UnionFs {
         let _guard = self.copy_locks[(ino.0 as usize) % COPY_LOCKS].lock();
         let _name = self.name_lock(pino, name);
         // Another writer may have finished this copy-up while we waited (the
-        // name is in the upper now), copied up another name of this
-        // hard-linked file (its data is in the index now), or removed or
-        // replaced the name (a whiteout or another object is there): look
-        // again.
-        let raced = sys::fs::stat_at(pfd, name).is_ok()
-            || self.publisher.get(pino, name).is_some()
+        // name is in the upper now, or pending), copied up another name of
+        // this hard-linked file (its data is in the index now), or removed
+        // or replaced the name (a whiteout or another object is there): look
+        // again. The publisher is asked first: a pending copy leaves its
+        // queue only after it took its name, so one that is in neither
+        // place was never there (asked the other way round, one published
+        // in between would be missed, and placing this copy fail).
+        let raced = self.publisher.get(pino, name).is_some()
+            || sys::fs::stat_at(pfd, name).is_ok()
             || (upper.format == crate::whiteout::WhiteoutFormat::Aufs
                 && sys::fs::stat_at(pfd, &crate::whiteout::whiteout_name(name)).is_ok());
         if raced || (found.kind == Kind::File && found.stat.st_nlink > 1) {
