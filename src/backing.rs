@@ -23,6 +23,18 @@
 //! appraisal policy that writes `security.ima` into the upper is the
 //! exception, and not supported).
 //!
+//! Invariant: an object reached by name in a branch the union writes
+//! (`Branch::backing_at`) is checked when its handle is first opened: the
+//! object the handle opens must be the one the lookup stat'd (same device,
+//! inode number and type), else the fd is refused with ESTALE. The stat and
+//! the handle come from two path walks of one name, and in a writable
+//! branch the name can change between them (see `Branch::reach_by_name`);
+//! the check is once per backing object, as a handle names one object for
+//! good (a reused inode number comes with a new generation, which the
+//! handle holds). Objects on another mount than their branch's (mount
+//! points of a branch opened directly) are never held by a handle, since
+//! it would be reopened on the branch's filesystem: their fd is pinned.
+//!
 //! Invariant: all of this state belongs to one union (`Backings`, owned by
 //! `UnionFs` and shared with its branches, which hand it to every backing
 //! object they make): two unions in one process share no cache, no id and
@@ -39,7 +51,9 @@ use lru::LruCache;
 use nix::fcntl::OFlag;
 use parking_lot::Mutex;
 
-use crate::error::Result;
+use nix::sys::stat::FileStat;
+
+use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::ObjectHandle;
 
@@ -104,6 +118,26 @@ impl Backings {
     }
 }
 
+/// Which object a stat saw: what an fd opened later by handle must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+    /// The file type bits of `st_mode`.
+    fmt: u32,
+}
+
+impl Identity {
+    /// The identity of the object `st` describes.
+    pub fn of(st: &FileStat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            fmt: st.st_mode & libc::S_IFMT,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Reach {
     Pinned(Arc<OwnedFd>),
@@ -122,39 +156,66 @@ pub struct Backing {
     /// xattr generation it began in, shifted left by one, with bit 0 set
     /// when it showed none (0: never listed).
     listed: AtomicU64,
+    /// The object the handle must open, until an fd opened by it showed
+    /// that it does (then `None`).
+    expect: Mutex<Option<Identity>>,
 }
 
 impl Backing {
     /// The object behind `fd`. With `mount` (a readable fd of its
-    /// filesystem), keeps a handle and lets the cache hold the fd.
-    pub fn new(store: &Arc<Backings>, mount: Option<&Arc<OwnedFd>>, fd: OwnedFd) -> Arc<Backing> {
+    /// filesystem, and the id of the mount it is on), keeps a handle and
+    /// lets the cache hold the fd — unless `fd` is on another mount, whose
+    /// handle `mount` could not reopen.
+    pub fn new(
+        store: &Arc<Backings>,
+        mount: Option<(&Arc<OwnedFd>, u64)>,
+        fd: OwnedFd,
+    ) -> Arc<Backing> {
         let id = store.next_id.fetch_add(1, Ordering::Relaxed);
-        let reach = if mount.is_some() {
-            match sys::fs::name_to_handle(fd.as_fd()) {
-                Ok(h) => {
-                    store.shard(id).lock().put(id, Arc::new(fd));
-                    Reach::Handle(h)
-                }
-                Err(_) => Reach::Pinned(Arc::new(fd)),
+        let handle = mount.and_then(|(_, mnt_id)| {
+            sys::fs::name_to_handle_mnt(fd.as_fd())
+                .ok()
+                .filter(|(_, on)| *on == mnt_id)
+        });
+        let reach = match handle {
+            Some((h, _)) => {
+                store.shard(id).lock().put(id, Arc::new(fd));
+                Reach::Handle(h)
             }
-        } else {
-            Reach::Pinned(Arc::new(fd))
+            None => Reach::Pinned(Arc::new(fd)),
         };
         Arc::new(Backing {
             id,
             store: Arc::clone(store),
-            mount: mount.cloned(),
+            mount: mount.map(|(m, _)| Arc::clone(m)),
             reach,
             listed: AtomicU64::new(0),
+            expect: Mutex::new(None),
         })
     }
 
+    /// The object behind `fd`, whose handle `h` on the filesystem of
+    /// `mount` the caller took (and checked to be of that mount): the
+    /// cache holds the fd.
+    pub fn cached(
+        store: &Arc<Backings>,
+        mount: &Arc<OwnedFd>,
+        h: ObjectHandle,
+        fd: OwnedFd,
+    ) -> Arc<Backing> {
+        let b = Self::from_handle(store, mount, h, None);
+        store.shard(b.id).lock().put(b.id, Arc::new(fd));
+        b
+    }
+
     /// An object known by its handle only (no fd opened yet), on the
-    /// filesystem of `mount`.
+    /// filesystem of `mount`; with `expect`, the first fd opened by the
+    /// handle must be that object (see the module doc).
     pub fn from_handle(
         store: &Arc<Backings>,
         mount: &Arc<OwnedFd>,
         h: ObjectHandle,
+        expect: Option<Identity>,
     ) -> Arc<Backing> {
         Arc::new(Backing {
             id: store.next_id.fetch_add(1, Ordering::Relaxed),
@@ -162,6 +223,7 @@ impl Backing {
             mount: Some(Arc::clone(mount)),
             reach: Reach::Handle(h),
             listed: AtomicU64::new(0),
+            expect: Mutex::new(expect),
         })
     }
 
@@ -206,15 +268,36 @@ impl Backing {
                 if let Some(fd) = shard.lock().get(&self.id) {
                     return Ok(Arc::clone(fd));
                 }
-                let fd = Arc::new(sys::fs::open_by_handle(
-                    mount.as_fd(),
-                    h,
-                    OFlag::O_PATH | OFlag::O_NOFOLLOW,
-                )?);
+                let fd =
+                    sys::fs::open_by_handle(mount.as_fd(), h, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+                self.verify(&fd)?;
+                let fd = Arc::new(fd);
                 shard.lock().put(self.id, Arc::clone(&fd));
                 Ok(fd)
             }
         }
+    }
+
+    /// Checks, the first time only, that `fd` (opened by the handle) is
+    /// the object the lookup stat'd. A mismatch means the name was
+    /// replaced between the lookup's stat and its handle: the layer is
+    /// stale (ESTALE makes the kernel look the path up again, for the
+    /// syscalls that retry) and stays so.
+    fn verify(&self, fd: &OwnedFd) -> Result<()> {
+        let mut expect = self.expect.lock();
+        let Some(want) = *expect else {
+            return Ok(());
+        };
+        let got = Identity::of(&sys::fs::fstat(fd.as_fd())?);
+        if got != want {
+            tracing::debug!(
+                "stale layer: the handle opens {got:?}, the lookup stat'd {want:?} \
+                 (the name was replaced meanwhile)"
+            );
+            return Err(Error::StaleInode);
+        }
+        *expect = None;
+        Ok(())
     }
 }
 
@@ -286,7 +369,8 @@ mod tests {
         let root = Arc::new(OwnedFd::from(std::fs::File::open("/").expect("open /")));
         let reach = |store: &Arc<Backings>| {
             let fd = sys::fs::open_path_abs(std::path::Path::new("/")).expect("open /");
-            Backing::new(store, Some(&root), fd)
+            let mnt = sys::fs::mount_id_fd(fd.as_fd()).expect("mount id");
+            Backing::new(store, Some((&root, mnt)), fd)
         };
         if sys::fs::name_to_handle(root.as_fd()).is_err() {
             return; // no file handles here: nothing is cached anywhere

@@ -631,12 +631,13 @@ pub struct ObjectHandle {
 const MAX_HANDLE_SZ: usize = 128;
 
 /// One `name_to_handle_at` call: the handle of `dir/path` (`path` empty
-/// with AT_EMPTY_PATH: of `dir` itself).
+/// with AT_EMPTY_PATH: of `dir` itself), and the id of the mount the
+/// object was found on (the `STATX_MNT_ID` kind, not the unique one).
 fn handle_raw(
     dir: BorrowedFd<'_>,
     path: &std::ffi::CStr,
     flags: libc::c_int,
-) -> std::result::Result<ObjectHandle, nix::errno::Errno> {
+) -> std::result::Result<(ObjectHandle, u64), nix::errno::Errno> {
     // u32 words keep the struct's alignment.
     let mut buf = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
     buf[0] = MAX_HANDLE_SZ as u32;
@@ -663,14 +664,24 @@ fn handle_raw(
         .flat_map(|w| w.to_ne_bytes())
         .take(len)
         .collect();
-    Ok(ObjectHandle {
-        ty,
-        bytes: bytes.into_boxed_slice(),
-    })
+    Ok((
+        ObjectHandle {
+            ty,
+            bytes: bytes.into_boxed_slice(),
+        },
+        // The kernel's mount ids are positive ints.
+        u64::try_from(mount_id).unwrap_or(0),
+    ))
 }
 
 /// The handle of the object behind any fd (AT_EMPTY_PATH).
 pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
+    name_to_handle_mnt(fd).map(|(h, _)| h)
+}
+
+/// The handle of the object behind any fd (AT_EMPTY_PATH), and the id of
+/// the mount it is on.
+pub fn name_to_handle_mnt(fd: BorrowedFd<'_>) -> Result<(ObjectHandle, u64)> {
     traced!(
         "name_to_handle_at",
         fd.as_raw_fd(),
@@ -679,8 +690,9 @@ pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
 }
 
 /// The file handle of `dir/name` (not following a final symlink), without
-/// opening it.
-pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<ObjectHandle> {
+/// opening it, and the id of the mount the object is on (a mount point's
+/// name leads to the root of the mount on it, as every path walk does).
+pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(ObjectHandle, u64)> {
     let cname =
         std::ffi::CString::new(name.as_bytes()).map_err(|_| crate::error::Error::Invalid)?;
     traced!(
