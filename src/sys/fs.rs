@@ -64,7 +64,23 @@ pub fn open_path_abs(path: &Path) -> Result<OwnedFd> {
 
 /// Opens the object behind an O_PATH fd for I/O with `flags`, through
 /// `/proc/self/fd` (which works for any O_PATH handle, whatever its names).
+/// A directory (`O_DIRECTORY`) is opened as `.` inside itself instead: a
+/// walk of one component, where the `/proc` path walks four and a magic
+/// link; the `/proc` path answers when that one is refused (`.` needs
+/// search permission on the directory, which an unprivileged daemon may
+/// lack).
 pub fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> Result<OwnedFd> {
+    if flags.contains(OFlag::O_DIRECTORY) {
+        let dot = traced!(
+            "openat",
+            (fd.as_raw_fd(), ".", flags),
+            nix::fcntl::openat(fd, ".", flags | OFlag::O_CLOEXEC, Mode::empty())
+        );
+        match dot {
+            Err(e) if e.errno() == nix::errno::Errno::EACCES => {}
+            r => return r,
+        }
+    }
     let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     traced!(
         "reopen",
@@ -806,6 +822,30 @@ mod tests {
         assert_eq!(kind("link"), Some(Type::Symlink));
         assert_eq!(kind("fifo"), Some(Type::Fifo));
         assert_eq!(kind("file-with-a-longish-name-00000"), Some(Type::File));
+    }
+
+    /// A directory reopened for reading (as `.` inside itself) lists what
+    /// it holds; a removed one (held by an O_PATH fd) still reopens, as
+    /// through `/proc/self/fd`, and its listing is ENOENT (the kernel's
+    /// answer for a dead directory, whichever way it was opened).
+    #[test]
+    fn a_directory_reopens_even_when_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("f"), b"").unwrap();
+        let fd = open_path_abs(&d).unwrap();
+        let names: Vec<_> = read_dir(fd.as_fd())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, [OsString::from("f")]);
+        std::fs::remove_file(d.join("f")).unwrap();
+        std::fs::remove_dir(&d).unwrap();
+        assert!(read_dir(fd.as_fd()).is_err_and(|e| e.is_not_found()));
+        let again = reopen(fd.as_fd(), OFlag::O_RDONLY | OFlag::O_DIRECTORY).unwrap();
+        assert_eq!(fstat(again.as_fd()).unwrap().st_nlink, 0);
     }
 
     /// A record that does not fit, or a zero length, is refused (never a
