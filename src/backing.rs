@@ -142,6 +142,14 @@ impl Identity {
 enum Reach {
     Pinned(Arc<OwnedFd>),
     Handle(ObjectHandle),
+    /// By its name in a directory of a branch the union never changes:
+    /// opened by that name when an fd is first needed, and each time it
+    /// must be the object the lookup stat'd (`ident`).
+    Named {
+        dir: Arc<Backing>,
+        name: std::ffi::OsString,
+        ident: Identity,
+    },
 }
 
 /// One object in one branch.
@@ -206,6 +214,32 @@ impl Backing {
         let b = Self::from_handle(store, mount, h, None);
         store.shard(b.id).lock().put(b.id, Arc::new(fd));
         b
+    }
+
+    /// An object known by its name in directory `dir` only (no fd, no
+    /// handle taken yet), which a lookup stat'd as `ident`. Only for
+    /// branches the union never changes: a name there keeps its object
+    /// (a union rename copies the object up; a lower is not renamed).
+    /// Should a lower change behind the union's back, the object the name
+    /// leads to is checked against `ident` each time it is opened.
+    pub fn named(
+        store: &Arc<Backings>,
+        dir: Arc<Backing>,
+        name: &std::ffi::OsStr,
+        ident: Identity,
+    ) -> Arc<Backing> {
+        Arc::new(Backing {
+            id: store.next_id.fetch_add(1, Ordering::Relaxed),
+            store: Arc::clone(store),
+            mount: None,
+            reach: Reach::Named {
+                dir,
+                name: name.to_os_string(),
+                ident,
+            },
+            listed: AtomicU64::new(0),
+            expect: Mutex::new(None),
+        })
     }
 
     /// An object known by its handle only (no fd opened yet), on the
@@ -275,6 +309,23 @@ impl Backing {
                 shard.lock().put(self.id, Arc::clone(&fd));
                 Ok(fd)
             }
+            Reach::Named { dir, name, ident } => {
+                let shard = self.store.shard(self.id);
+                if let Some(fd) = shard.lock().get(&self.id) {
+                    return Ok(Arc::clone(fd));
+                }
+                let fd = sys::fs::open_path_at(dir.fd()?.as_fd(), name)?;
+                let got = Identity::of(&sys::fs::fstat(fd.as_fd())?);
+                if got != *ident {
+                    tracing::debug!(
+                        "stale layer: {name:?} now leads to {got:?}, the lookup stat'd {ident:?}"
+                    );
+                    return Err(Error::StaleInode);
+                }
+                let fd = Arc::new(fd);
+                shard.lock().put(self.id, Arc::clone(&fd));
+                Ok(fd)
+            }
         }
     }
 
@@ -303,7 +354,7 @@ impl Backing {
 
 impl Drop for Backing {
     fn drop(&mut self) {
-        if let Reach::Handle(_) = self.reach {
+        if !matches!(self.reach, Reach::Pinned(_)) {
             self.store.shard(self.id).lock().pop(&self.id);
         }
     }

@@ -211,6 +211,20 @@ impl Branch {
         Some(Backing::from_handle(&self.backings, mount, h, expect))
     }
 
+    /// Whether objects found here may be held by their name alone until an
+    /// fd of them is needed (`Backing::named`): non-directories of a
+    /// branch the union never changes, where the lookup would otherwise
+    /// take a handle (an fd for the objects of branches without handles
+    /// is opened by the probe already). A `find` or `ls -l` never opens
+    /// the files it sees: their handles were a syscall each for nothing.
+    /// Directories keep their handle: nearly every one looked up is
+    /// opened (listed, or looked in), and a handle reopens it in one call.
+    pub fn lazy_reach(&self, st: &nix::sys::stat::FileStat) -> bool {
+        !self.mode.writable()
+            && self.handle_mount.is_some()
+            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
+    }
+
     /// A backing object of this branch for O_PATH `fd`, and whether the
     /// object lies on another mount than the branch (a mount point of a
     /// branch opened directly: its fd is pinned, see `backing`).

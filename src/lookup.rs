@@ -793,6 +793,12 @@ fn reach(
             return Ok((backing, fd_sealed));
         }
         None => {
+            if c.branch.lazy_reach(&p.stat) {
+                let dir = Arc::clone(&c.backing);
+                let ident = crate::backing::Identity::of(&p.stat);
+                let backing = crate::backing::Backing::named(&c.branch.backings, dir, name, ident);
+                return Ok((backing, false));
+            }
             let dir = c.dir()?.as_fd();
             if !(is_dir && c.branch.mode.writable()) {
                 if let Some(backing) = c.branch.backing_at(dir, name, &p.stat) {
@@ -1042,6 +1048,38 @@ mod tests {
         }
         assert_eq!(plain.layers("late"), [l("l3", "late")]);
         assert_eq!(ix.errno("late"), nix::errno::Errno::ENOENT);
+    }
+
+    /// A lower file is held by its name until opened (no handle taken for
+    /// a lookup); the name then leads to what the lookup saw, or the
+    /// layer is stale — never another object.
+    #[test]
+    fn lower_files_are_opened_by_name_as_what_the_lookup_saw() {
+        let s = stack(|r| {
+            file(r, "l1/d/f", "seen");
+            file(r, "l1/d/g", "seen too");
+            file(r, "l1/d/other", "swapped in");
+        });
+        if s.stack.iter().any(|b| b.handle_mount.is_none()) {
+            if std::env::var_os("UNIONFS_TEST_REQUIRE").is_some_and(|v| v == "1") {
+                panic!("UNIONFS_TEST_REQUIRE=1 but no file handles here");
+            }
+            eprintln!("SKIP: no file handles here (not root?)");
+            return;
+        }
+        let f = s.find("d/f").unwrap();
+        let g = s.find("d/g").unwrap();
+        let read = |fd: &OwnedFd| {
+            let file = sys::fs::reopen(fd.as_fd(), nix::fcntl::OFlag::O_RDONLY).unwrap();
+            std::io::read_to_string(std::fs::File::from(file)).unwrap()
+        };
+        assert_eq!(read(&f.state.layers[0].fd().unwrap()), "seen");
+        // Behind the union's back (a lower must not change; udba aside).
+        let l1 = s._dir.path().join("l1/d");
+        fs::rename(l1.join("other"), l1.join("g")).unwrap();
+        assert!(matches!(g.state.layers[0].fd(), Err(Error::StaleInode)));
+        // What is open stays what it was.
+        assert_eq!(read(&f.state.layers[0].fd().unwrap()), "seen");
     }
 
     #[test]
