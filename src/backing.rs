@@ -40,7 +40,13 @@
 //! object they make): two unions in one process share no cache, no id and
 //! no generation.
 //!
+//! Invariant: an fd handed to `Backings::defer_close` is closed by the
+//! union's closer thread, never on a request's path (the last close of an
+//! unlinked file is where its data is freed); at most `DEFERRED_BOUND` wait
+//! at once, beyond that (or without the thread) the caller closes it.
+//!
 //! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove;
+//! the closer's sender mutex, held only to send or to start the thread;
 //! the xattr knowledge is atomics.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -75,7 +81,14 @@ pub struct Backings {
     /// Bumped by every xattr change through the union: what a backing
     /// object learnt before it is no longer trusted.
     xattr_generation: AtomicU64,
+    /// The closer thread's queue (started on first use), and how many fds
+    /// wait in it.
+    closer: Mutex<Option<std::sync::mpsc::Sender<OwnedFd>>>,
+    deferred: Arc<AtomicU64>,
 }
+
+/// Most fds waiting for the closer thread at once.
+const DEFERRED_BOUND: u64 = 4096;
 
 impl Backings {
     /// A union's backing state caching at most `total` fds (at least one per
@@ -89,7 +102,45 @@ impl Backings {
                 .collect(),
             next_id: AtomicU64::new(1),
             xattr_generation: AtomicU64::new(1),
+            closer: Mutex::new(None),
+            deferred: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Closes `fd` on the union's closer thread rather than here: the
+    /// caller held it across an unlink so that freeing the file's data
+    /// (the final iput: truncating and freeing its blocks) happens there,
+    /// while the kernel's request is already answered — as it did when
+    /// every looked-up object's fd was cached until the kernel forgot it.
+    /// The thread ends when the union's backing state goes.
+    pub fn defer_close(&self, fd: OwnedFd) {
+        if self.deferred.fetch_add(1, Ordering::AcqRel) >= DEFERRED_BOUND {
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+            return; // closed here (dropped)
+        }
+        let mut closer = self.closer.lock();
+        if closer.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<OwnedFd>();
+            let deferred = Arc::clone(&self.deferred);
+            let spawned = std::thread::Builder::new()
+                .name("unionfs-closer".into())
+                .spawn(move || {
+                    for fd in rx {
+                        drop(fd);
+                        deferred.fetch_sub(1, Ordering::AcqRel);
+                    }
+                });
+            if spawned.is_ok() {
+                *closer = Some(tx);
+            }
+        }
+        let unsent = match closer.as_ref() {
+            Some(tx) => tx.send(fd).err().map(|e| e.0),
+            None => Some(fd),
+        };
+        if unsent.is_some() {
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn shard(&self, id: u64) -> &Mutex<LruCache<u64, Arc<OwnedFd>>> {
@@ -388,6 +439,33 @@ mod tests {
         // One with xattrs: listed, not empty.
         b.note_xattrs(store.xattr_generation(), true);
         assert!(b.xattrs_listed() && !b.has_no_xattrs());
+    }
+
+    /// An fd whose close is deferred is closed by the closer thread, soon:
+    /// the unlinked file it held is freed then.
+    #[test]
+    fn deferred_closes_happen_off_the_caller() {
+        let store = Backings::new(64);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = sys::fs::open_path_abs(tmp.path()).expect("open dir");
+        for i in 0..10 {
+            let name = format!("f{i}");
+            std::fs::write(tmp.path().join(&name), b"data").expect("write");
+            let held = sys::fs::unlink_holding(dir.as_fd(), std::ffi::OsStr::new(&name))
+                .expect("unlink")
+                .expect("held");
+            assert_eq!(sys::fs::fstat(held.as_fd()).expect("fstat").st_nlink, 0);
+            store.defer_close(held);
+        }
+        let waited = std::time::Instant::now();
+        while store.deferred.load(Ordering::Acquire) > 0 {
+            assert!(
+                waited.elapsed().as_secs() < 10,
+                "the closer never closed them"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(store.closer.lock().is_some(), "closed by the thread");
     }
 
     /// A listing that began before a change must not be trusted after it.

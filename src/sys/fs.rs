@@ -372,6 +372,16 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<()> 
     )
 }
 
+/// `unlinkat` of the non-directory `dir/name`, returning an O_PATH fd of
+/// it opened just before (when it could be): while that fd is open, the
+/// object's inode lives on, so freeing its data waits for the fd's close
+/// instead of happening inside `unlinkat`.
+pub fn unlink_holding(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<OwnedFd>> {
+    let held = open_path_at(dir, name).ok();
+    unlink_at(dir, name, false)?;
+    Ok(held)
+}
+
 /// How `rename_at` treats an existing destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RenameMode {
