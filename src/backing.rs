@@ -23,12 +23,30 @@
 //! appraisal policy that writes `security.ima` into the upper is the
 //! exception, and not supported).
 //!
+//! Invariant: an object reached by name in a branch the union writes
+//! (`Branch::backing_at`) is checked when its handle is first opened: the
+//! object the handle opens must be the one the lookup stat'd (same device,
+//! inode number and type), else the fd is refused with ESTALE. The stat and
+//! the handle come from two path walks of one name, and in a writable
+//! branch the name can change between them (see `Branch::reach_by_name`);
+//! the check is once per backing object, as a handle names one object for
+//! good (a reused inode number comes with a new generation, which the
+//! handle holds). Objects on another mount than their branch's (mount
+//! points of a branch opened directly) are never held by a handle, since
+//! it would be reopened on the branch's filesystem: their fd is pinned.
+//!
 //! Invariant: all of this state belongs to one union (`Backings`, owned by
 //! `UnionFs` and shared with its branches, which hand it to every backing
 //! object they make): two unions in one process share no cache, no id and
 //! no generation.
 //!
+//! Invariant: an fd handed to `Backings::defer_close` is closed by the
+//! union's closer thread, never on a request's path (the last close of an
+//! unlinked file is where its data is freed); at most `DEFERRED_BOUND` wait
+//! at once, beyond that (or without the thread) the caller closes it.
+//!
 //! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove;
+//! the closer's sender mutex, held only to send or to start the thread;
 //! the xattr knowledge is atomics.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -39,7 +57,9 @@ use lru::LruCache;
 use nix::fcntl::OFlag;
 use parking_lot::Mutex;
 
-use crate::error::Result;
+use nix::sys::stat::FileStat;
+
+use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::ObjectHandle;
 
@@ -61,7 +81,14 @@ pub struct Backings {
     /// Bumped by every xattr change through the union: what a backing
     /// object learnt before it is no longer trusted.
     xattr_generation: AtomicU64,
+    /// The closer thread's queue (started on first use), and how many fds
+    /// wait in it.
+    closer: Mutex<Option<std::sync::mpsc::Sender<OwnedFd>>>,
+    deferred: Arc<AtomicU64>,
 }
+
+/// Most fds waiting for the closer thread at once.
+const DEFERRED_BOUND: u64 = 4096;
 
 impl Backings {
     /// A union's backing state caching at most `total` fds (at least one per
@@ -75,7 +102,45 @@ impl Backings {
                 .collect(),
             next_id: AtomicU64::new(1),
             xattr_generation: AtomicU64::new(1),
+            closer: Mutex::new(None),
+            deferred: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Closes `fd` on the union's closer thread rather than here: the
+    /// caller held it across an unlink so that freeing the file's data
+    /// (the final iput: truncating and freeing its blocks) happens there,
+    /// while the kernel's request is already answered — as it did when
+    /// every looked-up object's fd was cached until the kernel forgot it.
+    /// The thread ends when the union's backing state goes.
+    pub fn defer_close(&self, fd: OwnedFd) {
+        if self.deferred.fetch_add(1, Ordering::AcqRel) >= DEFERRED_BOUND {
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+            return; // closed here (dropped)
+        }
+        let mut closer = self.closer.lock();
+        if closer.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<OwnedFd>();
+            let deferred = Arc::clone(&self.deferred);
+            let spawned = std::thread::Builder::new()
+                .name("unionfs-closer".into())
+                .spawn(move || {
+                    for fd in rx {
+                        drop(fd);
+                        deferred.fetch_sub(1, Ordering::AcqRel);
+                    }
+                });
+            if spawned.is_ok() {
+                *closer = Some(tx);
+            }
+        }
+        let unsent = match closer.as_ref() {
+            Some(tx) => tx.send(fd).err().map(|e| e.0),
+            None => Some(fd),
+        };
+        if unsent.is_some() {
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn shard(&self, id: u64) -> &Mutex<LruCache<u64, Arc<OwnedFd>>> {
@@ -104,10 +169,38 @@ impl Backings {
     }
 }
 
+/// Which object a stat saw: what an fd opened later by handle must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+    /// The file type bits of `st_mode`.
+    fmt: u32,
+}
+
+impl Identity {
+    /// The identity of the object `st` describes.
+    pub fn of(st: &FileStat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            fmt: st.st_mode & libc::S_IFMT,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Reach {
     Pinned(Arc<OwnedFd>),
     Handle(ObjectHandle),
+    /// By its name in a directory of a branch the union never changes:
+    /// opened by that name when an fd is first needed, and each time it
+    /// must be the object the lookup stat'd (`ident`).
+    Named {
+        dir: Arc<Backing>,
+        name: std::ffi::OsString,
+        ident: Identity,
+    },
 }
 
 /// One object in one branch.
@@ -122,39 +215,92 @@ pub struct Backing {
     /// xattr generation it began in, shifted left by one, with bit 0 set
     /// when it showed none (0: never listed).
     listed: AtomicU64,
+    /// The object the handle must open, until an fd opened by it showed
+    /// that it does (then `None`).
+    expect: Mutex<Option<Identity>>,
 }
 
 impl Backing {
     /// The object behind `fd`. With `mount` (a readable fd of its
-    /// filesystem), keeps a handle and lets the cache hold the fd.
-    pub fn new(store: &Arc<Backings>, mount: Option<&Arc<OwnedFd>>, fd: OwnedFd) -> Arc<Backing> {
+    /// filesystem, and the id of the mount it is on), keeps a handle and
+    /// lets the cache hold the fd — unless `fd` is on another mount, whose
+    /// handle `mount` could not reopen.
+    pub fn new(
+        store: &Arc<Backings>,
+        mount: Option<(&Arc<OwnedFd>, u64)>,
+        fd: OwnedFd,
+    ) -> Arc<Backing> {
         let id = store.next_id.fetch_add(1, Ordering::Relaxed);
-        let reach = if mount.is_some() {
-            match sys::fs::name_to_handle(fd.as_fd()) {
-                Ok(h) => {
-                    store.shard(id).lock().put(id, Arc::new(fd));
-                    Reach::Handle(h)
-                }
-                Err(_) => Reach::Pinned(Arc::new(fd)),
+        let handle = mount.and_then(|(_, mnt_id)| {
+            sys::fs::name_to_handle_mnt(fd.as_fd())
+                .ok()
+                .filter(|(_, on)| *on == mnt_id)
+        });
+        let reach = match handle {
+            Some((h, _)) => {
+                store.shard(id).lock().put(id, Arc::new(fd));
+                Reach::Handle(h)
             }
-        } else {
-            Reach::Pinned(Arc::new(fd))
+            None => Reach::Pinned(Arc::new(fd)),
         };
         Arc::new(Backing {
             id,
             store: Arc::clone(store),
-            mount: mount.cloned(),
+            mount: mount.map(|(m, _)| Arc::clone(m)),
             reach,
             listed: AtomicU64::new(0),
+            expect: Mutex::new(None),
+        })
+    }
+
+    /// The object behind `fd`, whose handle `h` on the filesystem of
+    /// `mount` the caller took (and checked to be of that mount): the
+    /// cache holds the fd.
+    pub fn cached(
+        store: &Arc<Backings>,
+        mount: &Arc<OwnedFd>,
+        h: ObjectHandle,
+        fd: OwnedFd,
+    ) -> Arc<Backing> {
+        let b = Self::from_handle(store, mount, h, None);
+        store.shard(b.id).lock().put(b.id, Arc::new(fd));
+        b
+    }
+
+    /// An object known by its name in directory `dir` only (no fd, no
+    /// handle taken yet), which a lookup stat'd as `ident`. Only for
+    /// branches the union never changes: a name there keeps its object
+    /// (a union rename copies the object up; a lower is not renamed).
+    /// Should a lower change behind the union's back, the object the name
+    /// leads to is checked against `ident` each time it is opened.
+    pub fn named(
+        store: &Arc<Backings>,
+        dir: Arc<Backing>,
+        name: &std::ffi::OsStr,
+        ident: Identity,
+    ) -> Arc<Backing> {
+        Arc::new(Backing {
+            id: store.next_id.fetch_add(1, Ordering::Relaxed),
+            store: Arc::clone(store),
+            mount: None,
+            reach: Reach::Named {
+                dir,
+                name: name.to_os_string(),
+                ident,
+            },
+            listed: AtomicU64::new(0),
+            expect: Mutex::new(None),
         })
     }
 
     /// An object known by its handle only (no fd opened yet), on the
-    /// filesystem of `mount`.
+    /// filesystem of `mount`; with `expect`, the first fd opened by the
+    /// handle must be that object (see the module doc).
     pub fn from_handle(
         store: &Arc<Backings>,
         mount: &Arc<OwnedFd>,
         h: ObjectHandle,
+        expect: Option<Identity>,
     ) -> Arc<Backing> {
         Arc::new(Backing {
             id: store.next_id.fetch_add(1, Ordering::Relaxed),
@@ -162,6 +308,7 @@ impl Backing {
             mount: Some(Arc::clone(mount)),
             reach: Reach::Handle(h),
             listed: AtomicU64::new(0),
+            expect: Mutex::new(expect),
         })
     }
 
@@ -206,21 +353,59 @@ impl Backing {
                 if let Some(fd) = shard.lock().get(&self.id) {
                     return Ok(Arc::clone(fd));
                 }
-                let fd = Arc::new(sys::fs::open_by_handle(
-                    mount.as_fd(),
-                    h,
-                    OFlag::O_PATH | OFlag::O_NOFOLLOW,
-                )?);
+                let fd =
+                    sys::fs::open_by_handle(mount.as_fd(), h, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+                self.verify(&fd)?;
+                let fd = Arc::new(fd);
+                shard.lock().put(self.id, Arc::clone(&fd));
+                Ok(fd)
+            }
+            Reach::Named { dir, name, ident } => {
+                let shard = self.store.shard(self.id);
+                if let Some(fd) = shard.lock().get(&self.id) {
+                    return Ok(Arc::clone(fd));
+                }
+                let fd = sys::fs::open_path_at(dir.fd()?.as_fd(), name)?;
+                let got = Identity::of(&sys::fs::fstat(fd.as_fd())?);
+                if got != *ident {
+                    tracing::debug!(
+                        "stale layer: {name:?} now leads to {got:?}, the lookup stat'd {ident:?}"
+                    );
+                    return Err(Error::StaleInode);
+                }
+                let fd = Arc::new(fd);
                 shard.lock().put(self.id, Arc::clone(&fd));
                 Ok(fd)
             }
         }
     }
+
+    /// Checks, the first time only, that `fd` (opened by the handle) is
+    /// the object the lookup stat'd. A mismatch means the name was
+    /// replaced between the lookup's stat and its handle: the layer is
+    /// stale (ESTALE makes the kernel look the path up again, for the
+    /// syscalls that retry) and stays so.
+    fn verify(&self, fd: &OwnedFd) -> Result<()> {
+        let mut expect = self.expect.lock();
+        let Some(want) = *expect else {
+            return Ok(());
+        };
+        let got = Identity::of(&sys::fs::fstat(fd.as_fd())?);
+        if got != want {
+            tracing::debug!(
+                "stale layer: the handle opens {got:?}, the lookup stat'd {want:?} \
+                 (the name was replaced meanwhile)"
+            );
+            return Err(Error::StaleInode);
+        }
+        *expect = None;
+        Ok(())
+    }
 }
 
 impl Drop for Backing {
     fn drop(&mut self) {
-        if let Reach::Handle(_) = self.reach {
+        if !matches!(self.reach, Reach::Pinned(_)) {
             self.store.shard(self.id).lock().pop(&self.id);
         }
     }
@@ -256,6 +441,33 @@ mod tests {
         assert!(b.xattrs_listed() && !b.has_no_xattrs());
     }
 
+    /// An fd whose close is deferred is closed by the closer thread, soon:
+    /// the unlinked file it held is freed then.
+    #[test]
+    fn deferred_closes_happen_off_the_caller() {
+        let store = Backings::new(64);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = sys::fs::open_path_abs(tmp.path()).expect("open dir");
+        for i in 0..10 {
+            let name = format!("f{i}");
+            std::fs::write(tmp.path().join(&name), b"data").expect("write");
+            let held = sys::fs::unlink_holding(dir.as_fd(), std::ffi::OsStr::new(&name))
+                .expect("unlink")
+                .expect("held");
+            assert_eq!(sys::fs::fstat(held.as_fd()).expect("fstat").st_nlink, 0);
+            store.defer_close(held);
+        }
+        let waited = std::time::Instant::now();
+        while store.deferred.load(Ordering::Acquire) > 0 {
+            assert!(
+                waited.elapsed().as_secs() < 10,
+                "the closer never closed them"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(store.closer.lock().is_some(), "closed by the thread");
+    }
+
     /// A listing that began before a change must not be trusted after it.
     #[test]
     fn a_listing_older_than_a_change_is_not_trusted() {
@@ -286,7 +498,8 @@ mod tests {
         let root = Arc::new(OwnedFd::from(std::fs::File::open("/").expect("open /")));
         let reach = |store: &Arc<Backings>| {
             let fd = sys::fs::open_path_abs(std::path::Path::new("/")).expect("open /");
-            Backing::new(store, Some(&root), fd)
+            let mnt = sys::fs::mount_id_fd(fd.as_fd()).expect("mount id");
+            Backing::new(store, Some((&root, mnt)), fd)
         };
         if sys::fs::name_to_handle(root.as_fd()).is_err() {
             return; // no file handles here: nothing is cached anywhere

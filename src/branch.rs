@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::backing::{Backing, Backings};
+use crate::backing::{Backing, Backings, Identity};
 use crate::error::Result;
 use crate::mode::Mode;
 use crate::sys;
@@ -167,25 +167,87 @@ impl Branch {
     }
 
     /// Whether lookups here may reach objects by name and file handle
-    /// without opening them: a branch the union never changes (so the name
-    /// cannot be swapped between the stat and the handle), whose objects
-    /// can be reopened by handle, seen through a mount clone (so no mount
-    /// point inside needs an fd to be recognised).
+    /// without opening them (a stat, the markers read by name, then the
+    /// handle; no fd, so no fd-cache churn): wherever objects can be
+    /// reopened by handle. A mount point inside a branch opened directly
+    /// is told by the mount id `name_to_handle_at` reports.
+    ///
+    /// The stat and the handle are two walks of one name. In a branch the
+    /// union never changes, nothing can replace the name between them. In
+    /// a writable one the union's own changes cannot either, for the
+    /// lookups the kernel sends with the parent directory locked (LOOKUP,
+    /// READDIRPLUS: every namespace change of that directory waits for
+    /// them), and copy-up and publishing only place objects where the
+    /// branch had none (`renameat2(RENAME_NOREPLACE)`), which a lookup saw
+    /// as absent and went below. What can replace it: a revalidating
+    /// LOOKUP (the kernel holds no lock of the parent for it) racing a
+    /// rename or unlink-and-create of the name, and changes behind the
+    /// union's back (udba). So objects of writable branches keep what the
+    /// stat saw, and the first fd opened by the handle must be that object
+    /// (`Backing::verify`): a swap is caught there, as a stale layer
+    /// (ESTALE, which the kernel answers with a fresh lookup for the
+    /// syscalls that retry), never served as the other object.
     pub fn reach_by_name(&self) -> bool {
-        !self.mode.writable() && self.handle_mount.is_some() && self.view != BranchView::Direct
+        self.handle_mount.is_some()
     }
 
-    /// A backing object for `dir/name` known by its file handle only;
-    /// `None` when the filesystem gives no handle for it.
-    pub fn backing_at(&self, dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<Arc<Backing>> {
+    /// A backing object for `dir/name`, which a lookup found with stat
+    /// `st`, known by its file handle only (no fd opened). `None` when the
+    /// filesystem gives no handle for it, or it lies on another mount (a
+    /// mount point in a branch opened directly, see `is_mount_point`):
+    /// such an object needs its fd.
+    pub fn backing_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+        st: &nix::sys::stat::FileStat,
+    ) -> Option<Arc<Backing>> {
         let mount = self.handle_mount.as_ref()?;
-        let h = sys::fs::name_to_handle_at(dir, name).ok()?;
-        Some(Backing::from_handle(&self.backings, mount, h))
+        let (h, on) = sys::fs::name_to_handle_at(dir, name).ok()?;
+        if on != self.mnt_id {
+            return None;
+        }
+        let expect = self.mode.writable().then(|| Identity::of(st));
+        Some(Backing::from_handle(&self.backings, mount, h, expect))
+    }
+
+    /// Whether objects found here may be held by their name alone until an
+    /// fd of them is needed (`Backing::named`): non-directories of a
+    /// branch the union never changes, where the lookup would otherwise
+    /// take a handle (an fd for the objects of branches without handles
+    /// is opened by the probe already). A `find` or `ls -l` never opens
+    /// the files it sees: their handles were a syscall each for nothing.
+    /// Directories keep their handle: nearly every one looked up is
+    /// opened (listed, or looked in), and a handle reopens it in one call.
+    pub fn lazy_reach(&self, st: &nix::sys::stat::FileStat) -> bool {
+        !self.mode.writable()
+            && self.handle_mount.is_some()
+            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
+    }
+
+    /// A backing object of this branch for O_PATH `fd`, and whether the
+    /// object lies on another mount than the branch (a mount point of a
+    /// branch opened directly: its fd is pinned, see `backing`).
+    pub fn backing_on(&self, fd: OwnedFd) -> (Arc<Backing>, bool) {
+        if let Some(mount) = &self.handle_mount {
+            if let Ok((h, on)) = sys::fs::name_to_handle_mnt(fd.as_fd()) {
+                if on == self.mnt_id {
+                    return (Backing::cached(&self.backings, mount, h, fd), false);
+                }
+                return (self.pinned(fd), self.view == BranchView::Direct);
+            }
+        }
+        let other = self.is_mount_point(fd.as_fd());
+        (self.pinned(fd), other)
     }
 
     /// A backing object of this branch for O_PATH `fd`.
     pub fn backing(&self, fd: OwnedFd) -> Arc<Backing> {
-        Backing::new(&self.backings, self.handle_mount.as_ref(), fd)
+        Backing::new(
+            &self.backings,
+            self.handle_mount.as_ref().map(|m| (m, self.mnt_id)),
+            fd,
+        )
     }
 
     /// A backing object of this branch whose fd stays open (roots).
@@ -235,8 +297,96 @@ impl InoFolder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)] // a test fails by panicking
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
+    use std::path::Path;
+
+    /// Handles need CAP_DAC_READ_SEARCH (root): skipped without, unless
+    /// UNIONFS_TEST_REQUIRE=1.
+    fn handles_or_skip(b: &Branch) -> bool {
+        if b.handle_mount.is_some() {
+            return true;
+        }
+        if std::env::var_os("UNIONFS_TEST_REQUIRE").is_some_and(|v| v == "1") {
+            panic!("UNIONFS_TEST_REQUIRE=1 but no file handles here");
+        }
+        eprintln!("SKIP: no file handles here (not root?)");
+        false
+    }
+
+    fn open(dir: &Path, mode: Mode) -> Branch {
+        Branch::open(BranchId(0), dir, mode, false, &Backings::new(64)).unwrap()
+    }
+
+    /// A name replaced between the lookup's stat and its handle, in a
+    /// writable branch: the handle's first fd is refused as stale, never
+    /// served as the object the stat did not see.
+    #[test]
+    fn a_name_swapped_between_stat_and_handle_is_caught() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a"), "stat'd").unwrap();
+        std::fs::write(tmp.path().join("b"), "swapped in").unwrap();
+        let b = open(tmp.path(), Mode::RW);
+        if !handles_or_skip(&b) {
+            return;
+        }
+        let a = OsStr::new("a");
+        let st = sys::fs::stat_at(b.root(), a).unwrap();
+        std::fs::rename(tmp.path().join("b"), tmp.path().join("a")).unwrap();
+        let swapped = b.backing_at(b.root(), a, &st).unwrap();
+        assert!(matches!(swapped.fd(), Err(crate::error::Error::StaleInode)));
+        // and stays so
+        assert!(swapped.fd().is_err());
+
+        // A directory swapped for a file of another inode, likewise.
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        let st = sys::fs::stat_at(b.root(), OsStr::new("d")).unwrap();
+        std::fs::remove_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d"), "").unwrap();
+        let swapped = b.backing_at(b.root(), OsStr::new("d"), &st).unwrap();
+        assert!(swapped.fd().is_err());
+
+        // Unswapped: the object opens, again after its fd left the cache.
+        let st = sys::fs::stat_at(b.root(), a).unwrap();
+        let same = b.backing_at(b.root(), a, &st).unwrap();
+        let fd = same.fd().unwrap();
+        assert_eq!(sys::fs::fstat(fd.as_fd()).unwrap().st_ino, st.st_ino);
+        drop(fd);
+        let fillers: Vec<_> = (0..200)
+            .map(|_| b.backing(sys::fs::open_path_at(b.root(), a).unwrap()))
+            .collect();
+        assert!(same.fd().is_ok());
+        drop(fillers);
+    }
+
+    /// A file bind-mounted inside a branch opened directly: its handle
+    /// belongs to another mount, so it is held by its fd.
+    #[test]
+    fn an_object_on_another_mount_is_not_held_by_a_handle() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), "under").unwrap();
+        std::fs::write(tmp.path().join("g"), "over").unwrap();
+        let b = open(tmp.path(), Mode::RW);
+        if !handles_or_skip(&b) {
+            return;
+        }
+        let f = tmp.path().join("f");
+        nix::mount::mount(
+            Some(&tmp.path().join("g")),
+            &f,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        // Nothing may panic before the unmount.
+        let by_name = sys::fs::stat_at(b.root(), OsStr::new("f"))
+            .map(|st| b.backing_at(b.root(), OsStr::new("f"), &st).is_some());
+        nix::mount::umount2(&f, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        assert!(!by_name.unwrap(), "held by a handle of another mount");
+    }
 
     #[test]
     fn folding_keeps_first_device_inos_and_separates_others() {

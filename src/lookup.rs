@@ -12,8 +12,10 @@
 //! so a non-directory, a whiteout or an opaque directory on the way ends
 //! the search in that layer and below — never an error for the caller
 //! (overlayfs `ovl_lookup_layer`). Every whiteout, opaque and metacopy
-//! format of FORMATS.md is recognised in every branch. In branches the
-//! union never changes, found objects are not opened (see `Probe`). Takes
+//! format of FORMATS.md is recognised in every branch. Where objects have
+//! file handles, found objects are not opened (see `Probe`; in a writable
+//! branch what the walk saw is checked when the handle is first opened,
+//! `Branch::reach_by_name`). Takes
 //! no locks (it works on a snapshot of the parent's state).
 
 use std::collections::VecDeque;
@@ -62,8 +64,8 @@ enum Outcome {
 }
 
 /// An object found in one layer: an fd of it, or (`fd: None`) reachable as
-/// its name in the candidate directory (read-only branches with file
-/// handles: no fd is opened for a lookup at all).
+/// its name in the candidate directory (branches with file handles: no fd
+/// is opened for a lookup at all).
 #[derive(Debug)]
 struct Probe {
     fd: Option<OwnedFd>,
@@ -555,22 +557,32 @@ fn add_dir(
     p: Probe,
     here: PathBuf,
 ) -> Result<Option<Option<Redirect>>> {
-    let sealed =
+    // A mount point is sealed: shown empty, its markers unread. Known now
+    // for an object opened by the probe; for one reached by name, only
+    // from its handle, taken after the markers are read (so that the
+    // identity check of `Backing::verify` covers them too).
+    let fd_sealed =
         p.fd.as_ref()
             .is_some_and(|fd| c.branch.is_mount_point(fd.as_fd()));
-    let info = if sealed {
-        DirInfo {
-            opacity: Opacity::Opaque,
-            ..DirInfo::default()
-        }
+    let sealed_info = || DirInfo {
+        opacity: Opacity::Opaque,
+        ..DirInfo::default()
+    };
+    let mut info = if fd_sealed {
+        sealed_info()
     } else {
         dir_info_of(c.branch, p.obj(c, name)?, &here)?
     };
-    if info.redirect_ignored {
-        cx.note_ignored_redirect(c.branch, &here, &p.stat);
-    }
     note_top(w, c, name, &p)?;
-    let mut layer = layer_of(c.branch, p.fd, c.dir()?, name, here)?;
+    let stat = p.stat;
+    let (backing, sealed) = reach(c, name, p, fd_sealed)?;
+    if sealed && !fd_sealed {
+        info = sealed_info();
+    }
+    if info.redirect_ignored {
+        cx.note_ignored_redirect(c.branch, &here, &stat);
+    }
+    let mut layer = Layer::with_backing(c.branch, backing, here);
     layer.opacity = info.opacity;
     layer.impure = info.impure;
     layer.sealed = sealed;
@@ -598,7 +610,8 @@ fn add_non_dir(
     }
     let meta = meta.map(|(redirect, _)| redirect);
     note_top(w, c, name, &p)?;
-    let mut layer = layer_of(c.branch, p.fd, c.dir()?, name, here)?;
+    let (backing, _) = reach(c, name, p, false)?;
+    let mut layer = Layer::with_backing(c.branch, backing, here);
     layer.metacopy = meta.is_some();
     w.layers.push(layer);
     Ok(meta)
@@ -749,24 +762,62 @@ fn recorded_ino_at(obj: ObjRef<'_>) -> Result<Option<u64>> {
     Ok(None)
 }
 
-/// The layer of an object found in `branch`: by its fd, or — found by
-/// name — by its file handle alone (falling back to an fd when the handle
-/// cannot be had).
-fn layer_of(
-    branch: &Branch,
-    fd: Option<OwnedFd>,
-    dir: &OwnedFd,
+/// The backing object of `name`, found in candidate `c` by probe `p`: by
+/// the probe's fd, or — found by name — by its file handle alone (an fd
+/// when the handle cannot be had, or the object is on another mount).
+/// Also whether it is a mount point to seal (`fd_sealed`: the probe's fd
+/// showed it already); only directories are sealed.
+///
+/// A directory of a writable branch found by name is opened all the same
+/// (its fd cached): the union may remove it while the kernel holds it
+/// open, and a removed directory cannot be reopened by handle (the kernel
+/// cannot connect it to the tree any more), so a later fstat of the open
+/// directory needs an fd from before (as `core_model` checks). A removed
+/// non-directory still held open reopens by handle.
+fn reach(
+    c: &Candidate<'_>,
     name: &OsStr,
-    path: PathBuf,
-) -> Result<Layer> {
-    let fd = match fd {
-        Some(fd) => fd,
-        None => match branch.backing_at(dir.as_fd(), name) {
-            Some(backing) => return Ok(Layer::with_backing(branch, backing, path)),
-            None => sys::fs::open_path_at(dir.as_fd(), name)?,
-        },
+    p: Probe,
+    fd_sealed: bool,
+) -> Result<(Arc<crate::backing::Backing>, bool)> {
+    let is_dir = Kind::from_mode(p.stat.st_mode) == Kind::Dir;
+    let fd = match p.fd {
+        Some(fd) => {
+            // A sealed mount point's handle is of another filesystem than
+            // the branch's: its fd stays open.
+            let backing = if fd_sealed {
+                c.branch.pinned(fd)
+            } else {
+                c.branch.backing(fd)
+            };
+            return Ok((backing, fd_sealed));
+        }
+        None => {
+            if c.branch.lazy_reach(&p.stat) {
+                let dir = Arc::clone(&c.backing);
+                let ident = crate::backing::Identity::of(&p.stat);
+                let backing = crate::backing::Backing::named(&c.branch.backings, dir, name, ident);
+                return Ok((backing, false));
+            }
+            let dir = c.dir()?.as_fd();
+            if !(is_dir && c.branch.mode.writable()) {
+                if let Some(backing) = c.branch.backing_at(dir, name, &p.stat) {
+                    return Ok((backing, false));
+                }
+            }
+            let fd = sys::fs::open_path_at(dir, name)?;
+            // The name may have been replaced since the stat (a writable
+            // branch, see `Branch::reach_by_name`): this fd must be what
+            // the walk saw (its markers were read by name before).
+            let st = sys::fs::fstat(fd.as_fd())?;
+            if crate::backing::Identity::of(&st) != crate::backing::Identity::of(&p.stat) {
+                return Err(Error::StaleInode);
+            }
+            fd
+        }
     };
-    Ok(Layer::new(branch, fd, path))
+    let (backing, other_mount) = c.branch.backing_on(fd);
+    Ok((backing, is_dir && other_mount))
 }
 
 /// The root directory: every branch root down to the first opaque one.
@@ -997,6 +1048,38 @@ mod tests {
         }
         assert_eq!(plain.layers("late"), [l("l3", "late")]);
         assert_eq!(ix.errno("late"), nix::errno::Errno::ENOENT);
+    }
+
+    /// A lower file is held by its name until opened (no handle taken for
+    /// a lookup); the name then leads to what the lookup saw, or the
+    /// layer is stale — never another object.
+    #[test]
+    fn lower_files_are_opened_by_name_as_what_the_lookup_saw() {
+        let s = stack(|r| {
+            file(r, "l1/d/f", "seen");
+            file(r, "l1/d/g", "seen too");
+            file(r, "l1/d/other", "swapped in");
+        });
+        if s.stack.iter().any(|b| b.handle_mount.is_none()) {
+            if std::env::var_os("UNIONFS_TEST_REQUIRE").is_some_and(|v| v == "1") {
+                panic!("UNIONFS_TEST_REQUIRE=1 but no file handles here");
+            }
+            eprintln!("SKIP: no file handles here (not root?)");
+            return;
+        }
+        let f = s.find("d/f").unwrap();
+        let g = s.find("d/g").unwrap();
+        let read = |fd: &OwnedFd| {
+            let file = sys::fs::reopen(fd.as_fd(), nix::fcntl::OFlag::O_RDONLY).unwrap();
+            std::io::read_to_string(std::fs::File::from(file)).unwrap()
+        };
+        assert_eq!(read(&f.state.layers[0].fd().unwrap()), "seen");
+        // Behind the union's back (a lower must not change; udba aside).
+        let l1 = s._dir.path().join("l1/d");
+        fs::rename(l1.join("other"), l1.join("g")).unwrap();
+        assert!(matches!(g.state.layers[0].fd(), Err(Error::StaleInode)));
+        // What is open stays what it was.
+        assert_eq!(read(&f.state.layers[0].fd().unwrap()), "seen");
     }
 
     #[test]

@@ -434,7 +434,7 @@ impl UnionFs {
         // copy-up of it must see the whiteout, see `copyup.rs`).
         let _name = self.name_lock(parent, name);
         let removed = match (in_upper, lower_has, dir) {
-            (true, false, false) => sys::fs::unlink_at(pfd.as_fd(), name, false),
+            (true, false, false) => self.unlink_deferred(pfd.as_fd(), name),
             (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false),
             (true, true, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, true),
             // write_whiteout replaces an upper non-directory atomically.
@@ -445,6 +445,17 @@ impl UnionFs {
             self.undrop_name(stack, dropped);
         }
         removed
+    }
+
+    /// Unlinks upper non-directory `dir/name`, leaving the freeing of its
+    /// data (the last iput, inside `unlinkat` when nothing else holds the
+    /// inode) to the union's closer thread (`Backings::defer_close`): an
+    /// `rm -rf` waits for each unlink, not for ext4's truncate.
+    fn unlink_deferred(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        if let Some(fd) = sys::fs::unlink_holding(dir, name)? {
+            self.backings.defer_close(fd);
+        }
+        Ok(())
     }
 
     /// The fast path of `remove` (rm -rf of a tree the union made): in a
@@ -467,7 +478,7 @@ impl UnionFs {
         let pfd = pstate.top()?.fd()?;
         if !dir {
             // (unlinkat itself refuses a directory with EISDIR.)
-            sys::fs::unlink_at(pfd.as_fd(), name, false)?;
+            self.unlink_deferred(pfd.as_fd(), name)?;
             return Ok(true);
         }
         for n in sys::xattr::list_at(pfd.as_fd(), name)? {

@@ -64,7 +64,23 @@ pub fn open_path_abs(path: &Path) -> Result<OwnedFd> {
 
 /// Opens the object behind an O_PATH fd for I/O with `flags`, through
 /// `/proc/self/fd` (which works for any O_PATH handle, whatever its names).
+/// A directory (`O_DIRECTORY`) is opened as `.` inside itself instead: a
+/// walk of one component, where the `/proc` path walks four and a magic
+/// link; the `/proc` path answers when that one is refused (`.` needs
+/// search permission on the directory, which an unprivileged daemon may
+/// lack).
 pub fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> Result<OwnedFd> {
+    if flags.contains(OFlag::O_DIRECTORY) {
+        let dot = traced!(
+            "openat",
+            (fd.as_raw_fd(), ".", flags),
+            nix::fcntl::openat(fd, ".", flags | OFlag::O_CLOEXEC, Mode::empty())
+        );
+        match dot {
+            Err(e) if e.errno() == nix::errno::Errno::EACCES => {}
+            r => return r,
+        }
+    }
     let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     traced!(
         "reopen",
@@ -356,6 +372,16 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<()> 
     )
 }
 
+/// `unlinkat` of the non-directory `dir/name`, returning an O_PATH fd of
+/// it opened just before (when it could be): while that fd is open, the
+/// object's inode lives on, so freeing its data waits for the fd's close
+/// instead of happening inside `unlinkat`.
+pub fn unlink_holding(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<OwnedFd>> {
+    let held = open_path_at(dir, name).ok();
+    unlink_at(dir, name, false)?;
+    Ok(held)
+}
+
 /// How `rename_at` treats an existing destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RenameMode {
@@ -631,12 +657,13 @@ pub struct ObjectHandle {
 const MAX_HANDLE_SZ: usize = 128;
 
 /// One `name_to_handle_at` call: the handle of `dir/path` (`path` empty
-/// with AT_EMPTY_PATH: of `dir` itself).
+/// with AT_EMPTY_PATH: of `dir` itself), and the id of the mount the
+/// object was found on (the `STATX_MNT_ID` kind, not the unique one).
 fn handle_raw(
     dir: BorrowedFd<'_>,
     path: &std::ffi::CStr,
     flags: libc::c_int,
-) -> std::result::Result<ObjectHandle, nix::errno::Errno> {
+) -> std::result::Result<(ObjectHandle, u64), nix::errno::Errno> {
     // u32 words keep the struct's alignment.
     let mut buf = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
     buf[0] = MAX_HANDLE_SZ as u32;
@@ -663,14 +690,24 @@ fn handle_raw(
         .flat_map(|w| w.to_ne_bytes())
         .take(len)
         .collect();
-    Ok(ObjectHandle {
-        ty,
-        bytes: bytes.into_boxed_slice(),
-    })
+    Ok((
+        ObjectHandle {
+            ty,
+            bytes: bytes.into_boxed_slice(),
+        },
+        // The kernel's mount ids are positive ints.
+        u64::try_from(mount_id).unwrap_or(0),
+    ))
 }
 
 /// The handle of the object behind any fd (AT_EMPTY_PATH).
 pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
+    name_to_handle_mnt(fd).map(|(h, _)| h)
+}
+
+/// The handle of the object behind any fd (AT_EMPTY_PATH), and the id of
+/// the mount it is on.
+pub fn name_to_handle_mnt(fd: BorrowedFd<'_>) -> Result<(ObjectHandle, u64)> {
     traced!(
         "name_to_handle_at",
         fd.as_raw_fd(),
@@ -679,8 +716,9 @@ pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<ObjectHandle> {
 }
 
 /// The file handle of `dir/name` (not following a final symlink), without
-/// opening it.
-pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<ObjectHandle> {
+/// opening it, and the id of the mount the object is on (a mount point's
+/// name leads to the root of the mount on it, as every path walk does).
+pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(ObjectHandle, u64)> {
     let cname =
         std::ffi::CString::new(name.as_bytes()).map_err(|_| crate::error::Error::Invalid)?;
     traced!(
@@ -794,6 +832,30 @@ mod tests {
         assert_eq!(kind("link"), Some(Type::Symlink));
         assert_eq!(kind("fifo"), Some(Type::Fifo));
         assert_eq!(kind("file-with-a-longish-name-00000"), Some(Type::File));
+    }
+
+    /// A directory reopened for reading (as `.` inside itself) lists what
+    /// it holds; a removed one (held by an O_PATH fd) still reopens, as
+    /// through `/proc/self/fd`, and its listing is ENOENT (the kernel's
+    /// answer for a dead directory, whichever way it was opened).
+    #[test]
+    fn a_directory_reopens_even_when_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("f"), b"").unwrap();
+        let fd = open_path_abs(&d).unwrap();
+        let names: Vec<_> = read_dir(fd.as_fd())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, [OsString::from("f")]);
+        std::fs::remove_file(d.join("f")).unwrap();
+        std::fs::remove_dir(&d).unwrap();
+        assert!(read_dir(fd.as_fd()).is_err_and(|e| e.is_not_found()));
+        let again = reopen(fd.as_fd(), OFlag::O_RDONLY | OFlag::O_DIRECTORY).unwrap();
+        assert_eq!(fstat(again.as_fd()).unwrap().st_nlink, 0);
     }
 
     /// A record that does not fit, or a zero length, is refused (never a
