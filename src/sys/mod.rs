@@ -12,6 +12,7 @@ pub mod fs;
 pub mod mount;
 pub mod notify;
 pub mod process;
+pub mod resident;
 pub mod tmpfile;
 pub mod xattr;
 
