@@ -750,7 +750,8 @@ const POOL_LOW: usize = 24;
 /// it, so the workdir never shows it, and it is freed when its fd is
 /// closed (the end of the mount, a killed daemon; after a power cut, by
 /// the filesystem's orphan processing). The thread is started by the
-/// first take (after the daemon's fork: threads do not survive one). A
+/// first take (after the daemon's fork: threads do not survive one) and
+/// runs `SCHED_IDLE`, on CPU time nothing else wants. A
 /// filesystem without `O_TMPFILE`, or a daemon that may not link an fd
 /// (`linkat(AT_EMPTY_PATH)` needs CAP_DAC_READ_SEARCH), turns the pool off.
 ///
@@ -881,6 +882,10 @@ fn room_for_pool(work: BorrowedFd<'_>) -> bool {
 /// cannot be made ends the round (no `O_TMPFILE` at all: the pool is
 /// off); copy-ups then make their own files, and fail as they always did.
 fn fill_pool(shared: &PoolShared, work: &OwnedFd) {
+    // Work ahead is worth doing only on a CPU nothing else wants: on a busy
+    // machine the pool's creates would slow the very copy-ups they are
+    // for (which then make their own files, as without the pool).
+    sys::resident::idle_thread();
     loop {
         {
             let mut st = shared.state.lock();
@@ -984,9 +989,10 @@ mod tests {
         };
         assert_eq!(listed(&work), names.iter().cloned().collect());
         // The pool's thread fills it (on a filesystem with O_TMPFILE), and
-        // what it holds is not in the workdir.
+        // what it holds is not in the workdir. (It runs SCHED_IDLE: on a
+        // machine busy with other tests it may take a while.)
         let mut held = 0;
-        for _ in 0..100 {
+        for _ in 0..1000 {
             held = up.pool.shared.state.lock().files.len();
             if held > 0 {
                 break;

@@ -1,4 +1,5 @@
-//! Keeping the daemon's own machine code in memory.
+//! Keeping the daemon's own machine code in memory; and keeping work done
+//! ahead off the CPUs its requests need (`idle_thread`).
 //!
 //! A filesystem daemon whose code was paged out (memory pressure, a
 //! `drop_caches`) makes the first requests after it wait on the disk for
@@ -64,6 +65,18 @@ pub fn lock_code() -> usize {
         }
     }
     locked
+}
+
+/// Makes the calling thread run only on an otherwise idle CPU
+/// (`SCHED_IDLE`): for work done ahead that must never slow the requests
+/// it is done for. Best effort (false where refused).
+pub fn idle_thread() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call; pid 0 is the
+    // calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    tracing::trace!("sched_setscheduler(0, SCHED_IDLE) = {r}");
+    r == 0
 }
 
 #[cfg(test)]
