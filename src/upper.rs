@@ -60,6 +60,8 @@ pub enum Strategy {
 /// Names of the workdir's parts.
 const WORK: &str = "work";
 const INDEX: &str = "index";
+/// Holds the staging pool's directory (`pool_dir`).
+const STAGE: &str = "stage";
 
 /// The upper branch's writable machinery.
 #[derive(Debug)]
@@ -315,6 +317,12 @@ impl Upper {
         // filesystem (no inode to spare) can still be mounted.
         let work = clear_dir(base.as_fd(), work_name)?;
         let index = mkdir_open(base.as_fd(), index_name)?;
+        let stage_name = if workdir.is_some() {
+            "unionfs-stage"
+        } else {
+            STAGE
+        };
+        let pool_dir = pool_dir(base.as_fd(), stage_name);
         let up = Upper {
             branch: upper.id,
             work,
@@ -331,7 +339,7 @@ impl Upper {
             root: std::sync::Arc::clone(&upper.root),
             seq: AtomicU64::new(0),
             no_clone: AtomicBool::new(false),
-            pool: StagePool::default(),
+            pool: StagePool::new(pool_dir),
             session,
         };
         // Record the format so a later mount reads this upper the same way
@@ -381,6 +389,9 @@ impl Upper {
     /// pool make more.
     pub fn staged_file(&self) -> Result<(OsString, OwnedFd)> {
         if let Some(made) = self.pool.take(self) {
+            return Ok(made);
+        }
+        if let Some(made) = self.pool.make_now(self) {
             return Ok(made);
         }
         let tmp = self.temp_name();
@@ -759,6 +770,8 @@ const POOL_LOW: usize = 24;
 /// syscall under it).
 #[derive(Debug, Default)]
 struct StagePool {
+    /// Where its files are made (`pool_dir`); `None`: in the workdir.
+    dir: Option<OwnedFd>,
     shared: std::sync::Arc<PoolShared>,
     /// The thread and the process it runs in.
     thread: parking_lot::Mutex<Option<(std::thread::JoinHandle<()>, u32)>>,
@@ -779,7 +792,67 @@ struct PoolState {
     stop: bool,
 }
 
+/// The directory the staging pool makes its files in, made fresh under
+/// `base/stage_name` at every mount (best effort: `None` leaves them in
+/// the workdir). An inode is allocated in its directory's block group,
+/// and the workdir's group is where the union's own removals (and, in a
+/// workdir of the user's, everyone's) free inodes — which ext4 without a
+/// journal rescans at every allocation for seconds after. `stage_name` is
+/// marked a top directory (`FS_TOPDIR_FL`), so the pool's directory, a
+/// new name each mount, is spread to a group with free inodes to spare:
+/// creating a file there cost 14-17 µs against 160-180 µs in a group
+/// that had just freed 3,000 (ext4 root of this machine). The copies keep
+/// their inodes there once renamed into the upper.
+fn pool_dir(base: BorrowedFd<'_>, stage_name: &str) -> Option<OwnedFd> {
+    let stage = clear_dir(base, stage_name).ok()?;
+    // Not every filesystem has the flag; the directory still serves.
+    let _ = sys::tmpfile::set_topdir(stage.as_fd());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("p{:x}-{nanos:x}", std::process::id());
+    mkdir_open(stage.as_fd(), &name).ok()
+}
+
 impl StagePool {
+    fn new(dir: Option<OwnedFd>) -> StagePool {
+        StagePool {
+            dir,
+            ..StagePool::default()
+        }
+    }
+
+    /// Where the files are made.
+    fn made_in<'a>(&'a self, upper: &'a Upper) -> BorrowedFd<'a> {
+        self.dir.as_ref().unwrap_or(&upper.work).as_fd()
+    }
+
+    /// A file made now the pool's way (in its directory, linked into the
+    /// workdir), when the pool is on; `None` when it is off or this fails.
+    fn make_now(&self, upper: &Upper) -> Option<(OsString, OwnedFd)> {
+        if self.shared.state.lock().stop {
+            return None;
+        }
+        let fd = sys::tmpfile::tmpfile_at(self.made_in(upper), nix::fcntl::OFlag::O_WRONLY, 0o600)
+            .ok()?;
+        self.name(upper, fd)
+    }
+
+    /// Names pooled file `fd` in the workdir; a refusal turns the pool off.
+    fn name(&self, upper: &Upper, fd: OwnedFd) -> Option<(OsString, OwnedFd)> {
+        let tmp = upper.temp_name();
+        match sys::fs::link_fd(fd.as_fd(), upper.work.as_fd(), &tmp) {
+            Ok(()) => Some((tmp, fd)),
+            Err(e) => {
+                // No privilege for AT_EMPTY_PATH (or a filesystem that
+                // refuses): copy-ups make their own files from now on.
+                tracing::debug!("staging pool off: {e}");
+                self.stop();
+                None
+            }
+        }
+    }
+
     /// A file made ahead, named `tmp` in the workdir, if there is one;
     /// asks for more when the pool runs low.
     fn take(&self, upper: &Upper) -> Option<(OsString, OwnedFd)> {
@@ -799,18 +872,7 @@ impl StagePool {
         } else {
             drop(st);
         }
-        let fd = got?;
-        let tmp = upper.temp_name();
-        match sys::fs::link_fd(fd.as_fd(), upper.work.as_fd(), &tmp) {
-            Ok(()) => Some((tmp, fd)),
-            Err(e) => {
-                // No privilege for AT_EMPTY_PATH (or a filesystem that
-                // refuses): copy-ups make their own files from now on.
-                tracing::debug!("staging pool off: {e}");
-                self.stop();
-                None
-            }
-        }
+        self.name(upper, got?)
     }
 
     fn ensure_thread(&self, upper: &Upper) -> bool {
@@ -821,7 +883,7 @@ impl StagePool {
         {
             return true;
         }
-        let Ok(work) = sys::fs::dup(upper.work.as_fd()) else {
+        let Ok(work) = sys::fs::dup(self.made_in(upper)) else {
             return false;
         };
         let shared = std::sync::Arc::clone(&self.shared);
