@@ -833,9 +833,15 @@ impl StagePool {
         if self.shared.state.lock().stop {
             return None;
         }
-        let fd = sys::tmpfile::tmpfile_at(self.made_in(upper), nix::fcntl::OFlag::O_WRONLY, 0o600)
-            .ok()?;
-        self.name(upper, fd)
+        match sys::tmpfile::tmpfile_at(self.made_in(upper), nix::fcntl::OFlag::O_WRONLY, 0o600) {
+            Ok(fd) => self.name(upper, fd),
+            Err(e) => {
+                if no_tmpfile(&e) {
+                    self.stop();
+                }
+                None
+            }
+        }
     }
 
     /// Names pooled file `fd` in the workdir; a refusal turns the pool off.
@@ -910,14 +916,13 @@ impl StagePool {
         drop(left);
     }
 
-    /// Stops the thread and frees the files left (end of the mount).
+    /// Stops the thread and frees the files left (end of the mount). The
+    /// thread is not waited for: running `SCHED_IDLE` on a busy machine it
+    /// may take a while to see the stop, and what it still makes is
+    /// unnamed, so it is freed when the thread ends.
     fn shutdown(&self) {
         self.stop();
-        if let Some((h, pid)) = self.thread.lock().take() {
-            if pid == std::process::id() {
-                let _ = h.join();
-            }
-        }
+        drop(self.thread.lock().take());
     }
 }
 
@@ -937,6 +942,12 @@ fn room_for_pool(work: BorrowedFd<'_>) -> bool {
     let inodes = v.files() == 0 || v.files_available() >= MIN_FREE_INODES;
     let bytes = v.blocks_available().saturating_mul(v.fragment_size()) >= MIN_FREE_BYTES;
     inodes && bytes
+}
+
+/// Whether `e` says the filesystem has no `O_TMPFILE` at all (old
+/// kernels give EISDIR; some filesystems EINVAL).
+fn no_tmpfile(e: &Error) -> bool {
+    matches!(e.errno(), Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL)
 }
 
 /// The pool's thread: fills the pool whenever asked, until stopped. A
@@ -969,12 +980,13 @@ fn fill_pool(shared: &PoolShared, work: &OwnedFd) {
                 Ok(fd) => {
                     let mut st = shared.state.lock();
                     if st.stop {
+                        // Unnamed: freed with the fd.
                         return;
                     }
                     st.files.push(fd);
                 }
                 Err(e) => {
-                    if matches!(e.errno(), Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) {
+                    if no_tmpfile(&e) {
                         shared.state.lock().stop = true;
                         return;
                     }
