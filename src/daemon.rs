@@ -393,6 +393,10 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
             }
         }
     }
+    // In the serving process (a lock does not survive the fork): the
+    // daemon's code stays in memory, so a request never waits on the disk
+    // for it (sys::resident).
+    sys::resident::lock_code();
     spawn_signal_unmounter(&mnt);
     let socket = control.as_ref().map(|c| c.path().to_path_buf());
     if let Some(c) = control {

@@ -50,6 +50,19 @@ fn hex(bytes: &[u8]) -> std::ffi::OsString {
         .into()
 }
 
+/// Records on a fresh copy's layer what staging learnt of its xattrs
+/// (`copy_up::Staged::visible_xattrs`, listed in xattr generation
+/// `generation` or later), so the kernel's question for
+/// `security.capability` before the first write is answered without a
+/// syscall when it has none (`ops/xattr.rs` trusts it only on filesystems
+/// whose listings are complete, and only while no xattr changed through
+/// the union since).
+fn note_xattrs(layer: &Layer, generation: u64, visible: Option<bool>) {
+    if let Some(any) = visible {
+        layer.backing.note_xattrs(generation, any);
+    }
+}
+
 /// Number of striped copy-up locks.
 pub(super) const COPY_LOCKS: usize = 64;
 
@@ -132,16 +145,59 @@ impl UnionFs {
         let parent = state.parent;
         let mut pstate = self.copy_up(stack, parent, CopyUpData::Full)?;
         let ppath = self.inodes.path_of(parent)?;
+        let found = self.found_from_node(stack, ino, &state, &pstate);
         self.copy_up_one(
             stack,
             parent,
             &mut pstate,
             &ppath,
             &state.name,
-            None,
+            found,
             data,
             defer,
         )
+    }
+
+    /// What looking the name of node `ino` up again would find, taken
+    /// from the node's own state (`state`; its parent's is `pstate`):
+    /// only for a plain lower regular file (one layer, not hard-linked,
+    /// not a metadata-only copy) resolved in this very stack, whose
+    /// branch the parent still shows (so no opaque directory has
+    /// replaced the parent since). The lowers do not change under the
+    /// union, so the walk would find this same file; what may have
+    /// changed since in the upper — a copy-up, a whiteout, an object by
+    /// that name — `copy_up_one` looks at again under the copy-up lock,
+    /// as for any caller's lookup. Saves the walk's syscalls (upper
+    /// probes, a stat and xattr listing below, a file handle) at every
+    /// first write. `None`: the caller looks the name up.
+    fn found_from_node(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        state: &NodeState,
+        pstate: &NodeState,
+    ) -> Option<Found> {
+        let [top] = state.layers.as_slice() else {
+            return None;
+        };
+        if state.generation != stack.generation()
+            || top.indexed
+            || top.metacopy
+            || stack.writer().is_none_or(|u| u.branch == top.branch)
+            || !pstate.layers.iter().any(|l| l.branch == top.branch)
+        {
+            return None;
+        }
+        let stat = sys::fs::fstat(top.fd().ok()?.as_fd()).ok()?;
+        if Kind::from_mode(stat.st_mode) != Kind::File || stat.st_nlink > 1 {
+            return None;
+        }
+        Some(Found {
+            state: state.clone(),
+            stat,
+            kind: Kind::File,
+            recorded_ino: Some(ino.0),
+        })
     }
 
     /// Walks `path` from the root, copying up each directory on the way
@@ -252,16 +308,16 @@ impl UnionFs {
         found: &Found,
         ino: Ino,
         data: CopyUpData,
-        unsynced: bool,
-    ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd)> {
-        copy_up::stage(
+        publish: copy_up::Publish<'_>,
+    ) -> Result<copy_up::Staged> {
+        copy_up::stage_as(
             self.upper_ctx(stack)?,
             &*found.state.top()?.fd()?,
             &*found.state.data()?.fd()?,
             &found.stat,
             data,
             ino.0,
-            unsynced,
+            publish,
         )
     }
 
@@ -282,7 +338,8 @@ impl UnionFs {
     ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd, std::ffi::OsString)> {
         let upper = self.upper_ctx(stack)?;
         let (iname, origin) = self.index_key(stack, found, ino)?;
-        let (tmp, tfd) = self.stage_found(stack, found, ino, data, false)?;
+        let copy_up::Staged { tmp, fd: tfd, .. } =
+            self.stage_found(stack, found, ino, data, copy_up::Publish::Synced)?;
         let offset = i64::try_from(found.stat.st_nlink).unwrap_or(i64::MAX)
             - i64::try_from(upper_links).unwrap_or(0);
         let linked = origin
@@ -319,7 +376,7 @@ impl UnionFs {
             found.stat = sys::fs::fstat(p.fd.as_fd())?;
             found.kind = Kind::File;
             found.recorded_ino = Some(p.ino);
-            let fd = sys::fs::reopen(p.fd.as_fd(), nix::fcntl::OFlag::O_PATH)?;
+            let fd = sys::fs::dup(p.fd.as_fd())?;
             found.state.layers = vec![self.upper_layer(stack, fd, ppath.join(name), false)?];
             return Ok(found);
         }
@@ -521,7 +578,6 @@ impl UnionFs {
             }
         }
         let top = found.state.top()?;
-        let pst = sys::fs::fstat(pfd)?;
         let hard_linked = found.kind == Kind::File && found.stat.st_nlink > 1;
         // Metadata only for a plain, non-empty regular file (a hard-linked
         // one goes to the index whole), if the mount does metacopy.
@@ -558,10 +614,15 @@ impl UnionFs {
         // its name once placed: the name is the parent's, and a racing
         // unlink, rename or create may have put another object (in overlay
         // format a whiteout, a char device) there already.
-        let nfd = if top.indexed {
+        // `pst`: the parent's stat before the copy appeared in it (its
+        // times are put back after); `visible`: what staging learnt of the
+        // copy's xattrs, and since which xattr generation.
+        let mut visible = None;
+        let (nfd, pst) = if top.indexed {
             // Another name of this hard-linked file was copied up already:
             // link its upper data into place (one more upper link, the same
             // union count).
+            let pst = sys::fs::fstat(pfd)?;
             let tmp = upper.temp_name();
             let fd = top.fd()?;
             sys::fs::link_fd(fd.as_fd(), upper.work.as_fd(), &tmp)?;
@@ -579,11 +640,12 @@ impl UnionFs {
                 let _ = upper.shift_nlink_offset(fd.as_fd(), 1);
                 return Err(e);
             }
-            nfd
+            (nfd, pst)
         } else if hard_linked {
             // Keep the lower hard links together (overlayfs index=on): the
             // other names find this copy through the index. Two upper
             // names once placed: the index entry and this one.
+            let pst = sys::fs::fstat(pfd)?;
             let (tmp, nfd, iname) = self.stage_into_index(stack, &found, ino, data, 2)?;
             if let Err(e) = upper.place(&tmp, pfd, name, false) {
                 // An index entry without its name would make the other
@@ -591,16 +653,24 @@ impl UnionFs {
                 let _ = sys::fs::unlink_at(upper.index.as_fd(), &iname, false);
                 return Err(e);
             }
-            nfd
+            (nfd, pst)
         } else if defer && found.kind == Kind::File && data == CopyUpData::Full && upper.durable {
             // The data is synced later, with a whole burst of copy-ups, and
             // only then does the copy take its name (`publish.rs`); the
             // node serves from the staged copy meanwhile.
-            let (tmp, sfd) = self.stage_found(stack, &found, ino, data, true)?;
-            let nfd = match upper
-                .set_pending(sfd.as_fd(), &ppath.join(name))
-                .and_then(|()| sys::fs::reopen(sfd.as_fd(), nix::fcntl::OFlag::O_PATH))
-            {
+            let generation = self.backings.xattr_generation();
+            let target = ppath.join(name);
+            let staged = self.stage_found(
+                stack,
+                &found,
+                ino,
+                data,
+                copy_up::Publish::Later(Some(&target)),
+            )?;
+            let (tmp, sfd) = (staged.tmp, staged.fd);
+            // A second O_PATH fd of the copy (the queue keeps one, the
+            // node's layer the other): a dup, not a reopen by path.
+            let nfd = match sys::fs::dup(sfd.as_fd()) {
                 Ok(fd) => fd,
                 Err(e) => {
                     upper.discard(&tmp);
@@ -627,18 +697,23 @@ impl UnionFs {
                 // placed now, as a copy-up always was.
                 p.publish_synced()?;
             }
+            let layer = self.upper_layer(stack, nfd, target, false)?;
+            note_xattrs(&layer, generation, staged.visible_xattrs);
             let state = NodeState {
                 parent: pino,
                 name: name.to_os_string(),
-                layers: vec![self.upper_layer(stack, nfd, ppath.join(name), false)?],
+                layers: vec![layer],
                 generation: stack.generation(),
             };
             self.inodes.refresh(ino, found.kind, state.clone());
             return Ok(state);
         } else {
-            let (tmp, nfd) = self.stage_found(stack, &found, ino, data, false)?;
-            upper.place(&tmp, pfd, name, found.kind == Kind::Dir)?;
-            nfd
+            let generation = self.backings.xattr_generation();
+            let pst = sys::fs::fstat(pfd)?;
+            let staged = self.stage_found(stack, &found, ino, data, copy_up::Publish::Synced)?;
+            upper.place(&staged.tmp, pfd, name, found.kind == Kind::Dir)?;
+            visible = staged.visible_xattrs.map(|v| (generation, v));
+            (staged.fd, pst)
         };
         // Copy-up is not a change of the parent: keep its times (as overlayfs does).
         let _ = sys::fs::utimes_fd(
@@ -647,6 +722,9 @@ impl UnionFs {
             SetTime::At(pst.st_mtime, pst.st_mtime_nsec),
         );
         let mut layers = vec![self.upper_layer(stack, nfd, ppath.join(name), false)?];
+        if let Some((generation, any)) = visible {
+            note_xattrs(&layers[0], generation, Some(any));
+        }
         if data.is_deferred() {
             layers[0].metacopy = true;
             layers.push(found.state.data()?.clone());

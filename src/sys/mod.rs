@@ -7,10 +7,13 @@
 //! Takes no locks.
 
 pub mod ctl;
+pub mod fdxattr;
 pub mod fs;
 pub mod mount;
 pub mod notify;
 pub mod process;
+pub mod resident;
+pub mod tmpfile;
 pub mod xattr;
 
 /// Whether this target numbers new syscalls as x86_64 and the generic
