@@ -741,7 +741,9 @@ impl Upper {
 /// below which its thread makes more. A burst of small copy-ups takes
 /// them faster than one thread can make them where making an inode is
 /// slow; between bursts the pool fills up again.
-const POOL_SIZE: usize = 32;
+/// `POOL_SIZE` is also how many fds the pool holds open while the union
+/// idles (each pooled file is an open fd): bounded, not a leak.
+pub const POOL_SIZE: usize = 32;
 const POOL_LOW: usize = 24;
 
 /// Empty regular files made ahead in the workdir, for copy-ups to fill

@@ -726,9 +726,10 @@ fn load(fmt: &str, secs: u64) {
     assert_unchanged(&lowers_before);
 }
 
-/// fds the daemon may hold after the load beyond its baseline: none are expected; a few
-/// allow for a lookup the kernel has not forgotten (the mount root's own listing).
-const FD_SLACK: usize = 4;
+/// fds the daemon may hold after the load beyond its baseline: the staging pool's files
+/// (made ahead once copy-ups began, each an open fd: `unionfs::upper::POOL_SIZE`) and a
+/// few for a lookup the kernel has not forgotten (the mount root's own listing).
+const FD_SLACK: usize = 4 + unionfs::upper::POOL_SIZE;
 
 /// RSS the daemon may keep after the load and a cache drop beyond its baseline: heap the
 /// allocator keeps for reuse (arenas of the FUSE threads, grown tables). Measured here
