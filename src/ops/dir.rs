@@ -152,9 +152,9 @@ impl UnionFs {
 
     /// Like `readdir`, with a full lookup of each entry (not of `.` and
     /// `..`, which the kernel does not link) — of each
-    /// directory only, when `non_dirs` is false — unless the kernel holds
-    /// the entry's node already (it looked the object up, by this name or
-    /// another): the other entries are given by name and type alone
+    /// directory only, when `non_dirs` is false; of no non-directory whose
+    /// node the kernel holds already (it looked the object up, by this name
+    /// or another): the other entries are given by name and type alone
     /// (`None`), as `readdir` gives them, which the kernel lists without
     /// touching what it holds. So a walk that only wants names reads no
     /// inode of its files, and a listing of names the kernel has (`git
@@ -175,7 +175,12 @@ impl UnionFs {
         for (i, e) in entries.iter().enumerate().skip(start) {
             // `.` and `..` are never linked by the kernel (it ignores their
             // attributes: `fuse_direntplus_link`), so they go by name too.
-            if i < 2 || (!non_dirs && e.kind != Kind::Dir) || self.kernel_holds(Ino(e.ino)) {
+            // Directories are looked up whatever the kernel holds: a walk
+            // enters them, and a held node is no proof of a dentry (the
+            // kernel's FORGETs trail behind; a dentry can go before its
+            // inode), which would cost a LOOKUP each.
+            let skip = e.kind != Kind::Dir && (!non_dirs || self.kernel_holds(Ino(e.ino)));
+            if i < 2 || skip {
                 let out = DirEntryOut {
                     name: OsString::from(&e.name),
                     ino: Ino(e.ino),
