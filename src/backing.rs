@@ -40,6 +40,11 @@
 //! object they make): two unions in one process share no cache, no id and
 //! no generation.
 //!
+//! Invariant: an object the union removes while a node still stands for
+//! it is kept open by that node's backing object (`Backing::keep`) until
+//! the node goes: neither a handle nor a name reaches an unlinked object,
+//! and the kernel may still ask for its attributes (an open file, a cwd).
+//!
 //! Invariant: an fd handed to `Backings::defer_close` is closed by the
 //! union's closer thread, never on a request's path (the last close of an
 //! unlinked file is where its data is freed); at most `DEFERRED_BOUND` wait
@@ -218,6 +223,10 @@ pub struct Backing {
     /// The object the handle must open, until an fd opened by it showed
     /// that it does (then `None`).
     expect: Mutex<Option<Identity>>,
+    /// An fd kept for good (`keep`): the union removed the object's last
+    /// name while a node still stands for it, and a handle cannot reopen
+    /// an unlinked object.
+    kept: std::sync::OnceLock<Arc<OwnedFd>>,
 }
 
 impl Backing {
@@ -250,6 +259,7 @@ impl Backing {
             reach,
             listed: AtomicU64::new(0),
             expect: Mutex::new(None),
+            kept: std::sync::OnceLock::new(),
         })
     }
 
@@ -290,6 +300,7 @@ impl Backing {
             },
             listed: AtomicU64::new(0),
             expect: Mutex::new(None),
+            kept: std::sync::OnceLock::new(),
         })
     }
 
@@ -309,6 +320,7 @@ impl Backing {
             reach: Reach::Handle(h),
             listed: AtomicU64::new(0),
             expect: Mutex::new(expect),
+            kept: std::sync::OnceLock::new(),
         })
     }
 
@@ -345,6 +357,9 @@ impl Backing {
 
     /// An O_PATH fd of the object (cached, or reopened by handle).
     pub fn fd(&self) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.kept.get() {
+            return Ok(Arc::clone(fd));
+        }
         match &self.reach {
             Reach::Pinned(fd) => Ok(Arc::clone(fd)),
             Reach::Handle(h) => {
@@ -378,6 +393,15 @@ impl Backing {
                 Ok(fd)
             }
         }
+    }
+
+    /// Keeps `fd` (of this object) open as long as this backing object
+    /// lives: the union is about to remove the object's last name while a
+    /// node still stands for it (an open file, a cwd, an O_PATH fd), whose
+    /// GETATTR must still be answered, as the kernel's own file systems
+    /// do; neither a handle nor a name reaches an unlinked object.
+    pub fn keep(&self, fd: Arc<OwnedFd>) {
+        let _ = self.kept.set(fd);
     }
 
     /// Checks, the first time only, that `fd` (opened by the handle) is

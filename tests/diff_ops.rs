@@ -1130,6 +1130,69 @@ fn fstat_of_fd_opened_before_copy_up(lowers: &GenLowers, fmt: Fmt) {
     );
 }
 
+/// fstat of a descriptor whose file was renamed and then replaced by another rename
+/// (its last name gone). Kernel: the copied-up file, nlink 0. unionfs answered ESTALE:
+/// lookups reach upper objects by file handle, which cannot reopen an unlinked object
+/// (found by CI, session 8). The union now keeps an fd of every upper object it removes
+/// in the nodes the kernel still holds for it.
+#[test]
+fn regression_fstat_of_fd_whose_file_lost_its_last_name() {
+    let lowers = gen_lowers(&[
+        &[],
+        &[
+            ("d", Obj::Dir),
+            ("d/d", Obj::Dir),
+            ("d/d/d", Obj::File(0)),
+            ("d/d/e", Obj::File(0)),
+        ],
+    ]);
+    for fmt in [Fmt::Overlay, Fmt::Aufs] {
+        check_on(
+            &Lowers::Gen(lowers.clone()),
+            &[
+                Op::Open {
+                    p: "d/d/e",
+                    slot: 0,
+                    rw: false,
+                },
+                Op::Rename {
+                    from: "d/d/e",
+                    to: "d/d/n",
+                    how: Rn::Plain,
+                },
+                Op::Rename {
+                    from: "d/d/d",
+                    to: "d/d/n",
+                    how: Rn::Plain,
+                },
+                Op::FstatFd(0),
+            ],
+            Check::Full,
+            fmt,
+        );
+        // the same with an unlink as the last step of the name
+        check_on(
+            &Lowers::Gen(lowers.clone()),
+            &[
+                Op::Open {
+                    p: "d/d/e",
+                    slot: 0,
+                    rw: false,
+                },
+                Op::Rename {
+                    from: "d/d/e",
+                    to: "d/d/n",
+                    how: Rn::Plain,
+                },
+                Op::Unlink("d/d/n"),
+                Op::FstatFd(0),
+            ],
+            Check::Full,
+            fmt,
+        );
+    }
+}
+
 /// O_TMPFILE in a merged directory. Kernel: works. unionfs: EOPNOTSUPP, because fuser
 /// 0.18 has no FUSE_TMPFILE request (see [`comparable`]).
 #[test]

@@ -19,6 +19,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -430,6 +431,11 @@ impl UnionFs {
         } else {
             self.drop_name(stack, &found)?
         };
+        if in_upper {
+            self.keep_victim(stack, self.ino_of(stack, &found), || {
+                found.state.top()?.fd()
+            });
+        }
         // What the upper holds under the name changes under its lock (a
         // copy-up of it must see the whiteout, see `copyup.rs`).
         let _name = self.name_lock(parent, name);
@@ -458,6 +464,48 @@ impl UnionFs {
         Ok(())
     }
 
+    /// Before the union removes an upper object (numbered `ino`) by one of
+    /// its names: the nodes the kernel still holds for it (an open file, a
+    /// cwd, an O_PATH fd, a retired node's readers) keep an fd of it
+    /// (`Backing::keep`, from `fd`), so their GETATTRs are answered once it
+    /// has no name — as by the kernel's own file systems; a handle cannot
+    /// reopen an unlinked object. Returns whether a node took the fd.
+    /// Best effort: without an fd the node answers ESTALE, as before.
+    fn keep_victim(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        fd: impl FnOnce() -> Result<Arc<std::os::fd::OwnedFd>>,
+    ) -> bool {
+        let Some(upper) = stack.writer() else {
+            return false;
+        };
+        let current = self.inodes.node_id(ino);
+        let tops: Vec<_> = [ino, current]
+            .iter()
+            .enumerate()
+            .filter(|(i, id)| *i == 0 || **id != ino)
+            .filter_map(|(_, id)| self.inodes.get(*id).ok())
+            .filter_map(|n| {
+                let st = n.state.read();
+                st.layers
+                    .first()
+                    .filter(|l| l.branch == upper.branch)
+                    .map(|l| Arc::clone(&l.backing))
+            })
+            .collect();
+        if tops.is_empty() {
+            return false;
+        }
+        let Ok(fd) = fd() else {
+            return false;
+        };
+        for b in tops {
+            b.keep(Arc::clone(&fd));
+        }
+        true
+    }
+
     /// The fast path of `remove` (rm -rf of a tree the union made): in a
     /// directory that exists only in the upper nothing below can show the
     /// name, so no whiteout is needed and the object is the upper's. A
@@ -478,7 +526,22 @@ impl UnionFs {
         let pfd = pstate.top()?.fd()?;
         if !dir {
             // (unlinkat itself refuses a directory with EISDIR.)
-            self.unlink_deferred(pfd.as_fd(), name)?;
+            if let Some(fd) = sys::fs::unlink_holding(pfd.as_fd(), name)? {
+                let fd = Arc::new(fd);
+                let st = sys::fs::fstat(fd.as_fd())?;
+                // Objects the union made here carry their own number; one
+                // moved in from elsewhere may carry a recorded one.
+                let ino = match pstate.top()?.impure {
+                    true => crate::lookup::recorded_ino_of(&fd)?,
+                    false => None,
+                }
+                .unwrap_or_else(|| stack.fold_ino(st.st_dev, st.st_ino));
+                if !self.keep_victim(stack, Ino(ino), || Ok(Arc::clone(&fd))) {
+                    if let Ok(fd) = Arc::try_unwrap(fd) {
+                        self.backings.defer_close(fd);
+                    }
+                }
+            }
             return Ok(true);
         }
         for n in sys::xattr::list_at(pfd.as_fd(), name)? {
@@ -693,6 +756,11 @@ impl UnionFs {
             (RenameHow::Replace, Some(d)) if d.kind != Kind::Dir => self.drop_name(stack, d)?,
             _ => None,
         };
+        if let (RenameHow::Replace, Some(d), Some(ino)) = (how, &dst, dst_ino) {
+            if self.in_upper(stack, &d.state) {
+                self.keep_victim(stack, ino, || d.state.top()?.fd());
+            }
+        }
         let names = self.name_locks((parent, name), (newparent, newname));
         let moved = self.rename_in_upper(
             upper,
