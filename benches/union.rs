@@ -50,12 +50,13 @@ use criterion::{
 use nix::sys::stat::FileStat;
 use unionfs::backing::{Backings, DEFAULT_CACHED_FDS};
 use unionfs::branch::{Branch, BranchId};
-use unionfs::copy_up::{copy_data, data_extents, stage, CopyUpData};
+use unionfs::copy_up::{copy_data, stage, CopyUpData};
 use unionfs::inode::{Ino, InodeTable, Kind, Layer, NodeState, ROOT_INO};
 use unionfs::mode::Mode;
 use unionfs::ops::{CoreOptions, UnionFs};
 use unionfs::readdir::{merge, LayerEntry};
 use unionfs::stack::BranchStack;
+use unionfs::sys::fs::data_extents;
 use unionfs::sys::fs::{fstat, open_path_abs, open_path_at};
 use unionfs::upper::{Upper, XattrNs};
 use unionfs::whiteout::WhiteoutFormat;

@@ -18,9 +18,8 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::FileStat;
-use nix::unistd::Whence;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::inode::Kind;
 use crate::sys;
 use crate::sys::fs::SetTime;
@@ -70,36 +69,6 @@ fn read_write(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, end: u64) 
         off += n as u64;
     }
     Ok(off)
-}
-
-/// The data extents of `fd` as (start, end) pairs, via SEEK_DATA/SEEK_HOLE
-/// (one extent covering everything where the filesystem cannot tell).
-pub fn data_extents(fd: BorrowedFd<'_>, size: u64) -> Result<Vec<(u64, u64)>> {
-    let mut out = Vec::new();
-    let mut off = 0u64;
-    let size_i = i64::try_from(size).map_err(|_| Error::Invalid)?;
-    while off < size {
-        let o = i64::try_from(off).map_err(|_| Error::Invalid)?;
-        let data = match sys::fs::lseek(fd, o, Whence::SeekData) {
-            Ok(d) => d,
-            Err(e) if e.errno() == Errno::ENXIO => break,
-            Err(e) if e.errno() == Errno::EINVAL => {
-                out.push((off, size));
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        let hole = sys::fs::lseek(fd, data, Whence::SeekHole)
-            .unwrap_or(size_i)
-            .min(size_i);
-        let (d, h) = (data.unsigned_abs(), hole.unsigned_abs());
-        if h <= d {
-            break;
-        }
-        out.push((d, h));
-        off = h;
-    }
-    Ok(out)
 }
 
 /// Copies all data of `src` into the empty file `dst`, keeping holes.
@@ -165,7 +134,7 @@ fn copy_data_hinted(
             Vec::new()
         }
     } else {
-        data_extents(src, size)?
+        sys::fs::data_extents(src, size)?
     };
     // Where the copied bytes end, when they reach the last extent's end.
     let mut tail = 0u64;

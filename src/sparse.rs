@@ -525,7 +525,7 @@ fn id_of(st: &nix::sys::stat::FileStat) -> (u64, u64) {
 fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, s: u64, e: u64) -> Result<()> {
     let size = u64::try_from(sys::fs::fstat(src)?.st_size).unwrap_or(0);
     let e = e.min(size);
-    for (ds, de) in crate::copy_up::data_extents(src, size)? {
+    for (ds, de) in sys::fs::data_extents(src, size)? {
         let (a, b) = (ds.max(s), de.min(e));
         let mut off = a;
         while off < b {

@@ -127,6 +127,36 @@ pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: Whence) -> Result<i64> {
     )
 }
 
+/// The data extents of `fd` as (start, end) pairs, via SEEK_DATA/SEEK_HOLE
+/// (one extent covering everything where the filesystem cannot tell).
+pub fn data_extents(fd: BorrowedFd<'_>, size: u64) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    let size_i = i64::try_from(size).map_err(|_| crate::error::Error::Invalid)?;
+    while off < size {
+        let o = i64::try_from(off).map_err(|_| crate::error::Error::Invalid)?;
+        let data = match lseek(fd, o, Whence::SeekData) {
+            Ok(d) => d,
+            Err(e) if e.errno() == nix::errno::Errno::ENXIO => break,
+            Err(e) if e.errno() == nix::errno::Errno::EINVAL => {
+                out.push((off, size));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let hole = lseek(fd, data, Whence::SeekHole)
+            .unwrap_or(size_i)
+            .min(size_i);
+        let (d, h) = (data.unsigned_abs(), hole.unsigned_abs());
+        if h <= d {
+            break;
+        }
+        out.push((d, h));
+        off = h;
+    }
+    Ok(out)
+}
+
 /// `fstatvfs` of the filesystem holding `fd`.
 pub fn statvfs(fd: BorrowedFd<'_>) -> Result<Statvfs> {
     traced!("fstatvfs", fd.as_raw_fd(), nix::sys::statvfs::fstatvfs(fd))
