@@ -5,47 +5,11 @@
 //! file's copy open anyway (its data is read and written through them), so
 //! its xattr work goes this way. Takes no locks.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use nix::errno::Errno;
-
-use crate::error::{Error, Result};
-
-fn cstr(s: &OsStr) -> Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| Error::Invalid)
-}
-
-fn len_or_errno(r: isize) -> std::result::Result<usize, Errno> {
-    usize::try_from(r).map_err(|_| Errno::last())
-}
-
-/// Calls `f` with a buffer until the result fits (a small stack buffer
-/// first: most objects have few or no xattrs).
-fn sized(
-    mut f: impl FnMut(&mut [u8]) -> std::result::Result<usize, Errno>,
-) -> std::result::Result<Vec<u8>, Errno> {
-    let mut first = [0u8; 512];
-    match f(&mut first) {
-        Ok(n) => return Ok(first[..n].to_vec()),
-        Err(Errno::ERANGE) => {}
-        Err(e) => return Err(e),
-    }
-    loop {
-        let len = f(&mut [])?;
-        let mut buf = vec![0u8; len.max(1)];
-        match f(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            // It grew between the two calls: ask again.
-            Err(Errno::ERANGE) => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
+use super::xattr::{cstr, len_or_errno, names, set_result, sized, value};
+use crate::error::Result;
 
 /// Every xattr name of the open file `fd` (none where unsupported).
 pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
@@ -61,15 +25,7 @@ pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
         fd.as_raw_fd(),
         res.as_ref().map(|v| v.len())
     );
-    match res {
-        Ok(raw) => Ok(raw
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| OsString::from_vec(s.to_vec()))
-            .collect()),
-        Err(Errno::EOPNOTSUPP) => Ok(Vec::new()),
-        Err(e) => Err(Error::sys("flistxattr", e)),
-    }
+    names(res, "flistxattr")
 }
 
 /// The value of xattr `name` of the open file `fd`, or `None` without it.
@@ -92,11 +48,7 @@ pub fn get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
         name,
         res.as_ref().map(|v| v.len())
     );
-    match res {
-        Ok(v) => Ok(Some(v)),
-        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
-        Err(e) => Err(Error::sys("fgetxattr", e)),
-    }
+    value(res, "fgetxattr")
 }
 
 /// Sets xattr `name` of the open file `fd` (setxattr `flags`).
@@ -112,15 +64,7 @@ pub fn set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result
             flags,
         )
     };
-    let res = if r == 0 { Ok(()) } else { Err(Errno::last()) };
-    tracing::trace!(
-        "fsetxattr({}, {:?}, {}) = {:?}",
-        fd.as_raw_fd(),
-        name,
-        value.len(),
-        res
-    );
-    res.map_err(|e| Error::sys("fsetxattr", e))
+    set_result(r, "fsetxattr", fd, name, value.len())
 }
 
 #[cfg(test)]

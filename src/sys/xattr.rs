@@ -17,7 +17,7 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 
-fn cstr(s: &OsStr) -> Result<CString> {
+pub(super) fn cstr(s: &OsStr) -> Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| Error::Invalid)
 }
 
@@ -26,7 +26,7 @@ fn proc_path(fd: BorrowedFd<'_>) -> Result<CString> {
 }
 
 /// A raw result of an xattr syscall: a length, or the errno.
-fn len_or_errno(r: isize) -> std::result::Result<usize, Errno> {
+pub(super) fn len_or_errno(r: isize) -> std::result::Result<usize, Errno> {
     usize::try_from(r).map_err(|_| Errno::last())
 }
 
@@ -57,7 +57,7 @@ fn list_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::result::Result<usize, Er
 /// Calls `f` with a buffer until the value fits: first a small one on the
 /// stack (one syscall for most objects, which have few or no xattrs),
 /// then one of the size the kernel reports.
-fn sized(
+pub(super) fn sized(
     mut f: impl FnMut(&mut [u8]) -> std::result::Result<usize, Errno>,
 ) -> std::result::Result<Vec<u8>, Errno> {
     let mut first = [0u8; 512];
@@ -107,7 +107,7 @@ pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
 }
 
 /// The names in a raw listxattr result (none when xattrs are unsupported).
-fn names(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<Vec<OsString>> {
+pub(super) fn names(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<Vec<OsString>> {
     match res {
         Ok(raw) => Ok(raw
             .split(|b| *b == 0)
@@ -120,7 +120,7 @@ fn names(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<V
 }
 
 /// A raw getxattr result as "the value, or none".
-fn value(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<Option<Vec<u8>>> {
+pub(super) fn value(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<Option<Vec<u8>>> {
     match res {
         Ok(v) => Ok(Some(v)),
         Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
@@ -142,15 +142,20 @@ pub fn set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result
             flags,
         )
     };
+    set_result(r, "setxattr", fd, name, value.len())
+}
+
+/// A raw set*xattr return as a result, traced.
+pub(super) fn set_result(
+    r: libc::c_int,
+    op: &'static str,
+    fd: BorrowedFd<'_>,
+    name: &OsStr,
+    len: usize,
+) -> Result<()> {
     let res = if r == 0 { Ok(()) } else { Err(Errno::last()) };
-    tracing::trace!(
-        "setxattr({}, {:?}, {}) = {:?}",
-        fd.as_raw_fd(),
-        name,
-        value.len(),
-        res
-    );
-    res.map_err(|e| Error::sys("setxattr", e))
+    tracing::trace!("{op}({}, {:?}, {len}) = {:?}", fd.as_raw_fd(), name, res);
+    res.map_err(|e| Error::sys(op, e))
 }
 
 /// Removes xattr `name`.
