@@ -431,16 +431,16 @@ impl UnionFs {
         } else {
             self.drop_name(stack, &found)?
         };
-        if in_upper {
-            self.keep_victim(stack, self.ino_of(stack, &found), || {
-                found.state.top()?.fd()
-            });
+        let victim = self.ino_of(stack, &found);
+        // (A plain unlink keeps the fd it unlinks through: `unlink_deferred`.)
+        if in_upper && (lower_has || dir) {
+            self.keep_victim(stack, victim, || found.state.top()?.fd());
         }
         // What the upper holds under the name changes under its lock (a
         // copy-up of it must see the whiteout, see `copyup.rs`).
         let _name = self.name_lock(parent, name);
         let removed = match (in_upper, lower_has, dir) {
-            (true, false, false) => self.unlink_deferred(pfd.as_fd(), name),
+            (true, false, false) => self.unlink_deferred(stack, pfd.as_fd(), name, |_| Ok(victim)),
             (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false),
             (true, true, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, true),
             // write_whiteout replaces an upper non-directory atomically.
@@ -453,13 +453,31 @@ impl UnionFs {
         removed
     }
 
-    /// Unlinks upper non-directory `dir/name`, leaving the freeing of its
-    /// data (the last iput, inside `unlinkat` when nothing else holds the
-    /// inode) to the union's closer thread (`Backings::defer_close`): an
-    /// `rm -rf` waits for each unlink, not for ext4's truncate.
-    fn unlink_deferred(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        if let Some(fd) = sys::fs::unlink_holding(dir, name)? {
-            self.backings.defer_close(fd);
+    /// Unlinks upper non-directory `dir/name` through the fd it holds of
+    /// it across the unlink: that fd is kept by the nodes the kernel still
+    /// holds for the object (`keep_victim`; `ino` tells its number from
+    /// the fd), or else closed on the union's closer thread
+    /// (`Backings::defer_close`), which then frees its data (the last
+    /// iput): an `rm -rf` waits for each unlink, not for ext4's truncate.
+    fn unlink_deferred(
+        &self,
+        stack: &BranchStack,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        ino: impl FnOnce(&OwnedFd) -> Result<Ino>,
+    ) -> Result<()> {
+        let Some(fd) = sys::fs::unlink_holding(dir, name)? else {
+            return Ok(());
+        };
+        let fd = Arc::new(fd);
+        let kept = match ino(&fd) {
+            Ok(ino) => self.keep_victim(stack, ino, || Ok(Arc::clone(&fd))),
+            Err(_) => false,
+        };
+        if !kept {
+            if let Ok(fd) = Arc::try_unwrap(fd) {
+                self.backings.defer_close(fd);
+            }
         }
         Ok(())
     }
@@ -526,22 +544,19 @@ impl UnionFs {
         let pfd = pstate.top()?.fd()?;
         if !dir {
             // (unlinkat itself refuses a directory with EISDIR.)
-            if let Some(fd) = sys::fs::unlink_holding(pfd.as_fd(), name)? {
-                let fd = Arc::new(fd);
+            let impure = pstate.top()?.impure;
+            self.unlink_deferred(stack, pfd.as_fd(), name, |fd| {
                 let st = sys::fs::fstat(fd.as_fd())?;
                 // Objects the union made here carry their own number; one
                 // moved in from elsewhere may carry a recorded one.
-                let ino = match pstate.top()?.impure {
-                    true => crate::lookup::recorded_ino_of(&fd)?,
+                let recorded = match impure {
+                    true => crate::lookup::recorded_ino_of(fd)?,
                     false => None,
-                }
-                .unwrap_or_else(|| stack.fold_ino(st.st_dev, st.st_ino));
-                if !self.keep_victim(stack, Ino(ino), || Ok(Arc::clone(&fd))) {
-                    if let Ok(fd) = Arc::try_unwrap(fd) {
-                        self.backings.defer_close(fd);
-                    }
-                }
-            }
+                };
+                Ok(Ino(
+                    recorded.unwrap_or_else(|| stack.fold_ino(st.st_dev, st.st_ino))
+                ))
+            })?;
             return Ok(true);
         }
         for n in sys::xattr::list_at(pfd.as_fd(), name)? {

@@ -107,7 +107,10 @@ pub fn list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
 }
 
 /// The names in a raw listxattr result (none when xattrs are unsupported).
-pub(super) fn names(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<Vec<OsString>> {
+pub(super) fn names(
+    res: std::result::Result<Vec<u8>, Errno>,
+    op: &'static str,
+) -> Result<Vec<OsString>> {
     match res {
         Ok(raw) => Ok(raw
             .split(|b| *b == 0)
@@ -120,7 +123,10 @@ pub(super) fn names(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) 
 }
 
 /// A raw getxattr result as "the value, or none".
-pub(super) fn value(res: std::result::Result<Vec<u8>, Errno>, op: &'static str) -> Result<Option<Vec<u8>>> {
+pub(super) fn value(
+    res: std::result::Result<Vec<u8>, Errno>,
+    op: &'static str,
+) -> Result<Option<Vec<u8>>> {
     match res {
         Ok(v) => Ok(Some(v)),
         Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
