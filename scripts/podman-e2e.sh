@@ -235,8 +235,8 @@ for p in /proc/[0-9]*; do
 done
 [ -n "$daemon" ] || fail "no $bin process serves $merged"
 log "served by pid $daemon: $(tr '\0' ' ' <"/proc/$daemon/cmdline" | sed "s|$tmp|\$TMP|g")"
-podman exec probe sh -c 'echo via-fuse > /probe && cat /probe' | grep -qx via-fuse ||
-  fail "write+read through the probe container's root"
+out=$(podman exec probe sh -c 'echo via-fuse > /probe && cat /probe') &&
+  grep -qx via-fuse <<<"$out" || fail "write+read through the probe container's root: ${out:-nothing}"
 [ -f "$(podman inspect --format '{{.GraphDriver.Data.UpperDir}}' "$cid")/probe" ] ||
   fail "/probe written in the container is not in its upperdir"
 podman rm -f -t 0 probe >/dev/null
@@ -409,8 +409,8 @@ for i in $(seq 10); do
   grep -qx "par$i-ok" "$tmp/par$i.out" || failed+=("par$i printed: $(tr '\n' ' ' <"$tmp/par$i.out")")
 done
 [ ${#failed[@]} = 0 ] || fail "parallel containers: ${failed[*]}"
-podman run --rm localhost/changed cat /etc/created | grep -qx created ||
-  fail "a parallel container's write leaked into the image"
+out=$(podman run --rm localhost/changed cat /etc/created) && grep -qx created <<<"$out" ||
+  fail "a parallel container's write leaked into the image: ${out:-nothing}"
 end
 
 # --- 5. a Pod from a Kubernetes manifest -----------------------------------------
@@ -438,8 +438,13 @@ podman kube play --network none "$tmp/pod.yaml" >"$tmp/kube.log" 2>&1 ||
   fail "podman kube play: $(tail -n 20 "$tmp/kube.log")"
 rc=$(podman wait e2epod-writer) || fail "podman wait e2epod-writer"
 [ "$rc" = 0 ] || fail "the pod's container exited $rc: $(podman logs e2epod-writer 2>&1 | tail -n 5)"
-podman logs e2epod-writer 2>&1 | grep -qx hello-from-kube || fail "the pod's container did not print hello-from-kube"
-podman diff e2epod-writer | grep -qx "A /written" || fail "podman diff of the pod's container lacks A /written"
+# (Output captured before it is matched: podman prints line by line, in map
+# order, and `podman ... | grep -q` under pipefail fails whenever grep has
+# matched and left before podman's next line, which then meets EPIPE.)
+out=$(podman logs e2epod-writer 2>&1) || fail "podman logs e2epod-writer: $out"
+grep -qx hello-from-kube <<<"$out" || fail "the pod's container did not print hello-from-kube: $out"
+out=$(podman diff e2epod-writer) || fail "podman diff e2epod-writer: $out"
+grep -qx "A /written" <<<"$out" || fail "podman diff of the pod's container lacks A /written: $(tr '\n' ' ' <<<"$out")"
 infra=$(podman pod inspect e2epod --format '{{.InfraContainerID}}')
 [ -n "$infra" ] && infra_image=$(podman inspect --format '{{.ImageName}}' "$infra") ||
   infra_image="(no infra container)"
