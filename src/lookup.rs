@@ -186,21 +186,29 @@ fn marker_absent<T>(r: Result<T>) -> Result<Option<T>> {
 /// Reads the opacity and redirect of a directory instance `fd` in `branch`,
 /// at union path `path`.
 pub fn dir_info(branch: &Branch, fd: &OwnedFd, path: &Path) -> Result<DirInfo> {
-    dir_info_of(branch, ObjRef::Fd(fd.as_fd()), path)
+    dir_info_of(branch, ObjRef::Fd(fd.as_fd()), path, false)
 }
 
-fn dir_info_of(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo> {
-    match dir_info_raw(branch, obj.as_dir(), path) {
+/// `last`: no layer is left below this one in the walk, so opacity can
+/// only matter through a redirect (which moves the walk to the branches
+/// below): without one, the opaque marker files (the AUFS `.wh..wh..opq`,
+/// unionfs-fuse's hidden tree) are not looked for — a cold lookup then
+/// does not read the directory's own blocks — and the layer may say
+/// `Transparent` for a directory such a file makes opaque, which stops
+/// nothing there. The xattrs are read either way: they also say whether
+/// the directory's entries may be xattr whiteouts, and its redirect.
+fn dir_info_of(branch: &Branch, obj: ObjRef<'_>, path: &Path, last: bool) -> Result<DirInfo> {
+    match dir_info_raw(branch, obj.as_dir(), path, last) {
         // `.` inside a directory needs search permission on it, which an
         // unprivileged daemon may lack; the object itself does not.
         Err(e) if e.errno() == nix::errno::Errno::EACCES && matches!(obj, ObjRef::Fd(_)) => {
-            dir_info_raw(branch, obj, path)
+            dir_info_raw(branch, obj, path, last)
         }
         r => r,
     }
 }
 
-fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo> {
+fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path, last: bool) -> Result<DirInfo> {
     let mut info = DirInfo::default();
     let names = obj.xattrs()?;
     for n in &names {
@@ -230,6 +238,7 @@ fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path) -> Result<DirInfo
     }
     if info.opacity != Opacity::Opaque
         && branch.whiteouts()
+        && (!last || info.redirect.is_some())
         && (marker_absent(obj.child_stat(OsStr::new(whiteout::OPAQUE_MARKER)))?.is_some()
             || hidden_in(branch, path)?)
     {
@@ -506,14 +515,15 @@ fn walk(cx: &Ctx<'_>, cands: Vec<Candidate<'_>>, name: &OsStr, path: &Path) -> R
         // its union path).
         let here = c.dir_path.join(&name);
         cx.spend(path)?;
-        let redirect = match probe(&c, &name, &here, queue.is_empty())? {
+        let last = queue.is_empty();
+        let redirect = match probe(&c, &name, &here, last)? {
             Outcome::Absent => continue,
             Outcome::Whiteout => break,
             Outcome::Dir(p) => {
                 if w.wants_data() {
                     break;
                 }
-                let Some(redirect) = add_dir(cx, &mut w, &c, &name, p, here)? else {
+                let Some(redirect) = add_dir(cx, &mut w, &c, &name, p, here, last)? else {
                     break;
                 };
                 redirect
@@ -556,6 +566,7 @@ fn add_dir(
     name: &OsStr,
     p: Probe,
     here: PathBuf,
+    last: bool,
 ) -> Result<Option<Option<Redirect>>> {
     // A mount point is sealed: shown empty, its markers unread. Known now
     // for an object opened by the probe; for one reached by name, only
@@ -571,7 +582,7 @@ fn add_dir(
     let mut info = if fd_sealed {
         sealed_info()
     } else {
-        dir_info_of(c.branch, p.obj(c, name)?, &here)?
+        dir_info_of(c.branch, p.obj(c, name)?, &here, last)?
     };
     note_top(w, c, name, &p)?;
     let stat = p.stat;
@@ -1214,6 +1225,29 @@ mod tests {
             mkdir(r, "l2/d/d");
         });
         assert_eq!(s.layers("new"), [l("u", "new"), l("l1", "d/d")]);
+    }
+
+    /// In the walk's last layer an opaque marker file stops nothing, and
+    /// is not looked for — except on a directory with a redirect, which
+    /// moves the walk to the branches below: there it must stop it.
+    #[test]
+    fn the_last_layer_looks_for_an_opaque_marker_only_with_a_redirect() {
+        let s = stack(|r| {
+            mkdir(r, "u/a/new"); // `a` is in the upper only: `new` is its last layer
+            redirect(r, "u/a/new", "/d/d");
+            file(r, "u/a/new/.wh..wh..opq", "");
+            mkdir(r, "l1/d/d");
+            file(r, "l1/d/d/hidden", "1");
+            file(r, "l3/last/.wh..wh..opq", "");
+        });
+        assert_eq!(s.layers("a/new"), [l("u", "a/new")]);
+        assert_eq!(s.errno("a/new/hidden"), nix::errno::Errno::ENOENT);
+        assert_eq!(s.layers("last"), [l("l3", "last")]);
+        // Not read: the layer does not know it is opaque (nothing below).
+        assert_eq!(
+            s.find("last").unwrap().state.layers[0].opacity,
+            Opacity::Transparent
+        );
     }
 
     #[test]
