@@ -9,9 +9,12 @@
 //! moved into the upper with one rename; so a crash leaves at most junk in
 //! the workdir (removed at the next mount), never a half-made object in the
 //! view. Empty files for copy-ups are made ahead, unnamed, by a thread of
-//! the writer's (`StagePool`). Locks: the staging pool's state mutex (a
-//! leaf: one push or pop, no syscall under it); the temp-name counter is
-//! atomic.
+//! the writer's (`StagePool`). The hard-link index's names are known in
+//! memory too (`IndexNames`: read at mount, a superset of the directory's
+//! while mounted), so a lookup of a hard-linked lower file asks the disk
+//! only when its entry may exist. Locks: the staging pool's state mutex and
+//! the index names' mutex (leaves: one push, pop or set access, no syscall
+//! under them); the temp-name counter is atomic.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -72,6 +75,8 @@ pub struct Upper {
     pub work: OwnedFd,
     /// Hard-link index directory.
     pub index: OwnedFd,
+    /// The names `index` holds (and names about to be linked there).
+    pub index_names: IndexNames,
     /// Format of whiteouts and opaque markers written.
     pub format: WhiteoutFormat,
     /// Namespace of the union's own xattrs.
@@ -111,6 +116,50 @@ pub struct Upper {
     /// its data is in the page cache still (`recover_pending`). Empty when
     /// the mount id is unknown (then nothing is recovered).
     session: Vec<u8>,
+}
+
+/// The names of the hard-link index directory, kept in memory: the union
+/// owns its workdir while mounted, so every entry made or removed there is
+/// made or removed through `Upper`. A superset of the directory's names
+/// (a name is added before its entry is linked, removed after its entry
+/// is unlinked), so `may_hold` false means the entry does not exist —
+/// the probe a lookup of every hard-linked lower file made before.
+#[derive(Debug, Default)]
+pub struct IndexNames(parking_lot::Mutex<Option<std::collections::HashSet<OsString>>>);
+
+impl IndexNames {
+    /// The names in index directory `dir` now; an index that cannot be
+    /// listed is taken to hold any name (each lookup then asks the disk).
+    fn read(dir: BorrowedFd<'_>) -> Self {
+        let names = sys::fs::read_dir(dir)
+            .map(|entries| entries.into_iter().map(|e| e.name).collect())
+            .ok();
+        IndexNames(parking_lot::Mutex::new(names))
+    }
+
+    /// True unless the index certainly lacks `name`.
+    pub fn may_hold(&self, name: &OsStr) -> bool {
+        self.0.lock().as_ref().is_none_or(|n| n.contains(name))
+    }
+
+    /// True when the index certainly holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().as_ref().is_some_and(|n| n.is_empty())
+    }
+
+    /// Before an entry `name` is linked into the index.
+    pub fn adding(&self, name: &OsStr) {
+        if let Some(n) = self.0.lock().as_mut() {
+            n.insert(name.to_os_string());
+        }
+    }
+
+    /// After entry `name` was unlinked from the index (or its link failed).
+    pub fn removed(&self, name: &OsStr) {
+        if let Some(n) = self.0.lock().as_mut() {
+            n.remove(name);
+        }
+    }
 }
 
 /// The recorded union link-count offset of an upper file ("U±n", as
@@ -317,6 +366,7 @@ impl Upper {
         // filesystem (no inode to spare) can still be mounted.
         let work = clear_dir(base.as_fd(), work_name)?;
         let index = mkdir_open(base.as_fd(), index_name)?;
+        let index_names = IndexNames::read(index.as_fd());
         let stage_name = if workdir.is_some() {
             "unionfs-stage"
         } else {
@@ -327,6 +377,7 @@ impl Upper {
             branch: upper.id,
             work,
             index,
+            index_names,
             format,
             ns,
             kernel_index,

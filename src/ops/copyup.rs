@@ -342,6 +342,9 @@ impl UnionFs {
             self.stage_found(stack, found, ino, data, copy_up::Publish::Synced)?;
         let offset = i64::try_from(found.stat.st_nlink).unwrap_or(i64::MAX)
             - i64::try_from(upper_links).unwrap_or(0);
+        // Known before it exists (`IndexNames` is a superset), and kept
+        // if the link fails: it may have failed because the entry exists.
+        upper.index_names.adding(&iname);
         let linked = origin
             .as_ref()
             .map_or(Ok(()), |fh| upper.set_origin(tfd.as_fd(), fh))
@@ -383,11 +386,17 @@ impl UnionFs {
         if let Some(upper) = stack.writer() {
             if found.kind == Kind::File
                 && found.stat.st_nlink > 1
+                && !upper.index_names.is_empty()
                 && !self.in_upper(stack, &found.state)
             {
                 let ino = self.ino_of(stack, &found);
                 let (iname, _) = self.index_key(stack, &found, ino)?;
-                match sys::fs::open_path_at(upper.index.as_fd(), &iname) {
+                let held = if upper.index_names.may_hold(&iname) {
+                    sys::fs::open_path_at(upper.index.as_fd(), &iname)
+                } else {
+                    Err(Error::NotFound)
+                };
+                match held {
                     Ok(fd) => {
                         found.stat = sys::fs::fstat(fd.as_fd())?;
                         found.recorded_ino = Some(ino.0);
@@ -650,7 +659,9 @@ impl UnionFs {
             if let Err(e) = upper.place(&tmp, pfd, name, false) {
                 // An index entry without its name would make the other
                 // names report a wrong link count: take it back.
-                let _ = sys::fs::unlink_at(upper.index.as_fd(), &iname, false);
+                if sys::fs::unlink_at(upper.index.as_fd(), &iname, false).is_ok() {
+                    upper.index_names.removed(&iname);
+                }
                 return Err(e);
             }
             (nfd, pst)
