@@ -327,6 +327,9 @@ pub struct MountOptions {
     pub cpup: Option<crate::policy::CopyUpPolicy>,
     /// `uring=auto|on|off`.
     pub uring: Option<Uring>,
+    /// `prefetch=on|off`: a listing has its subdirectories read ahead by
+    /// a thread of the union's (`prefetch.rs`); `None` = on.
+    pub prefetch: Option<bool>,
     /// `readdirplus=auto|all`: which entries of a listing carry attributes
     /// (`fuse::rdplus`). `None` = `auto`.
     pub readdirplus: Option<crate::fuse::rdplus::ReaddirPlus>,
@@ -526,6 +529,7 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                     ],
                 )?)
             }
+            "prefetch" => o.prefetch = Some(choice(key, value, &[("on", true), ("off", false)])?),
             "readdirplus" => {
                 use crate::fuse::rdplus::ReaddirPlus;
                 o.readdirplus = Some(choice(
@@ -883,6 +887,7 @@ mod tests {
                 "passthrough=all",
                 "uring=on",
                 "readdirplus=all",
+                "prefetch=off",
                 "metacopy=off",
                 "copyup=readwrite",
                 "nosuid",
@@ -906,6 +911,7 @@ mod tests {
         assert_eq!(o.passthrough, Some(Passthrough::All));
         assert_eq!(o.uring, Some(Uring::On));
         assert_eq!(o.readdirplus, Some(crate::fuse::rdplus::ReaddirPlus::All));
+        assert_eq!(o.prefetch, Some(false));
         assert_eq!(o.metacopy, Some(false));
         assert_eq!(o.copyup, Some(Strategy::ReadWrite));
         assert_eq!(o.flags, v(&["nosuid"]));
@@ -929,6 +935,7 @@ mod tests {
             "passthrough=yes",
             "uring=yes",
             "readdirplus=some",
+            "prefetch=yes",
             "metacopy=1",
             "copyup=fast",
             "ttl",

@@ -260,6 +260,7 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
             statfs: cfg.options.statfs.unwrap_or_default(),
             create: cfg.options.create.unwrap_or_default(),
             cpup: cfg.options.cpup.unwrap_or_default(),
+            prefetch: cfg.options.prefetch.unwrap_or(true),
         },
     )
     .context("cannot read the branch roots")?;

@@ -28,6 +28,7 @@ pub mod lookup;
 pub mod mode;
 pub mod ops;
 pub mod policy;
+pub mod prefetch;
 pub mod publish;
 pub mod readdir;
 pub mod sparse;

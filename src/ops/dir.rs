@@ -3,6 +3,8 @@
 //! Invariant: a listing is a snapshot, retaken only when read again from
 //! offset 0 after entries were handed out, so offsets stay stable while the
 //! directory changes.
+//! A snapshot queues the subdirectories it lists for the read-ahead
+//! thread (`prefetch.rs`), which changes nothing the union answers.
 //! Locks: the handle's or the node's listing mutex, held while a snapshot
 //! is taken (branch getdents) — per directory, never global.
 
@@ -39,11 +41,21 @@ impl UnionFs {
         self.handles.remove(fh);
     }
 
-    /// The merged listing of directory `ino`, `.` and `..` first.
-    fn snapshot_dir(&self, stack: &BranchStack, ino: Ino) -> Result<Vec<MergedEntry>> {
+    /// The merged listing of directory `ino`, `.` and `..` first;
+    /// `files_too`: made for a requester that gets every entry's attributes
+    /// (what the read-ahead of its subdirectories then reads).
+    fn snapshot_dir(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        files_too: bool,
+    ) -> Result<Vec<MergedEntry>> {
         let state = self.fresh_dir(stack, ino)?;
         let path = self.inodes.path_of(ino)?;
         let layers = readdir::layer_listings(stack, &state.layers, &path)?;
+        if self.prefetch.is_on() {
+            self.read_ahead(&state.layers, &layers, files_too);
+        }
         let merged = readdir::merge(&layers);
         let mut out = Vec::with_capacity(merged.len() + 2);
         out.push(MergedEntry {
@@ -60,6 +72,38 @@ impl UnionFs {
         Ok(out)
     }
 
+    /// Queues the subdirectories each layer of a listed directory holds
+    /// for the union's read-ahead thread (`prefetch.rs`). `listed` is
+    /// `layer_listings`' answer for `layers`, one listing per layer, unless
+    /// a unionfs-fuse whiteout tree added listings of its own (then the
+    /// layers are not matched up, and nothing is read ahead).
+    fn read_ahead(
+        &self,
+        layers: &[crate::inode::Layer],
+        listed: &[Vec<readdir::LayerEntry>],
+        files_too: bool,
+    ) {
+        if layers.len() != listed.len() {
+            return;
+        }
+        for (layer, entries) in layers.iter().zip(listed) {
+            let dirs: Vec<OsString> = entries
+                .iter()
+                .filter_map(|e| match e {
+                    readdir::LayerEntry::Object {
+                        name,
+                        kind: Kind::Dir,
+                        ..
+                    } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect();
+            if let (false, Ok(fd)) = (dirs.is_empty(), layer.fd()) {
+                self.prefetch.push(&fd, dirs, files_too);
+            }
+        }
+    }
+
     /// The listing of directory `ino` read through handle `fh` from
     /// `offset` on: a snapshot per handle, or — without a handle (`Fh(0)`,
     /// the kernel's no-opendir mode) — per directory, retaken at offset 0.
@@ -69,20 +113,21 @@ impl UnionFs {
         ino: Ino,
         fh: Fh,
         offset: u64,
+        files_too: bool,
     ) -> Result<Arc<Vec<MergedEntry>>> {
         if fh == NO_HANDLE {
             let node = self.inodes.get(ino)?;
             if node.kind != Kind::Dir {
                 return Err(Error::NotDir);
             }
-            return self.listing_in(stack, ino, &mut node.listing.lock(), offset);
+            return self.listing_in(stack, ino, &mut node.listing.lock(), offset, files_too);
         }
         let h = self.handles.get(fh)?;
         let Handle::Dir(d) = &*h else {
             return Err(Error::NotDir);
         };
         let mut l = d.listing.lock();
-        self.listing_in(stack, d.ino, &mut l, offset)
+        self.listing_in(stack, d.ino, &mut l, offset, files_too)
     }
 
     fn listing_in(
@@ -91,6 +136,7 @@ impl UnionFs {
         ino: Ino,
         l: &mut Listing,
         offset: u64,
+        files_too: bool,
     ) -> Result<Arc<Vec<MergedEntry>>> {
         if offset != 0 && l.entries.is_none() && l.eof == Some(offset) {
             return Ok(Arc::new(Vec::new()));
@@ -101,7 +147,7 @@ impl UnionFs {
         let entries = match &l.entries {
             Some(e) if !stale => Arc::clone(e),
             _ => {
-                let e = Arc::new(self.snapshot_dir(stack, ino)?);
+                let e = Arc::new(self.snapshot_dir(stack, ino, files_too)?);
                 l.entries = Some(Arc::clone(&e));
                 e
             }
@@ -120,7 +166,7 @@ impl UnionFs {
     ) -> Result<()> {
         let snapshot = self.stack.load_full();
         let stack = &*snapshot;
-        let entries = self.listing(stack, ino, fh, offset)?;
+        let entries = self.listing(stack, ino, fh, offset, false)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
             let out = DirEntryOut {
@@ -170,7 +216,7 @@ impl UnionFs {
     ) -> Result<()> {
         let snapshot = self.stack.load_full();
         let stack = &*snapshot;
-        let entries = self.listing(stack, ino, fh, offset)?;
+        let entries = self.listing(stack, ino, fh, offset, non_dirs)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
             // `.` and `..` are never linked by the kernel (it ignores their

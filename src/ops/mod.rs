@@ -118,6 +118,8 @@ pub struct CoreOptions {
     pub create: crate::policy::CreatePolicy,
     /// `cpup=`: where copy-ups go among them.
     pub cpup: crate::policy::CopyUpPolicy,
+    /// `prefetch=`: listings read their subdirectories ahead (`prefetch.rs`).
+    pub prefetch: bool,
 }
 
 impl Default for CoreOptions {
@@ -127,6 +129,7 @@ impl Default for CoreOptions {
             statfs: StatfsMode::default(),
             create: crate::policy::CreatePolicy::default(),
             cpup: crate::policy::CopyUpPolicy::default(),
+            prefetch: true,
         }
     }
 }
@@ -165,6 +168,7 @@ pub struct UnionFs {
     /// Whole-file copy-ups staged but not yet renamed into the upper, and
     /// the thread that publishes them (`publish.rs`).
     publisher: crate::publish::Publisher,
+    prefetch: crate::prefetch::Prefetcher,
 }
 
 /// Tells the kernel that what it cached about an inode is stale, for the
@@ -242,6 +246,7 @@ impl UnionFs {
 
     /// Builds the union over `stack` (its branches and writers).
     pub fn new(stack: BranchStack, opts: CoreOptions) -> Result<Self> {
+        let prefetch = crate::prefetch::Prefetcher::new(opts.prefetch);
         let (root, _) = lookup::root(&stack)?;
         let inodes = InodeTable::default();
         inodes.insert_root(root);
@@ -265,6 +270,7 @@ impl UnionFs {
             policy: crate::policy::PolicyState::default(),
             partials: crate::sparse::Partials::default(),
             publisher: crate::publish::Publisher::default(),
+            prefetch,
         })
     }
 
