@@ -178,6 +178,42 @@ fn bench_lookup(c: &mut Criterion) {
     g.finish();
 }
 
+/// GETATTR of a directory merged from two branches: what a warm walk asks
+/// once per directory (the kernel marks a directory's atime stale after
+/// each listing), against the `fstat` it comes down to.
+fn bench_getattr(c: &mut Criterion) {
+    let mut g = c.benchmark_group("getattr of a merged directory");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let backings = Backings::new(DEFAULT_CACHED_FDS);
+    let mut branches = Vec::new();
+    for i in 0..2u16 {
+        let p = dir.path().join(format!("b{i}"));
+        std::fs::create_dir_all(p.join("d")).unwrap();
+        branches.push(Branch::open(BranchId(i), &p, Mode::RO_WH, false, &backings).unwrap());
+    }
+    let stack = BranchStack::new(branches, Vec::new(), backings);
+    let fs = UnionFs::new(
+        stack,
+        CoreOptions {
+            name_max: 255,
+            prefetch: false,
+            ..CoreOptions::default()
+        },
+    )
+    .unwrap();
+    let d = fs.lookup(ROOT_INO, OsStr::new("d")).unwrap().attr.ino;
+    g.bench_function("UnionFs::getattr", |b| {
+        b.iter(|| black_box(fs.getattr(black_box(d)).unwrap()))
+    });
+    let top = open_path_abs(&dir.path().join("b0/d")).unwrap();
+    g.bench_function("baseline fstat", |b| {
+        b.iter(|| black_box(fstat(black_box(top.as_fd())).unwrap()))
+    });
+    g.finish();
+}
+
 // ---------------------------------------------------------------------------
 // Copy-up by size.
 
@@ -551,6 +587,7 @@ fn bench_inode_table(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_merge,
+    bench_getattr,
     bench_lookup,
     bench_copy_up,
     bench_inode_table
