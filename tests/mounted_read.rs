@@ -146,6 +146,55 @@ fn aufs_whiteouts_opaque_dirs_and_internal_names() {
     assert_unchanged(&before);
 }
 
+/// A directory big enough to be listed in several batches, with its
+/// whiteouts stat'ed beside the listing (`readdir::read_and_stat`): every
+/// whiteout hides its name below, every real device shows, nothing else
+/// is lost.
+#[test]
+fn chardev_whiteouts_in_a_big_merged_directory() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let b = Branches::new("chardev-big");
+    let (l1, l2) = (&b.l1, &b.l2);
+    let mut want = std::collections::BTreeSet::new();
+    for i in 0..4000 {
+        let name = format!("d/entry-with-a-longish-name-{i:05}");
+        file(l2, &name, b"below", 0o644);
+        match i % 10 {
+            0 => {
+                wh_chardev(l1, &name);
+            }
+            1 => {
+                chardev(l1, &name, 1, 3, 0o666);
+                want.insert(name);
+            }
+            _ => {
+                want.insert(name);
+            }
+        }
+    }
+    for i in 0..1500 {
+        let name = format!("d/only-above-{i:04}");
+        file(l1, &name, b"above", 0o644);
+        want.insert(name);
+    }
+    let m = b.mount();
+    let listed: std::collections::BTreeSet<String> = std::fs::read_dir(m.mnt.join("d"))
+        .unwrap()
+        .map(|e| format!("d/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    assert_eq!(listed.len(), want.len());
+    assert!(
+        listed == want,
+        "the merged listing differs from the expected one"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    let dev = std::fs::symlink_metadata(m.mnt.join("d/entry-with-a-longish-name-00001")).unwrap();
+    assert!(dev.file_type().is_char_device());
+    m.unmount();
+}
+
 #[test]
 fn chardev_whiteouts() {
     if !can_mount_fuse() {

@@ -179,9 +179,21 @@ pub struct RawDirEntry {
 /// syscalls a listing cost, and a deep stack lists each layer of a
 /// directory (readdir, the layer index).
 pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<RawDirEntry>> {
+    let mut out = Vec::new();
+    read_dir_batches(dir, |_| {}, &mut out)?;
+    Ok(out)
+}
+
+/// `read_dir` into `out`, calling `batch` with the entries each
+/// `getdents64` added (a caller can start work on them while the next
+/// batch is read).
+pub fn read_dir_batches(
+    dir: BorrowedFd<'_>,
+    mut batch: impl FnMut(&[RawDirEntry]),
+    out: &mut Vec<RawDirEntry>,
+) -> Result<()> {
     let fd = reopen(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
     let mut buf = vec![0u8; DENTS_BUF];
-    let mut out = Vec::new();
     loop {
         let n = traced!(
             "getdents64",
@@ -189,10 +201,12 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<RawDirEntry>> {
             getdents64(fd.as_fd(), &mut buf)
         )?;
         if n == 0 {
-            return Ok(out);
+            return Ok(());
         }
         let filled = buf.get(..n).ok_or_else(|| bad_dents(dir))?;
-        parse_dents(filled, &mut out).ok_or_else(|| bad_dents(dir))?;
+        let before = out.len();
+        parse_dents(filled, out).ok_or_else(|| bad_dents(dir))?;
+        batch(out.get(before..).unwrap_or_default());
     }
 }
 
