@@ -114,8 +114,11 @@ pub struct Layer {
     /// Where it lives in its branch (relative to the branch root); differs
     /// from the union path below a redirect.
     pub path: PathBuf,
-    /// For directories: whether lower branches show through.
+    /// For directories: whether lower branches show through (`Opaque` or
+    /// `Transparent`).
     pub opacity: Opacity,
+    /// For directories: entries here may be xattr whiteouts.
+    pub xwhiteouts: bool,
     /// For upper directories: entries may carry a recorded union inode number.
     pub impure: bool,
     /// A hard-linked lower file's upper data, found through the index: the
@@ -168,6 +171,7 @@ impl Layer {
             backing,
             path,
             opacity: Opacity::Transparent,
+            xwhiteouts: false,
             impure: false,
             indexed: false,
             sealed: false,

@@ -143,8 +143,12 @@ struct Candidate<'a> {
 /// What one branch's instance of a directory says about the branches below.
 #[derive(Debug, Default)]
 pub struct DirInfo {
-    /// Opaque or not.
+    /// Opaque (`Opaque`) or not (`Transparent`); never `HasXattrWhiteouts`,
+    /// which is `xwhiteouts`, since one directory can be both (an overlay
+    /// `opaque=x` xattr and an AUFS marker file, each format's own rule).
     pub opacity: Opacity,
+    /// Its entries may be xattr whiteouts (overlay `opaque=x`).
+    pub xwhiteouts: bool,
     /// Where the lower content comes from, if elsewhere.
     pub redirect: Option<Redirect>,
     /// Entries may carry a recorded union inode number (see `INO_XATTRS`).
@@ -219,10 +223,8 @@ fn dir_info_raw(branch: &Branch, obj: ObjRef<'_>, path: &Path, last: bool) -> Re
             if let Some(v) = obj.xattr(n)? {
                 match whiteout::opacity_from_xattr(&v) {
                     Opacity::Opaque => info.opacity = Opacity::Opaque,
-                    Opacity::HasXattrWhiteouts if info.opacity != Opacity::Opaque => {
-                        info.opacity = Opacity::HasXattrWhiteouts
-                    }
-                    _ => {}
+                    Opacity::HasXattrWhiteouts => info.xwhiteouts = true,
+                    Opacity::Transparent => {}
                 }
             }
         } else if whiteout::IMPURE_XATTRS.iter().any(|x| n == OsStr::new(x)) {
@@ -372,7 +374,7 @@ impl<'a> Candidate<'a> {
             backing: Arc::clone(&l.backing),
             dir: std::cell::OnceCell::new(),
             dir_path: l.path.clone(),
-            xwhiteouts: l.opacity == Opacity::HasXattrWhiteouts,
+            xwhiteouts: l.xwhiteouts,
             impure: l.impure,
             names: None,
         })
@@ -595,6 +597,7 @@ fn add_dir(
     }
     let mut layer = Layer::with_backing(c.branch, backing, here);
     layer.opacity = info.opacity;
+    layer.xwhiteouts = info.xwhiteouts;
     layer.impure = info.impure;
     layer.sealed = sealed;
     w.layers.push(layer);
@@ -864,6 +867,7 @@ fn root_layer(b: &Branch) -> Result<Layer> {
         branch: b.id,
         backing: b.pinned(fd),
         opacity: info.opacity,
+        xwhiteouts: info.xwhiteouts,
         impure: info.impure,
         indexed: false,
         sealed: false,
@@ -1248,6 +1252,30 @@ mod tests {
             s.find("last").unwrap().state.layers[0].opacity,
             Opacity::Transparent
         );
+    }
+
+    /// A directory marked both ways — an AUFS opaque marker file and an
+    /// overlay `opaque=x` xattr — is opaque and has its xattr whiteouts
+    /// honoured, each format's own rule, whether a layer lies below it or
+    /// not (it once lost the xattr whiteouts where the marker was read).
+    #[test]
+    fn an_opaque_directory_with_xattr_whiteouts_is_both_in_every_layer() {
+        let s = stack(|r| {
+            for (dir, below) in [("l1/mixed", Some("l2/mixed")), ("l3/last", None)] {
+                mkdir(r, dir);
+                xattr::set(r.join(dir), "user.overlay.opaque", b"x").unwrap();
+                file(r, &format!("{dir}/.wh..wh..opq"), "");
+                file(r, &format!("{dir}/gone"), "");
+                xattr::set(r.join(format!("{dir}/gone")), "user.overlay.whiteout", b"").unwrap();
+                if let Some(b) = below {
+                    file(r, &format!("{b}/below"), "hidden by the marker");
+                }
+            }
+        });
+        assert_eq!(s.layers("mixed"), [l("l1", "mixed")]);
+        assert_eq!(s.errno("mixed/below"), nix::errno::Errno::ENOENT);
+        assert_eq!(s.errno("mixed/gone"), nix::errno::Errno::ENOENT);
+        assert_eq!(s.errno("last/gone"), nix::errno::Errno::ENOENT);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::inode::{Kind, Layer, MergedEntry};
 use crate::stack::BranchStack;
 use crate::sys;
-use crate::whiteout::{self, NameClass, Opacity};
+use crate::whiteout::{self, NameClass};
 
 /// One name of one branch directory, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,9 +197,8 @@ pub fn list_layer(
     // Before the listing: an index that settles during it may not take it.
     let index = stack.layer_index(branch);
     let dir = layer.fd()?;
-    let may_be_xwhiteout = |known: Option<Kind>| {
-        layer.opacity == Opacity::HasXattrWhiteouts && matches!(known, None | Some(Kind::File))
-    };
+    let may_be_xwhiteout =
+        |known: Option<Kind>| layer.xwhiteouts && matches!(known, None | Some(Kind::File));
     // An entry whose type getdents does not settle is stat'ed by name: one
     // fstatat, where opening the entry took three (a merged directory can
     // hold many whiteouts, which are character devices).
