@@ -14,18 +14,24 @@
 //! memory costs a `getdents` per directory. The newest listing's subdirectories go first (a
 //! stack): a depth-first walker enters them next.
 //!
-//! Invariant: advisory only. The thread reads branches through the layers'
-//! fds and keeps nothing: no node, listing or fd cache of the union's
-//! changes, so what a request answers is the same with it or without it
-//! (`prefetch=off`); a failure is ignored. At most `BOUND` directories wait;
-//! the oldest are dropped. The thread runs at idle priority (`SCHED_IDLE`:
-//! only on a CPU nothing else wants) and ends with the union.
+//! Invariant: advisory only. Only branches the union never writes are read
+//! ahead (a listing holds its directory's lock shared, which a thread at
+//! idle priority must not hold where the union's own writes need it). The
+//! thread keeps nothing: no node, listing or fd cache of the union's
+//! changes, and it reads with `O_NOATIME`, beneath the layer directory,
+//! never across a mount, so what a request answers is the same with it or
+//! without it (`prefetch=off`); a failure is ignored. A job holds its
+//! layer directory weakly: the union's fd cache alone decides which fds
+//! stay open (a job whose directory was evicted, or whose branch or union
+//! is gone, is skipped). At most `BOUND` directories wait; the oldest are
+//! dropped. The thread runs at idle priority (`SCHED_IDLE`: only on a CPU
+//! nothing else wants) and ends with the union.
 //! Locks: the queue's mutex, a leaf (no syscall under it).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -38,24 +44,21 @@ pub const BOUND: usize = 1024;
 /// disk takes longer here, 100 µs and more): its entries are not stat'ed.
 const WARM: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// One directory to read: its parent's layer fd, its name there, and
-/// whether its non-directories are stat'ed too.
+/// One directory to read: its parent's layer fd (as long as the union
+/// keeps it), its name there, and whether its non-directories are stat'ed
+/// too.
 struct Job {
-    dir: Arc<OwnedFd>,
+    dir: Weak<OwnedFd>,
     name: OsString,
     files: bool,
 }
 
 #[derive(Default)]
-struct Queue {
-    jobs: Vec<Job>,
-    stop: bool,
-}
-
-#[derive(Default)]
 struct Inner {
-    queue: Mutex<Queue>,
+    queue: Mutex<Vec<Job>>,
     wake: Condvar,
+    /// Set when the union goes: the thread stops, even inside a job.
+    stop: AtomicBool,
     /// Directories read so far.
     read: AtomicU64,
 }
@@ -63,7 +66,8 @@ struct Inner {
 /// A union's read-ahead thread (started at the first job).
 pub struct Prefetcher {
     inner: Arc<Inner>,
-    started: std::sync::Once,
+    /// Whether the thread runs (set once, at the first job).
+    thread: std::sync::OnceLock<bool>,
     on: bool,
 }
 
@@ -81,7 +85,7 @@ impl Prefetcher {
     pub fn new(on: bool) -> Self {
         Prefetcher {
             inner: Arc::default(),
-            started: std::sync::Once::new(),
+            thread: std::sync::OnceLock::new(),
             on,
         }
     }
@@ -96,31 +100,21 @@ impl Prefetcher {
         self.inner.read.load(Ordering::Relaxed)
     }
 
-    /// Queues directories `names` of layer directory `dir`, the first to
-    /// be read first; `files`: their non-directories are stat'ed too.
+    /// Queues directories `names` of layer directory `dir` (of a branch
+    /// the union never writes), the first to be read first; `files`: their
+    /// non-directories are stat'ed too. At most `BOUND` names are taken.
     pub fn push(&self, dir: &Arc<OwnedFd>, names: Vec<OsString>, files: bool) {
-        if !self.on || names.is_empty() {
+        if !self.on || names.is_empty() || !self.running() {
             return;
         }
-        self.started.call_once(|| {
-            let inner = Arc::clone(&self.inner);
-            let spawned = std::thread::Builder::new()
-                .name("unionfs-ahead".into())
-                .spawn(move || {
-                    sys::resident::idle_thread();
-                    run(&inner);
-                });
-            if let Err(e) = spawned {
-                tracing::debug!("no read-ahead thread: {e}");
-            }
-        });
+        let dir = Arc::downgrade(dir);
         let mut q = self.inner.queue.lock();
-        let waiting = q.jobs.len();
+        let waiting = q.len();
         let over = (waiting + names.len()).saturating_sub(BOUND);
-        q.jobs.drain(..over.min(waiting));
+        q.drain(..over.min(waiting));
         for name in names.into_iter().take(BOUND).rev() {
-            q.jobs.push(Job {
-                dir: Arc::clone(dir),
+            q.push(Job {
+                dir: Weak::clone(&dir),
                 name,
                 files,
             });
@@ -128,22 +122,44 @@ impl Prefetcher {
         drop(q);
         self.inner.wake.notify_one();
     }
+
+    /// Starts the thread the first time; false when there is none.
+    fn running(&self) -> bool {
+        *self.thread.get_or_init(|| {
+            let inner = Arc::clone(&self.inner);
+            let spawned = std::thread::Builder::new()
+                .name("unionfs-ahead".into())
+                .spawn(move || {
+                    sys::resident::idle_thread();
+                    run(&inner);
+                });
+            if let Err(e) = &spawned {
+                tracing::debug!("no read-ahead thread: {e}");
+            }
+            spawned.is_ok()
+        })
+    }
 }
 
 impl Drop for Prefetcher {
     fn drop(&mut self) {
-        self.inner.queue.lock().stop = true;
+        self.inner.stop.store(true, Ordering::Relaxed);
+        let jobs = std::mem::take(&mut *self.inner.queue.lock());
         self.inner.wake.notify_all();
+        drop(jobs);
     }
 }
 
 fn run(inner: &Inner) {
     while let Some(job) = next(inner) {
-        let Ok(fd) = sys::fs::open_path_at(job.dir.as_fd(), &job.name) else {
+        // Gone from the union's cache (or the union is gone): not ours to open.
+        let Some(dir) = job.dir.upgrade() else {
             continue;
         };
         let started = std::time::Instant::now();
-        let Ok(entries) = sys::fs::read_dir(fd.as_fd()) else {
+        let listed = sys::fs::read_dir_ahead(dir.as_fd(), &job.name);
+        drop(dir);
+        let Ok((fd, entries)) = listed else {
             continue;
         };
         inner.read.fetch_add(1, Ordering::Relaxed);
@@ -152,6 +168,9 @@ fn run(inner: &Inner) {
             continue;
         }
         for e in &entries {
+            if inner.stop.load(Ordering::Relaxed) {
+                return;
+            }
             if job.files || e.kind == Some(nix::dir::Type::Directory) {
                 let _ = sys::fs::stat_at(fd.as_fd(), &e.name);
             }
@@ -163,10 +182,10 @@ fn run(inner: &Inner) {
 fn next(inner: &Inner) -> Option<Job> {
     let mut q = inner.queue.lock();
     loop {
-        if q.stop {
+        if inner.stop.load(Ordering::Relaxed) {
             return None;
         }
-        if let Some(job) = q.jobs.pop() {
+        if let Some(job) = q.pop() {
             return Some(job);
         }
         inner.wake.wait(&mut q);
@@ -201,6 +220,27 @@ mod tests {
         assert_eq!(wait_for(&p, 2), 2);
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(p.read(), 2, "a missing directory is not counted as read");
+    }
+
+    /// Advisory: a directory read ahead keeps its atime (which a listing
+    /// would move forward, here from 2000, under relatime).
+    #[test]
+    fn reading_ahead_leaves_atime_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("f"), "f").unwrap();
+        let old = std::fs::FileTimes::new()
+            .set_accessed(std::time::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800));
+        std::fs::File::open(&a).unwrap().set_times(old).unwrap();
+        let before = std::fs::metadata(&a).unwrap().atime();
+        let dir = Arc::new(sys::fs::open_path_abs(tmp.path()).unwrap());
+        let p = Prefetcher::new(true);
+        p.push(&dir, vec![OsString::from("a")], true);
+        assert_eq!(wait_for(&p, 1), 1);
+        assert_eq!(std::fs::metadata(&a).unwrap().atime(), before);
+        assert_eq!(before, 946_684_800);
     }
 
     #[test]

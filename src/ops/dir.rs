@@ -54,7 +54,7 @@ impl UnionFs {
         let path = self.inodes.path_of(ino)?;
         let layers = readdir::layer_listings(stack, &state.layers, &path)?;
         if self.prefetch.is_on() {
-            self.read_ahead(&state.layers, &layers, files_too);
+            self.read_ahead(stack, &state.layers, &layers, files_too);
         }
         let merged = readdir::merge(&layers);
         let mut out = Vec::with_capacity(merged.len() + 2);
@@ -72,13 +72,15 @@ impl UnionFs {
         Ok(out)
     }
 
-    /// Queues the subdirectories each layer of a listed directory holds
-    /// for the union's read-ahead thread (`prefetch.rs`). `listed` is
+    /// Queues the subdirectories each read-only layer of a listed
+    /// directory holds for the union's read-ahead thread (`prefetch.rs`;
+    /// a writable branch is never read ahead). `listed` is
     /// `layer_listings`' answer for `layers`, one listing per layer, unless
     /// a unionfs-fuse whiteout tree added listings of its own (then the
     /// layers are not matched up, and nothing is read ahead).
     fn read_ahead(
         &self,
+        stack: &BranchStack,
         layers: &[crate::inode::Layer],
         listed: &[Vec<readdir::LayerEntry>],
         files_too: bool,
@@ -87,6 +89,9 @@ impl UnionFs {
             return;
         }
         for (layer, entries) in layers.iter().zip(listed) {
+            if stack.get(layer.branch).is_none_or(|b| b.mode.writable()) {
+                continue;
+            }
             let dirs: Vec<OsString> = entries
                 .iter()
                 .filter_map(|e| match e {
@@ -97,8 +102,12 @@ impl UnionFs {
                     } => Some(name.clone()),
                     _ => None,
                 })
+                .take(crate::prefetch::BOUND)
                 .collect();
-            if let (false, Ok(fd)) = (dirs.is_empty(), layer.fd()) {
+            if dirs.is_empty() {
+                continue;
+            }
+            if let Ok(fd) = layer.fd() {
                 self.prefetch.push(&fd, dirs, files_too);
             }
         }

@@ -189,17 +189,24 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<RawDirEntry>> {
 /// batch is read).
 pub fn read_dir_batches(
     dir: BorrowedFd<'_>,
-    mut batch: impl FnMut(&[RawDirEntry]),
+    batch: impl FnMut(&[RawDirEntry]),
     out: &mut Vec<RawDirEntry>,
 ) -> Result<()> {
     let fd = reopen(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    read_open_dir_batches(fd.as_fd(), batch, out)
+}
+
+/// `read_dir_batches` of a directory already open for reading (from its
+/// start: a fresh fd).
+fn read_open_dir_batches(
+    fd: BorrowedFd<'_>,
+    mut batch: impl FnMut(&[RawDirEntry]),
+    out: &mut Vec<RawDirEntry>,
+) -> Result<()> {
+    let dir = fd;
     let mut buf = vec![0u8; DENTS_BUF];
     loop {
-        let n = traced!(
-            "getdents64",
-            dir.as_raw_fd(),
-            getdents64(fd.as_fd(), &mut buf)
-        )?;
+        let n = traced!("getdents64", dir.as_raw_fd(), getdents64(fd, &mut buf))?;
         if n == 0 {
             return Ok(());
         }
@@ -208,6 +215,35 @@ pub fn read_dir_batches(
         parse_dents(filled, out).ok_or_else(|| bad_dents(dir))?;
         batch(out.get(before..).unwrap_or_default());
     }
+}
+
+/// Lists directory `name` of `dir` for reading ahead: opened beneath `dir`
+/// without following a symlink or crossing a mount, and without updating
+/// its atime (`O_NOATIME`: EPERM where the caller neither owns it nor has
+/// CAP_FOWNER, so such a directory is not read ahead).
+pub fn read_dir_ahead(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(OwnedFd, Vec<RawDirEntry>)> {
+    let how = OpenHow::new()
+        .flags(
+            OFlag::O_RDONLY
+                | OFlag::O_DIRECTORY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NOATIME
+                | OFlag::O_CLOEXEC,
+        )
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = traced!(
+        "openat2",
+        (dir.as_raw_fd(), name),
+        nix::fcntl::openat2(dir, Path::new(name), how)
+    )?;
+    let mut out = Vec::new();
+    read_open_dir_batches(fd.as_fd(), |_| {}, &mut out)?;
+    Ok((fd, out))
 }
 
 /// Bytes of directory entries read per `getdents64` (glibc's readdir
