@@ -204,7 +204,8 @@ pub fn list_layer(
     // hold many whiteouts, which are character devices).
     let needs_stat = |r: &sys::fs::RawDirEntry| {
         let known = r.kind.and_then(kind_of_type);
-        known.is_none() || may_be_xwhiteout(known)
+        matches!(whiteout::classify_name(&r.name), NameClass::Plain)
+            && (known.is_none() || may_be_xwhiteout(known))
     };
     let (raw, mut stats) = read_and_stat(dir.as_fd(), needs_stat)?;
     if let Some(ix) = index {
@@ -234,8 +235,16 @@ pub fn list_layer(
             continue;
         }
         let known = r.kind.and_then(kind_of_type);
-        let kind = match (known, stats.get_mut(i).and_then(Option::take)) {
-            (Some(k), None) => k,
+        // `needs_stat` asked for the stat of every plain entry of unknown
+        // kind (or possibly an xattr whiteout); should one be missing all
+        // the same, it is made here rather than the entry dropped.
+        let stat = match stats.get_mut(i).and_then(Option::take) {
+            None if known.is_none() || may_be_xwhiteout(known) => {
+                Some(sys::fs::stat_at(dir.as_fd(), &r.name))
+            }
+            stat => stat,
+        };
+        let kind = match (known, stat) {
             (_, Some(stat)) => {
                 let st = match stat {
                     Ok(st) => st,
@@ -255,7 +264,8 @@ pub fn list_layer(
                 }
                 Kind::from_mode(st.st_mode)
             }
-            // `needs_stat` asked for one of every entry without a known kind.
+            (Some(k), None) => k,
+            // A stat was made above for every entry of unknown kind.
             (None, None) => continue,
         };
         let recorded = if layer.impure {
@@ -310,41 +320,53 @@ fn read_and_stat_in(
         return Ok((raw, stats));
     }
     std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, OsString)>();
-        let helper = std::thread::Builder::new()
-            .name("readdir-stat".into())
-            .spawn_scoped(s, move || {
-                rx.into_iter()
-                    .map(|(i, name)| (i, stat(&name)))
-                    .collect::<Vec<_>>()
-            });
+        // Started at the first entry that needs a stat (many big layers
+        // need none: d_type settles every kind); `None` inside: no thread
+        // to be had, those stats are made after the listing.
+        type Helper<'s> = (
+            std::sync::mpsc::Sender<(usize, OsString)>,
+            std::thread::ScopedJoinHandle<'s, Vec<(usize, EntryStat)>>,
+        );
+        let mut helper: Option<Option<Helper<'_>>> = None;
         let mut seen = 0usize;
         let mut inline = Vec::new();
         let listed = sys::fs::read_dir_batches(
             dir,
             |batch| {
                 for r in batch {
-                    if needs_stat(r) {
-                        let i = seen;
-                        // Without a helper (none to be had), after the listing.
-                        match &helper {
-                            Ok(_) => {
-                                if let Err(e) = tx.send((i, r.name.clone())) {
-                                    inline.push(e.0);
-                                }
-                            }
-                            Err(_) => inline.push((i, r.name.clone())),
-                        }
-                    }
+                    let i = seen;
                     seen += 1;
+                    if !needs_stat(r) {
+                        continue;
+                    }
+                    let h = helper.get_or_insert_with(|| {
+                        let (tx, rx) = std::sync::mpsc::channel::<(usize, OsString)>();
+                        std::thread::Builder::new()
+                            .name("readdir-stat".into())
+                            .spawn_scoped(s, move || {
+                                rx.into_iter()
+                                    .map(|(i, name)| (i, stat(&name)))
+                                    .collect::<Vec<_>>()
+                            })
+                            .ok()
+                            .map(|join| (tx, join))
+                    });
+                    match h {
+                        Some((tx, _)) => {
+                            if let Err(e) = tx.send((i, r.name.clone())) {
+                                inline.push(e.0);
+                            }
+                        }
+                        None => inline.push((i, r.name.clone())),
+                    }
                 }
             },
             &mut raw,
         );
-        drop(tx);
         let mut stats: Vec<Option<EntryStat>> = raw.iter().map(|_| None).collect();
-        if let Ok(h) = helper {
-            for (i, st) in h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+        if let Some(Some((tx, join))) = helper {
+            drop(tx);
+            for (i, st) in join.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
                 if let Some(slot) = stats.get_mut(i) {
                     *slot = Some(st);
                 }
