@@ -119,21 +119,27 @@ pub struct Upper {
 }
 
 /// The names of the hard-link index directory, kept in memory: the union
-/// owns its workdir while mounted, so every entry made or removed there is
-/// made or removed through `Upper`. A superset of the directory's names
-/// (a name is added before its entry is linked, removed after its entry
-/// is unlinked), so `may_hold` false means the entry does not exist —
-/// the probe a lookup of every hard-linked lower file made before.
+/// owns its workdir while mounted, so every entry made there is made
+/// through `Upper` (`adding`, before its link). A superset of the
+/// directory's names — an entry the union takes back (a failed placing)
+/// keeps its name here — so `may_hold` false means the entry does not
+/// exist: the probe a lookup of every hard-linked lower file made before.
+/// An index that cannot be listed, or holds more than `INDEX_NAMES_MAX`
+/// names, is not kept (every such lookup asks the disk, as before).
 #[derive(Debug, Default)]
 pub struct IndexNames(parking_lot::Mutex<Option<std::collections::HashSet<OsString>>>);
 
+/// Most index names kept in memory (about 100 bytes each with the overlay
+/// format's hex file handles).
+const INDEX_NAMES_MAX: usize = 65_536;
+
 impl IndexNames {
-    /// The names in index directory `dir` now; an index that cannot be
-    /// listed is taken to hold any name (each lookup then asks the disk).
+    /// The names in index directory `dir` now.
     fn read(dir: BorrowedFd<'_>) -> Self {
         let names = sys::fs::read_dir(dir)
-            .map(|entries| entries.into_iter().map(|e| e.name).collect())
-            .ok();
+            .ok()
+            .filter(|entries| entries.len() <= INDEX_NAMES_MAX)
+            .map(|entries| entries.into_iter().map(|e| e.name).collect());
         IndexNames(parking_lot::Mutex::new(names))
     }
 
@@ -149,15 +155,12 @@ impl IndexNames {
 
     /// Before an entry `name` is linked into the index.
     pub fn adding(&self, name: &OsStr) {
-        if let Some(n) = self.0.lock().as_mut() {
+        let mut names = self.0.lock();
+        if let Some(n) = names.as_mut() {
             n.insert(name.to_os_string());
-        }
-    }
-
-    /// After entry `name` was unlinked from the index (or its link failed).
-    pub fn removed(&self, name: &OsStr) {
-        if let Some(n) = self.0.lock().as_mut() {
-            n.remove(name);
+            if n.len() > INDEX_NAMES_MAX {
+                *names = None;
+            }
         }
     }
 }

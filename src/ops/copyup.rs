@@ -659,9 +659,7 @@ impl UnionFs {
             if let Err(e) = upper.place(&tmp, pfd, name, false) {
                 // An index entry without its name would make the other
                 // names report a wrong link count: take it back.
-                if sys::fs::unlink_at(upper.index.as_fd(), &iname, false).is_ok() {
-                    upper.index_names.removed(&iname);
-                }
+                let _ = sys::fs::unlink_at(upper.index.as_fd(), &iname, false);
                 return Err(e);
             }
             (nfd, pst)
