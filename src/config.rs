@@ -257,6 +257,16 @@ pub enum Passthrough {
     All,
 }
 
+/// `readdirplus=`: which entries of a READDIRPLUS get attributes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReaddirPlus {
+    /// Directories always, other entries for requesters that stat them.
+    #[default]
+    Auto,
+    /// Every entry.
+    All,
+}
+
 /// Whether requests come through FUSE over io_uring (kernel >= 6.14, fuse
 /// module parameter `enable_uring`) instead of reads of /dev/fuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -332,7 +342,7 @@ pub struct MountOptions {
     pub prefetch: Option<bool>,
     /// `readdirplus=auto|all`: which entries of a listing carry attributes
     /// (`fuse::rdplus`). `None` = `auto`.
-    pub readdirplus: Option<crate::fuse::rdplus::ReaddirPlus>,
+    pub readdirplus: Option<ReaddirPlus>,
     /// `udba=none|reval|notify` (AUFS): how changes made directly in a
     /// branch are noticed. `None` = `none`.
     pub udba: Option<crate::udba::Udba>,
@@ -531,7 +541,6 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
             }
             "prefetch" => o.prefetch = Some(choice(key, value, &[("on", true), ("off", false)])?),
             "readdirplus" => {
-                use crate::fuse::rdplus::ReaddirPlus;
                 o.readdirplus = Some(choice(
                     key,
                     value,
@@ -910,7 +919,7 @@ mod tests {
         assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
         assert_eq!(o.passthrough, Some(Passthrough::All));
         assert_eq!(o.uring, Some(Uring::On));
-        assert_eq!(o.readdirplus, Some(crate::fuse::rdplus::ReaddirPlus::All));
+        assert_eq!(o.readdirplus, Some(ReaddirPlus::All));
         assert_eq!(o.prefetch, Some(false));
         assert_eq!(o.metacopy, Some(false));
         assert_eq!(o.copyup, Some(Strategy::ReadWrite));

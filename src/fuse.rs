@@ -135,12 +135,12 @@ impl FuseAdapter {
             io: IoModes::default(),
             udba: Udba::None,
             watcher: None,
-            habits: rdplus::Habits::new(rdplus::ReaddirPlus::default()),
+            habits: rdplus::Habits::new(crate::config::ReaddirPlus::default()),
         }
     }
 
     /// Sets `readdirplus=` (see `rdplus`).
-    pub fn with_readdirplus(mut self, mode: rdplus::ReaddirPlus) -> Self {
+    pub fn with_readdirplus(mut self, mode: crate::config::ReaddirPlus) -> Self {
         self.habits = rdplus::Habits::new(mode);
         self
     }

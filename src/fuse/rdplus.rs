@@ -30,15 +30,7 @@ use std::num::NonZeroUsize;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-/// `readdirplus=`: which entries of a READDIRPLUS get attributes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ReaddirPlus {
-    /// Directories always, other entries for requesters that stat them.
-    #[default]
-    Auto,
-    /// Every entry.
-    All,
-}
+use crate::config::ReaddirPlus;
 
 /// How many requesters are remembered.
 const REMEMBERED: usize = 1024;
