@@ -289,47 +289,43 @@ pub fn list_layer(
 type EntryStat = Result<nix::sys::stat::FileStat>;
 
 /// The entries of branch directory `dir`, and for each one `needs_stat`
-/// picks its `fstatat` (indexes match; `None` for the others). A big
-/// directory (`PARALLEL_LISTING_BYTES`) with such entries has them stat'ed
-/// by a helper thread while its next `getdents` batches are read: a layer
-/// of 1,000 character-device whiteouts among 6,000 entries took its
-/// listing's time again in stats after it (cold: 6.6 + 10 ms), now mostly
-/// beside it.
+/// picks its `fstatat` (indexes match; `None` for the others). Once
+/// `HELPER_AFTER` entries need one, they are stat'ed by a helper thread
+/// while the next `getdents` batches are read: a layer of 1,000
+/// character-device whiteouts among 6,000 entries took its listing's time
+/// again in stats after it (cold: 6.6 + 10 ms), now mostly beside it. A
+/// listing with fewer makes its stats itself, after it (a thread costs
+/// more than a few stats), and one with none — the common case: d_type
+/// settles every kind — costs nothing more than its `getdents`.
 fn read_and_stat(
     dir: std::os::fd::BorrowedFd<'_>,
     needs_stat: impl Fn(&sys::fs::RawDirEntry) -> bool,
 ) -> Result<(Vec<sys::fs::RawDirEntry>, Vec<Option<EntryStat>>)> {
-    let big = sys::fs::fstat(dir).is_ok_and(|st| st.st_size >= PARALLEL_LISTING_BYTES);
-    read_and_stat_in(dir, needs_stat, big)
+    read_and_stat_in(dir, needs_stat, HELPER_AFTER)
 }
 
-/// `read_and_stat`, the stats by a helper thread or not.
+/// Entries to stat in one listing from which a helper thread makes them.
+const HELPER_AFTER: usize = 64;
+
+/// `read_and_stat`, the helper started once `helper_after` entries need a
+/// stat (`usize::MAX`: never).
 fn read_and_stat_in(
     dir: std::os::fd::BorrowedFd<'_>,
     needs_stat: impl Fn(&sys::fs::RawDirEntry) -> bool,
-    helper: bool,
+    helper_after: usize,
 ) -> Result<(Vec<sys::fs::RawDirEntry>, Vec<Option<EntryStat>>)> {
     let stat = |name: &OsStr| sys::fs::stat_at(dir, name);
     let mut raw = Vec::new();
-    if !helper {
-        sys::fs::read_dir_batches(dir, |_| {}, &mut raw)?;
-        let stats = raw
-            .iter()
-            .map(|r| needs_stat(r).then(|| stat(&r.name)))
-            .collect();
-        return Ok((raw, stats));
-    }
     std::thread::scope(|s| {
-        // Started at the first entry that needs a stat (many big layers
-        // need none: d_type settles every kind); `None` inside: no thread
-        // to be had, those stats are made after the listing.
         type Helper<'s> = (
             std::sync::mpsc::Sender<(usize, OsString)>,
             std::thread::ScopedJoinHandle<'s, Vec<(usize, EntryStat)>>,
         );
+        // `None` until started; `Some(None)`: no thread to be had.
         let mut helper: Option<Option<Helper<'_>>> = None;
+        // Stats not (yet) handed to the helper: made here after the listing.
+        let mut pending: Vec<(usize, OsString)> = Vec::new();
         let mut seen = 0usize;
-        let mut inline = Vec::new();
         let listed = sys::fs::read_dir_batches(
             dir,
             |batch| {
@@ -339,25 +335,31 @@ fn read_and_stat_in(
                     if !needs_stat(r) {
                         continue;
                     }
-                    let h = helper.get_or_insert_with(|| {
+                    pending.push((i, r.name.clone()));
+                    if helper.is_none() && pending.len() >= helper_after {
                         let (tx, rx) = std::sync::mpsc::channel::<(usize, OsString)>();
-                        std::thread::Builder::new()
-                            .name("readdir-stat".into())
-                            .spawn_scoped(s, move || {
-                                rx.into_iter()
-                                    .map(|(i, name)| (i, stat(&name)))
-                                    .collect::<Vec<_>>()
-                            })
-                            .ok()
-                            .map(|join| (tx, join))
-                    });
-                    match h {
-                        Some((tx, _)) => {
-                            if let Err(e) = tx.send((i, r.name.clone())) {
-                                inline.push(e.0);
+                        helper = Some(
+                            std::thread::Builder::new()
+                                .name("readdir-stat".into())
+                                .spawn_scoped(s, move || {
+                                    rx.into_iter()
+                                        .map(|(i, name)| (i, stat(&name)))
+                                        .collect::<Vec<_>>()
+                                })
+                                .ok()
+                                .map(|join| (tx, join)),
+                        );
+                    }
+                    if let Some(Some((tx, _))) = &helper {
+                        let mut jobs = std::mem::take(&mut pending).into_iter();
+                        for job in jobs.by_ref() {
+                            if let Err(e) = tx.send(job) {
+                                // The helper is gone: this one and the rest here.
+                                pending.push(e.0);
+                                break;
                             }
                         }
-                        None => inline.push((i, r.name.clone())),
+                        pending.extend(jobs);
                     }
                 }
             },
@@ -372,7 +374,7 @@ fn read_and_stat_in(
                 }
             }
         }
-        for (i, name) in inline {
+        for (i, name) in pending {
             if let Some(slot) = stats.get_mut(i) {
                 *slot = Some(stat(&name));
             }
@@ -475,8 +477,8 @@ mod tests {
         }
         let dir = sys::fs::open_path_abs(tmp.path()).unwrap();
         let pick = |r: &sys::fs::RawDirEntry| r.name.as_encoded_bytes().ends_with(b"3");
-        let (raw_a, stats_a) = read_and_stat_in(dir.as_fd(), pick, false).unwrap();
-        let (raw_b, stats_b) = read_and_stat_in(dir.as_fd(), pick, true).unwrap();
+        let (raw_a, stats_a) = read_and_stat_in(dir.as_fd(), pick, usize::MAX).unwrap();
+        let (raw_b, stats_b) = read_and_stat_in(dir.as_fd(), pick, 1).unwrap();
         let names =
             |raw: &[sys::fs::RawDirEntry]| raw.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&raw_a), names(&raw_b));
