@@ -34,14 +34,18 @@ pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
 /// Opens a (possibly multi-component) relative `path` beneath `dir` as O_PATH,
 /// refusing `..` escapes, symlinks, magic links and mount crossings.
 pub fn open_path_beneath(dir: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV,
-        );
+    open_beneath(dir, path, OFlag::O_PATH | OFlag::O_NOFOLLOW)
+}
+
+/// `openat2` of `path` beneath `dir` with `flags` (and O_CLOEXEC): no `..`
+/// escape, no symlink, no magic link, no mount crossing on the way.
+fn open_beneath(dir: BorrowedFd<'_>, path: &Path, flags: OFlag) -> Result<OwnedFd> {
+    let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    );
     traced!(
         "openat2",
         (dir.as_raw_fd(), path),
@@ -222,24 +226,10 @@ fn read_open_dir_batches(
 /// its atime (`O_NOATIME`: EPERM where the caller neither owns it nor has
 /// CAP_FOWNER, so such a directory is not read ahead).
 pub fn read_dir_ahead(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(OwnedFd, Vec<RawDirEntry>)> {
-    let how = OpenHow::new()
-        .flags(
-            OFlag::O_RDONLY
-                | OFlag::O_DIRECTORY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_NOATIME
-                | OFlag::O_CLOEXEC,
-        )
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV,
-        );
-    let fd = traced!(
-        "openat2",
-        (dir.as_raw_fd(), name),
-        nix::fcntl::openat2(dir, Path::new(name), how)
+    let fd = open_beneath(
+        dir,
+        Path::new(name),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_NOATIME,
     )?;
     let mut out = Vec::new();
     read_open_dir_batches(fd.as_fd(), |_| {}, &mut out)?;
