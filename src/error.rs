@@ -97,6 +97,12 @@ pub enum Error {
     /// through the union (AUFS's `del` gives EBUSY too).
     #[error("union rule: the branch has files open through the union")]
     BranchBusy,
+    /// A union rule: a writable branch or workdir is another union's (a
+    /// daemon still running, say one finishing an unmount): two writers
+    /// would clear each other's staged copies (overlayfs refuses an upper
+    /// or workdir in use with EBUSY too).
+    #[error("union rule: the branch or its workdir is in use by another union")]
+    BranchInUse,
     /// A union rule: a directory cannot be hard-linked (link(2)'s EPERM).
     #[error("union rule: a directory cannot be hard-linked")]
     LinkDir,
@@ -131,6 +137,7 @@ impl Error {
             Error::NotSupported => Errno::EOPNOTSUPP,
             Error::Busy => Errno::ETXTBSY,
             Error::BranchBusy => Errno::EBUSY,
+            Error::BranchInUse => Errno::EBUSY,
             Error::MetacopyWithoutData => Errno::EIO,
             Error::RedirectsTooDeep => Errno::ELOOP,
             Error::NotEmpty => Errno::ENOTEMPTY,
@@ -181,6 +188,8 @@ mod tests {
         // Rules sharing an errno with another variant on purpose: link(2)
         // of a directory is EPERM, as a reserved name is.
         assert_eq!(Error::LinkDir.errno(), Error::Reserved.errno());
+        // A branch in use elsewhere is EBUSY, as a busy branch is.
+        assert_eq!(Error::BranchInUse.errno(), Error::BranchBusy.errno());
         for e in &all {
             assert!(
                 seen.insert(e.errno() as i32),
@@ -203,6 +212,7 @@ mod tests {
             Error::LinkDir,
             Error::NameTooLong,
             Error::Reserved,
+            Error::BranchInUse,
         ] {
             assert!(e.to_string().starts_with("union rule: "), "{e}");
         }

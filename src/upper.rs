@@ -12,7 +12,14 @@
 //! the writer's (`StagePool`). The hard-link index's names are known in
 //! memory too (`IndexNames`: read at mount, a superset of the directory's
 //! while mounted), so a lookup of a hard-linked lower file asks the disk
-//! only when its entry may exist. Locks: the staging pool's state mutex and
+//! only when its entry may exist.
+//!
+//! Invariant: one union writes a branch and its workdir at a time. An
+//! `Upper` holds an exclusive `flock` on the branch root and on the
+//! workdir, taken before it reads or clears anything there, and waits
+//! (`IN_USE_WAIT`) while another process holds them: a daemon whose
+//! unmount was answered is still publishing, and its fds go only with its
+//! last thread. Locks: the staging pool's state mutex and
 //! the index names' mutex (leaves: one push, pop or set access, no syscall
 //! under them); the temp-name counter is atomic.
 
@@ -116,6 +123,53 @@ pub struct Upper {
     /// its data is in the page cache still (`recover_pending`). Empty when
     /// the mount id is unknown (then nothing is recovered).
     session: Vec<u8>,
+    /// The `flock`s on the branch root and on the workdir that say this
+    /// union writes them (`hold`): never read, released when dropped.
+    _held: Vec<sys::fs::DirLock>,
+}
+
+/// How long a mount waits for another process's union to let go of its
+/// writable branch or workdir: a daemon whose unmount was answered may
+/// still be publishing its last copy-ups (and a daemon's threads outlive
+/// its main thread's exit) — `umount; mount` must not race it.
+const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Takes the exclusive lock on `dir` (a writable branch or workdir) that
+/// says a union writes it, waiting while another process holds it: that
+/// process's staged and pending copies live there, and this union would
+/// clear them. Held by this process already (a live branch change while
+/// the old stack still holds the branch's writer): nothing more is taken.
+/// Filesystems without `flock` are not locked.
+fn hold(dir: BorrowedFd<'_>, what: &Path) -> Result<Option<sys::fs::DirLock>> {
+    let start = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match sys::fs::try_lock_dir(dir) {
+            Ok(Some(lock)) => return Ok(Some(lock)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!("{}: not locked ({e})", what.display());
+                return Ok(None);
+            }
+        }
+        let holder = sys::fs::flock_holder(dir);
+        if holder == i32::try_from(std::process::id()).ok() {
+            return Ok(None);
+        }
+        let who = holder.map_or_else(|| "another process".into(), |p| format!("process {p}"));
+        if start.elapsed() >= IN_USE_WAIT {
+            tracing::error!("{} is in use by {who}", what.display());
+            return Err(Error::BranchInUse);
+        }
+        if !told && start.elapsed() >= std::time::Duration::from_secs(1) {
+            tracing::warn!(
+                "{} is in use by {who} (a union still finishing?): waiting",
+                what.display()
+            );
+            told = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The names of the hard-link index directory, kept in memory: the union
@@ -359,6 +413,12 @@ impl Upper {
         } else {
             "unionfs-index"
         };
+        // Nothing is read or cleared before no other union writes here.
+        let mut held = Vec::new();
+        held.extend(hold(upper.root(), &upper.path)?);
+        if let Some(w) = workdir {
+            held.extend(hold(base.as_fd(), w)?);
+        }
         let session = session_id(upper.root());
         // Copy-ups a killed daemon left pending take their names first.
         if let Ok(w) = sys::fs::open_path_at(base.as_fd(), OsStr::new(work_name)) {
@@ -395,6 +455,7 @@ impl Upper {
             no_clone: AtomicBool::new(false),
             pool: StagePool::new(pool_dir),
             session,
+            _held: held,
         };
         // Record the format so a later mount reads this upper the same way
         // (best effort: without xattr support the default applies).

@@ -28,6 +28,8 @@
 //!
 //! `sigkill_with_copy_ups_pending_loses_nothing`: a killed daemon is not a
 //! power cut; its pending copy-ups are published by the next mount.
+//! `a_mount_waits_for_the_daemon_still_using_its_upper`: `umount; mount`
+//! does not let a new union clear what the old daemon still publishes.
 //! `name_operations_right_after_copy_ups_see_them`: rename, link, unlink,
 //! stat and listing of a file right after the write that copied it up.
 
@@ -448,6 +450,60 @@ fn sigkill_with_copy_ups_pending_loses_nothing() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     m.unmount();
+}
+
+/// Two unions must not write one upper: each clears the other's staged
+/// copies from the workdir. And `umount` is answered before the daemon
+/// ends: it still publishes its pending copy-ups, and its threads (with
+/// its fds) outlive its main one. So a union mounted on an upper another
+/// daemon still uses — `umount; mount`, a container restarted — waits for
+/// that daemon to let go, then sees everything it wrote. (Here the first
+/// union is still mounted while the second waits, to hold that moment
+/// open.)
+#[test]
+fn a_mount_waits_for_the_daemon_still_using_its_upper() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Scratch::new("crash-in-use");
+    let lower = t.dir("lower");
+    for i in 0..FILES {
+        file(&lower, &rel(i), &old_content(i), 0o644);
+    }
+    let upper = t.dir("upper");
+    let (mnt1, mnt2) = (t.dir("mnt1"), t.dir("mnt2"));
+    let first = union_mount(&lower, &upper, &mnt1);
+    for i in 0..FILES {
+        write_through(&mnt1, i);
+    }
+    // Stands for a copy the first daemon has staged and not yet published.
+    let staged = upper.join(".wh..wh.unionfs/work/#staged");
+    fs::write(&staged, b"staged").unwrap();
+    let second = {
+        let (lower, upper, mnt) = (lower.clone(), upper.clone(), mnt2.clone());
+        std::thread::spawn(move || union_mount(&lower, &upper, &mnt))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let early = is_mounted(&mnt2);
+    let cleared = !staged.exists();
+    let pid = first.daemon_pids[0];
+    first.unmount();
+    let second = second.join().unwrap();
+    assert!(
+        !early && !cleared,
+        "a second union started on an upper another daemon used (mounted: {early}, \
+         staged copy cleared: {cleared})"
+    );
+    assert!(!pid_alive(pid));
+    assert!(
+        !staged.exists(),
+        "the second union did not clear the workdir"
+    );
+    for i in 0..FILES {
+        let got = fs::read(mnt2.join(rel(i))).unwrap();
+        assert!(got == new_content(i), "{}: not the content written", rel(i));
+    }
+    second.unmount();
 }
 
 /// Copy-ups still pending (staged, not yet renamed into the upper) are the

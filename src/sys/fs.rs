@@ -859,11 +859,66 @@ pub fn fs_uuid(fd: BorrowedFd<'_>) -> Result<[u8; 16]> {
     traced!("ioctl(FS_IOC_GETFSUUID)", fd.as_raw_fd(), r.map(|_| u.uuid))
 }
 
+/// An exclusive `flock` on a directory, released when dropped — or when
+/// the holder's last thread exits, with its fds.
+pub type DirLock = nix::fcntl::Flock<OwnedFd>;
+
+/// Takes an exclusive `flock` on directory `dir` without waiting:
+/// `Ok(None)` while another open file description holds one.
+pub fn try_lock_dir(dir: BorrowedFd<'_>) -> Result<Option<DirLock>> {
+    let fd = reopen(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    match nix::fcntl::Flock::lock(fd, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(crate::error::Error::sys("flock", e)),
+    }
+}
+
+/// The process holding a `flock` on directory `dir`, as /proc/locks names
+/// it (`None` when it lists none, or cannot be read).
+pub fn flock_holder(dir: BorrowedFd<'_>) -> Option<i32> {
+    let st = fstat(dir).ok()?;
+    // /proc/locks names a file as "MAJ:MIN:INO", the device in hex.
+    let file = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(st.st_dev),
+        nix::sys::stat::minor(st.st_dev),
+        st.st_ino
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:02:131090 0 EOF"; a waiter's
+        // line has "->" after the number.
+        match f.as_slice() {
+            [_, "FLOCK", _, _, pid, at, ..] if *at == file => pid.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::collections::BTreeMap;
+
+    /// A directory's lock is exclusive across open files (so across
+    /// processes), /proc/locks names its holder, and dropping it frees it.
+    #[test]
+    fn a_directory_lock_is_exclusive_and_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = open_path_abs(dir.path()).unwrap();
+        assert_eq!(flock_holder(fd.as_fd()), None);
+        let held = try_lock_dir(fd.as_fd()).unwrap().expect("a free lock");
+        assert!(try_lock_dir(fd.as_fd()).unwrap().is_none(), "taken twice");
+        assert_eq!(
+            flock_holder(fd.as_fd()),
+            i32::try_from(std::process::id()).ok()
+        );
+        drop(held);
+        assert!(try_lock_dir(fd.as_fd()).unwrap().is_some(), "not freed");
+    }
 
     /// Every name and type `std::fs::read_dir` sees, across several
     /// `getdents64` buffers (3,000 long names are ~130 KiB of records).

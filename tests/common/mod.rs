@@ -313,7 +313,9 @@ pub fn daemon_pids_under(root: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// True while the process exists and is not a zombie.
+/// True while the process exists and is not a zombie, or its main thread
+/// is one but another thread still runs: the process's fds (a daemon's
+/// hold on its upper) go only with its last thread.
 pub fn pid_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => false,
@@ -322,7 +324,13 @@ pub fn pid_alive(pid: i32) -> bool {
             let state = stat
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
+            match state {
+                Some('X') | None => false,
+                Some('Z') => fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|tasks| tasks.count() > 1)
+                    .unwrap_or(false),
+                Some(_) => true,
+            }
         }
     }
 }
