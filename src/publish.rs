@@ -16,9 +16,11 @@
 //! see the copy. A namespace change publishes the pending copies of the
 //! names it changes first (`quiesce_names`: a create, link, removal or
 //! rename goes by those names only; a pending copy's parent directory is
-//! held by fd, so moving it changes nothing, and it cannot be removed, as
-//! the lower object shows in it); listings, fsync, branch changes and the
-//! end of the mount call `flush`, which publishes everything.
+//! held by fd, so moving it changes nothing here, and it cannot be removed,
+//! as the lower object shows in it); listings, fsync, branch changes, the
+//! rename of a directory (after a killed daemon the next mount publishes
+//! its pending copies by the paths they recorded) and the end of the mount
+//! call `flush`, which publishes everything.
 //!
 //! Locks: `burst` is held across one syncfs and its renames (so `flush`
 //! waits for a burst in flight); `queue` only for one map access or

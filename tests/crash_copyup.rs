@@ -452,6 +452,52 @@ fn sigkill_with_copy_ups_pending_loses_nothing() {
     m.unmount();
 }
 
+/// A directory renamed while copy-ups below it are pending, then the
+/// daemon killed: the next mount publishes what the killed daemon left
+/// pending by the paths it recorded, which the rename changed. Each copy
+/// must come back under the directory's new name with what was written.
+#[test]
+fn sigkill_after_a_directory_moved_over_pending_copy_ups() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Scratch::new("crash-moved");
+    let lower = t.dir("lower");
+    for i in 0..FILES {
+        file(&lower, &rel(i), &old_content(i), 0o644);
+    }
+    let upper = t.dir("upper");
+    let mnt = t.dir("mnt");
+    let unsynced: Vec<usize> = (0..FILES)
+        .filter(|&i| matches!(how(i), How::Append | How::Overwrite))
+        .collect();
+    let m = union_mount(&lower, &upper, &mnt);
+    for &i in &unsynced {
+        write_through(&mnt, i);
+    }
+    fs::rename(mnt.join("d"), mnt.join("moved")).unwrap();
+    let pid = m.daemon_pids[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || !pid_alive(pid)));
+    let _ = run("umount", &["-l", mnt.to_str().unwrap()]);
+    drop(m);
+    let m = union_mount(&lower, &upper, &mnt);
+    let mut problems = Vec::new();
+    if mnt.join("d").exists() {
+        problems.push("d is back".to_string());
+    }
+    for &i in &unsynced {
+        let now = rel(i).replacen("d/", "moved/", 1);
+        match fs::read(mnt.join(&now)) {
+            Ok(got) if got == new_content(i) => {}
+            Ok(_) => problems.push(format!("{now}: not the content written before the kill")),
+            Err(e) => problems.push(format!("{now}: {e}")),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    m.unmount();
+}
+
 /// Two unions must not write one upper: each clears the other's staged
 /// copies from the workdir. And `umount` is answered before the daemon
 /// ends: it still publishes its pending copy-ups, and its threads (with

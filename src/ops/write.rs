@@ -708,6 +708,14 @@ impl UnionFs {
             // Two names of one file: rename(2) does nothing.
             return Ok(());
         }
+        if src.kind == Kind::Dir || dst.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
+            // A copy pending below a directory that moves is published by
+            // its parent's fd, unaffected; but after a killed daemon the
+            // next mount publishes it by the path it recorded, which this
+            // rename changes. So those go first (directory renames are
+            // rare, and with nothing pending this is one look at the queue).
+            self.publisher.flush()?;
+        }
         if let (RenameHow::Replace, Some(d)) = (how, &dst) {
             match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
                 (true, false) => return Err(Error::NotDir),
