@@ -26,7 +26,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::errno::Errno;
@@ -312,14 +312,23 @@ fn session_id(root: BorrowedFd<'_>) -> Vec<u8> {
 /// their names (the writes made into them are not lost). Otherwise (a
 /// power cut, a shut-down filesystem mounted again) their data may never
 /// have reached the disk: they stay junk and are cleared with the rest.
-/// Best effort: what cannot be placed is cleared.
-fn recover_pending(work: BorrowedFd<'_>, root: BorrowedFd<'_>, key: &OsStr, session: &[u8]) {
+///
+/// A copy the upper cannot take now (full, over quota, read-only, failing)
+/// refuses the mount, so it is not cleared with the junk: it holds what
+/// was written, and the next mount, with room made, publishes it. One
+/// whose path is gone (its parent removed offline) is cleared.
+fn recover_pending(
+    work: BorrowedFd<'_>,
+    root: BorrowedFd<'_>,
+    key: &OsStr,
+    session: &[u8],
+) -> Result<()> {
     let boot = session;
     if boot.is_empty() {
-        return;
+        return Ok(());
     }
     let Ok(entries) = sys::fs::read_dir(work) else {
-        return;
+        return Ok(());
     };
     let mut found = Vec::new();
     for e in entries {
@@ -336,16 +345,17 @@ fn recover_pending(work: BorrowedFd<'_>, root: BorrowedFd<'_>, key: &OsStr, sess
         }
     }
     if found.is_empty() {
-        return;
+        return Ok(());
     }
-    let synced = sys::fs::reopen(
+    sys::fs::reopen(
         work,
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
     )
-    .and_then(|w| sys::fs::syncfs(w.as_fd()));
-    if synced.is_err() {
-        return;
-    }
+    .and_then(|w| sys::fs::syncfs(w.as_fd()))
+    .inspect_err(|e| {
+        tracing::error!("cannot sync the copy-ups the last daemon left pending: {e}");
+    })?;
+    let mut refused: Vec<(PathBuf, Error)> = Vec::new();
     for (tmp, target) in found {
         let target = Path::new(&target);
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
@@ -356,8 +366,15 @@ fn recover_pending(work: BorrowedFd<'_>, root: BorrowedFd<'_>, key: &OsStr, sess
         } else {
             sys::fs::open_path_at(root, parent.as_os_str())
         };
-        if let Ok(dir) = dir {
-            if sys::fs::rename_at(work, &tmp, dir.as_fd(), name, RenameMode::NoReplace).is_ok() {
+        let Ok(dir) = dir else {
+            tracing::warn!(
+                "dropped a copy-up the last daemon left pending: {} is gone",
+                target.display()
+            );
+            continue;
+        };
+        match sys::fs::rename_at(work, &tmp, dir.as_fd(), name, RenameMode::NoReplace) {
+            Ok(()) => {
                 if let Ok(fd) = sys::fs::open_path_at(dir.as_fd(), name) {
                     let _ = sys::xattr::remove(fd.as_fd(), key);
                 }
@@ -366,8 +383,33 @@ fn recover_pending(work: BorrowedFd<'_>, root: BorrowedFd<'_>, key: &OsStr, sess
                     target.display()
                 );
             }
+            Err(e) if upper_cannot_take(&e) => refused.push((target.to_path_buf(), e)),
+            Err(e) => tracing::warn!(
+                "dropped a copy-up the last daemon left pending: {}: {e}",
+                target.display()
+            ),
         }
     }
+    let Some((first, e)) = refused.first() else {
+        return Ok(());
+    };
+    tracing::error!(
+        "cannot publish {} copy-up(s) the last daemon left pending ({}{}: {e}); \
+         they stay in the workdir: make room on the upper and mount again",
+        refused.len(),
+        first.display(),
+        if refused.len() > 1 { ", ..." } else { "" },
+    );
+    Err(e.clone())
+}
+
+/// Whether `e` says the upper cannot take a new name now, rather than that
+/// the name's place is gone: full, over quota, read-only or failing.
+fn upper_cannot_take(e: &Error) -> bool {
+    matches!(
+        e.errno(),
+        Errno::ENOSPC | Errno::EDQUOT | Errno::EROFS | Errno::EIO | Errno::ENOMEM
+    )
 }
 
 /// Removes `dir/name` and everything below it (never following symlinks).
@@ -422,7 +464,7 @@ impl Upper {
         let session = session_id(upper.root());
         // Copy-ups a killed daemon left pending take their names first.
         if let Ok(w) = sys::fs::open_path_at(base.as_fd(), OsStr::new(work_name)) {
-            recover_pending(w.as_fd(), upper.root(), &pending_xattr(ns), &session);
+            recover_pending(w.as_fd(), upper.root(), &pending_xattr(ns), &session)?;
         }
         // Leftovers of a crash are junk by construction: clear them —
         // emptying the directory rather than making it anew, so a full

@@ -33,10 +33,12 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 
@@ -839,6 +841,125 @@ fn run_sweep(format: &'static str, kind: SmallFs, seed: u64) {
 
     let m = remount_same(&s, m, "the end");
     assert_unchanged(&lowers);
+    m.unmount();
+}
+
+/// A killed daemon's copy-ups still pending are published by the next
+/// mount (same boot: their data is in the page cache). When the upper is
+/// full then — the rename into place needs a directory block it does not
+/// have — the mount is refused with one line, and the copies stay in the
+/// workdir instead of being cleared with the junk: once room is made, the
+/// next mount shows everything written before the kill.
+#[test]
+fn pending_copy_ups_of_a_killed_daemon_wait_for_room() {
+    if !can_loop_mount_ext4() {
+        return;
+    }
+    const N: usize = 12;
+    const TRIES: usize = 5;
+    let t = Scratch::new("full-killed");
+    let lower = t.dir("lower");
+    let rel = |k: usize, i: usize| format!("d{k}/f{i}");
+    let old = |k: usize, i: usize| bytes_for(&rel(k, i), 2000);
+    let new = |k: usize, i: usize| [old(k, i), b"+appended".to_vec()].concat();
+    for k in 0..TRIES {
+        for i in 0..N {
+            file(&lower, &rel(k, i), &old(k, i), 0o644);
+        }
+    }
+    let small = Small::mount(t.dir("small"), SmallFs::Ext4, &t.path("ext4.img"));
+    let (upper, work) = (small.root.join("upper"), small.root.join("work"));
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir(&work).unwrap();
+    let mnt = t.dir("mnt");
+    let opts = format!("workdir={}", work.display());
+    // The daemon publishes within milliseconds: a kill right after the
+    // writes usually finds some still pending; else the next directory.
+    let mut k = 0;
+    loop {
+        let m = Mount::unionfs_opts(&lower, &upper, &mnt, &opts);
+        for i in 0..N {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(mnt.join(rel(k, i)))
+                .unwrap();
+            f.write_all(b"+appended").unwrap();
+        }
+        let pid = m.daemon_pids[0];
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+        assert!(wait_until(Duration::from_secs(20), || !pid_alive(pid)));
+        let _ = run("umount", &["-l", mnt.to_str().unwrap()]);
+        drop(m);
+        let staged = fs::read_dir(work.join("unionfs-work")).unwrap().count();
+        eprintln!("killed with {staged} copy-up(s) of d{k} staged");
+        if staged > 0 {
+            break;
+        }
+        k += 1;
+        assert!(k < TRIES, "every copy-up was published before each kill");
+    }
+
+    // Full: no free block, and upper/d's blocks full of entries (hard
+    // links: they need no inode).
+    small.fill_blocks();
+    // Long names first, then shorter ones for what is left of a block,
+    // down to the record size of the copies' own names.
+    let d = upper.join(format!("d{k}"));
+    let mut links = Vec::new();
+    for len in [200, 64, 16, 4] {
+        loop {
+            let name = format!("{:z>len$}", links.len());
+            match fs::hard_link(&small.blob, d.join(&name)) {
+                Ok(()) => links.push(name),
+                Err(e) if is_full(&e) => break,
+                Err(e) => panic!("filling upper/d: {e}"),
+            }
+        }
+    }
+    let args = [
+        "mount".as_ref(),
+        lower.as_os_str(),
+        upper.as_os_str(),
+        mnt.as_os_str(),
+        "-o".as_ref(),
+        OsStr::new(&opts),
+    ];
+    let out = run_bin(&args);
+    {
+        let refused = !out.ok();
+        let _ = run("umount", &[mnt.to_str().unwrap()]);
+        assert!(
+            refused,
+            "mounted on a full upper with copy-ups it cannot publish:\n{out}"
+        );
+        eprintln!("refused: {}", out.stderr.trim());
+        let lines: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert!(
+            out.stderr.contains("left pending"),
+            "the refusal does not say why:\n{out}"
+        );
+        assert!(lines.len() <= 2, "more than two lines:\n{out}");
+    }
+    assert!(wait_until(Duration::from_secs(20), || daemon_pids(&mnt).is_empty()));
+
+    // Room made: everything written before the kill is there.
+    for name in &links {
+        fs::remove_file(d.join(name)).unwrap();
+    }
+    small.free_blocks(u64::MAX);
+    let m = Mount::unionfs_opts(&lower, &upper, &mnt, &opts);
+    for i in 0..N {
+        let got = fs::read(mnt.join(rel(k, i))).unwrap();
+        assert!(
+            got == new(k, i),
+            "{}: not the content written before the kill",
+            rel(k, i)
+        );
+    }
     m.unmount();
 }
 

@@ -910,7 +910,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fd = open_path_abs(dir.path()).unwrap();
         assert_eq!(flock_holder(fd.as_fd()), None);
-        let held = try_lock_dir(fd.as_fd()).unwrap().expect("a free lock");
+        let held = try_lock_dir(fd.as_fd()).unwrap();
+        assert!(held.is_some(), "the lock is not free");
         assert!(try_lock_dir(fd.as_fd()).unwrap().is_none(), "taken twice");
         assert_eq!(
             flock_holder(fd.as_fd()),
