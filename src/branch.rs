@@ -71,6 +71,11 @@ pub struct Branch {
     /// The union's backing state (fd cache, xattr generation), handed to
     /// every backing object made for this branch.
     pub backings: Arc<Backings>,
+    /// The `flock` on the root that says this union writes the branch,
+    /// once it was writable here (`upper::Upper::open`). Shared by the
+    /// branch's clones, and handed on when a live change reopens it, so
+    /// the union never waits on itself; released when the last goes.
+    pub write_lock: Arc<parking_lot::Mutex<Option<crate::sys::fs::DirLock>>>,
 }
 
 /// Filesystems (`f_type`) whose `listxattr` shows every xattr `getxattr`
@@ -139,6 +144,7 @@ impl Branch {
             hidden,
             char_whiteouts: true,
             backings: Arc::clone(backings),
+            write_lock: Arc::default(),
         })
     }
 

@@ -398,6 +398,26 @@ impl InodeTable {
         false
     }
 
+    /// Whether `ino` is `dir` or lies below it, following parent links (a
+    /// node no longer known along the way counts as below: callers use
+    /// this to decide what to publish, where too much is harmless).
+    pub fn is_within(&self, ino: Ino, dir: Ino) -> bool {
+        let mut cur = ino;
+        for _ in 0..4096 {
+            if cur == dir {
+                return true;
+            }
+            if cur == ROOT_INO {
+                return false;
+            }
+            match self.get(cur) {
+                Ok(node) => cur = node.state.read().parent,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
     /// The path of `ino` from the union root, following parent links.
     pub fn path_of(&self, ino: Ino) -> Result<PathBuf> {
         let mut names = Vec::new();

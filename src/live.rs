@@ -185,23 +185,32 @@ impl LiveBranches {
             })
     }
 
-    /// Opens `path` as `mode` for the stack, with a writer if writable.
+    /// Opens `path` as `mode` for the stack, with a writer if writable;
+    /// `was`: the branch it reopens (whose write lock it takes over).
     fn open(
         &self,
         id: BranchId,
         path: &Path,
         mode: Mode,
+        was: Option<&Branch>,
     ) -> Result<(Branch, Option<Arc<Upper>>), Refused> {
         let mut b = self
             .opener
             .branch(id, path, mode, self.fs.backings())
             .map_err(|e| refused(Errno::EINVAL, format!("{e:#}")))?;
+        if let Some(was) = was {
+            b.write_lock = Arc::clone(&was.write_lock);
+        }
         let w = if b.mode.writable() {
-            Some(Arc::new(
-                self.opener
-                    .writer(&mut b, None)
-                    .map_err(|e| refused(Errno::EINVAL, format!("{e:#}")))?,
-            ))
+            Some(Arc::new(self.opener.writer(&mut b, None).map_err(|e| {
+                // A rule of the union's (a branch in use elsewhere, EBUSY)
+                // or the upper's answer keeps its errno.
+                let errno = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<crate::error::Error>())
+                    .map_or(Errno::EINVAL, |e| e.errno());
+                refused(errno, format!("{e:#}"))
+            })?))
         } else {
             None
         };
@@ -305,7 +314,7 @@ impl Branches for LiveBranches {
         if stack.iter().any(|b| b.id.0 == id) {
             return Err(Refused::new(Errno::ENOSPC, "no branch id left"));
         }
-        let part = self.open(BranchId(id), &canon, mode)?;
+        let part = self.open(BranchId(id), &canon, mode, None)?;
         parts.insert(at, part);
         self.install(parts, &[])
     }
@@ -334,7 +343,7 @@ impl Branches for LiveBranches {
             }
             (b, old_writer)
         } else if mode.writable() {
-            self.open(old.id, &PathBuf::from(&old.path), mode)?
+            self.open(old.id, &PathBuf::from(&old.path), mode, Some(&old))?
         } else {
             let mut b = old;
             b.mode = mode;

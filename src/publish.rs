@@ -17,10 +17,14 @@
 //! names it changes first (`quiesce_names`: a create, link, removal or
 //! rename goes by those names only; a pending copy's parent directory is
 //! held by fd, so moving it changes nothing here, and it cannot be removed,
-//! as the lower object shows in it); listings, fsync, branch changes, the
-//! rename of a directory (after a killed daemon the next mount publishes
-//! its pending copies by the paths they recorded) and the end of the mount
-//! call `flush`, which publishes everything.
+//! as the lower object shows in it); listings, fsync, branch changes and
+//! the end of the mount call `flush`, which publishes everything.
+//!
+//! A copy also records its upper path, by which the next mount publishes
+//! it after a killed daemon (`upper::recover_pending`). So the rename of a
+//! directory first publishes the copies pending below it (`flush_where`),
+//! and a copy-up that a directory rename overlapped (`moves`) is not
+//! deferred: no pending copy's recorded path is ever out of date.
 //!
 //! Locks: `burst` is held across one syncfs and its renames (so `flush`
 //! waits for a burst in flight); `queue` only for one map access or
@@ -30,7 +34,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -115,13 +119,30 @@ struct Inner {
     /// Operations in flight that go by upper names (`quiesce`): while
     /// any is, no copy-up is deferred. Read under `queue`.
     by_name: AtomicUsize,
+    /// Directory renames done (`moved`). A copy records its upper path
+    /// for a killed daemon's recovery; one staged across a directory
+    /// rename may have recorded a path the rename changed, so it is not
+    /// deferred (`add`). Written under `queue`.
+    moves: AtomicU64,
 }
 
 impl Inner {
     /// Publishes every copy queued now: one syncfs, then the renames.
     fn burst(&self) -> Result<()> {
+        self.burst_of(|_| true)
+    }
+
+    /// `burst`, of the copies `pick` chooses.
+    fn burst_of(&self, pick: impl Fn(&Pending) -> bool) -> Result<()> {
         let _burst = self.burst.lock();
-        let batch: Vec<Arc<Pending>> = self.queue.lock().map.values().cloned().collect();
+        let batch: Vec<Arc<Pending>> = self
+            .queue
+            .lock()
+            .map
+            .values()
+            .filter(|p| pick(p))
+            .cloned()
+            .collect();
         let Some(first) = batch.first() else {
             return Ok(());
         };
@@ -203,13 +224,17 @@ fn run(inner: Arc<Inner>) {
 
 impl Publisher {
     /// Queues a staged copy for publishing; gives it back when no
-    /// publisher thread can run (the caller then publishes it itself).
-    pub fn add(&self, p: Pending) -> std::result::Result<(), Pending> {
+    /// publisher thread can run, or a name operation is in flight, or a
+    /// directory was renamed since `moves` was read (before the copy's
+    /// path was): the caller then publishes it itself.
+    pub fn add(&self, p: Pending, moves: u64) -> std::result::Result<(), Pending> {
         if !self.ensure_thread() {
             return Err(p);
         }
         let mut q = self.inner.queue.lock();
-        if self.inner.by_name.load(Ordering::SeqCst) > 0 {
+        if self.inner.by_name.load(Ordering::SeqCst) > 0
+            || self.inner.moves.load(Ordering::SeqCst) != moves
+        {
             return Err(p);
         }
         q.map.insert((p.parent, p.name.clone()), Arc::new(p));
@@ -253,6 +278,28 @@ impl Publisher {
             .map
             .get(&(parent, name.to_os_string()))
             .cloned()
+    }
+
+    /// The count of directory renames done: read before a copy-up takes
+    /// the path it records, handed to `add`.
+    pub fn moves(&self) -> u64 {
+        self.inner.moves.load(Ordering::SeqCst)
+    }
+
+    /// A directory was renamed (called with its `quiesce_names` guard
+    /// still held, after the union's parent links were updated).
+    pub fn moved(&self) {
+        let _q = self.inner.queue.lock();
+        self.inner.moves.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Publishes the pending copies `pick` chooses (waiting for a burst in
+    /// flight), with one syncfs; the others stay pending.
+    pub fn flush_where(&self, pick: impl Fn(&Pending) -> bool) -> Result<()> {
+        if !self.inner.queue.lock().map.values().any(|p| pick(p)) {
+            return Ok(());
+        }
+        self.inner.burst_of(pick)
     }
 
     /// True when no copy is pending.

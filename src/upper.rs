@@ -15,13 +15,16 @@
 //! only when its entry may exist.
 //!
 //! Invariant: one union writes a branch and its workdir at a time. An
-//! `Upper` holds an exclusive `flock` on the branch root and on the
-//! workdir, taken before it reads or clears anything there, and waits
-//! (`IN_USE_WAIT`) while another process holds them: a daemon whose
-//! unmount was answered is still publishing, and its fds go only with its
-//! last thread. Locks: the staging pool's state mutex and
-//! the index names' mutex (leaves: one push, pop or set access, no syscall
-//! under them); the temp-name counter is atomic.
+//! exclusive `flock` on the branch root (the branch's, shared by its
+//! clones) and on the workdir (the `Upper`'s) is taken before anything
+//! there is read or cleared, waiting (`IN_USE_WAIT`) while another open
+//! file holds it: a daemon whose unmount was answered is still
+//! publishing, and its fds go only with its last thread.
+//!
+//! Locks: the branch's lock cell while the lock is taken (at open, which
+//! may wait); the staging pool's state mutex and the index names' mutex
+//! (leaves: one push, pop or set access, no syscall under them); the
+//! temp-name counter is atomic.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -123,9 +126,10 @@ pub struct Upper {
     /// its data is in the page cache still (`recover_pending`). Empty when
     /// the mount id is unknown (then nothing is recovered).
     session: Vec<u8>,
-    /// The `flock`s on the branch root and on the workdir that say this
-    /// union writes them (`hold`): never read, released when dropped.
-    _held: Vec<sys::fs::DirLock>,
+    /// The `flock` on the workdir that says this union writes it (`hold`;
+    /// the branch root's is the branch's, `Branch::write_lock`): never
+    /// read, released when dropped.
+    _work_lock: Option<sys::fs::DirLock>,
 }
 
 /// How long a mount waits for another process's union to let go of its
@@ -135,11 +139,12 @@ pub struct Upper {
 const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Takes the exclusive lock on `dir` (a writable branch or workdir) that
-/// says a union writes it, waiting while another process holds it: that
-/// process's staged and pending copies live there, and this union would
-/// clear them. Held by this process already (a live branch change while
-/// the old stack still holds the branch's writer): nothing more is taken.
-/// Filesystems without `flock` are not locked.
+/// says a union writes it, waiting while another open file holds it: that
+/// union's staged and pending copies live there, and this one would clear
+/// them. (A live change of this union's own branches hands the branch's
+/// lock on instead, `Branch::write_lock`; a branch deleted and added back
+/// at once waits here for the old stack to go.) Filesystems without
+/// `flock` are not locked.
 fn hold(dir: BorrowedFd<'_>, what: &Path) -> Result<Option<sys::fs::DirLock>> {
     let start = std::time::Instant::now();
     let mut told = false;
@@ -152,10 +157,9 @@ fn hold(dir: BorrowedFd<'_>, what: &Path) -> Result<Option<sys::fs::DirLock>> {
                 return Ok(None);
             }
         }
+        // For the message only: /proc/locks names the process that took
+        // the lock, which is not the holder after a daemon's fork.
         let holder = sys::fs::flock_holder(dir);
-        if holder == i32::try_from(std::process::id()).ok() {
-            return Ok(None);
-        }
         let who = holder.map_or_else(|| "another process".into(), |p| format!("process {p}"));
         if start.elapsed() >= IN_USE_WAIT {
             tracing::error!("{} is in use by {who}", what.display());
@@ -347,14 +351,17 @@ fn recover_pending(
     if found.is_empty() {
         return Ok(());
     }
-    sys::fs::reopen(
+    // A failed sync: their data may not be what was written (a later
+    // mount's syncfs would not even say so), so they are junk.
+    let synced = sys::fs::reopen(
         work,
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
     )
-    .and_then(|w| sys::fs::syncfs(w.as_fd()))
-    .inspect_err(|e| {
-        tracing::error!("cannot sync the copy-ups the last daemon left pending: {e}");
-    })?;
+    .and_then(|w| sys::fs::syncfs(w.as_fd()));
+    if let Err(e) = synced {
+        tracing::error!("dropped the copy-ups the last daemon left pending: syncfs: {e}");
+        return Ok(());
+    }
     let mut refused: Vec<(PathBuf, Error)> = Vec::new();
     for (tmp, target) in found {
         let target = Path::new(&target);
@@ -366,15 +373,11 @@ fn recover_pending(
         } else {
             sys::fs::open_path_at(root, parent.as_os_str())
         };
-        let Ok(dir) = dir else {
-            tracing::warn!(
-                "dropped a copy-up the last daemon left pending: {} is gone",
-                target.display()
-            );
-            continue;
-        };
-        match sys::fs::rename_at(work, &tmp, dir.as_fd(), name, RenameMode::NoReplace) {
-            Ok(()) => {
+        let placed = dir.and_then(|dir| {
+            sys::fs::rename_at(work, &tmp, dir.as_fd(), name, RenameMode::NoReplace).map(|()| dir)
+        });
+        match placed {
+            Ok(dir) => {
                 if let Ok(fd) = sys::fs::open_path_at(dir.as_fd(), name) {
                     let _ = sys::xattr::remove(fd.as_fd(), key);
                 }
@@ -456,11 +459,16 @@ impl Upper {
             "unionfs-index"
         };
         // Nothing is read or cleared before no other union writes here.
-        let mut held = Vec::new();
-        held.extend(hold(upper.root(), &upper.path)?);
-        if let Some(w) = workdir {
-            held.extend(hold(base.as_fd(), w)?);
+        {
+            let mut lock = upper.write_lock.lock();
+            if lock.is_none() {
+                *lock = hold(upper.root(), &upper.path)?;
+            }
         }
+        let work_lock = match workdir {
+            Some(w) => hold(base.as_fd(), w)?,
+            None => None,
+        };
         let session = session_id(upper.root());
         // Copy-ups a killed daemon left pending take their names first.
         if let Ok(w) = sys::fs::open_path_at(base.as_fd(), OsStr::new(work_name)) {
@@ -497,7 +505,7 @@ impl Upper {
             no_clone: AtomicBool::new(false),
             pool: StagePool::new(pool_dir),
             session,
-            _held: held,
+            _work_lock: work_lock,
         };
         // Record the format so a later mount reads this upper the same way
         // (best effort: without xattr support the default applies).

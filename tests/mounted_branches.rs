@@ -600,6 +600,20 @@ fn writes_after_a_mod_follow_the_new_mode() {
     fs::write(t.m("dir/f1"), b"in place\n").unwrap();
     assert_eq!(read(&t.l2.join("dir/f1")), "in place\n");
     assert!(!exists(&t.u.join("dir/f1")));
+    // The branches the union writes stay its own across the changes: no
+    // other union may write them (their flock is held), and a writable
+    // branch deleted and added back is writable again at once.
+    for b in [&t.u, &t.l2] {
+        let dir = fs::File::open(b).unwrap();
+        let other = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock);
+        assert!(other.is_err(), "{} is not locked by its union", b.display());
+    }
+    let c = branch(&[&"del", &t.mnt, &t.l2]);
+    assert!(c.ok(), "{c}");
+    let c = branch(&[&"add", &t.mnt, &format!("{}=rw", t.l2.display())]);
+    assert!(c.ok(), "{c}");
+    fs::write(t.m("dir/f1"), b"again\n").unwrap();
+    assert_eq!(read(&t.l2.join("dir/f1")), "again\n");
 }
 
 #[test]

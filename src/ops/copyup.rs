@@ -668,7 +668,10 @@ impl UnionFs {
             // only then does the copy take its name (`publish.rs`); the
             // node serves from the staged copy meanwhile.
             let generation = self.backings.xattr_generation();
-            let target = ppath.join(name);
+            // The path the copy records (`publish.rs`): taken after the
+            // count of directory renames, from the union's parent links.
+            let moves = self.publisher.moves();
+            let target = self.inodes.path_of(pino)?.join(name);
             let staged = self.stage_found(
                 stack,
                 &found,
@@ -697,7 +700,7 @@ impl UnionFs {
                 stack: std::sync::Arc::clone(&current),
             };
             let refused = if current.generation() == stack.generation() {
-                self.publisher.add(pending).err()
+                self.publisher.add(pending, moves).err()
             } else {
                 Some(pending)
             };

@@ -13,8 +13,11 @@
 //! anything changes. In overlay format a char 0:0 device *is* a whiteout,
 //! so mknod of one is EPERM, as in overlayfs.
 //!
-//! Locks: none of their own; copy-up takes its striped lock. The kernel
-//! serialises namespace changes within one directory (i_rwsem).
+//! Locks: none of their own; copy-up takes its striped lock. A name
+//! operation holds the publisher's name-operation count (`Quiet`, not a
+//! lock) and may wait for its burst lock (a directory rename publishes the
+//! copies pending below it first). The kernel serialises namespace changes
+//! within one directory (i_rwsem).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -708,13 +711,15 @@ impl UnionFs {
             // Two names of one file: rename(2) does nothing.
             return Ok(());
         }
-        if src.kind == Kind::Dir || dst.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
+        let moves_dirs = src.kind == Kind::Dir || dst.as_ref().is_some_and(|d| d.kind == Kind::Dir);
+        if moves_dirs {
             // A copy pending below a directory that moves is published by
             // its parent's fd, unaffected; but after a killed daemon the
             // next mount publishes it by the path it recorded, which this
-            // rename changes. So those go first (directory renames are
-            // rare, and with nothing pending this is one look at the queue).
-            self.publisher.flush()?;
+            // rename changes. So those go first (`publish.rs`).
+            let moving: Vec<Ino> = std::iter::once(src_ino).chain(dst_ino).collect();
+            self.publisher
+                .flush_where(|p| moving.iter().any(|&d| self.inodes.is_within(p.parent, d)))?;
         }
         if let (RenameHow::Replace, Some(d)) = (how, &dst) {
             match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
@@ -807,6 +812,10 @@ impl UnionFs {
             ds.parent = parent;
             ds.name = name.to_os_string();
             self.inodes.refresh(dst_ino.unwrap_or(src_ino), d.kind, ds);
+        }
+        if moves_dirs {
+            // Copy-ups that overlapped this rename are not deferred.
+            self.publisher.moved();
         }
         Ok(())
     }

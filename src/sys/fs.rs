@@ -1,7 +1,9 @@
 //! File and directory syscalls on branch fds: open, stat, getdents, read,
 //! readlink, lseek, statfs. All paths are single names relative to a
-//! directory fd, or multi-component paths confined with `openat2`.
-//! Takes no locks.
+//! directory fd, or multi-component paths confined with `openat2`; and the
+//! advisory `flock` a union holds on a directory it writes (`DirLock`,
+//! its holder read from /proc/locks for messages). Takes no locks of the
+//! process's own.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
