@@ -315,6 +315,14 @@ pub struct MountOptions {
     /// `volatile`: copy-up does not wait for the disk (podman passes it for
     /// throw-away containers, as for overlayfs).
     pub volatile: bool,
+    /// `batch_sync=on|off`: a durable copy-up is synced with a whole burst
+    /// of others and named in the upper a few ms later (`publish.rs`),
+    /// served from the workdir meanwhile — so the upper directory lags the
+    /// view until the daemon has exited, which a FUSE unmount does not
+    /// wait for. Default on, except in the overlay dialect, whose users
+    /// (podman) read the upper right after unmounting: there each copy-up
+    /// is synced and named before the write that caused it goes on.
+    pub batch_sync: Option<bool>,
     /// `metacopy=on|off`: chmod/chown/utimens/setxattr of a lower file
     /// copy its metadata only. Default on, except in the overlay dialect,
     /// whose users (podman) read the upper directly, as with overlayfs.
@@ -507,6 +515,9 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                 )?)
             }
             "metacopy" => o.metacopy = Some(choice(key, value, &[("on", true), ("off", false)])?),
+            "batch_sync" => {
+                o.batch_sync = Some(choice(key, value, &[("on", true), ("off", false)])?)
+            }
             "sparse" => o.sparse = Some(choice(key, value, &[("on", true), ("off", false)])?),
             "copyup" => {
                 o.copyup = choice(
@@ -898,6 +909,7 @@ mod tests {
                 "readdirplus=all",
                 "prefetch=off",
                 "metacopy=off",
+                "batch_sync=off",
                 "copyup=readwrite",
                 "nosuid",
                 "noauto",
@@ -922,6 +934,7 @@ mod tests {
         assert_eq!(o.readdirplus, Some(ReaddirPlus::All));
         assert_eq!(o.prefetch, Some(false));
         assert_eq!(o.metacopy, Some(false));
+        assert_eq!(o.batch_sync, Some(false));
         assert_eq!(o.copyup, Some(Strategy::ReadWrite));
         assert_eq!(o.flags, v(&["nosuid"]));
         assert_eq!(

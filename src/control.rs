@@ -296,6 +296,16 @@ pub enum ClientError {
     Refused(Refused),
 }
 
+/// A connection to the daemon serving `mnt` that asks nothing: it ends
+/// (EOF) when the daemon's process has, so `unionfs umount` can wait for
+/// the daemon's last work after the kernel let go of the mount (`None`:
+/// no daemon of ours answers there).
+pub fn watch(mnt: &Path) -> Option<UnixStream> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(mnt).ok()?;
+    UnixStream::connect(socket_path(md.dev())).ok()
+}
+
 /// Sends `req` to the daemon serving `mnt`; the records of its reply.
 pub fn request(mnt: &Path, req: &Request) -> Result<Vec<Vec<u8>>, ClientError> {
     use std::os::unix::fs::MetadataExt;

@@ -97,6 +97,10 @@ fn opener(cfg: &MountConfig) -> Opener {
             XattrNs::User
         },
         durable: !cfg.options.volatile,
+        batch_sync: cfg
+            .options
+            .batch_sync
+            .unwrap_or(cfg.dialect != crate::config::Dialect::Overlay),
         metacopy: cfg
             .options
             .metacopy
@@ -459,8 +463,19 @@ fn spawn_signal_unmounter(mnt: &Path) {
 
 /// `unionfs umount MNT`.
 pub fn run_umount(mnt: &Path, lazy: bool) -> Result<()> {
+    // The kernel answers the unmount before the daemon has ended: it still
+    // publishes its pending copy-ups into the upper (`batch_sync=on`). So
+    // unless the unmount is lazy (the daemon then serves on while files
+    // are open), this waits for the daemon, as for kernel overlayfs the
+    // upper is complete when umount returns.
+    let watch = if lazy {
+        None
+    } else {
+        crate::control::watch(mnt)
+    };
     if is_root() {
-        sys::mount::umount(mnt, lazy).with_context(|| format!("cannot unmount {}", mnt.display()))
+        sys::mount::umount(mnt, lazy)
+            .with_context(|| format!("cannot unmount {}", mnt.display()))?;
     } else {
         let st = std::process::Command::new("fusermount3")
             .arg(if lazy { "-uz" } else { "-u" })
@@ -468,6 +483,26 @@ pub fn run_umount(mnt: &Path, lazy: bool) -> Result<()> {
             .status()
             .context("cannot run fusermount3")?;
         anyhow::ensure!(st.success(), "cannot unmount {}", mnt.display());
-        Ok(())
     }
+    if let Some(mut c) = watch {
+        use std::io::Read;
+        let _ = c.set_read_timeout(Some(UMOUNT_WAIT));
+        let mut b = [0u8; 64];
+        if let Err(e) = c.read(&mut b) {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                eprintln!(
+                    "unionfs: the daemon of {} is still finishing after {} s; its upper may lag",
+                    mnt.display(),
+                    UMOUNT_WAIT.as_secs()
+                );
+            }
+        }
+    }
+    Ok(())
 }
+
+/// How long `unionfs umount` waits for the daemon to end.
+const UMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);

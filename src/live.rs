@@ -39,6 +39,8 @@ pub struct Opener {
     pub ns: XattrNs,
     /// Copy-ups reach the disk before they appear (not `volatile`).
     pub durable: bool,
+    /// Durable copy-ups are synced in bursts (`batch_sync=`).
+    pub batch_sync: bool,
     /// Metadata-only copy-up.
     pub metacopy: bool,
     /// Sparse copy-up of big files: `sparse=` as given, else the dialect's
@@ -120,6 +122,7 @@ impl Opener {
         let mut up = Upper::open(b, workdir, format, recorded, self.ns)
             .with_context(|| format!("cannot prepare the staging area of {}", b.path.display()))?;
         up.durable = self.durable;
+        up.batch_sync = self.batch_sync;
         up.metacopy = self.metacopy;
         // By default only in AUFS format: an overlay-format upper is meant
         // for kernel overlayfs too, which would read a partial file left by

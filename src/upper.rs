@@ -101,6 +101,9 @@ pub struct Upper {
     /// place (as overlayfs does, unless mounted `volatile`), so a crash of the
     /// machine cannot leave a copy with missing data in the view.
     pub durable: bool,
+    /// A durable copy-up is synced with a burst of others and named in the
+    /// upper after it (`publish.rs`), else synced and named at once.
+    pub batch_sync: bool,
     /// Metadata changes of a lower file copy its metadata only.
     pub metacopy: bool,
     /// Opening a big lower file for writing copies no data (`sparse.rs`).
@@ -495,6 +498,7 @@ impl Upper {
             ns,
             kernel_index,
             durable: true,
+            batch_sync: true,
             metacopy: false,
             sparse: false,
             copy_strategy: None,

@@ -498,6 +498,68 @@ fn sigkill_after_a_directory_moved_over_pending_copy_ups() {
     m.unmount();
 }
 
+/// A FUSE unmount is answered before the daemon ends, and by default
+/// (`batch_sync=on`) copy-ups take their names in the upper a burst
+/// later. Whoever reads the upper right after unmounting must still find
+/// every copy-up: podman, whose mount program speaks the overlay dialect
+/// (each copy-up is synced and named at once there) and unmounts with
+/// plain umount/fusermount; and `unionfs umount`, which waits for the
+/// daemon.
+#[test]
+fn the_upper_is_complete_when_umount_returns() {
+    if !can_mount_fuse() {
+        return;
+    }
+    const N: usize = 400;
+    let name = |i: usize| format!("f{i:03}");
+    for how in [
+        "overlay dialect, umount(8)",
+        "native dialect, unionfs umount",
+    ] {
+        let t = Scratch::new("crash-umount");
+        let lower = t.dir("lower");
+        for i in 0..N {
+            file(&lower, &name(i), b"old", 0o644);
+        }
+        let (upper, work, mnt) = (t.dir("upper"), t.dir("work"), t.dir("mnt"));
+        let m = if how.starts_with("overlay") {
+            let o = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            Mount::unionfs_args(
+                &["mount".as_ref(), "-o".as_ref(), o.as_ref(), mnt.as_os_str()],
+                &mnt,
+            )
+        } else {
+            union_mount(&lower, &upper, &mnt)
+        };
+        for i in 0..N {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(mnt.join(name(i)))
+                .unwrap();
+            f.write_all(b"+new").unwrap();
+        }
+        let out = if how.starts_with("overlay") {
+            run("umount", &[mnt.to_str().unwrap()])
+        } else {
+            run_bin(&["umount".as_ref(), mnt.as_os_str()])
+        };
+        assert!(out.ok(), "{how}:\n{out}");
+        let missing = (0..N)
+            .filter(|&i| fs::read(upper.join(name(i))).ok().as_deref() != Some(b"old+new"))
+            .count();
+        drop(m);
+        assert_eq!(
+            missing, 0,
+            "{how}: copy-ups not in the upper when umount returned (of {N})"
+        );
+    }
+}
+
 /// Two unions must not write one upper: each clears the other's staged
 /// copies from the workdir. And `umount` is answered before the daemon
 /// ends: it still publishes its pending copy-ups, and its threads (with

@@ -663,7 +663,12 @@ impl UnionFs {
                 return Err(e);
             }
             (nfd, pst)
-        } else if defer && found.kind == Kind::File && data == CopyUpData::Full && upper.durable {
+        } else if defer
+            && found.kind == Kind::File
+            && data == CopyUpData::Full
+            && upper.durable
+            && upper.batch_sync
+        {
             // The data is synced later, with a whole burst of copy-ups, and
             // only then does the copy take its name (`publish.rs`); the
             // node serves from the staged copy meanwhile.
