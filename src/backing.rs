@@ -52,6 +52,7 @@
 //!
 //! Locks: one of `SHARDS` cache mutexes, held only for one get/put/remove;
 //! the closer's sender mutex, held only to send or to start the thread;
+//! the write-lock map's mutex, held for one look-up (a leaf);
 //! the xattr knowledge is atomics.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -90,7 +91,14 @@ pub struct Backings {
     /// wait in it.
     closer: Mutex<Option<std::sync::mpsc::Sender<OwnedFd>>>,
     deferred: Arc<AtomicU64>,
+    /// The write-lock cells of this union's branches, by (device, inode)
+    /// of their root (`write_lock`): every branch object this union opens
+    /// on one directory shares one, so the union never waits on itself.
+    write_locks: Mutex<std::collections::HashMap<(u64, u64), std::sync::Weak<WriteLock>>>,
 }
+
+/// The cell of a branch's write lock (`upper::Upper::open` fills it).
+pub type WriteLock = Mutex<Option<crate::sys::fs::DirLock>>;
 
 /// Most fds waiting for the closer thread at once.
 const DEFERRED_BOUND: u64 = 4096;
@@ -109,6 +117,7 @@ impl Backings {
             xattr_generation: AtomicU64::new(1),
             closer: Mutex::new(None),
             deferred: Arc::new(AtomicU64::new(0)),
+            write_locks: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -146,6 +155,20 @@ impl Backings {
         if unsent.is_some() {
             self.deferred.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// The write-lock cell this union keeps for the directory `(dev, ino)`:
+    /// the one its other branch objects of that directory share, else a
+    /// new (empty) one.
+    pub fn write_lock(&self, dev: u64, ino: u64) -> Arc<WriteLock> {
+        let mut all = self.write_locks.lock();
+        all.retain(|_, w| w.strong_count() > 0);
+        if let Some(cell) = all.get(&(dev, ino)).and_then(std::sync::Weak::upgrade) {
+            return cell;
+        }
+        let cell = Arc::new(Mutex::new(None));
+        all.insert((dev, ino), Arc::downgrade(&cell));
+        cell
     }
 
     fn shard(&self, id: u64) -> &Mutex<LruCache<u64, Arc<OwnedFd>>> {

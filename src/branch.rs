@@ -72,10 +72,11 @@ pub struct Branch {
     /// every backing object made for this branch.
     pub backings: Arc<Backings>,
     /// The `flock` on the root that says this union writes the branch,
-    /// once it was writable here (`upper::Upper::open`). Shared by the
-    /// branch's clones, and handed on when a live change reopens it, so
-    /// the union never waits on itself; released when the last goes.
-    pub write_lock: Arc<parking_lot::Mutex<Option<crate::sys::fs::DirLock>>>,
+    /// once it was writable here (`upper::Upper::open`). Shared by every
+    /// branch object this union opens on the directory (`Backings::
+    /// write_lock`), so the union never waits on itself; released when the
+    /// last goes.
+    pub write_lock: Arc<crate::backing::WriteLock>,
 }
 
 /// Filesystems (`f_type`) whose `listxattr` shows every xattr `getxattr`
@@ -144,7 +145,7 @@ impl Branch {
             hidden,
             char_whiteouts: true,
             backings: Arc::clone(backings),
-            write_lock: Arc::default(),
+            write_lock: backings.write_lock(st.st_dev, st.st_ino),
         })
     }
 

@@ -83,7 +83,8 @@ they are warned about and ignored, as podman needs.\n\n\
 Without -f the command returns once the mount is live and serving, leaving the \
 daemon in the background; it exits when the mount is unmounted.")]
     Mount(MountArgs),
-    /// Unmount a union (as `umount MNT` or `fusermount3 -u MNT` would).
+    /// Unmount a union (as `umount MNT` or `fusermount3 -u MNT` would), and
+    /// return once every copy-up is in the upper (they do not wait).
     Umount {
         /// The mount point.
         mountpoint: PathBuf,
@@ -324,7 +325,7 @@ pub fn run_branch(action: BranchAction) -> Result<String, String> {
                         path: abs(path)?,
                         mode,
                     },
-                    Request::List => Request::List,
+                    r @ (Request::List | Request::Flush) => r,
                 };
                 send(&mountpoint, &r)?;
             }

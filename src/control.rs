@@ -13,7 +13,10 @@
 //! Protocol: one request per connection. The request is NUL-separated
 //! fields (verb first), ended by the client shutting down its side; the
 //! reply is `ok\n` followed by NUL-separated records, or
-//! `error ERRNO MESSAGE\n`. Paths travel as raw bytes.
+//! `error ERRNO MESSAGE\n`. Paths travel as raw bytes. Verbs: `list`,
+//! `add`, `del`, `mod`, and `flush` (answered once every pending copy-up
+//! is in the upper: `unionfs umount` sends it after the kernel let go of
+//! the mount, which a FUSE unmount does not wait for).
 //!
 //! Invariant: requests are served one at a time by one thread, so branch
 //! changes are serialised without a lock; each is applied by the
@@ -73,6 +76,10 @@ pub trait Branches: Send + Sync {
     fn del(&self, path: &Path) -> Result<(), Refused>;
     /// Changes the mode of the branch at `path`.
     fn modify(&self, path: &Path, mode: Mode) -> Result<(), Refused>;
+    /// Puts every copy-up not yet named in the upper there (`unionfs
+    /// umount`, after the kernel let go of the mount: the upper is then
+    /// complete when it returns).
+    fn flush(&self) -> Result<(), Refused>;
 }
 
 /// The directory control sockets live in, for the current user.
@@ -227,6 +234,10 @@ fn answer(req: &[u8], branches: &dyn Branches) -> Result<Vec<Vec<u8>>, Refused> 
             branches.modify(&path_of(path), mode)?;
             Ok(Vec::new())
         }
+        [b"flush"] => {
+            branches.flush()?;
+            Ok(Vec::new())
+        }
         _ => Err(bad()),
     }
 }
@@ -258,6 +269,8 @@ pub enum Request {
         /// The new mode.
         mode: Mode,
     },
+    /// Publish every pending copy-up into the upper.
+    Flush,
 }
 
 impl Request {
@@ -280,6 +293,7 @@ impl Request {
                 f.push(path.as_os_str().as_bytes().to_vec());
                 f.push(mode.to_string().into_bytes());
             }
+            Request::Flush => f.push(b"flush".to_vec()),
         }
         f.join(&0u8)
     }
@@ -296,14 +310,12 @@ pub enum ClientError {
     Refused(Refused),
 }
 
-/// A connection to the daemon serving `mnt` that asks nothing: it ends
-/// (EOF) when the daemon's process has, so `unionfs umount` can wait for
-/// the daemon's last work after the kernel let go of the mount (`None`:
-/// no daemon of ours answers there).
-pub fn watch(mnt: &Path) -> Option<UnixStream> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(mnt).ok()?;
-    UnixStream::connect(socket_path(md.dev())).ok()
+/// The control socket of the union mounted at `mnt`, found without asking
+/// its daemon anything (a hung daemon does not hang the caller): for
+/// `unionfs umount`, which must know it before the mount goes. `None`
+/// when `mnt` cannot be stat'ed.
+pub fn socket_of(mnt: &Path) -> Option<PathBuf> {
+    crate::sys::ctl::dev_nosync(mnt).ok().map(socket_path)
 }
 
 /// Sends `req` to the daemon serving `mnt`; the records of its reply.
@@ -311,8 +323,12 @@ pub fn request(mnt: &Path, req: &Request) -> Result<Vec<Vec<u8>>, ClientError> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(mnt)
         .map_err(|e| ClientError::NoDaemon(format!("{}: {e}", mnt.display())))?;
-    let sock = socket_path(md.dev());
-    let mut c = UnixStream::connect(&sock).map_err(|e| {
+    request_at(mnt, &socket_path(md.dev()), req)
+}
+
+/// `request` through control socket `sock` (of the union at `mnt`).
+pub fn request_at(mnt: &Path, sock: &Path, req: &Request) -> Result<Vec<Vec<u8>>, ClientError> {
+    let mut c = UnixStream::connect(sock).map_err(|e| {
         ClientError::NoDaemon(format!(
             "{} is not a unionfs mount this user controls (no control socket {}: {e})",
             mnt.display(),
@@ -415,6 +431,9 @@ mod tests {
             l.mode = mode;
             Ok(())
         }
+        fn flush(&self) -> Result<(), Refused> {
+            Err(Refused::new(Errno::ENOSPC, "full"))
+        }
     }
 
     #[test]
@@ -431,6 +450,10 @@ mod tests {
                 &f,
             )
         };
+        assert_eq!(
+            answer(&Request::Flush.encode(), &f).unwrap_err().errno,
+            Errno::ENOSPC
+        );
         add(None, "/b", None).unwrap();
         add(Some(0), "/a b=c", Some(Mode::RW)).unwrap();
         assert_eq!(add(Some(7), "/x", None).unwrap_err().errno, Errno::EINVAL);

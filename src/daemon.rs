@@ -466,12 +466,13 @@ pub fn run_umount(mnt: &Path, lazy: bool) -> Result<()> {
     // The kernel answers the unmount before the daemon has ended: it still
     // publishes its pending copy-ups into the upper (`batch_sync=on`). So
     // unless the unmount is lazy (the daemon then serves on while files
-    // are open), this waits for the daemon, as for kernel overlayfs the
-    // upper is complete when umount returns.
-    let watch = if lazy {
+    // are open), the daemon is asked to publish them, and this returns
+    // once it has: as with kernel overlayfs, the upper is complete when
+    // umount returns. (A daemon gone already published them first.)
+    let sock = if lazy {
         None
     } else {
-        crate::control::watch(mnt)
+        crate::control::socket_of(mnt)
     };
     if is_root() {
         sys::mount::umount(mnt, lazy)
@@ -484,25 +485,13 @@ pub fn run_umount(mnt: &Path, lazy: bool) -> Result<()> {
             .context("cannot run fusermount3")?;
         anyhow::ensure!(st.success(), "cannot unmount {}", mnt.display());
     }
-    if let Some(mut c) = watch {
-        use std::io::Read;
-        let _ = c.set_read_timeout(Some(UMOUNT_WAIT));
-        let mut b = [0u8; 64];
-        if let Err(e) = c.read(&mut b) {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                eprintln!(
-                    "unionfs: the daemon of {} is still finishing after {} s; its upper may lag",
-                    mnt.display(),
-                    UMOUNT_WAIT.as_secs()
-                );
+    if let Some(sock) = sock {
+        match crate::control::request_at(mnt, &sock, &crate::control::Request::Flush) {
+            Ok(_) | Err(crate::control::ClientError::NoDaemon(_)) => {}
+            Err(crate::control::ClientError::Refused(r)) => {
+                anyhow::bail!("{} is unmounted, but {}", mnt.display(), r.msg)
             }
         }
     }
     Ok(())
 }
-
-/// How long `unionfs umount` waits for the daemon to end.
-const UMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);

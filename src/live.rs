@@ -188,22 +188,17 @@ impl LiveBranches {
             })
     }
 
-    /// Opens `path` as `mode` for the stack, with a writer if writable;
-    /// `was`: the branch it reopens (whose write lock it takes over).
+    /// Opens `path` as `mode` for the stack, with a writer if writable.
     fn open(
         &self,
         id: BranchId,
         path: &Path,
         mode: Mode,
-        was: Option<&Branch>,
     ) -> Result<(Branch, Option<Arc<Upper>>), Refused> {
         let mut b = self
             .opener
             .branch(id, path, mode, self.fs.backings())
             .map_err(|e| refused(Errno::EINVAL, format!("{e:#}")))?;
-        if let Some(was) = was {
-            b.write_lock = Arc::clone(&was.write_lock);
-        }
         let w = if b.mode.writable() {
             Some(Arc::new(self.opener.writer(&mut b, None).map_err(|e| {
                 // A rule of the union's (a branch in use elsewhere, EBUSY)
@@ -317,9 +312,15 @@ impl Branches for LiveBranches {
         if stack.iter().any(|b| b.id.0 == id) {
             return Err(Refused::new(Errno::ENOSPC, "no branch id left"));
         }
-        let part = self.open(BranchId(id), &canon, mode, None)?;
+        let part = self.open(BranchId(id), &canon, mode)?;
         parts.insert(at, part);
         self.install(parts, &[])
+    }
+
+    fn flush(&self) -> Result<(), Refused> {
+        self.fs
+            .publish_pending()
+            .map_err(|e| refused(e.errno(), format!("copy-ups not yet in the upper: {e}")))
     }
 
     fn del(&self, path: &Path) -> Result<(), Refused> {
@@ -346,7 +347,7 @@ impl Branches for LiveBranches {
             }
             (b, old_writer)
         } else if mode.writable() {
-            self.open(old.id, &PathBuf::from(&old.path), mode, Some(&old))?
+            self.open(old.id, &PathBuf::from(&old.path), mode)?
         } else {
             let mut b = old;
             b.mode = mode;

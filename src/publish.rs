@@ -1,4 +1,5 @@
-//! Deferred publishing of whole-file copy-ups on `durable` mounts.
+//! Deferred publishing of whole-file copy-ups on `durable` mounts with
+//! `batch_sync=on` (the default outside the overlay dialect).
 //!
 //! A copy-up's data must be on disk before its name appears in the upper
 //! (else a crash can leave the name with no data: an empty or zeroed file).

@@ -130,9 +130,19 @@ pub struct Upper {
     /// the mount id is unknown (then nothing is recovered).
     session: Vec<u8>,
     /// The `flock` on the workdir that says this union writes it (`hold`;
-    /// the branch root's is the branch's, `Branch::write_lock`): never
-    /// read, released when dropped.
-    _work_lock: Option<sys::fs::DirLock>,
+    /// shared like the branch root's, `Branch::write_lock`): never read,
+    /// released when the last sharer goes.
+    _work_lock: Option<std::sync::Arc<crate::backing::WriteLock>>,
+}
+
+/// Fills this union's lock cell of `dir` (`hold`) unless it holds the
+/// lock already.
+fn hold_in(cell: &crate::backing::WriteLock, dir: BorrowedFd<'_>, what: &Path) -> Result<()> {
+    let mut lock = cell.lock();
+    if lock.is_none() {
+        *lock = hold(dir, what)?;
+    }
+    Ok(())
 }
 
 /// How long a mount waits for another process's union to let go of its
@@ -144,10 +154,9 @@ const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Takes the exclusive lock on `dir` (a writable branch or workdir) that
 /// says a union writes it, waiting while another open file holds it: that
 /// union's staged and pending copies live there, and this one would clear
-/// them. (A live change of this union's own branches hands the branch's
-/// lock on instead, `Branch::write_lock`; a branch deleted and added back
-/// at once waits here for the old stack to go.) Filesystems without
-/// `flock` are not locked.
+/// them. (This union's own branch objects of one directory share its
+/// lock, `Branch::write_lock`, so a live branch change never waits here.)
+/// Filesystems without `flock` are not locked.
 fn hold(dir: BorrowedFd<'_>, what: &Path) -> Result<Option<sys::fs::DirLock>> {
     let start = std::time::Instant::now();
     let mut told = false;
@@ -462,14 +471,14 @@ impl Upper {
             "unionfs-index"
         };
         // Nothing is read or cleared before no other union writes here.
-        {
-            let mut lock = upper.write_lock.lock();
-            if lock.is_none() {
-                *lock = hold(upper.root(), &upper.path)?;
-            }
-        }
+        hold_in(&upper.write_lock, upper.root(), &upper.path)?;
         let work_lock = match workdir {
-            Some(w) => hold(base.as_fd(), w)?,
+            Some(w) => {
+                let st = sys::fs::fstat(base.as_fd())?;
+                let cell = upper.backings.write_lock(st.st_dev, st.st_ino);
+                hold_in(&cell, base.as_fd(), w)?;
+                Some(cell)
+            }
             None => None,
         };
         let session = session_id(upper.root());

@@ -727,7 +727,12 @@ mod tests {
 
         // A stack whose branches were opened for another union's backing
         // state is refused, and the union keeps its stack.
-        let foreign = open(dir, &Backings::new(64));
+        // (On a directory of its own: two unions may not write one upper.)
+        let other = tempfile::tempdir().unwrap();
+        for d in ["lower", "upper", "work"] {
+            std::fs::create_dir(other.path().join(d)).unwrap();
+        }
+        let foreign = open(other.path(), &Backings::new(64));
         assert_eq!(fs.replace_stack(foreign).err(), Some(Error::Invalid));
         assert_eq!(fs.stack().generation(), 1);
     }
