@@ -248,17 +248,29 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Unmounts the union at `m` (root: umount2, lazily if busy; rootless:
-/// `unionfs umount`).
+/// Unmounts the union at `m` with `unionfs umount`, which returns once
+/// every copy-up is in the upper (a plain unmount is answered before the
+/// daemon has published its last ones, and the upper is read next: `diff`,
+/// `commit`); if that fails (busy), detaches it lazily.
 pub fn unmount(m: &Path, rootless: bool) {
-    if rootless {
-        let _ = std::process::Command::new(crate::unionfs_binary())
-            .arg("umount")
-            .arg(m)
+    let umount = |lazy: bool| {
+        let mut c = std::process::Command::new(crate::unionfs_binary());
+        c.arg("umount");
+        if lazy {
+            c.arg("-l");
+        }
+        c.arg(m)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .status();
-    } else if nix::mount::umount2(m, nix::mount::MntFlags::empty()).is_err() {
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if umount(false) || !mounted(m) {
+        return;
+    }
+    if rootless {
+        umount(true);
+    } else {
         let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
     }
 }

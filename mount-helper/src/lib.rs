@@ -137,14 +137,7 @@ impl Drop for Teardown {
             cg.kill_all();
         }
         if let Some(m) = self.mountpoint.take() {
-            if self.rootless {
-                let _ = Command::new(unionfs_binary())
-                    .arg("umount")
-                    .arg(&m)
-                    .status();
-            } else if nix::mount::umount2(&m, nix::mount::MntFlags::empty()).is_err() {
-                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-            }
+            crate::container::unmount(&m, self.rootless);
         }
         if let Some(mut cg) = self.cgroup.take() {
             cg.remove();
