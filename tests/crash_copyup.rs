@@ -408,10 +408,30 @@ fn power_cut_after_the_journal_commits_by_itself() {
 /// publishes them, so every file shows the content written before the kill.
 #[test]
 fn sigkill_with_copy_ups_pending_loses_nothing() {
+    killed_with_copy_ups_pending("crash-killed", |_| {}, str::to_string);
+}
+
+/// A directory renamed while copy-ups below it are pending, then the
+/// daemon killed: the next mount publishes what the killed daemon left
+/// pending by the paths it recorded, which the rename changed. Each copy
+/// must come back under the directory's new name with what was written.
+#[test]
+fn sigkill_after_a_directory_moved_over_pending_copy_ups() {
+    killed_with_copy_ups_pending(
+        "crash-moved",
+        |mnt| fs::rename(mnt.join("d"), mnt.join("moved")).unwrap(),
+        |rel| rel.replacen("d/", "moved/", 1),
+    );
+}
+
+/// Writes the unsynced files through a union, runs `then` on the mount,
+/// SIGKILLs the daemon and mounts again: nothing is left in the workdir,
+/// and each file, at `now(its path)`, shows what was written.
+fn killed_with_copy_ups_pending(name: &str, then: impl Fn(&Path), now: impl Fn(&str) -> String) {
     if !can_mount_fuse() {
         return;
     }
-    let t = Scratch::new("crash-killed");
+    let t = Scratch::new(name);
     let lower = t.dir("lower");
     for i in 0..FILES {
         file(&lower, &rel(i), &old_content(i), 0o644);
@@ -425,6 +445,7 @@ fn sigkill_with_copy_ups_pending_loses_nothing() {
     for &i in &unsynced {
         write_through(&mnt, i);
     }
+    then(&mnt);
     let pid = m.daemon_pids[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
     assert!(wait_until(Duration::from_secs(20), || !pid_alive(pid)));
@@ -439,59 +460,14 @@ fn sigkill_with_copy_ups_pending_loses_nothing() {
     assert!(names(&work).is_empty(), "{:?}", names(&work));
     let mut problems = Vec::new();
     for &i in &unsynced {
-        let got = fs::read(mnt.join(rel(i))).unwrap();
-        if got != new_content(i) {
-            judge("union", i, &got, &mut problems);
-            problems.push(format!(
-                "{}: not the content written before the kill",
-                rel(i)
-            ));
-        }
-    }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    m.unmount();
-}
-
-/// A directory renamed while copy-ups below it are pending, then the
-/// daemon killed: the next mount publishes what the killed daemon left
-/// pending by the paths it recorded, which the rename changed. Each copy
-/// must come back under the directory's new name with what was written.
-#[test]
-fn sigkill_after_a_directory_moved_over_pending_copy_ups() {
-    if !can_mount_fuse() {
-        return;
-    }
-    let t = Scratch::new("crash-moved");
-    let lower = t.dir("lower");
-    for i in 0..FILES {
-        file(&lower, &rel(i), &old_content(i), 0o644);
-    }
-    let upper = t.dir("upper");
-    let mnt = t.dir("mnt");
-    let unsynced: Vec<usize> = (0..FILES)
-        .filter(|&i| matches!(how(i), How::Append | How::Overwrite))
-        .collect();
-    let m = union_mount(&lower, &upper, &mnt);
-    for &i in &unsynced {
-        write_through(&mnt, i);
-    }
-    fs::rename(mnt.join("d"), mnt.join("moved")).unwrap();
-    let pid = m.daemon_pids[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(20), || !pid_alive(pid)));
-    let _ = run("umount", &["-l", mnt.to_str().unwrap()]);
-    drop(m);
-    let m = union_mount(&lower, &upper, &mnt);
-    let mut problems = Vec::new();
-    if mnt.join("d").exists() {
-        problems.push("d is back".to_string());
-    }
-    for &i in &unsynced {
-        let now = rel(i).replacen("d/", "moved/", 1);
-        match fs::read(mnt.join(&now)) {
+        let at = now(&rel(i));
+        match fs::read(mnt.join(&at)) {
             Ok(got) if got == new_content(i) => {}
-            Ok(_) => problems.push(format!("{now}: not the content written before the kill")),
-            Err(e) => problems.push(format!("{now}: {e}")),
+            Ok(got) => {
+                judge("union", i, &got, &mut problems);
+                problems.push(format!("{at}: not the content written before the kill"));
+            }
+            Err(e) => problems.push(format!("{at}: {e}")),
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
