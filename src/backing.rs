@@ -91,13 +91,14 @@ pub struct Backings {
     /// wait in it.
     closer: Mutex<Option<std::sync::mpsc::Sender<OwnedFd>>>,
     deferred: Arc<AtomicU64>,
-    /// The write-lock cells of this union's branches, by (device, inode)
-    /// of their root (`write_lock`): every branch object this union opens
-    /// on one directory shares one, so the union never waits on itself.
+    /// The write-lock cells of this union's writable branches and
+    /// workdirs, by (device, inode) (`write_lock`): every writer this union
+    /// opens on one directory shares one, so the union never waits on
+    /// itself.
     write_locks: Mutex<std::collections::HashMap<(u64, u64), std::sync::Weak<WriteLock>>>,
 }
 
-/// The cell of a branch's write lock (`upper::Upper::open` fills it).
+/// The cell of a directory's write lock (`upper::Upper::open` fills it).
 pub type WriteLock = Mutex<Option<crate::sys::fs::DirLock>>;
 
 /// Most fds waiting for the closer thread at once.
@@ -158,8 +159,8 @@ impl Backings {
     }
 
     /// The write-lock cell this union keeps for the directory `(dev, ino)`:
-    /// the one its other branch objects of that directory share, else a
-    /// new (empty) one.
+    /// the one its other writers of that directory share, else a new
+    /// (empty) one.
     pub fn write_lock(&self, dev: u64, ino: u64) -> Arc<WriteLock> {
         let mut all = self.write_locks.lock();
         all.retain(|_, w| w.strong_count() > 0);

@@ -71,12 +71,6 @@ pub struct Branch {
     /// The union's backing state (fd cache, xattr generation), handed to
     /// every backing object made for this branch.
     pub backings: Arc<Backings>,
-    /// The `flock` on the root that says this union writes the branch,
-    /// once it was writable here (`upper::Upper::open`). Shared by every
-    /// branch object this union opens on the directory (`Backings::
-    /// write_lock`), so the union never waits on itself; released when the
-    /// last goes.
-    pub write_lock: Arc<crate::backing::WriteLock>,
 }
 
 /// Filesystems (`f_type`) whose `listxattr` shows every xattr `getxattr`
@@ -145,7 +139,6 @@ impl Branch {
             hidden,
             char_whiteouts: true,
             backings: Arc::clone(backings),
-            write_lock: backings.write_lock(st.st_dev, st.st_ino),
         })
     }
 

@@ -20,7 +20,7 @@
 //!
 //! Invariant: requests are served one at a time by one thread, so branch
 //! changes are serialised without a lock; each is applied by the
-//! `Branches` implementation as one atomic stack swap. Takes no locks.
+//! `UnionControl` implementation as one atomic stack swap. Takes no locks.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -67,7 +67,7 @@ impl Refused {
 }
 
 /// What a running union offers the control channel.
-pub trait Branches: Send + Sync {
+pub trait UnionControl: Send + Sync {
     /// The branches, topmost first.
     fn list(&self) -> Vec<Listed>;
     /// Adds `path` at position `at` from the top (`None`: the bottom).
@@ -131,7 +131,7 @@ impl Server {
     }
 
     /// Serves requests on a thread of its own until the process ends.
-    pub fn spawn(self, branches: std::sync::Arc<dyn Branches>) -> std::io::Result<()> {
+    pub fn spawn(self, branches: std::sync::Arc<dyn UnionControl>) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name("unionfs-control".into())
             .spawn(move || {
@@ -147,7 +147,7 @@ impl Server {
 }
 
 /// Answers one connection.
-fn serve(mut c: UnixStream, branches: &dyn Branches) {
+fn serve(mut c: UnixStream, branches: &dyn UnionControl) {
     let reply = match crate::sys::ctl::peer_uid(c.as_fd()) {
         Ok(uid) if uid == 0 || uid == nix::unistd::geteuid().as_raw() => {
             let mut req = Vec::new();
@@ -197,7 +197,7 @@ fn mode_of(b: &[u8]) -> Result<Option<Mode>, Refused> {
 }
 
 /// Runs request `req` (NUL-separated fields); the records of the reply.
-fn answer(req: &[u8], branches: &dyn Branches) -> Result<Vec<Vec<u8>>, Refused> {
+fn answer(req: &[u8], branches: &dyn UnionControl) -> Result<Vec<Vec<u8>>, Refused> {
     let fields: Vec<&[u8]> = req.split(|&b| b == 0).collect();
     let bad = || Refused::new(Errno::EINVAL, "malformed request");
     match fields.as_slice() {
@@ -394,7 +394,7 @@ mod tests {
     #[derive(Default)]
     struct Fake(Mutex<Vec<Listed>>);
 
-    impl Branches for Fake {
+    impl UnionControl for Fake {
         fn list(&self) -> Vec<Listed> {
             self.0.lock().unwrap().clone()
         }

@@ -1,6 +1,6 @@
 //! Opening branches with the mount's settings — at mount time and when a
 //! branch is added or its mode changed on a live mount — and the control
-//! channel's `Branches` over a running union.
+//! channel's `UnionControl` over a running union.
 //!
 //! Invariant: every branch change builds a whole new `BranchStack` from
 //! clones of the branches it keeps (same ids, same fds) plus the branches
@@ -21,7 +21,7 @@ use nix::errno::Errno;
 
 use crate::backing::Backings;
 use crate::branch::{Branch, BranchId};
-use crate::control::{Branches, Listed, Refused};
+use crate::control::{Listed, Refused, UnionControl};
 use crate::mode::Mode;
 use crate::ops::UnionFs;
 use crate::stack::BranchStack;
@@ -246,7 +246,7 @@ impl LiveBranches {
     }
 }
 
-impl Branches for LiveBranches {
+impl UnionControl for LiveBranches {
     fn list(&self) -> Vec<Listed> {
         self.fs
             .stack()

@@ -15,13 +15,14 @@
 //! only when its entry may exist.
 //!
 //! Invariant: one union writes a branch and its workdir at a time. An
-//! exclusive `flock` on the branch root (the branch's, shared by its
-//! clones) and on the workdir (the `Upper`'s) is taken before anything
-//! there is read or cleared, waiting (`IN_USE_WAIT`) while another open
-//! file holds it: a daemon whose unmount was answered is still
-//! publishing, and its fds go only with its last thread.
+//! exclusive `flock` on the branch root and on the workdir is taken before
+//! anything there is read or cleared, waiting (`IN_USE_WAIT`) while
+//! another open file holds it: a daemon whose unmount was answered is
+//! still publishing, and its fds go only with its last thread. The locks
+//! are the union's, one cell per directory (`Backings::write_lock`), which
+//! every `Upper` it opens there shares.
 //!
-//! Locks: the branch's lock cell while the lock is taken (at open, which
+//! Locks: a directory's lock cell while its lock is taken (at open, which
 //! may wait); the staging pool's state mutex and the index names' mutex
 //! (leaves: one push, pop or set access, no syscall under them); the
 //! temp-name counter is atomic.
@@ -129,20 +130,28 @@ pub struct Upper {
     /// its data is in the page cache still (`recover_pending`). Empty when
     /// the mount id is unknown (then nothing is recovered).
     session: Vec<u8>,
-    /// The `flock` on the workdir that says this union writes it (`hold`;
-    /// shared like the branch root's, `Branch::write_lock`): never read,
-    /// released when the last sharer goes.
-    _work_lock: Option<std::sync::Arc<crate::backing::WriteLock>>,
+    /// The `flock`s on the branch root and the workdir that say this union
+    /// writes them (`hold_in`): never read, released when the last of the
+    /// union's writers of the directory goes.
+    _locks: Vec<std::sync::Arc<crate::backing::WriteLock>>,
 }
 
-/// Fills this union's lock cell of `dir` (`hold`) unless it holds the
-/// lock already.
-fn hold_in(cell: &crate::backing::WriteLock, dir: BorrowedFd<'_>, what: &Path) -> Result<()> {
-    let mut lock = cell.lock();
-    if lock.is_none() {
-        *lock = hold(dir, what)?;
+/// This union's lock cell of directory `dir`, holding the lock (`hold`)
+/// unless the union held it already.
+fn hold_in(
+    backings: &crate::backing::Backings,
+    dir: BorrowedFd<'_>,
+    what: &Path,
+) -> Result<std::sync::Arc<crate::backing::WriteLock>> {
+    let st = sys::fs::fstat(dir)?;
+    let cell = backings.write_lock(st.st_dev, st.st_ino);
+    {
+        let mut lock = cell.lock();
+        if lock.is_none() {
+            *lock = hold(dir, what)?;
+        }
     }
-    Ok(())
+    Ok(cell)
 }
 
 /// How long a mount waits for another process's union to let go of its
@@ -154,8 +163,8 @@ const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Takes the exclusive lock on `dir` (a writable branch or workdir) that
 /// says a union writes it, waiting while another open file holds it: that
 /// union's staged and pending copies live there, and this one would clear
-/// them. (This union's own branch objects of one directory share its
-/// lock, `Branch::write_lock`, so a live branch change never waits here.)
+/// them. (This union's own writers of one directory share its lock,
+/// `hold_in`, so a live branch change never waits here.)
 /// Filesystems without `flock` are not locked.
 fn hold(dir: BorrowedFd<'_>, what: &Path) -> Result<Option<sys::fs::DirLock>> {
     let start = std::time::Instant::now();
@@ -169,18 +178,21 @@ fn hold(dir: BorrowedFd<'_>, what: &Path) -> Result<Option<sys::fs::DirLock>> {
                 return Ok(None);
             }
         }
-        // For the message only: /proc/locks names the process that took
+        // For the messages only: /proc/locks names the process that took
         // the lock, which is not the holder after a daemon's fork.
-        let holder = sys::fs::flock_holder(dir);
-        let who = holder.map_or_else(|| "another process".into(), |p| format!("process {p}"));
+        let who = || {
+            sys::fs::flock_holder(dir)
+                .map_or_else(|| "another process".into(), |p| format!("process {p}"))
+        };
         if start.elapsed() >= IN_USE_WAIT {
-            tracing::error!("{} is in use by {who}", what.display());
+            tracing::error!("{} is in use by {}", what.display(), who());
             return Err(Error::BranchInUse);
         }
         if !told && start.elapsed() >= std::time::Duration::from_secs(1) {
             tracing::warn!(
-                "{} is in use by {who} (a union still finishing?): waiting",
-                what.display()
+                "{} is in use by {} (a union still finishing?): waiting",
+                what.display(),
+                who()
             );
             told = true;
         }
@@ -374,7 +386,9 @@ fn recover_pending(
         tracing::error!("dropped the copy-ups the last daemon left pending: syncfs: {e}");
         return Ok(());
     }
-    let mut refused: Vec<(PathBuf, Error)> = Vec::new();
+    // The first copy the upper could not take, and how many.
+    let mut refused: Option<(PathBuf, Error)> = None;
+    let mut unplaced = 0usize;
     for (tmp, target) in found {
         let target = Path::new(&target);
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
@@ -398,24 +412,26 @@ fn recover_pending(
                     target.display()
                 );
             }
-            Err(e) if upper_cannot_take(&e) => refused.push((target.to_path_buf(), e)),
+            Err(e) if upper_cannot_take(&e) => {
+                unplaced += 1;
+                refused.get_or_insert((target.to_path_buf(), e));
+            }
             Err(e) => tracing::warn!(
                 "dropped a copy-up the last daemon left pending: {}: {e}",
                 target.display()
             ),
         }
     }
-    let Some((first, e)) = refused.first() else {
+    let Some((first, e)) = refused else {
         return Ok(());
     };
     tracing::error!(
-        "cannot publish {} copy-up(s) the last daemon left pending ({}{}: {e}); \
+        "cannot publish {unplaced} copy-up(s) the last daemon left pending ({}{}: {e}); \
          they stay in the workdir: make room on the upper and mount again",
-        refused.len(),
         first.display(),
-        if refused.len() > 1 { ", ..." } else { "" },
+        if unplaced > 1 { ", ..." } else { "" },
     );
-    Err(e.clone())
+    Err(e)
 }
 
 /// Whether `e` says the upper cannot take a new name now, rather than that
@@ -471,16 +487,10 @@ impl Upper {
             "unionfs-index"
         };
         // Nothing is read or cleared before no other union writes here.
-        hold_in(&upper.write_lock, upper.root(), &upper.path)?;
-        let work_lock = match workdir {
-            Some(w) => {
-                let st = sys::fs::fstat(base.as_fd())?;
-                let cell = upper.backings.write_lock(st.st_dev, st.st_ino);
-                hold_in(&cell, base.as_fd(), w)?;
-                Some(cell)
-            }
-            None => None,
-        };
+        let mut locks = vec![hold_in(&upper.backings, upper.root(), &upper.path)?];
+        if let Some(w) = workdir {
+            locks.push(hold_in(&upper.backings, base.as_fd(), w)?);
+        }
         let session = session_id(upper.root());
         // Copy-ups a killed daemon left pending take their names first.
         if let Ok(w) = sys::fs::open_path_at(base.as_fd(), OsStr::new(work_name)) {
@@ -518,7 +528,7 @@ impl Upper {
             no_clone: AtomicBool::new(false),
             pool: StagePool::new(pool_dir),
             session,
-            _work_lock: work_lock,
+            _locks: locks,
         };
         // Record the format so a later mount reads this upper the same way
         // (best effort: without xattr support the default applies).

@@ -205,14 +205,13 @@ pub fn read_dir_batches(
 /// `read_dir_batches` of a directory already open for reading (from its
 /// start: a fresh fd).
 fn read_open_dir_batches(
-    fd: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
     mut batch: impl FnMut(&[RawDirEntry]),
     out: &mut Vec<RawDirEntry>,
 ) -> Result<()> {
-    let dir = fd;
     let mut buf = vec![0u8; DENTS_BUF];
     loop {
-        let n = traced!("getdents64", dir.as_raw_fd(), getdents64(fd, &mut buf))?;
+        let n = traced!("getdents64", dir.as_raw_fd(), getdents64(dir, &mut buf))?;
         if n == 0 {
             return Ok(());
         }
