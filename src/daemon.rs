@@ -132,9 +132,35 @@ fn open_stack(cfg: &MountConfig, opener: &Opener, cached_fds: usize) -> Result<B
                 .chain(std::iter::repeat(Mode::RO_WH)),
         )
         .map(|(l, m)| (l, m, None));
+    let mut opened = Vec::new();
     for (id, (path, mode, workdir)) in upper.chain(lowers).enumerate() {
         let id = u16::try_from(id).context("too many branches")?;
-        let mut b = opener.branch(BranchId(id), path, mode, &backings)?;
+        opened.push((
+            opener.branch(BranchId(id), path, mode, &backings)?,
+            workdir,
+            path,
+        ));
+    }
+    // Every directory the writers will lock, locked first in one order: two
+    // unions sharing writable branches in opposite orders must not each
+    // hold one and wait for the other.
+    let workdirs: Vec<_> = opened
+        .iter()
+        .filter_map(|(b, w, _)| w.filter(|_| b.mode.writable()))
+        .filter_map(|w| sys::fs::open_path_abs(w).ok().map(|fd| (fd, w)))
+        .collect();
+    let dirs = opened
+        .iter()
+        .filter(|(b, _, _)| b.mode.writable())
+        .map(|(b, _, _)| (b.root(), b.path.as_path()))
+        .chain(
+            workdirs
+                .iter()
+                .map(|(fd, w)| (std::os::fd::AsFd::as_fd(fd), *w)),
+        );
+    let _held =
+        crate::upper::hold_all(&backings, dirs).context("cannot lock the writable branches")?;
+    for (mut b, workdir, path) in opened {
         if b.mode.writable() {
             writers.push(opener.writer(&mut b, workdir)?);
         } else if cfg.upper.as_ref() == Some(path) {

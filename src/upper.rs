@@ -154,6 +154,26 @@ fn hold_in(
     Ok(cell)
 }
 
+/// This union's lock cells of `dirs`, each held (`hold_in`), taken in
+/// (device, inode) order so that two unions sharing some of them never
+/// each hold one the other waits for.
+pub fn hold_all<'a>(
+    backings: &crate::backing::Backings,
+    dirs: impl Iterator<Item = (BorrowedFd<'a>, &'a Path)>,
+) -> Result<Vec<std::sync::Arc<crate::backing::WriteLock>>> {
+    let mut keyed = Vec::new();
+    for (fd, what) in dirs {
+        let st = sys::fs::fstat(fd)?;
+        keyed.push(((st.st_dev, st.st_ino), fd, what));
+    }
+    keyed.sort_by_key(|k| k.0);
+    keyed.dedup_by_key(|k| k.0);
+    keyed
+        .into_iter()
+        .map(|(_, fd, what)| hold_in(backings, fd, what))
+        .collect()
+}
+
 /// How long a mount waits for another process's union to let go of its
 /// writable branch or workdir: a daemon whose unmount was answered may
 /// still be publishing its last copy-ups (and a daemon's threads outlive
@@ -1199,6 +1219,44 @@ impl Drop for Upper {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    /// `hold_all` takes its locks in (device, inode) order, whatever the
+    /// order asked: with the lower-numbered directory held elsewhere it
+    /// waits for that one first and leaves the other free, so another
+    /// union asking the same two the other way round cannot hold one and
+    /// wait for the other.
+    #[test]
+    fn hold_all_takes_its_locks_in_one_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dirs: Vec<PathBuf> = ["a", "b"].iter().map(|d| tmp.path().join(d)).collect();
+        for d in &dirs {
+            std::fs::create_dir(d).unwrap();
+        }
+        dirs.sort_by_key(|d| std::fs::metadata(d).unwrap().ino());
+        let (lo, hi) = (dirs[0].clone(), dirs[1].clone());
+        let lo_fd = sys::fs::open_path_abs(&lo).unwrap();
+        let elsewhere = sys::fs::try_lock_dir(lo_fd.as_fd()).unwrap();
+        assert!(elsewhere.is_some());
+        let asker = std::thread::spawn({
+            let (lo, hi) = (lo.clone(), hi.clone());
+            move || {
+                let backings = crate::backing::Backings::new(64);
+                let fds = [&hi, &lo].map(|d| (sys::fs::open_path_abs(d).unwrap(), d.clone()));
+                let held = hold_all(&backings, fds.iter().map(|(f, d)| (f.as_fd(), d.as_path())));
+                held.map(|h| h.len())
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let hi_fd = sys::fs::open_path_abs(&hi).unwrap();
+        let probe = sys::fs::try_lock_dir(hi_fd.as_fd()).unwrap();
+        assert!(
+            probe.is_some(),
+            "took the higher directory while waiting for the lower"
+        );
+        drop(probe);
+        drop(elsewhere);
+        assert_eq!(asker.join().unwrap().unwrap(), 2);
+    }
 
     /// Every staged file is a fresh, empty, named file of the workdir,
     /// whether made now or by the pool's thread; the pool's own files are
