@@ -34,6 +34,9 @@ use nix::errno::Errno;
 
 use crate::mode::Mode;
 
+/// How long a client waits for a reply before saying whom it waits for.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest request accepted (a few paths).
 const MAX_REQUEST: u64 = 64 * 1024;
 
@@ -274,26 +277,33 @@ pub enum Request {
 }
 
 impl Request {
-    fn encode(&self) -> Vec<u8> {
-        let mut f: Vec<Vec<u8>> = Vec::new();
+    /// The request's verb, as it travels.
+    fn verb(&self) -> &'static str {
         match self {
-            Request::List => f.push(b"list".to_vec()),
+            Request::List => "list",
+            Request::Add { .. } => "add",
+            Request::Del { .. } => "del",
+            Request::Mod { .. } => "mod",
+            Request::Flush => "flush",
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut f: Vec<Vec<u8>> = vec![self.verb().as_bytes().to_vec()];
+        match self {
+            Request::List | Request::Flush => {}
             Request::Add { at, path, mode } => {
-                f.push(b"add".to_vec());
                 f.push(at.map(|a| a.to_string()).unwrap_or_default().into_bytes());
                 f.push(path.as_os_str().as_bytes().to_vec());
                 f.push(mode.map(|m| m.to_string()).unwrap_or_default().into_bytes());
             }
             Request::Del { path } => {
-                f.push(b"del".to_vec());
                 f.push(path.as_os_str().as_bytes().to_vec());
             }
             Request::Mod { path, mode } => {
-                f.push(b"mod".to_vec());
                 f.push(path.as_os_str().as_bytes().to_vec());
                 f.push(mode.to_string().into_bytes());
             }
-            Request::Flush => f.push(b"flush".to_vec()),
         }
         f.join(&0u8)
     }
@@ -339,7 +349,30 @@ pub fn request_at(mnt: &Path, sock: &Path, req: &Request) -> Result<Vec<Vec<u8>>
     c.write_all(&req.encode()).map_err(io)?;
     c.shutdown(std::net::Shutdown::Write).map_err(io)?;
     let mut reply = Vec::new();
-    c.read_to_end(&mut reply).map_err(io)?;
+    // A daemon that is slow to answer (a `flush` syncing a big upper, a
+    // stopped process) is waited for, as umount waits for a filesystem;
+    // after a while the caller is told whom it waits for.
+    c.set_read_timeout(Some(PATIENCE)).map_err(io)?;
+    match c.read_to_end(&mut reply) {
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            // (The socket's peer pid is no help: it names the process
+            // that bound it, which a background mount's daemon is not.)
+            eprintln!(
+                "unionfs: waiting for the daemon of {} to answer '{}'",
+                mnt.display(),
+                req.verb()
+            );
+            c.set_read_timeout(None).map_err(io)?;
+            c.read_to_end(&mut reply).map_err(io)?;
+        }
+        Err(e) => return Err(io(e)),
+    }
     if let Some(rest) = reply.strip_prefix(b"ok\n") {
         let mut recs: Vec<Vec<u8>> = rest.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
         // The reply ends with a NUL: the last split is empty.

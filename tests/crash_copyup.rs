@@ -536,6 +536,59 @@ fn the_upper_is_complete_when_umount_returns() {
     }
 }
 
+/// `unionfs umount` waits for a daemon that is slow to publish — here a
+/// stopped one — as umount waits for a filesystem's writeback, says after a
+/// few seconds what it waits for, and returns once the daemon has put its
+/// copy-ups in the upper.
+#[test]
+fn unionfs_umount_waits_for_a_stopped_daemon_and_says_so() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Scratch::new("crash-umount-stopped");
+    let lower = t.dir("lower");
+    for i in 0..FILES {
+        file(&lower, &rel(i), &old_content(i), 0o644);
+    }
+    let (upper, mnt) = (t.dir("upper"), t.dir("mnt"));
+    let m = union_mount(&lower, &upper, &mnt);
+    for i in 0..FILES {
+        write_through(&mnt, i);
+    }
+    let pid = nix::unistd::Pid::from_raw(m.daemon_pids[0]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let umount = std::process::Command::new(bin())
+        .args(["umount".as_ref(), mnt.as_os_str()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    let finished_while_stopped = !pid_alive(umount.id() as i32)
+        || fs::read_to_string(format!("/proc/{}/stat", umount.id()))
+            .is_ok_and(|s| s.contains(") Z "));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let out = umount.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    drop(m);
+    assert!(
+        !finished_while_stopped,
+        "umount returned while the daemon was stopped"
+    );
+    assert!(out.status.success(), "umount failed: {said}");
+    assert!(
+        said.contains("waiting for the daemon of") && said.contains("'flush'"),
+        "umount did not say what it waits for: {said:?}"
+    );
+    for i in 0..FILES {
+        assert_eq!(
+            fs::read(upper.join(rel(i))).unwrap(),
+            new_content(i),
+            "{} not in the upper when umount returned",
+            rel(i)
+        );
+    }
+}
+
 /// Two unions must not write one upper: each clears the other's staged
 /// copies from the workdir. And `umount` is answered before the daemon
 /// ends: it still publishes its pending copy-ups, and its threads (with
