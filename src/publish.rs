@@ -6,8 +6,9 @@
 //! Instead of one fsync per copy-up inside the caller's write, the copy is
 //! staged in the workdir with no sync, the node serves from the staged
 //! inode at once, and the copy is queued here; this union's publisher
-//! thread then takes every queued copy as one burst: one `syncfs` of the
-//! upper, then one rename each into place.
+//! thread lets a burst gather (`GATHER`, at most `BURST_MAX` copies), then
+//! takes every queued copy as one burst: one `syncfs` of the upper, then
+//! one rename each into place.
 //!
 //! Invariant: a pending copy's name appears in the upper only after a
 //! `syncfs` that started after the copy was staged has completed, so after
@@ -202,6 +203,18 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// How long the publisher lets a burst gather after its first copy: a
+/// stream of copy-ups then costs one syncfs per `GATHER` rather than one
+/// per syncfs's own duration (a millisecond or two, so bursts of one or
+/// two copies). Nobody waits for it: the copies are served from the
+/// workdir meanwhile, and a caller that needs them published (fsync, a
+/// listing, a name change, unmount) publishes at once.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Most copies one burst gathers before it is published (each holds two
+/// fds until then).
+const BURST_MAX: usize = 1024;
+
 fn run(inner: Arc<Inner>) {
     loop {
         {
@@ -211,6 +224,15 @@ fn run(inner: Arc<Inner>) {
             }
             if q.map.is_empty() {
                 return;
+            }
+            // Let the burst gather: copy-ups come in runs (a build, a
+            // package install), and every syncfs is a journal commit and a
+            // cache flush of the upper's device.
+            let until = std::time::Instant::now() + GATHER;
+            while !q.stop && q.map.len() < BURST_MAX {
+                if inner.wake.wait_until(&mut q, until).timed_out() {
+                    break;
+                }
             }
         }
         if inner.burst().is_err() {
@@ -240,7 +262,11 @@ impl Publisher {
         }
         q.map.insert((p.parent, p.name.clone()), Arc::new(p));
         self.inner.count.store(q.map.len(), Ordering::Release);
-        self.inner.wake.notify_one();
+        // The publisher waits for a first copy, then for a full burst or
+        // the end of `GATHER`: only those two need waking it.
+        if q.map.len() == 1 || q.map.len() >= BURST_MAX {
+            self.inner.wake.notify_one();
+        }
         Ok(())
     }
 
