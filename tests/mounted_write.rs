@@ -1049,3 +1049,55 @@ fn xattrs_show_at_once_after_absent_ones_were_asked_for() {
         Some(&b"2"[..])
     );
 }
+
+/// A file created through the union shows the xattrs its creation gave it
+/// (here an access ACL inherited from the upper directory's default ACL):
+/// the union learns them from the new file at once, and must not take a
+/// new file for one without any. And what is set on it later shows too.
+#[test]
+fn created_files_show_the_xattrs_they_were_given() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let t = Setup::new("created-xattrs");
+    let dir = t.u.join("acl");
+    fs::create_dir(&dir).unwrap();
+    // A default ACL with a named user (a minimal one would turn into mode
+    // bits): POSIX ACL xattr version 2; entries (tag, perm, id).
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 6, 1234),
+        (0x04, 4, u32::MAX),
+        (0x10, 6, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    xattr::set(&dir, "system.posix_acl_default", &acl).unwrap();
+    let m = t.mount(&[]);
+    let plain = m.mnt.join("plain");
+    let inherits = m.mnt.join("acl/f");
+    for p in [&plain, &inherits] {
+        let mut f = fs::File::create(p).unwrap();
+        f.write_all(b"data").unwrap();
+    }
+    let names = |p: &Path| -> Vec<String> {
+        xattr::list(p)
+            .unwrap()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        xattr_of(&t.u.join("acl/f"), "system.posix_acl_access").is_some(),
+        "test setup: the upper file inherited no ACL"
+    );
+    assert_eq!(names(&inherits), vec!["system.posix_acl_access"]);
+    assert_eq!(names(&plain), Vec::<String>::new());
+    xattr::set(&plain, "user.later", b"1").unwrap();
+    assert_eq!(xattr_of(&plain, "user.later").as_deref(), Some(&b"1"[..]));
+    assert_eq!(names(&plain), vec!["user.later"]);
+    m.unmount();
+}

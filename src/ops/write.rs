@@ -337,6 +337,12 @@ impl UnionFs {
         let pfd = pstate.top()?.fd()?;
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
         let entry = self.new_entry(stack, parent, &ppath, name, fd)?;
+        if let Some(f) = &open {
+            // What the new file holds (an inherited ACL, a security label),
+            // learnt now from its open fd: the kernel asks for
+            // `security.capability` before its first write.
+            self.learn_xattrs(stack, entry.node, f.as_fd());
+        }
         let fh = open.map(|fd| {
             self.handles
                 .insert(Handle::File(FileHandle::new(entry.node, upper.branch, fd)))

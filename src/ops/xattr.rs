@@ -6,7 +6,10 @@
 //! attribute is ever shown, set or removed through the mount. An object
 //! known to have no visible xattrs (see `Backing::has_no_xattrs`; only on
 //! filesystems whose listings are complete) is answered without a syscall;
-//! setting or removing any xattr through the union forgets all of that.
+//! it is learnt by a listing, by the first question for a missing xattr,
+//! by a copy-up's staging, and for a file the union creates from its open
+//! fd (`learn_xattrs`). Setting or removing any xattr through the union
+//! forgets all of that.
 //! Locks: node state (read); copy-up's striped lock.
 
 use std::ffi::OsStr;
@@ -75,6 +78,31 @@ impl UnionFs {
             top.backing.note_xattrs(generation, !out.is_empty());
         }
         Ok(out)
+    }
+
+    /// Records whether node `ino`'s object (open as `fd`) has visible
+    /// xattrs, where a listing tells, so the kernel's questions before
+    /// writes are answered without a syscall.
+    pub(super) fn learn_xattrs(
+        &self,
+        stack: &BranchStack,
+        ino: Ino,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) {
+        let Ok(node) = self.inodes.get(ino) else {
+            return;
+        };
+        let state = node.snapshot();
+        let Ok(top) = state.top() else {
+            return;
+        };
+        if !self.lists_all_xattrs(stack, top) {
+            return;
+        }
+        let generation = top.backing.xattr_generation();
+        if let Ok(l) = self.visible_xattrs(fd) {
+            top.backing.note_xattrs(generation, !l.is_empty());
+        }
     }
 
     /// Whether an empty listing of `layer`'s object means it has no xattr.
