@@ -19,8 +19,10 @@
 //! names it changes first (`quiesce_names`: a create, link, removal or
 //! rename goes by those names only; a pending copy's parent directory is
 //! held by fd, so moving it changes nothing here, and it cannot be removed,
-//! as the lower object shows in it); listings, fsync, branch changes and
-//! the end of the mount call `flush`, which publishes everything.
+//! as the lower object shows in it); fsync, fsyncdir, branch changes, a
+//! directory's rename (`flush_where`, below) and the end of the mount
+//! publish first. Listings need not: the lower object shows the name, and
+//! `get` answers for its attributes.
 //!
 //! A copy also records its upper path, by which the next mount publishes
 //! it after a killed daemon (`upper::recover_pending`). So the rename of a

@@ -20,7 +20,8 @@
 //! another open file holds it: a daemon whose unmount was answered is
 //! still publishing, and its fds go only with its last thread. The locks
 //! are the union's, one cell per directory (`Backings::write_lock`), which
-//! every `Upper` it opens there shares.
+//! every `Upper` it opens there shares; a mount takes all of its cells
+//! first, in (device, inode) order (`hold_all`).
 //!
 //! Locks: a directory's lock cell while its lock is taken (at open, which
 //! may wait); the staging pool's state mutex and the index names' mutex
