@@ -4,7 +4,9 @@
 //! Invariant: the parent process exits 0 only after the kernel's INIT was
 //! answered (the mount is live); on any failure before that, nothing stays
 //! mounted and nothing the daemon created stays in the upper.
-//! Takes no locks.
+//! Locks: opening the stack takes the union's `flock`s on its writable
+//! branches and workdir (`upper::hold_all`, which may wait up to 30 s for
+//! another union to let go); no mutex of its own.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -147,8 +149,12 @@ fn open_stack(cfg: &MountConfig, opener: &Opener, cached_fds: usize) -> Result<B
     let workdirs: Vec<_> = opened
         .iter()
         .filter_map(|(b, w, _)| w.filter(|_| b.mode.writable()))
-        .filter_map(|w| sys::fs::open_path_abs(w).ok().map(|fd| (fd, w)))
-        .collect();
+        .map(|w| {
+            sys::fs::open_path_abs(w)
+                .map(|fd| (fd, w))
+                .with_context(|| format!("cannot open workdir {}", w.display()))
+        })
+        .collect::<Result<_>>()?;
     let dirs = opened
         .iter()
         .filter(|(b, _, _)| b.mode.writable())

@@ -6,8 +6,8 @@
 //! Instead of one fsync per copy-up inside the caller's write, the copy is
 //! staged in the workdir with no sync, the node serves from the staged
 //! inode at once, and the copy is queued here; this union's publisher
-//! thread lets a burst gather (`GATHER`, at most `BURST_MAX` copies), then
-//! takes every queued copy as one burst: one `syncfs` of the upper, then
+//! thread lets a burst gather (`GATHER`, or until `BURST_MAX` copies wait),
+//! then takes every queued copy as one burst: one `syncfs` of the upper, then
 //! one rename each into place.
 //!
 //! Invariant: a pending copy's name appears in the upper only after a
@@ -210,11 +210,11 @@ impl std::fmt::Debug for Publisher {
 /// per syncfs's own duration (a millisecond or two, so bursts of one or
 /// two copies). Nobody waits for it: the copies are served from the
 /// workdir meanwhile, and a caller that needs them published (fsync, a
-/// listing, a name change, unmount) publishes at once.
+/// name change, unmount) publishes at once.
 const GATHER: Duration = Duration::from_millis(10);
 
-/// Most copies one burst gathers before it is published (each holds two
-/// fds until then).
+/// How many waiting copies end the gathering early (each holds two fds
+/// until it is published).
 const BURST_MAX: usize = 1024;
 
 fn run(inner: Arc<Inner>) {

@@ -1238,15 +1238,19 @@ mod tests {
         let lo_fd = sys::fs::open_path_abs(&lo).unwrap();
         let elsewhere = sys::fs::try_lock_dir(lo_fd.as_fd()).unwrap();
         assert!(elsewhere.is_some());
+        let (started, start) = std::sync::mpsc::channel();
         let asker = std::thread::spawn({
             let (lo, hi) = (lo.clone(), hi.clone());
             move || {
                 let backings = crate::backing::Backings::new(64);
                 let fds = [&hi, &lo].map(|d| (sys::fs::open_path_abs(d).unwrap(), d.clone()));
+                started.send(()).unwrap();
                 let held = hold_all(&backings, fds.iter().map(|(f, d)| (f.as_fd(), d.as_path())));
                 held.map(|h| h.len())
             }
         });
+        // Its first attempts take microseconds; give it ample time.
+        start.recv().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let hi_fd = sys::fs::open_path_abs(&hi).unwrap();
         let probe = sys::fs::try_lock_dir(hi_fd.as_fd()).unwrap();

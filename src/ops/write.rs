@@ -293,14 +293,22 @@ impl UnionFs {
         ppath: &Path,
         name: &OsStr,
         fd: OwnedFd,
+        open: Option<BorrowedFd<'_>>,
     ) -> Result<Entry> {
         let st = sys::fs::fstat(fd.as_fd())?;
         let kind = Kind::from_mode(st.st_mode);
         let ino = Ino(stack.fold_ino(st.st_dev, st.st_ino));
+        let layer = self.upper_layer(stack, fd, ppath.join(name), false)?;
+        if let Some(f) = open {
+            // What the new file holds (an inherited ACL, a security label),
+            // learnt now from its open fd: the kernel asks for
+            // `security.capability` before its first write.
+            self.learn_xattrs(stack, &layer, f);
+        }
         let state = NodeState {
             parent,
             name: name.to_os_string(),
-            layers: vec![self.upper_layer(stack, fd, ppath.join(name), false)?],
+            layers: vec![layer],
             generation: stack.generation(),
         };
         let attr = self.attr_of(stack, ino, &st, &state);
@@ -336,13 +344,14 @@ impl UnionFs {
         let (pstate, ppath) = self.upper_parent(stack, parent)?;
         let pfd = pstate.top()?.fd()?;
         let (fd, open) = self.make(upper, pfd.as_fd(), name, &what, mode, caller)?;
-        let entry = self.new_entry(stack, parent, &ppath, name, fd)?;
-        if let Some(f) = &open {
-            // What the new file holds (an inherited ACL, a security label),
-            // learnt now from its open fd: the kernel asks for
-            // `security.capability` before its first write.
-            self.learn_xattrs(stack, entry.node, f.as_fd());
-        }
+        let entry = self.new_entry(
+            stack,
+            parent,
+            &ppath,
+            name,
+            fd,
+            open.as_ref().map(AsFd::as_fd),
+        )?;
         let fh = open.map(|fd| {
             self.handles
                 .insert(Handle::File(FileHandle::new(entry.node, upper.branch, fd)))

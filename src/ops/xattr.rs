@@ -80,28 +80,25 @@ impl UnionFs {
         Ok(out)
     }
 
-    /// Records whether node `ino`'s object (open as `fd`) has visible
-    /// xattrs, where a listing tells, so the kernel's questions before
-    /// writes are answered without a syscall.
+    /// Records whether the object of `layer` (open as `fd`, not O_PATH)
+    /// has visible xattrs, where a listing tells, so the kernel's
+    /// questions before writes are answered without a syscall.
     pub(super) fn learn_xattrs(
         &self,
         stack: &BranchStack,
-        ino: Ino,
+        layer: &crate::inode::Layer,
         fd: std::os::fd::BorrowedFd<'_>,
     ) {
-        let Ok(node) = self.inodes.get(ino) else {
-            return;
-        };
-        let state = node.snapshot();
-        let Ok(top) = state.top() else {
-            return;
-        };
-        if !self.lists_all_xattrs(stack, top) {
+        if !self.lists_all_xattrs(stack, layer) {
             return;
         }
-        let generation = top.backing.xattr_generation();
-        if let Ok(l) = self.visible_xattrs(fd) {
-            top.backing.note_xattrs(generation, !l.is_empty());
+        let generation = layer.backing.xattr_generation();
+        match sys::fdxattr::list(fd) {
+            Ok(names) => layer.backing.note_xattrs(
+                generation,
+                names.iter().any(|n| !whiteout::is_private_xattr(n)),
+            ),
+            Err(e) => tracing::debug!("cannot list the xattrs of a new file: {e}"),
         }
     }
 
