@@ -9,6 +9,9 @@
 //! `$XDG_RUNTIME_DIR/unionfs/` (or `/tmp/unionfs-UID/`). The directory is
 //! 0700 and the socket 0600; the daemon also checks the peer's uid (root
 //! or the daemon's own), so only who could remount may change branches.
+//! Root reaching another user's union looks in that user's usual places
+//! (`find_socket`: the mount's `user_id=`, then `/run/user/UID/unionfs`
+//! and `/tmp/unionfs-UID`).
 //!
 //! Protocol: one request per connection. The request is NUL-separated
 //! fields (verb first), ended by the client shutting down its side; the
@@ -325,15 +328,63 @@ pub enum ClientError {
 /// `unionfs umount`, which must know it before the mount goes. `None`
 /// when `mnt` cannot be stat'ed.
 pub fn socket_of(mnt: &Path) -> Option<PathBuf> {
-    crate::sys::ctl::dev_nosync(mnt).ok().map(socket_path)
+    crate::sys::ctl::dev_nosync(mnt).ok().map(find_socket)
 }
 
 /// Sends `req` to the daemon serving `mnt`; the records of its reply.
+/// (The mount's device is read with an empty statx mask, which a FUSE
+/// mount answers even to a user it does not let in — root on another
+/// user's mount without `allow_other`.)
 pub fn request(mnt: &Path, req: &Request) -> Result<Vec<Vec<u8>>, ClientError> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(mnt)
+    let dev = crate::sys::ctl::dev_nosync(mnt)
         .map_err(|e| ClientError::NoDaemon(format!("{}: {e}", mnt.display())))?;
-    request_at(mnt, &socket_path(md.dev()), req)
+    request_at(mnt, &find_socket(dev), req)
+}
+
+/// The control socket of the mount with device number `dev`: this user's,
+/// or — for root, on a mount another user's daemon serves — that user's
+/// in its usual places (`/run/user/UID/unionfs`, `/tmp/unionfs-UID`; the
+/// daemon lets root in). The caller's own path when none is there.
+fn find_socket(dev: u64) -> PathBuf {
+    let own = socket_path(dev);
+    if own.exists() || !nix::unistd::geteuid().is_root() {
+        return own;
+    }
+    let owner = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| mount_owner(&m, dev));
+    let name = own.file_name().map(PathBuf::from).unwrap_or_default();
+    owner
+        .filter(|&uid| uid != 0)
+        .into_iter()
+        .flat_map(|uid| {
+            [
+                PathBuf::from(format!("/run/user/{uid}/unionfs")),
+                PathBuf::from(format!("/tmp/unionfs-{uid}")),
+            ]
+        })
+        .map(|dir| dir.join(&name))
+        .find(|p| p.exists())
+        .unwrap_or(own)
+}
+
+/// The uid of the user a FUSE mount of device `dev` belongs to (its
+/// `user_id=` option), from the text of a mountinfo file.
+fn mount_owner(mountinfo: &str, dev: u64) -> Option<u32> {
+    let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        if fields.nth(2) != Some(want.as_str()) {
+            return None;
+        }
+        // After the " - " separator: type, source, superblock options.
+        let (_, tail) = line.split_once(" - ")?;
+        let options = tail.split(' ').nth(2)?;
+        options
+            .split(',')
+            .find_map(|o| o.strip_prefix("user_id="))
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 /// `request` through control socket `sock` (of the union at `mnt`).
@@ -422,6 +473,21 @@ pub fn split_dir_mode(arg: &OsStr) -> Result<(PathBuf, Option<Mode>), String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    /// The owner of a FUSE mount is read from its superblock options, for
+    /// the device asked only.
+    #[test]
+    fn mount_owner_reads_user_id_of_that_device() {
+        let info = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
+90 22 0:52 / /mnt/a rw,nosuid,nodev,relatime shared:50 - fuse.unionfs unionfs rw,user_id=65534,group_id=65534
+91 22 0:53 / /mnt/b rw,relatime shared:51 - fuse.unionfs unionfs rw,user_id=0,group_id=0,allow_other
+";
+        assert_eq!(mount_owner(info, libc::makedev(0, 52)), Some(65534));
+        assert_eq!(mount_owner(info, libc::makedev(0, 53)), Some(0));
+        assert_eq!(mount_owner(info, libc::makedev(254, 0)), None);
+        assert_eq!(mount_owner(info, libc::makedev(0, 54)), None);
+    }
     use std::sync::Mutex;
 
     #[derive(Default)]

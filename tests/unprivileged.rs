@@ -91,6 +91,9 @@ fn unprivileged_mount_through_fusermount3() {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .args(args)
+            // Its control socket in /tmp/unionfs-65534, not in a runtime
+            // directory of the caller's it could not use.
+            .env_remove("XDG_RUNTIME_DIR")
             .output()
             .unwrap()
     };
@@ -148,6 +151,11 @@ fn unprivileged_mount_through_fusermount3() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(fs::read(l.join("plain")).unwrap(), b"p");
+    // Root reaches the user's daemon too (it looks where that user's
+    // sockets are), as `unionfs umount` must to have the upper complete.
+    let o = run_bin(&["branch".as_ref(), "list".as_ref(), mnt.as_os_str()]);
+    assert!(o.ok(), "root cannot reach the user's union: {o}");
+    assert!(o.stdout.contains(&*u.to_string_lossy()), "{o}");
     let o = nobody(&[bin().as_os_str(), "umount".as_ref(), mnt.as_os_str()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(wait_until(std::time::Duration::from_secs(5), || {
