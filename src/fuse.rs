@@ -215,11 +215,13 @@ impl FuseAdapter {
     fn reroute(&self, i: INodeNo, writing: bool, pid: u32) -> Result<Route, Error> {
         // Taken by every open: only the caller's next one can be the retry.
         let retry = self.io.take_estale(i.0, pid);
-        if !self.io.pinned_to_lower(i.0) {
-            return Ok(Route::Here);
-        }
         let retired = self.fs.is_retired(ino(i));
-        if !writing && !retired {
+        // A retired node is left for the object's current one even when
+        // no reader pins it any more: its kernel inode is not the one the
+        // object's other names now reach, so a write through it would
+        // leave theirs with stale attributes (hard links: one name retired
+        // the node, another still led to it).
+        if !retired && (!writing || !self.io.pinned_to_lower(i.0)) {
             return Ok(Route::Here);
         }
         if retry {
@@ -784,6 +786,8 @@ impl Filesystem for FuseAdapter {
             Ok(())
         };
         match res.and_then(|()| self.fs.setattr(ino(i), set)) {
+            // A retired node's attributes are never cached (`getattr`).
+            Ok(a) if self.fs.is_retired(ino(i)) => reply.attr(&Duration::ZERO, &file_attr(&a)),
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }

@@ -1408,3 +1408,110 @@ fn regression_copy_range_onto_itself_after_the_writer_moved_to_a_new_node() {
         to: "x/z/a",
     }]);
 }
+
+/// Found by CI (session 11): a write through one name of a hard-linked
+/// lower file after its other name was copied up showed the first name's
+/// new content with the lower file's size and mtime.
+#[test]
+fn regression_hardlink_write_through_second_name_keeps_attrs_fresh() {
+    check(&[
+        Op::CopyRange {
+            from: "c",
+            to: "x/c",
+        },
+        Op::Write {
+            p: "x",
+            how: Wr::Append,
+            off: 0,
+            data: 3,
+        },
+        Op::Link {
+            from: "z",
+            to: "x/z",
+        },
+        Op::Write {
+            p: "c",
+            how: Wr::Creat,
+            off: 5000,
+            data: 2,
+        },
+        Op::Mkdir {
+            p: "y/b",
+            mode: Oct(0o755),
+        },
+    ]);
+}
+
+/// A name of a hard-linked lower file read before its other name was
+/// copied up still leads the kernel to the retired node (`retire`): a
+/// change through it must show through the other name, whose node the
+/// kernel caches (found with the CI case above, session 11).
+#[test]
+fn regression_attribute_changes_through_a_retired_node_show_by_the_other_name() {
+    let retire = Op::CopyRange {
+        from: "c",
+        to: "x/c",
+    };
+    for then in [
+        Op::Chmod {
+            p: "c",
+            mode: Oct(0o600),
+        },
+        Op::Chown {
+            p: "c",
+            uid: Some(7),
+            gid: None,
+        },
+        Op::Utimens {
+            p: "c",
+            atime: Ts::At(5, 6),
+            mtime: Ts::At(7, 8),
+        },
+        Op::Truncate { p: "c", len: 3 },
+        Op::Write {
+            p: "c",
+            how: Wr::Plain,
+            off: 5000,
+            data: 2,
+        },
+    ] {
+        check(&[retire.clone(), then]);
+    }
+}
+
+/// The same for a link count changed by a name: linked, unlinked, renamed
+/// over.
+#[test]
+fn regression_link_count_changes_through_a_retired_node_show_by_the_other_name() {
+    let retire = Op::CopyRange {
+        from: "c",
+        to: "x/c",
+    };
+    check(&[retire.clone(), Op::Unlink("c")]);
+    check(&[
+        retire.clone(),
+        Op::Link {
+            from: "c",
+            to: "y/n",
+        },
+    ]);
+    check(&[
+        retire.clone(),
+        Op::Rename {
+            from: "a",
+            to: "c",
+            how: Rn::Plain,
+        },
+    ]);
+    check(&[
+        Op::CopyRange {
+            from: "x/c",
+            to: "c",
+        },
+        Op::Link {
+            from: "x/c",
+            to: "y/n",
+        },
+        Op::Unlink("x/c"),
+    ]);
+}

@@ -319,6 +319,19 @@ impl UnionFs {
         }
     }
 
+    /// After object `st_ino` changed through one of its names (a link
+    /// count, a ctime): when it was retired (`retire`), the kernel may hold
+    /// two inodes for it — the retired node, which that name may still
+    /// lead to and whose attributes are never cached, and the current one,
+    /// whose attributes are — so the current one is told. An object never
+    /// retired is one node, which the kernel updates itself.
+    fn object_changed(&self, st_ino: Ino) {
+        let current = self.inodes.node_id(st_ino);
+        if current != st_ino {
+            self.invalidate_attributes(current);
+        }
+    }
+
     /// The current branch stack snapshot.
     pub fn stack(&self) -> Arc<BranchStack> {
         self.stack.load_full()

@@ -395,6 +395,7 @@ impl UnionFs {
         // recorded offset stays as it is.
         // The node keeps its number; count the lookup the reply implies.
         let st = sys::fs::fstat(sfd.as_fd())?;
+        self.object_changed(node.st_ino);
         let attr = self.attr_of(stack, node.st_ino, &st, &src);
         // (A retired node's new name goes to its object's current node.)
         let node = self.inodes.remember(node.st_ino, node.kind, src).ino;
@@ -465,8 +466,9 @@ impl UnionFs {
             (_, true, false) | (false, true, true) => upper.write_whiteout(pfd.as_fd(), name),
             (false, false, _) => Err(Error::NotFound),
         };
-        if removed.is_err() {
-            self.undrop_name(stack, dropped);
+        match &removed {
+            Ok(()) => self.object_changed(victim),
+            Err(_) => self.undrop_name(stack, dropped),
         }
         removed
     }
@@ -489,7 +491,10 @@ impl UnionFs {
         };
         let fd = Arc::new(fd);
         let kept = match ino(&fd) {
-            Ok(ino) => self.keep_victim(stack, ino, || Ok(Arc::clone(&fd))),
+            Ok(ino) => {
+                self.object_changed(ino);
+                self.keep_victim(stack, ino, || Ok(Arc::clone(&fd)))
+            }
             Err(_) => false,
         };
         if !kept {
@@ -827,6 +832,11 @@ impl UnionFs {
             ds.parent = parent;
             ds.name = name.to_os_string();
             self.inodes.refresh(dst_ino.unwrap_or(src_ino), d.kind, ds);
+        }
+        // A replaced object lost a name, a moved one has a new ctime.
+        self.object_changed(src_ino);
+        if let Some(d) = dst_ino {
+            self.object_changed(d);
         }
         if moves_dirs {
             // Copy-ups that overlapped this rename are not deferred.
