@@ -6,7 +6,8 @@
 //! per-inode I/O mode (passthrough or page cache) is FUSE business and is
 //! mirrored in `iomode`, whose locks are its own; the adapter takes none.
 //! So is the VFS's one retry of an open that failed with ESTALE, which
-//! `reroute` uses to move a writer off a node pinned to a lower file.
+//! `reroute` uses to move a writer off a node pinned to a lower file, and
+//! any opener off a node retired for that (its object has a newer node).
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -204,14 +205,17 @@ impl FuseAdapter {
 
     /// Moves an open of node `i` off the lower file the kernel pinned it to,
     /// when it must not be served from there: a writer (or truncate) of it,
-    /// or any opener of it once it was retired (it would read old data).
-    /// The node is retired (`UnionFs::retire`: copy-up, fresh node id for
-    /// the object, its name dropped from the kernel's cache) and the caller
-    /// answers ESTALE: the VFS retries an open (and a truncate(2)) once
-    /// with LOOKUP_REVAL, whose lookup reaches the new, unpinned node — the
-    /// user never sees the ESTALE. A retry that comes back to the same node
-    /// walked no name (/proc/PID/fd/N): it is served here as before
-    /// (readers from the lower file, a writer ETXTBSY).
+    /// or any opener of it once it was retired — pinned or not: its object
+    /// has a newer node now, whose cached attributes a write through this
+    /// one would leave stale (another name of a hard-linked file can still
+    /// lead here after the retiring name was dropped). The node is retired
+    /// (`UnionFs::retire`: copy-up, fresh node id for the object, its name
+    /// dropped from the kernel's cache) and the caller answers ESTALE: the
+    /// VFS retries an open (and a truncate(2)) once with LOOKUP_REVAL,
+    /// whose lookup reaches the new node — the user never sees the ESTALE.
+    /// A retry that comes back to the same node walked no name
+    /// (/proc/PID/fd/N): it is served here as before (while pinned,
+    /// readers from the lower file and a writer ETXTBSY).
     fn reroute(&self, i: INodeNo, writing: bool, pid: u32) -> Result<Route, Error> {
         // Taken by every open: only the caller's next one can be the retry.
         let retry = self.io.take_estale(i.0, pid);
@@ -776,7 +780,9 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(set_time),
             fh: h.map(fh),
         };
-        let res = if size.is_some() {
+        // (A truncate through an open file, ftruncate(2), is not retried by
+        // the VFS on ESTALE: its handle decides where it goes.)
+        let res = if size.is_some() && h.is_none() {
             match self.reroute(i, true, req.pid()) {
                 Ok(Route::Stale) => return reply.error(Errno::ESTALE),
                 Ok(_) => self.check_not_pinned(i),

@@ -8,7 +8,9 @@
 //! old node was *retired* (`rekey`): the kernel pins a node to the lower
 //! file its passthrough readers use, so a copied-up object gets a fresh
 //! node id (top byte 0xff, see `FRESH_BASE`) that lookups of its `st_ino`
-//! return from then on, while the old node serves the readers it has.
+//! return from then on, while the old node serves the readers it has (and
+//! answers for the names the kernel still binds to it, such as another
+//! hard link: the union then tells the new node of what changed).
 //! Locks: the table is a `DashMap` (shard lock held only for insert/remove
 //! and the lookup-count update that goes with it); each node's `state` is an
 //! `RwLock` taken after the shard lock is released, never the other way round.

@@ -324,6 +324,45 @@ fn a_reopen_through_proc_of_a_pinned_file_keeps_the_old_answer() {
     m.unmount();
 }
 
+/// A writer that reaches a retired node without a name (a reopen through
+/// /proc of an O_PATH fd taken before the copy-up) is served there once no
+/// reader pins it, and its ftruncate works: the kernel does not retry an
+/// ftruncate on ESTALE, so none may come back. And the file's other names
+/// show what it did.
+#[test]
+fn a_writer_that_came_back_to_a_retired_node_can_truncate() {
+    if !root() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let t = Setup::new("pt-retired-writer");
+    file(&t.l1, "f", b"one two three\n", 0o644);
+    hardlink(&t.l1, "f", "g");
+    let m = t.mount(&[]);
+    let (f, g) = (m.mnt.join("f"), m.mnt.join("g"));
+    let held =
+        nix::fcntl::open(&f, nix::fcntl::OFlag::O_PATH, nix::sys::stat::Mode::empty()).unwrap();
+    let mut r = fs::File::open(&f).unwrap();
+    assert_eq!(read_all(&mut r), "one two three\n");
+    // A writer by the other name retires the node the reader pins.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&g)
+        .unwrap()
+        .write_all(b"four\n")
+        .unwrap();
+    drop(r);
+    let proc = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    let w = fs::OpenOptions::new().write(true).open(&proc).unwrap();
+    w.set_len(3).unwrap();
+    drop(w);
+    assert_eq!(fs::read_to_string(&g).unwrap(), "one");
+    assert_eq!(fs::read_to_string(&f).unwrap(), "one");
+    assert_eq!(fs::symlink_metadata(&g).unwrap().len(), 3);
+    drop(held);
+    m.unmount();
+}
+
 /// A running lower binary opened for writing: ETXTBSY from the VFS (the
 /// running file's inode denies writers before the open reaches the
 /// daemon), as kernel overlayfs answers on this kernel; once it exits, the

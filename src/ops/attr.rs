@@ -301,10 +301,7 @@ impl UnionFs {
         // Through a retired node (`retire`; a chmod by a name the kernel
         // still binds to it): the object's current node, whose attributes
         // the kernel caches, must learn of the change.
-        let current = self.inodes.node_id(node.st_ino);
-        if current != ino {
-            self.invalidate_attributes(current);
-        }
+        self.changed_through(ino);
         Ok(self.attr_of(stack, node.st_ino, &st, &state))
     }
 }

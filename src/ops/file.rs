@@ -138,7 +138,10 @@ impl UnionFs {
     /// path walks reach the new node, which is not pinned (until the kernel
     /// has dropped it, an open of the old node is sent to the new one by
     /// the adapter, see `is_retired`). The old node keeps serving the
-    /// readers it has, from the lower file.
+    /// readers it has, from the lower file. Other names of a hard-linked
+    /// file may still lead the kernel to the old node: opens through them
+    /// are sent on too, and changes made through them tell the new node
+    /// (`object_changed`, `changed_through`).
     pub fn retire(&self, ino: Ino) -> Result<()> {
         let node = self.inodes.get(ino)?;
         if node.kind != Kind::File {

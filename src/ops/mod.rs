@@ -332,6 +332,19 @@ impl UnionFs {
         }
     }
 
+    /// After an object changed through node `ino` (setattr, an xattr):
+    /// when `ino` is a retired node, the object's current node is told
+    /// (see `object_changed`); through the current node, the kernel
+    /// updates it itself.
+    fn changed_through(&self, ino: Ino) {
+        if let Ok(node) = self.inodes.get(ino) {
+            let current = self.inodes.node_id(node.st_ino);
+            if current != ino {
+                self.invalidate_attributes(current);
+            }
+        }
+    }
+
     /// The current branch stack snapshot.
     pub fn stack(&self) -> Arc<BranchStack> {
         self.stack.load_full()

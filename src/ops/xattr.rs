@@ -132,6 +132,8 @@ impl UnionFs {
         let state = self.copy_up(stack, ino, CopyUpData::Meta)?;
         let res = sys::xattr::set(state.top()?.fd()?.as_fd(), name, value, flags);
         self.backings.forget_xattrs();
+        // Its ctime (and, for an ACL, its mode) changed.
+        self.changed_through(ino);
         res
     }
 
@@ -147,6 +149,7 @@ impl UnionFs {
         let state = self.copy_up(stack, ino, CopyUpData::Meta)?;
         let res = sys::xattr::remove(state.top()?.fd()?.as_fd(), name);
         self.backings.forget_xattrs();
+        self.changed_through(ino);
         res
     }
 }
