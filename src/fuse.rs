@@ -6,8 +6,7 @@
 //! per-inode I/O mode (passthrough or page cache) is FUSE business and is
 //! mirrored in `iomode`, whose locks are its own; the adapter takes none.
 //! So is the VFS's one retry of an open that failed with ESTALE, which
-//! `reroute` uses to move a writer off a node pinned to a lower file, and
-//! any opener off a node retired for that (its object has a newer node).
+//! `reroute` uses to move a writer off a node pinned to a lower file.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -205,27 +204,25 @@ impl FuseAdapter {
 
     /// Moves an open of node `i` off the lower file the kernel pinned it to,
     /// when it must not be served from there: a writer (or truncate) of it,
-    /// or any opener of it once it was retired — pinned or not: its object
-    /// has a newer node now, whose cached attributes a write through this
-    /// one would leave stale (another name of a hard-linked file can still
-    /// lead here after the retiring name was dropped). The node is retired
-    /// (`UnionFs::retire`: copy-up, fresh node id for the object, its name
-    /// dropped from the kernel's cache) and the caller answers ESTALE: the
-    /// VFS retries an open (and a truncate(2)) once with LOOKUP_REVAL,
-    /// whose lookup reaches the new node — the user never sees the ESTALE.
-    /// A retry that comes back to the same node walked no name
-    /// (/proc/PID/fd/N): it is served here as before (while pinned,
-    /// readers from the lower file and a writer ETXTBSY).
+    /// or any opener of it once it was retired (it would read old data).
+    /// The node is retired (`UnionFs::retire`: copy-up, fresh node id for
+    /// the object, its name dropped from the kernel's cache) and the caller
+    /// answers ESTALE: the VFS retries an open (and a truncate(2)) once
+    /// with LOOKUP_REVAL, whose lookup reaches the new, unpinned node — the
+    /// user never sees the ESTALE. A retry that comes back to the same node
+    /// walked no name (/proc/PID/fd/N): it is served here as before
+    /// (readers from the lower file, a writer ETXTBSY). A retired node no
+    /// reader pins any more is served here too (another name of a
+    /// hard-linked file can still lead to it): what a writer changes
+    /// through it is told to the object's current node (`open`, `release`).
     fn reroute(&self, i: INodeNo, writing: bool, pid: u32) -> Result<Route, Error> {
         // Taken by every open: only the caller's next one can be the retry.
         let retry = self.io.take_estale(i.0, pid);
+        if !self.io.pinned_to_lower(i.0) {
+            return Ok(Route::Here);
+        }
         let retired = self.fs.is_retired(ino(i));
-        // A retired node is left for the object's current one even when
-        // no reader pins it any more: its kernel inode is not the one the
-        // object's other names now reach, so a write through it would
-        // leave theirs with stale attributes (hard links: one name retired
-        // the node, another still led to it).
-        if !retired && (!writing || !self.io.pinned_to_lower(i.0)) {
+        if !writing && !retired {
             return Ok(Route::Here);
         }
         if retry {
@@ -544,6 +541,10 @@ impl Filesystem for FuseAdapter {
             }
             res => res,
         };
+        if writing && res.is_ok() {
+            // (O_TRUNC, or a copy-up of another name's data: see `release`.)
+            self.fs.changed_through_node(ino(i));
+        }
         match res {
             Ok((o, Grant::Passthrough(b))) => {
                 reply.opened_passthrough(FileHandle(o.fh.0), FopenFlags::empty(), &b)
@@ -597,15 +598,21 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         h: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.io.release(h.0);
         self.fs.release(fh(h));
+        // A writer served on a retired node (`reroute`) changed the object
+        // behind the back of its current node, whose attributes the kernel
+        // caches (passthrough writes never reach the daemon).
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            self.fs.changed_through_node(ino(i));
+        }
         reply.ok();
     }
 

@@ -332,10 +332,15 @@ impl UnionFs {
         }
     }
 
-    /// After an object changed through node `ino` (setattr, an xattr):
-    /// when `ino` is a retired node, the object's current node is told
-    /// (see `object_changed`); through the current node, the kernel
-    /// updates it itself.
+    /// After an object changed through node `ino` (setattr, an xattr, a
+    /// writer's handle): when `ino` is a retired node, the object's current
+    /// node is told (see `object_changed`); through the current node, the
+    /// kernel updates it itself.
+    pub fn changed_through_node(&self, ino: Ino) {
+        self.changed_through(ino);
+    }
+
+    /// See `changed_through_node`.
     fn changed_through(&self, ino: Ino) {
         if let Ok(node) = self.inodes.get(ino) {
             let current = self.inodes.node_id(node.st_ino);
