@@ -139,9 +139,8 @@ impl UnionFs {
     /// has dropped it, an open of the old node is sent to the new one by
     /// the adapter, see `is_retired`). The old node keeps serving the
     /// readers it has, from the lower file. Other names of a hard-linked
-    /// file may still lead the kernel to the old node: opens through them
-    /// are sent on too, and changes made through them tell the new node
-    /// (`object_changed`, `changed_through`).
+    /// file may still lead the kernel to the old node: changes made
+    /// through it tell the new node (`object_changed`, `changed_through`).
     pub fn retire(&self, ino: Ino) -> Result<()> {
         let node = self.inodes.get(ino)?;
         if node.kind != Kind::File {
