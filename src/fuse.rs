@@ -543,7 +543,7 @@ impl Filesystem for FuseAdapter {
         };
         if writing && res.is_ok() {
             // (O_TRUNC, or a copy-up of another name's data: see `release`.)
-            self.fs.changed_through_node(ino(i));
+            self.fs.changed_through(ino(i));
         }
         match res {
             Ok((o, Grant::Passthrough(b))) => {
@@ -611,7 +611,7 @@ impl Filesystem for FuseAdapter {
         // behind the back of its current node, whose attributes the kernel
         // caches (passthrough writes never reach the daemon).
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            self.fs.changed_through_node(ino(i));
+            self.fs.changed_through(ino(i));
         }
         reply.ok();
     }

@@ -326,27 +326,25 @@ impl UnionFs {
     /// whose attributes are — so the current one is told. An object never
     /// retired is one node, which the kernel updates itself.
     fn object_changed(&self, st_ino: Ino) {
-        let current = self.inodes.node_id(st_ino);
-        if current != st_ino {
-            self.invalidate_attributes(current);
-        }
+        self.tell_current_node(st_ino, st_ino);
     }
 
     /// After an object changed through node `ino` (setattr, an xattr, a
     /// writer's handle): when `ino` is a retired node, the object's current
     /// node is told (see `object_changed`); through the current node, the
     /// kernel updates it itself.
-    pub fn changed_through_node(&self, ino: Ino) {
-        self.changed_through(ino);
+    pub fn changed_through(&self, ino: Ino) {
+        if let Ok(node) = self.inodes.get(ino) {
+            self.tell_current_node(node.st_ino, ino);
+        }
     }
 
-    /// See `changed_through_node`.
-    fn changed_through(&self, ino: Ino) {
-        if let Ok(node) = self.inodes.get(ino) {
-            let current = self.inodes.node_id(node.st_ino);
-            if current != ino {
-                self.invalidate_attributes(current);
-            }
+    /// Drops the kernel's cached attributes of object `st_ino`'s current
+    /// node, unless that is `via` (the node the change went through).
+    fn tell_current_node(&self, st_ino: Ino, via: Ino) {
+        let current = self.inodes.node_id(st_ino);
+        if current != via {
+            self.invalidate_attributes(current);
         }
     }
 
