@@ -165,16 +165,18 @@ def wait_mounted(path, proc=None, timeout=30):
         time.sleep(0.02)
 
 
-def daemon_pid(mnt, comm):
+def daemon_pid(mnt):
+    """The process serving the FUSE mount at mnt: one holding /dev/fuse open
+    with mnt among its arguments (by what it holds, not by its name)."""
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
         try:
-            with open(f"/proc/{p}/comm") as f:
-                if f.read().strip() != comm:
-                    continue
             with open(f"/proc/{p}/cmdline", "rb") as f:
-                if mnt.encode() in f.read().split(b"\0"):
+                if mnt.encode() not in f.read().split(b"\0"):
+                    continue
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                if os.readlink(f"/proc/{p}/fd/{fd}") == "/dev/fuse":
                     return int(p)
         except OSError:
             pass
@@ -203,7 +205,7 @@ class Mount:
             subprocess.run([binary, "mount", lower, self.upper, self.mnt, "-o",
                             ",".join([f"workdir={self.work}"] + opts)],
                            check=True)
-            self.pid = daemon_pid(self.mnt, os.path.basename(binary)[:15])
+            self.pid = daemon_pid(self.mnt)
         elif system == "floor":
             self.proc = subprocess.Popen([args.floorfs_bin, lower, self.mnt, self.upper],
                                          stdout=subprocess.DEVNULL)
@@ -213,7 +215,7 @@ class Mount:
             subprocess.run(["fuse-overlayfs", "-o",
                             f"lowerdir={lower},upperdir={self.upper},workdir={self.work}", self.mnt],
                            check=True)
-            self.pid = daemon_pid(self.mnt, "fuse-overlayfs")
+            self.pid = daemon_pid(self.mnt)
         else:
             raise SystemExit(f"fuse-opcount: unknown system {system}")
         wait_mounted(self.mnt)

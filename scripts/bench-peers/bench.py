@@ -215,14 +215,23 @@ class Fail(Exception):
     pass
 
 
-def pids_named(comm):
+def fuse_daemons_of(mnt):
+    """The processes serving the FUSE mount at mnt: those holding /dev/fuse
+    open with mnt among their arguments. By what they hold, not by name: a
+    binary run under another name (a copy, a wrapper) is found all the same."""
     out = set()
     for p in os.listdir("/proc"):
-        if p.isdigit():
+        if not p.isdigit() or mnt not in argv_of(p):
+            continue
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
             try:
-                with open(f"/proc/{p}/comm") as f:
-                    if f.read().strip() == comm:
-                        out.add(int(p))
+                if os.readlink(f"/proc/{p}/fd/{fd}") == "/dev/fuse":
+                    out.add(int(p))
+                    break
             except OSError:
                 pass
     return out
@@ -258,23 +267,23 @@ def fuse_abort(mnt):
 
 
 class System:
-    """A union (or native ext4) mounted fresh per run; tracks its daemon pid."""
+    """A union (or native ext4) mounted fresh per run; tracks its daemon pid
+    (`daemon`: the system has one, whatever the name its binary runs under)."""
 
-    def __init__(self, key, label, comm=None):
-        self.key, self.label, self.comm = key, label, comm
+    def __init__(self, key, label, daemon=None):
+        self.key, self.label, self.daemon = key, label, daemon
 
     def mount_cmd(self, lowers, upper, work, mnt):
         raise NotImplementedError
 
     def mount(self, lowers, upper, work, mnt, timeout):
-        before = pids_named(self.comm) if self.comm else set()
         sh(self.mount_cmd(lowers, upper, work, mnt), timeout=timeout)
         if not mountinfo(mnt):
             raise Fail("mount command succeeded but nothing is mounted")
         self.pid = None
-        if self.comm:
-            new = [p for p in pids_named(self.comm) - before if mnt in argv_of(p)]
-            self.pid = new[0] if len(new) == 1 else None
+        if self.daemon:
+            found = fuse_daemons_of(mnt)
+            self.pid = found.pop() if len(found) == 1 else None
             if self.pid:
                 with open(os.path.join(RUN_DIR, "daemon-pids"), "a") as f:
                     f.write(f"{self.pid}\n")
@@ -360,8 +369,8 @@ class UnionfsFuse(System):
 
 
 class Unionfs(System):
-    def __init__(self, key, label, comm=None, opts=""):
-        super().__init__(key, label, comm)
+    def __init__(self, key, label, daemon=None, opts=""):
+        super().__init__(key, label, daemon)
         self.opts = opts
 
     def mount_cmd(self, lowers, upper, work, mnt):
@@ -550,7 +559,7 @@ def g_untar(run):
         target = os.path.join(run.root, "untar")
     os.mkdir(target)
     yield "untar", run.timed(["tar", "-C", target, "-xf", TARBALL])
-    if run.sys.comm:
+    if run.sys.daemon:
         yield "rss", run.sys.hwm_mib()
         yield "rss_unlocked", run.sys.hwm_unlocked_mib()
     yield "rm", run.timed(["rm", "-rf", target])
@@ -869,7 +878,7 @@ def main_run():
                     if err:
                         measured = {x.split("=")[0] for x in got}
                         for m in GROUP_METRICS[g]:
-                            if m not in measured and not (m in ("rss", "rss_unlocked") and not s.comm):
+                            if m not in measured and not (m in ("rss", "rss_unlocked") and not s.daemon):
                                 errors.setdefault((m, s.key), []).append(err)
                     log(f"[{time.monotonic() - t_start:6.0f}s] {g} #{rep + 1}/{runs} {s.key:15} "
                         + " ".join(got) + (f"  FAIL: {err}" if err else ""))
