@@ -184,7 +184,14 @@ impl FuseAdapter {
         // on the page cache: passthrough would make the kernel drop it.
         let keep_big_cache = self.io.big_valid_cache(i, KEEP_CACHE_ABOVE);
         o.keep_cache |= keep_big_cache;
+        // A writer of a retired node writes through the daemon, which tells
+        // the object's current node of each write (`write`): passthrough
+        // writes would change the file unseen while the other names' nodes
+        // keep their cached size. (Its node then stays on the page cache
+        // while the writer is open: later openers of it are cached too.)
+        let retired_writer = writing && self.fs.is_retired(ino(INodeNo(i)));
         let want = !keep_big_cache
+            && !retired_writer
             && o.passthrough_ok
             && match self.passthrough {
                 Passthrough::Off => false,
@@ -609,7 +616,7 @@ impl Filesystem for FuseAdapter {
         self.fs.release(fh(h));
         // A writer served on a retired node (`reroute`) changed the object
         // behind the back of its current node, whose attributes the kernel
-        // caches (passthrough writes never reach the daemon).
+        // caches (its last writes may have been written back just now).
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             self.fs.changed_through(ino(i));
         }
@@ -957,7 +964,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         match self.fs.write(fh(h), offset, data) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                // A retired node's writer writes here (`grant`): its
+                // object's current node is told (a no-op for other nodes).
+                self.fs.changed_through(ino(i));
+                reply.written(n)
+            }
             Err(e) => reply.error(self.fail("write", i, &e)),
         }
     }
@@ -997,14 +1009,18 @@ impl Filesystem for FuseAdapter {
     fn fallocate(
         &self,
         _req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         h: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fallocate(fh(h), offset, length, mode));
+        let res = self.fs.fallocate(fh(h), offset, length, mode);
+        if res.is_ok() {
+            self.fs.changed_through(ino(i));
+        }
+        reply_empty(reply, res);
     }
 
     fn copy_file_range(
@@ -1013,7 +1029,7 @@ impl Filesystem for FuseAdapter {
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -1024,7 +1040,10 @@ impl Filesystem for FuseAdapter {
             .fs
             .copy_file_range(fh(fh_in), offset_in, fh(fh_out), offset_out, len)
         {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                self.fs.changed_through(ino(ino_out));
+                reply.written(n)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

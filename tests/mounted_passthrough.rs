@@ -363,6 +363,52 @@ fn a_writer_that_came_back_to_a_retired_node_can_truncate() {
     m.unmount();
 }
 
+/// While such a writer is open, the file's other names show each of its
+/// writes at once (kernel overlayfs has one inode: a stat by any name sees
+/// the size a write left), not only after the writer closes.
+#[test]
+fn other_names_see_each_write_of_a_writer_on_a_retired_node() {
+    if !root() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let t = Setup::new("pt-retired-writes");
+    file(&t.l1, "f", b"one two three\n", 0o644);
+    hardlink(&t.l1, "f", "g");
+    let m = t.mount(&[]);
+    let (f, g) = (m.mnt.join("f"), m.mnt.join("g"));
+    let held =
+        nix::fcntl::open(&f, nix::fcntl::OFlag::O_PATH, nix::sys::stat::Mode::empty()).unwrap();
+    let mut r = fs::File::open(&f).unwrap();
+    assert_eq!(read_all(&mut r), "one two three\n");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&g)
+        .unwrap()
+        .write_all(b"four\n")
+        .unwrap();
+    drop(r);
+    assert_eq!(fs::symlink_metadata(&g).unwrap().len(), 19);
+    let proc = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    let mut w = fs::OpenOptions::new().append(true).open(&proc).unwrap();
+    for (i, word) in ["five\n", "six\n", "seven\n"].iter().enumerate() {
+        w.write_all(word.as_bytes()).unwrap();
+        let want = 19 + ["five\n", "six\n", "seven\n"][..=i].concat().len() as u64;
+        assert_eq!(
+            fs::symlink_metadata(&g).unwrap().len(),
+            want,
+            "after {word:?}"
+        );
+    }
+    drop(w);
+    assert_eq!(
+        fs::read_to_string(&g).unwrap(),
+        "one two three\nfour\nfive\nsix\nseven\n"
+    );
+    drop(held);
+    m.unmount();
+}
+
 /// A running lower binary opened for writing: ETXTBSY from the VFS (the
 /// running file's inode denies writers before the open reaches the
 /// daemon), as kernel overlayfs answers on this kernel; once it exits, the
