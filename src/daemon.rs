@@ -413,6 +413,7 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
             .map_or("-".into(), |u| u.display().to_string()),
         mnt.display()
     );
+    let mut daemon_ready = None;
     if !cfg.foreground {
         // Opened before the fork, so a bad path fails the mount command.
         let log = match &cfg.options.log {
@@ -422,11 +423,28 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
             ),
             None => None,
         };
+        let (wait, ready) = sys::process::ready_pipe().context("cannot fork the daemon")?;
         match sys::process::fork().context("cannot fork the daemon")? {
-            // Exit without running destructors: the daemon owns the mount now.
-            sys::process::Forked::Parent(_) => std::process::exit(0),
+            // Exit without running destructors: the daemon owns the mount
+            // now. Not before it is ready: its code locked in memory, its
+            // control socket and signal handling running (a program that
+            // measures or controls the daemon right after `mount` returns
+            // finds it as it stays).
+            sys::process::Forked::Parent(_) => {
+                drop(ready);
+                if sys::process::wait_ready(wait) {
+                    std::process::exit(0);
+                }
+                eprintln!(
+                    "unionfs: the daemon of {} ended before it was ready (see its log)",
+                    mnt.display()
+                );
+                std::process::exit(1);
+            }
             sys::process::Forked::Child => {
+                drop(wait);
                 sys::process::detach(log).context("cannot detach the daemon")?;
+                daemon_ready = Some(ready);
             }
         }
     }
@@ -450,6 +468,9 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
         // set. Events since the root's watch (before the fork) are queued.
         w.spawn()
             .context("udba=notify: cannot start the watcher thread")?;
+    }
+    if let Some(r) = daemon_ready {
+        r.tell();
     }
     let served = session.run().context("FUSE session failed");
     // Copy-ups not yet renamed into the upper: published before the daemon

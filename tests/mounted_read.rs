@@ -1390,3 +1390,67 @@ fn deep_stack_lookups_after_a_listing() {
     assert_absent(&mnt, &["/d/late", "/e/late"]);
     m.unmount();
 }
+
+/// `unionfs mount` returns once its daemon is ready to serve, not as soon as it forked:
+/// the daemon's code is locked in memory by then (`sys::resident`; a root daemon may
+/// lock) and its control socket answers. A program that measures or controls the daemon
+/// right after `mount` returns finds it as it stays (the memory test of `hostile_layers`
+/// once measured a daemon that had not locked its code yet). The binary runs from a fresh
+/// copy out of the page cache, so that locking it reads it from the disk and takes a
+/// while: a mount command that returned at the fork would be seen early.
+#[test]
+fn the_mount_command_returns_once_the_daemon_is_ready() {
+    if !can_mount_fuse() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let s = Scratch::new("ready");
+    let copy = s.dir("bin").join("unionfs-copy");
+    for i in 0..3 {
+        fs::copy(bin(), &copy).unwrap();
+        let f = fs::File::open(&copy).unwrap();
+        f.sync_all().unwrap();
+        nix::fcntl::posix_fadvise(
+            &f,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .unwrap();
+        drop(f);
+        let (l, u, mnt) = (
+            s.dir(&format!("l{i}")),
+            s.dir(&format!("u{i}")),
+            s.dir(&format!("m{i}")),
+        );
+        let o = run(
+            &copy,
+            &[
+                "mount".as_ref(),
+                l.as_os_str(),
+                u.as_os_str(),
+                mnt.as_os_str(),
+            ],
+        );
+        assert!(o.ok(), "round {i}: mount failed:\n{o}");
+        let pid = *daemon_pids(&mnt).first().expect("a daemon");
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let (locked, resident) = (kib("VmLck:"), kib("VmRSS:"));
+        let b = run_bin(&["branch".as_ref(), "list".as_ref(), mnt.as_os_str()]);
+        let u = run_bin(&["umount".as_ref(), mnt.as_os_str()]);
+        assert!(u.ok(), "round {i}: umount failed:\n{u}");
+        assert!(
+            locked > 0 && resident >= locked,
+            "round {i}: the daemon's code is not in memory yet when mount returns \
+             ({resident} KiB resident, {locked} KiB locked)"
+        );
+        assert!(b.ok(), "round {i}: branch list failed:\n{b}");
+    }
+}

@@ -31,6 +31,37 @@ pub fn fork() -> Result<Forked> {
     })
 }
 
+/// The two ends of a daemon's readiness pipe, made before the fork: the
+/// child tells the parent it is ready to serve (`Ready::tell`), or closes
+/// its end by dying first; the parent waits for either (`wait_ready`).
+pub fn ready_pipe() -> Result<(std::os::fd::OwnedFd, Ready)> {
+    let (r, w) = traced!("pipe2", (), nix::unistd::pipe2(OFlag::O_CLOEXEC))?;
+    Ok((r, Ready(w)))
+}
+
+/// The child's end of the readiness pipe.
+pub struct Ready(std::os::fd::OwnedFd);
+
+impl Ready {
+    /// Tells the parent the daemon is ready (and closes the pipe).
+    pub fn tell(self) {
+        let _ = nix::unistd::write(&self.0, b"r");
+    }
+}
+
+/// Waits on the parent's end of the readiness pipe: true once the child
+/// said it is ready, false if it ended (closing its end) without saying so.
+pub fn wait_ready(r: std::os::fd::OwnedFd) -> bool {
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(&r, &mut b) {
+            Ok(n) => return n == 1,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Detaches the daemon from its terminal and session, with stdin and
 /// stdout on /dev/null and stderr (the log) on `log`, or /dev/null.
 pub fn detach(log: Option<std::os::fd::OwnedFd>) -> Result<()> {
