@@ -257,6 +257,36 @@ impl FuseAdapter {
 }
 
 impl FuseAdapter {
+    /// Answers a CREATE or TMPFILE with the new file `e` and its open
+    /// handle `h`, in the I/O mode `grant` chooses.
+    fn reply_created(&self, e: Entry, h: crate::handle::Fh, reply: ReplyCreate) {
+        let o = Opened {
+            fh: h,
+            keep_cache: false,
+            on_upper: true,
+            passthrough_ok: true,
+        };
+        let reply = reply.with_node(INodeNo(e.node.0));
+        match self.grant(e.node.0, o, true, |fd| reply.open_backing(fd)) {
+            Ok((_, Grant::Passthrough(b))) => reply.created_passthrough(
+                &self.ttl,
+                &file_attr(&e.attr),
+                Generation(0),
+                FileHandle(h.0),
+                FopenFlags::empty(),
+                &b,
+            ),
+            Ok((_, Grant::Cached)) => reply.created(
+                &self.ttl,
+                &file_attr(&e.attr),
+                Generation(0),
+                FileHandle(h.0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     /// The errno for a failed request `op` about inode `i`, after telling
     /// the core (which logs branch faults once each).
     fn fail(&self, op: &'static str, i: INodeNo, e: &Error) -> Errno {
@@ -919,35 +949,29 @@ impl Filesystem for FuseAdapter {
             libc::S_IFREG | (mode & !umask & 0o7777),
             caller(req),
         ) {
-            Ok((e, Some(h))) => {
-                let o = Opened {
-                    fh: h,
-                    keep_cache: false,
-                    on_upper: true,
-                    passthrough_ok: true,
-                };
-                let reply = reply.with_node(INodeNo(e.node.0));
-                match self.grant(e.node.0, o, true, |fd| reply.open_backing(fd)) {
-                    Ok((_, Grant::Passthrough(b))) => reply.created_passthrough(
-                        &self.ttl,
-                        &file_attr(&e.attr),
-                        Generation(0),
-                        FileHandle(h.0),
-                        FopenFlags::empty(),
-                        &b,
-                    ),
-                    Ok((_, Grant::Cached)) => reply.created(
-                        &self.ttl,
-                        &file_attr(&e.attr),
-                        Generation(0),
-                        FileHandle(h.0),
-                        FopenFlags::empty(),
-                    ),
-                    Err(e) => reply.error(errno(&e)),
-                }
-            }
+            Ok((e, Some(h))) => self.reply_created(e, h, reply),
             Ok((_, None)) => reply.error(errno(&Error::Invalid)),
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.create_tmpfile(
+            ino(parent),
+            flags,
+            libc::S_IFREG | (mode & !umask & 0o7777),
+            caller(req),
+        ) {
+            Ok((e, h)) => self.reply_created(e, h, reply),
+            Err(e) => reply.error(self.fail("tmpfile", parent, &e)),
         }
     }
 

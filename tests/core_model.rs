@@ -622,6 +622,50 @@ impl<'a> Core<'a> {
             .map_err(|e| errno(&e))
     }
 
+    /// open(dir, O_TMPFILE|O_RDWR, 0600) ("" is the root), write, and with
+    /// `to` a linkat of the open file to `to`: the VFS checks (do_tmpfile: the walk follows a
+    /// final symlink, write and search permission on the directory; vfs_link
+    /// for the name), then the core.
+    fn tmpfile(&self, dir: &str, to: Option<&str>) -> Outcome {
+        let d = if dir.is_empty() {
+            self.fs.getattr(ROOT_INO).map_err(|e| errno(&e))?
+        } else {
+            self.existing(dir, true)?.1
+        };
+        if d.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        self.may(&d, MAY_WRITE | MAY_EXEC)?;
+        let (e, fh) = self
+            .fs
+            .create_tmpfile(
+                d.ino,
+                (OFlag::O_RDWR | OFlag::O_CLOEXEC).bits(),
+                libc::S_IFREG | 0o600,
+                self.caller,
+            )
+            .map_err(|e| errno(&e))?;
+        let o = Open::File {
+            fh,
+            ino: e.attr.ino,
+            write: true,
+        };
+        let wrote = self.pwrite(&o, 0, b"tmp").map(|n| format!("wrote {n}"));
+        let r = match (wrote, to) {
+            (Ok(w), Some(to)) => self
+                .new_name(to)
+                .and_then(|at| {
+                    self.fs
+                        .link(e.node, at.dir, OsStr::new(&at.name))
+                        .map_err(|e| errno(&e))
+                })
+                .map(|_| format!("{w}, linked")),
+            (r, _) => r,
+        };
+        self.close(o);
+        r
+    }
+
     /// renameat2: the VFS checks (do_renameat2, vfs_rename), then the core.
     fn rename(&self, from: &str, to: &str, how: Rn) -> Result<(), Errno> {
         let s = self.at(from, false)?;
@@ -889,8 +933,8 @@ impl<'a> Core<'a> {
                 self.close(dst);
                 r.map(|n| format!("copied {n}"))
             }
-            // not generated (see diff_ops' `comparable`); what the FUSE kernel answers
-            Op::Tmpfile(_) => Err(Errno::EOPNOTSUPP),
+            Op::Tmpfile(dir) => self.tmpfile(dir, None),
+            Op::TmpfileLink { dir, to } => self.tmpfile(dir, Some(to)),
             Op::Read(p) => {
                 let o = self.open(p, OFlag::O_RDONLY, 0)?;
                 let r = self.read_all(&o);

@@ -398,10 +398,6 @@ impl Drop for MountGuard {
 /// * Names beginning with `.wh.` are reserved in unionfs (creating one fails with EPERM,
 ///   the OCI rule); the kernel allows them. Not a comparison rule: [`PATHS`] simply never
 ///   contains one.
-/// * O_TMPFILE: unionfs answers EOPNOTSUPP, the kernel (6.7+) supports it: FUSE passes
-///   O_TMPFILE as its own request (FUSE_TMPFILE), which fuser 0.18 does not implement.
-///   Not generated, so that the property explores everything else; `regression_o_tmpfile`
-///   (ignored until fuser can carry the request) keeps the difference visible.
 /// * When the kernel reads unionfs's upper ([`Check::KernelReadsUpper`],
 ///   [`cross_comparable`]): unionfs's own bookkeeping xattrs `trusted.unionfs.*` show
 ///   through the kernel mount (the kernel hides only `trusted.overlay.*`).
@@ -1180,12 +1176,28 @@ fn regression_fstat_of_fd_whose_file_lost_its_last_name() {
     }
 }
 
-/// O_TMPFILE in a merged directory. Kernel: works. unionfs: EOPNOTSUPP, because fuser
-/// 0.18 has no FUSE_TMPFILE request (see [`comparable`]).
+/// O_TMPFILE in a merged directory. Kernel: works. unionfs answered EOPNOTSUPP while
+/// fuser had no FUSE_TMPFILE request (the vendored fuser carries it now).
 #[test]
-#[ignore = "O_TMPFILE needs FUSE_TMPFILE, which fuser 0.18 does not implement"]
 fn regression_o_tmpfile() {
     check(&[Op::Tmpfile("x")]);
+}
+
+/// An O_TMPFILE file linked into the union: over a lower name deleted first (the link
+/// replaces the whiteout), under a second name, and into a directory that was lower only.
+#[test]
+fn regression_o_tmpfile_linked() {
+    check(&[
+        Op::Unlink("c"),
+        Op::TmpfileLink { dir: "x", to: "c" },
+        Op::TmpfileLink { dir: "", to: "x/t" },
+        Op::Link {
+            from: "c",
+            to: "x/c2",
+        },
+        Op::Read("c"),
+        Op::Stat("x/c2"),
+    ]);
 }
 
 /// Kernel overlayfs reading unionfs's upper and workdir after a write to one name (c) of

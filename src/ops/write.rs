@@ -359,6 +359,54 @@ impl UnionFs {
         Ok((entry, fh))
     }
 
+    /// open(2) with O_TMPFILE in directory `parent`: an unnamed file in the
+    /// upper's instance of the directory (copied up first, as kernel
+    /// overlayfs does), registered as a node with no name and opened.
+    /// A LINK of the node (linkat through /proc, or AT_EMPTY_PATH) names it
+    /// (`link`); unlinked, it goes with its last fd. The node holds an
+    /// O_PATH fd of the file for its life: a handle could not reopen it.
+    pub fn create_tmpfile(
+        &self,
+        parent: Ino,
+        flags: i32,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<(Entry, Fh)> {
+        let _gate = self.gate.read();
+        // No name: an empty one never exists in a branch, so the branch
+        // choice sees no whiteout and no instance.
+        let snapshot = self.for_new(self.stack.load_full(), parent, OsStr::new(""), false)?;
+        let stack = &*snapshot;
+        let upper = self.upper_ctx(stack)?;
+        let (pstate, ppath) = self.upper_parent(stack, parent)?;
+        let pfd = pstate.top()?.fd()?;
+        // (O_EXCL is the kernel's: it refuses to link such a file itself.)
+        let open = sys::tmpfile::tmpfile_at(
+            pfd.as_fd(),
+            super::file::backing_flags(flags) & !OFlag::O_TRUNC,
+            mode & 0o7777,
+        )?;
+        let path = sys::fs::reopen(open.as_fd(), OFlag::O_PATH)?;
+        self.own(path.as_fd(), pfd.as_fd(), caller, mode, Kind::File, false)?;
+        let st = sys::fs::fstat(path.as_fd())?;
+        let ino = Ino(stack.fold_ino(st.st_dev, st.st_ino));
+        let branch = stack.get(upper.branch).ok_or(Error::StaleInode)?;
+        let layer = crate::inode::Layer::with_backing(branch, branch.pinned(path), ppath);
+        self.learn_xattrs(stack, &layer, open.as_fd());
+        let state = NodeState {
+            parent,
+            name: OsString::new(),
+            layers: vec![layer],
+            generation: stack.generation(),
+        };
+        let attr = self.attr_of(stack, ino, &st, &state);
+        let node = self.inodes.remember(ino, Kind::File, state).ino;
+        let fh = self
+            .handles
+            .insert(Handle::File(FileHandle::new(node, upper.branch, open)));
+        Ok((Entry { attr, node }, fh))
+    }
+
     /// Links node `ino` as `newparent/newname`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Entry> {
         let at = self.inodes.get(ino)?.snapshot();

@@ -322,8 +322,14 @@ pub enum Op {
         from: &'static str,
         to: &'static str,
     },
-    /// open(dir, O_TMPFILE|O_RDWR, 0600), write, close (not generated: see [`comparable`])
+    /// open(dir, O_TMPFILE|O_RDWR, 0600), write, close: a file that never has a name
     Tmpfile(&'static str),
+    /// open(dir, O_TMPFILE|O_RDWR, 0600), write, linkat(/proc/self/fd/N, to,
+    /// AT_SYMLINK_FOLLOW), close: the unnamed file gets a name
+    TmpfileLink {
+        dir: &'static str,
+        to: &'static str,
+    },
     /// open(O_RDONLY), read everything, close
     Read(&'static str),
     /// lstat: type, mode, owner, nlink, size of non-directories
@@ -425,6 +431,8 @@ pub fn op(a: &'static Alphabet) -> impl Strategy<Value = Op> {
         2 => (path(), fa, fa_off, fa_len)
             .prop_map(|(p, mode, off, len)| Fallocate { p, mode, off, len }),
         2 => (path(), path()).prop_map(|(from, to)| CopyRange { from, to }),
+        1 => one_of(a.dirs).prop_map(Tmpfile),
+        1 => (one_of(a.dirs), dest()).prop_map(|(dir, to)| TmpfileLink { dir, to }),
         2 => path().prop_map(Read),
         w(2, 5) => path().prop_map(Stat),
         w(1, 3) => one_of(a.dirs).prop_map(List),
@@ -707,6 +715,19 @@ impl Side {
             Op::Tmpfile(dir) => {
                 let fd = self.open(dir, OFlag::O_TMPFILE | OFlag::O_RDWR, 0o600)?;
                 nix::unistd::write(&fd, b"tmp").map(|n| format!("wrote {n}"))
+            }
+            Op::TmpfileLink { dir, to } => {
+                use std::os::fd::AsRawFd;
+                let fd = self.open(dir, OFlag::O_TMPFILE | OFlag::O_RDWR, 0o600)?;
+                let n = nix::unistd::write(&fd, b"tmp")?;
+                nix::unistd::linkat(
+                    AT_FDCWD,
+                    format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+                    AT_FDCWD,
+                    &self.p(to),
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )?;
+                Ok(format!("wrote {n}, linked"))
             }
             Op::Read(p) => {
                 let fd = self.open(p, OFlag::O_RDONLY, 0)?;

@@ -864,6 +864,27 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
+    /// Create and open an unnamed regular file in directory `parent`
+    /// (open(2) with O_TMPFILE; FUSE_TMPFILE, ABI 7.37). It has no name
+    /// until a LINK of its node gives it one. The reply is that of
+    /// [`Filesystem::create`]. ENOSYS makes the kernel answer EOPNOTSUPP
+    /// and not ask again.
+    fn tmpfile(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        warn!(
+            "[Not Implemented] tmpfile(parent: {parent:#x?}, mode: {mode}, umask: {umask:#x?}, \
+            flags: {flags:#x?})"
+        );
+        reply.error(Errno::ENOSYS);
+    }
+
     /// Test for a POSIX file lock.
     fn getlk(
         &self,
