@@ -18,6 +18,7 @@
 //! taken, never the other way round.
 
 use std::ffi::OsString;
+use std::ops::ControlFlow;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,6 +243,9 @@ impl Node {
     }
 }
 
+/// Parent links deeper than this are not a real tree: a corrupt loop.
+const MAX_DEPTH: usize = 4096;
+
 /// Ino -> Node.
 #[derive(Debug, Default)]
 pub struct InodeTable {
@@ -404,34 +408,51 @@ impl InodeTable {
     /// node no longer known along the way counts as below: callers use
     /// this to decide what to publish, where too much is harmless).
     pub fn is_within(&self, ino: Ino, dir: Ino) -> bool {
-        let mut cur = ino;
-        for _ in 0..4096 {
+        let found = self.walk_up(ino, |cur, _| {
             if cur == dir {
-                return true;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            if cur == ROOT_INO {
-                return false;
-            }
-            match self.get(cur) {
-                Ok(node) => cur = node.state.read().parent,
-                Err(_) => return true,
-            }
+        });
+        match found {
+            Ok(Some(())) => true,
+            Ok(None) => dir == ROOT_INO,
+            // A node gone on the way, or a loop: say yes, the cautious answer.
+            Err(_) => true,
         }
-        true
     }
 
     /// The path of `ino` from the union root, following parent links.
     pub fn path_of(&self, ino: Ino) -> Result<PathBuf> {
         let mut names = Vec::new();
+        self.walk_up(ino, |_, st| {
+            names.push(st.name.clone());
+            ControlFlow::<()>::Continue(())
+        })?;
+        Ok(names.iter().rev().collect())
+    }
+
+    /// Walks the parent links from `ino` up to the root: `step` sees each
+    /// node below the root (its number and state, under its read lock) and
+    /// may end the walk early with what it found. `Ok(None)` once the root
+    /// is reached; `StaleInode` for a node gone on the way, or a walk
+    /// deeper than real trees are (a corrupt loop).
+    fn walk_up<T>(
+        &self,
+        ino: Ino,
+        mut step: impl FnMut(Ino, &NodeState) -> ControlFlow<T>,
+    ) -> Result<Option<T>> {
         let mut cur = ino;
-        // Directory trees deeper than this are not real; stop a corrupt loop.
-        for _ in 0..4096 {
+        for _ in 0..MAX_DEPTH {
             if cur == ROOT_INO {
-                return Ok(names.iter().rev().collect());
+                return Ok(None);
             }
             let node = self.get(cur)?;
             let st = node.state.read();
-            names.push(st.name.clone());
+            if let ControlFlow::Break(t) = step(cur, &st) {
+                return Ok(Some(t));
+            }
             cur = st.parent;
         }
         Err(Error::StaleInode)

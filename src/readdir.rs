@@ -202,10 +202,10 @@ pub fn list_layer(
     // An entry whose type getdents does not settle is stat'ed by name: one
     // fstatat, where opening the entry took three (a merged directory can
     // hold many whiteouts, which are character devices).
+    let wants_stat = |known: Option<Kind>| known.is_none() || may_be_xwhiteout(known);
     let needs_stat = |r: &sys::fs::RawDirEntry| {
-        let known = r.kind.and_then(kind_of_type);
         matches!(whiteout::classify_name(&r.name), NameClass::Plain)
-            && (known.is_none() || may_be_xwhiteout(known))
+            && wants_stat(r.kind.and_then(kind_of_type))
     };
     let (raw, mut stats) = read_and_stat(dir.as_fd(), needs_stat)?;
     if let Some(ix) = index {
@@ -239,9 +239,7 @@ pub fn list_layer(
         // kind (or possibly an xattr whiteout); should one be missing all
         // the same, it is made here rather than the entry dropped.
         let stat = match stats.get_mut(i).and_then(Option::take) {
-            None if known.is_none() || may_be_xwhiteout(known) => {
-                Some(sys::fs::stat_at(dir.as_fd(), &r.name))
-            }
+            None if wants_stat(known) => Some(sys::fs::stat_at(dir.as_fd(), &r.name)),
             stat => stat,
         };
         let kind = match (known, stat) {

@@ -507,7 +507,9 @@ impl UnionFs {
         // copy-up of it must see the whiteout, see `copyup.rs`).
         let _name = self.name_lock(parent, name);
         let removed = match (in_upper, lower_has, dir) {
-            (true, false, false) => self.unlink_deferred(stack, pfd.as_fd(), name, |_| Ok(victim)),
+            (true, false, false) => self
+                .unlink_deferred(stack, pfd.as_fd(), name, |_| Ok(victim))
+                .map(|_| ()),
             (true, false, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, false),
             (true, true, true) => self.remove_upper_dir(upper, pfd.as_fd(), name, true),
             // write_whiteout replaces an upper non-directory atomically.
@@ -527,30 +529,27 @@ impl UnionFs {
     /// the fd), or else closed on the union's closer thread
     /// (`Backings::defer_close`), which then frees its data (the last
     /// iput): an `rm -rf` waits for each unlink, not for ext4's truncate.
+    /// Returns the object's number, when it could be told (the caller tells
+    /// its current node: `object_changed`).
     fn unlink_deferred(
         &self,
         stack: &BranchStack,
         dir: std::os::fd::BorrowedFd<'_>,
         name: &OsStr,
         ino: impl FnOnce(&OwnedFd) -> Result<Ino>,
-    ) -> Result<()> {
+    ) -> Result<Option<Ino>> {
         let Some(fd) = sys::fs::unlink_holding(dir, name)? else {
-            return Ok(());
+            return Ok(None);
         };
         let fd = Arc::new(fd);
-        let kept = match ino(&fd) {
-            Ok(ino) => {
-                self.object_changed(ino);
-                self.keep_victim(stack, ino, || Ok(Arc::clone(&fd)))
-            }
-            Err(_) => false,
-        };
+        let ino = ino(&fd).ok();
+        let kept = ino.is_some_and(|ino| self.keep_victim(stack, ino, || Ok(Arc::clone(&fd))));
         if !kept {
             if let Ok(fd) = Arc::try_unwrap(fd) {
                 self.backings.defer_close(fd);
             }
         }
-        Ok(())
+        Ok(ino)
     }
 
     /// Before the union removes an upper object (numbered `ino`) by one of
@@ -616,7 +615,7 @@ impl UnionFs {
         if !dir {
             // (unlinkat itself refuses a directory with EISDIR.)
             let impure = pstate.top()?.impure;
-            self.unlink_deferred(stack, pfd.as_fd(), name, |fd| {
+            let victim = self.unlink_deferred(stack, pfd.as_fd(), name, |fd| {
                 let st = sys::fs::fstat(fd.as_fd())?;
                 // Objects the union made here carry their own number; one
                 // moved in from elsewhere may carry a recorded one.
@@ -628,6 +627,9 @@ impl UnionFs {
                     recorded.unwrap_or_else(|| stack.fold_ino(st.st_dev, st.st_ino))
                 ))
             })?;
+            if let Some(victim) = victim {
+                self.object_changed(victim);
+            }
             return Ok(true);
         }
         for n in sys::xattr::list_at(pfd.as_fd(), name)? {
