@@ -2,8 +2,9 @@
 //! mount serves, run the event loops until the mount goes away.
 //!
 //! Invariant: the parent process exits 0 only after the kernel's INIT was
-//! answered (the mount is live); on any failure before that, nothing stays
-//! mounted and nothing the daemon created stays in the upper.
+//! answered (the mount is live) and the forked daemon said it is ready to
+//! serve; on any failure before that, nothing stays mounted and nothing the
+//! daemon created stays in the upper.
 //! Locks: opening the stack takes the union's `flock`s on its writable
 //! branches and workdir (`upper::hold_all`, which may wait up to 30 s for
 //! another union to let go); no mutex of its own.
@@ -222,8 +223,10 @@ fn source_name(cfg: &MountConfig) -> String {
         .unwrap_or_else(|| "unionfs".into())
 }
 
-/// Mounts and serves `cfg`. Returns when the mount is gone (foreground) or,
-/// in the parent, as soon as it is live (background).
+/// Mounts and serves `cfg`. Returns when the mount is gone (foreground);
+/// in the background, the parent exits 0 once the forked daemon is ready to
+/// serve (its code locked in memory, its control and signal threads
+/// running), or unmounts and exits 1 if the daemon ended before that.
 pub fn run_mount(cfg: MountConfig) -> Result<()> {
     init_logging(cfg.debug);
     for w in &cfg.options.ignored {
@@ -423,7 +426,7 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
             ),
             None => None,
         };
-        let (wait, ready) = sys::process::ready_pipe().context("cannot fork the daemon")?;
+        let (wait, ready) = sys::process::ready_pipe().context("cannot make the readiness pipe")?;
         match sys::process::fork().context("cannot fork the daemon")? {
             // Exit without running destructors: the daemon owns the mount
             // now. Not before it is ready: its code locked in memory, its
@@ -435,8 +438,16 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
                 if sys::process::wait_ready(wait) {
                     std::process::exit(0);
                 }
+                // Nothing stays mounted: a mount no daemon serves answers
+                // every access with ENOTCONN.
+                undo_mount(&mnt);
+                let log = cfg
+                    .options
+                    .log
+                    .as_deref()
+                    .map_or(String::new(), |p| format!(" (its log: {p})"));
                 eprintln!(
-                    "unionfs: the daemon of {} ended before it was ready (see its log)",
+                    "unionfs: the daemon of {} ended before it was ready{log}; unmounted",
                     mnt.display()
                 );
                 std::process::exit(1);
@@ -512,6 +523,19 @@ fn spawn_signal_unmounter(mnt: &Path) {
                 }
             }
         });
+}
+
+/// Detaches the mount at `mnt` (lazily: nothing may be using it, but it
+/// must not stay) after its daemon failed; best effort.
+fn undo_mount(mnt: &Path) {
+    if is_root() {
+        let _ = sys::mount::umount(mnt, true);
+    } else {
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(mnt)
+            .status();
+    }
 }
 
 /// `unionfs umount MNT`.

@@ -106,6 +106,12 @@ pub enum Error {
     /// A union rule: a directory cannot be hard-linked (link(2)'s EPERM).
     #[error("union rule: a directory cannot be hard-linked")]
     LinkDir,
+    /// A union rule: an unnamed file (O_TMPFILE, not linked yet) lives in
+    /// the writable branch it was made in; it cannot be copied up to a
+    /// higher one (a link whose name only a higher branch may hold: EXDEV,
+    /// as link(2) across filesystems).
+    #[error("union rule: an unnamed (O_TMPFILE) file cannot move to another branch")]
+    Unnamed,
     /// Redirects in the branches lead a lookup through more layers than
     /// one lookup may probe (hostile or corrupt layers).
     #[error("redirects lead too far")]
@@ -143,6 +149,7 @@ impl Error {
             Error::NotEmpty => Errno::ENOTEMPTY,
             Error::Exists => Errno::EEXIST,
             Error::LinkDir => Errno::EPERM,
+            Error::Unnamed => Errno::EXDEV,
         }
     }
 
@@ -213,9 +220,11 @@ mod tests {
             Error::NameTooLong,
             Error::Reserved,
             Error::BranchInUse,
+            Error::Unnamed,
         ] {
             assert!(e.to_string().starts_with("union rule: "), "{e}");
         }
+        assert_eq!(Error::Unnamed.errno(), Errno::EXDEV);
         assert_eq!(Error::NotEmpty.errno(), Errno::ENOTEMPTY);
         assert_eq!(Error::Exists.errno(), Errno::EEXIST);
         assert_eq!(Error::LinkDir.errno(), Errno::EPERM);

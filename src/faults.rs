@@ -153,6 +153,7 @@ mod tests {
             Error::LinkDir,
             Error::NameTooLong,
             Error::Reserved,
+            Error::Unnamed,
         ] {
             assert_eq!(fault_key("rmdir", 7, &e), None, "{e}");
         }

@@ -184,14 +184,17 @@ impl FuseAdapter {
         // on the page cache: passthrough would make the kernel drop it.
         let keep_big_cache = self.io.big_valid_cache(i, KEEP_CACHE_ABOVE);
         o.keep_cache |= keep_big_cache;
-        // A writer of a retired node writes through the daemon, which tells
-        // the object's current node of each write (`write`): passthrough
-        // writes would change the file unseen while the other names' nodes
-        // keep their cached size. (Its node then stays on the page cache
-        // while the writer is open: later openers of it are cached too.)
-        let retired_writer = writing && self.fs.is_retired(ino(INodeNo(i)));
+        // A retired node no reader pins to its lower file any more is
+        // served through the page cache: its writers' writes come to the
+        // daemon, which tells the object's current node of each one
+        // (`write`); through passthrough they would change the file unseen
+        // while the other names' nodes keep their cached size. (Readers too:
+        // a passthrough backing on the upper file would be shared by every
+        // later writer of the node.) A node still pinned keeps its lower
+        // backing for its readers, and its writers are moved (`reroute`).
+        let retired = self.fs.is_retired(ino(INodeNo(i)));
         let want = !keep_big_cache
-            && !retired_writer
+            && !retired
             && o.passthrough_ok
             && match self.passthrough {
                 Passthrough::Off => false,
@@ -646,7 +649,8 @@ impl Filesystem for FuseAdapter {
         self.fs.release(fh(h));
         // A writer served on a retired node (`reroute`) changed the object
         // behind the back of its current node, whose attributes the kernel
-        // caches (its last writes may have been written back just now).
+        // caches: told once more at the end (a truncate at open, a write
+        // of a shared mapping flushed at close).
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             self.fs.changed_through(ino(i));
         }
@@ -951,7 +955,7 @@ impl Filesystem for FuseAdapter {
         ) {
             Ok((e, Some(h))) => self.reply_created(e, h, reply),
             Ok((_, None)) => reply.error(errno(&Error::Invalid)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail("create", parent, &e)),
         }
     }
 
@@ -989,7 +993,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.write(fh(h), offset, data) {
             Ok(n) => {
-                // A retired node's writer writes here (`grant`): its
+                // A retired node's writers write here (`grant`): its
                 // object's current node is told (a no-op for other nodes).
                 self.fs.changed_through(ino(i));
                 reply.written(n)

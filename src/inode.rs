@@ -115,7 +115,8 @@ pub struct Layer {
     /// The object in that branch.
     pub backing: Arc<Backing>,
     /// Where it lives in its branch (relative to the branch root); differs
-    /// from the union path below a redirect.
+    /// from the union path below a redirect. (An unnamed O_TMPFILE file:
+    /// its directory's path.)
     pub path: PathBuf,
     /// For directories: whether lower branches show through (`Opaque` or
     /// `Transparent`).
@@ -141,8 +142,10 @@ pub struct Layer {
 pub struct NodeState {
     /// The directory this node was last looked up in (itself for the root).
     pub parent: Ino,
-    /// Its name in `parent` (empty for the root). Paths are derived from
-    /// (parent, name) links so that renaming a directory needs one update.
+    /// Its name in `parent` (empty for the root, and for an unnamed
+    /// O_TMPFILE file until its first link: `parent` is then the directory
+    /// it was made in). Paths are derived from (parent, name) links so that
+    /// renaming a directory needs one update.
     pub name: OsString,
     /// Instances, topmost first. A directory may have several; anything
     /// else has exactly one.

@@ -640,7 +640,9 @@ impl<'a> Core<'a> {
             .fs
             .create_tmpfile(
                 d.ino,
-                (OFlag::O_RDWR | OFlag::O_CLOEXEC).bits(),
+                // as the kernel passes them: O_TMPFILE (and its O_DIRECTORY)
+                // among them, for the core to leave out of the open it makes
+                (OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_LARGEFILE).bits(),
                 libc::S_IFREG | 0o600,
                 self.caller,
             )

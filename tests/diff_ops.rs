@@ -1190,7 +1190,10 @@ fn regression_o_tmpfile_linked() {
     check(&[
         Op::Unlink("c"),
         Op::TmpfileLink { dir: "x", to: "c" },
-        Op::TmpfileLink { dir: "", to: "x/t" },
+        Op::TmpfileLink {
+            dir: "",
+            to: "x/z/t",
+        },
         Op::Link {
             from: "c",
             to: "x/c2",

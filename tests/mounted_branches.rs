@@ -249,6 +249,51 @@ fn tdp_creates_beside_the_topmost_parent() {
     assert_eq!(read(&t.m("lowfile")), "changed\n");
 }
 
+/// O_TMPFILE with several writable branches: the unnamed file is made in the branch a
+/// new file of its directory would go to (tdp: the topmost holding the directory), and
+/// a link names it there; a first link whose name only a higher branch may hold (a
+/// whiteout there) would need it copied up, which an unnamed file cannot be: EXDEV, a
+/// union rule (`Error::Unnamed`), the file untouched. (Once named, it is copied up by
+/// that name like any file.)
+#[test]
+fn an_unnamed_file_is_named_in_its_branch_or_not_at_all() {
+    if !can_mount_fuse() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let t = Three::new("br-tmpfile");
+    let m = t.mount("");
+    // rw1 now holds .wh.topover, hiding rw2's topover.
+    fs::remove_file(t.m("topover")).unwrap();
+    let fd = nix::fcntl::open(
+        &t.m("both"),
+        nix::fcntl::OFlag::O_TMPFILE | nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    assert_eq!(nix::unistd::write(&fd, b"tmp\n").unwrap(), 4);
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let link = |to: &Path| {
+        nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            proc.as_str(),
+            nix::fcntl::AT_FDCWD,
+            to,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        )
+    };
+    assert_eq!(link(&t.m("topover")), Err(nix::errno::Errno::EXDEV));
+    assert!(!exists(&t.m("topover")));
+    link(&t.m("both/named")).unwrap();
+    assert_eq!(read(&t.m("both/named")), "tmp\n");
+    drop(fd);
+    m.unmount();
+    assert_eq!(read(&t.rw2.join("both/named")), "tmp\n");
+    assert!(!exists(&t.rw1.join("both")));
+    assert!(exists(&t.rw1.join(".wh.topover")) && !exists(&t.rw1.join("topover")));
+    assert_eq!(read(&t.rw2.join("topover")), "mid\n");
+}
+
 #[test]
 fn cpup_bu_copies_to_the_nearest_writable_branch() {
     if !can_mount_fuse() {

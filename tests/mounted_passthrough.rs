@@ -365,7 +365,8 @@ fn a_writer_that_came_back_to_a_retired_node_can_truncate() {
 
 /// While such a writer is open, the file's other names show each of its
 /// writes at once (kernel overlayfs has one inode: a stat by any name sees
-/// the size a write left), not only after the writer closes.
+/// the size a write left), not only after the writer closes — also when a
+/// reader of the retired node opened it first.
 #[test]
 fn other_names_see_each_write_of_a_writer_on_a_retired_node() {
     if !root() {
@@ -390,6 +391,10 @@ fn other_names_see_each_write_of_a_writer_on_a_retired_node() {
     drop(r);
     assert_eq!(fs::symlink_metadata(&g).unwrap().len(), 19);
     let proc = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    // A reader of the retired node first: the writer shares whatever
+    // backing it was given.
+    let mut r2 = fs::File::open(&proc).unwrap();
+    assert_eq!(read_all(&mut r2).len(), 19);
     let mut w = fs::OpenOptions::new().append(true).open(&proc).unwrap();
     for (i, word) in ["five\n", "six\n", "seven\n"].iter().enumerate() {
         w.write_all(word.as_bytes()).unwrap();
@@ -401,6 +406,7 @@ fn other_names_see_each_write_of_a_writer_on_a_retired_node() {
         );
     }
     drop(w);
+    drop(r2);
     assert_eq!(
         fs::read_to_string(&g).unwrap(),
         "one two three\nfour\nfive\nsix\nseven\n"

@@ -1392,15 +1392,27 @@ fn deep_stack_lookups_after_a_listing() {
 }
 
 /// `unionfs mount` returns once its daemon is ready to serve, not as soon as it forked:
-/// the daemon's code is locked in memory by then (`sys::resident`; a root daemon may
-/// lock) and its control socket answers. A program that measures or controls the daemon
-/// right after `mount` returns finds it as it stays (the memory test of `hostile_layers`
-/// once measured a daemon that had not locked its code yet). The binary runs from a fresh
-/// copy out of the page cache, so that locking it reads it from the disk and takes a
-/// while: a mount command that returned at the fork would be seen early.
+/// the daemon's code is locked in memory by then (`sys::resident`; a root daemon with
+/// CAP_IPC_LOCK may lock). A program that measures the daemon right after `mount` returns
+/// finds it as it stays (the memory test of `hostile_layers` once measured a daemon that
+/// had not locked its code yet). The binary runs from a fresh copy out of the page cache,
+/// so that locking it reads it from the disk and takes a while: a mount command that
+/// returned at the fork is seen early (in the debug build CI runs; a release build's
+/// smaller code may be locked before this test looks).
 #[test]
 fn the_mount_command_returns_once_the_daemon_is_ready() {
     if !can_mount_fuse() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    // CAP_IPC_LOCK (bit 14) in our effective set: the daemon we start has it too.
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if cap_eff & (1 << 14) == 0 {
+        skip_or_fail("no CAP_IPC_LOCK: the daemon cannot lock its code");
         return;
     }
     let s = Scratch::new("ready");
@@ -1443,7 +1455,6 @@ fn the_mount_command_returns_once_the_daemon_is_ready() {
                 .unwrap_or(0)
         };
         let (locked, resident) = (kib("VmLck:"), kib("VmRSS:"));
-        let b = run_bin(&["branch".as_ref(), "list".as_ref(), mnt.as_os_str()]);
         let u = run_bin(&["umount".as_ref(), mnt.as_os_str()]);
         assert!(u.ok(), "round {i}: umount failed:\n{u}");
         assert!(
@@ -1451,6 +1462,5 @@ fn the_mount_command_returns_once_the_daemon_is_ready() {
             "round {i}: the daemon's code is not in memory yet when mount returns \
              ({resident} KiB resident, {locked} KiB locked)"
         );
-        assert!(b.ok(), "round {i}: branch list failed:\n{b}");
     }
 }

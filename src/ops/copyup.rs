@@ -140,6 +140,10 @@ impl UnionFs {
         if ino == ROOT_INO {
             return Err(Error::ReadOnly);
         }
+        if state.name.is_empty() {
+            // No name to copy it up by (`create_tmpfile`).
+            return Err(Error::Unnamed);
+        }
         // Parents first, through the inode table: ancestors already in the
         // upper cost nothing, and each missing one is looked up once.
         let parent = state.parent;

@@ -1,5 +1,6 @@
 //! Namespace changes: create, mknod, mkdir, symlink, link, unlink, rmdir,
-//! rename — each matching kernel overlayfs: parents copied up first, new
+//! rename, and unnamed files (O_TMPFILE) that a link names later — each
+//! matching kernel overlayfs: parents copied up first, new
 //! objects replacing a whiteout atomically, whiteouts where a lower object
 //! is deleted, opaque directories where a directory replaces a deleted one,
 //! redirects where a directory with lower content is renamed (never EXDEV,
@@ -296,9 +297,23 @@ impl UnionFs {
         open: Option<BorrowedFd<'_>>,
     ) -> Result<Entry> {
         let st = sys::fs::fstat(fd.as_fd())?;
+        let layer = self.upper_layer(stack, fd, ppath.join(name), false)?;
+        self.register(stack, parent, name, layer, &st, open)
+    }
+
+    /// Registers new upper object `layer` (stat `st`, named `name` in
+    /// `parent`) as a node (counts one lookup).
+    fn register(
+        &self,
+        stack: &BranchStack,
+        parent: Ino,
+        name: &OsStr,
+        layer: crate::inode::Layer,
+        st: &nix::sys::stat::FileStat,
+        open: Option<BorrowedFd<'_>>,
+    ) -> Result<Entry> {
         let kind = Kind::from_mode(st.st_mode);
         let ino = Ino(stack.fold_ino(st.st_dev, st.st_ino));
-        let layer = self.upper_layer(stack, fd, ppath.join(name), false)?;
         if let Some(f) = open {
             // What the new file holds (an inherited ACL, a security label),
             // learnt now from its open fd: the kernel asks for
@@ -311,7 +326,7 @@ impl UnionFs {
             layers: vec![layer],
             generation: stack.generation(),
         };
-        let attr = self.attr_of(stack, ino, &st, &state);
+        let attr = self.attr_of(stack, ino, st, &state);
         let node = self.inodes.remember(ino, kind, state).ino;
         Ok(Entry { attr, node })
     }
@@ -389,22 +404,22 @@ impl UnionFs {
         let path = sys::fs::reopen(open.as_fd(), OFlag::O_PATH)?;
         self.own(path.as_fd(), pfd.as_fd(), caller, mode, Kind::File, false)?;
         let st = sys::fs::fstat(path.as_fd())?;
-        let ino = Ino(stack.fold_ino(st.st_dev, st.st_ino));
         let branch = stack.get(upper.branch).ok_or(Error::StaleInode)?;
         let layer = crate::inode::Layer::with_backing(branch, branch.pinned(path), ppath);
-        self.learn_xattrs(stack, &layer, open.as_fd());
-        let state = NodeState {
+        let entry = self.register(
+            stack,
             parent,
-            name: OsString::new(),
-            layers: vec![layer],
-            generation: stack.generation(),
-        };
-        let attr = self.attr_of(stack, ino, &st, &state);
-        let node = self.inodes.remember(ino, Kind::File, state).ino;
-        let fh = self
-            .handles
-            .insert(Handle::File(FileHandle::new(node, upper.branch, open)));
-        Ok((Entry { attr, node }, fh))
+            OsStr::new(""),
+            layer,
+            &st,
+            Some(open.as_fd()),
+        )?;
+        let fh = self.handles.insert(Handle::File(FileHandle::new(
+            entry.node,
+            upper.branch,
+            open,
+        )));
+        Ok((entry, fh))
     }
 
     /// Links node `ino` as `newparent/newname`.
@@ -426,8 +441,8 @@ impl UnionFs {
         if node.kind == Kind::Dir {
             return Err(Error::LinkDir);
         }
-        let src = self.copy_up(stack, ino, CopyUpData::Full)?;
-        let (mut pstate, _) = self.upper_parent(stack, newparent)?;
+        let mut src = self.copy_up(stack, ino, CopyUpData::Full)?;
+        let (mut pstate, nppath) = self.upper_parent(stack, newparent)?;
         // The new name carries the node's recorded number, if it has one.
         self.mark_impure(stack, newparent, &mut pstate)?;
         let pfd = pstate.top()?.fd()?;
@@ -444,6 +459,14 @@ impl UnionFs {
         // The node keeps its number; count the lookup the reply implies.
         let st = sys::fs::fstat(sfd.as_fd())?;
         self.object_changed(node.st_ino);
+        if src.name.is_empty() {
+            // An unnamed (O_TMPFILE) file takes its first name.
+            src.parent = newparent;
+            src.name = newname.to_os_string();
+            if let Some(l) = src.layers.first_mut() {
+                l.path = nppath.join(newname);
+            }
+        }
         let attr = self.attr_of(stack, node.st_ino, &st, &src);
         // (A retired node's new name goes to its object's current node.)
         let node = self.inodes.remember(node.st_ino, node.kind, src).ino;

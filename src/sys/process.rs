@@ -45,7 +45,7 @@ pub struct Ready(std::os::fd::OwnedFd);
 impl Ready {
     /// Tells the parent the daemon is ready (and closes the pipe).
     pub fn tell(self) {
-        let _ = nix::unistd::write(&self.0, b"r");
+        let _ = traced!("write", "readiness", nix::unistd::write(&self.0, b"r"));
     }
 }
 
@@ -57,7 +57,10 @@ pub fn wait_ready(r: std::os::fd::OwnedFd) -> bool {
         match nix::unistd::read(&r, &mut b) {
             Ok(n) => return n == 1,
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
+            Err(e) => {
+                tracing::debug!("read(readiness pipe) = {e}");
+                return false;
+            }
         }
     }
 }
