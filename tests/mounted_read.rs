@@ -1416,8 +1416,11 @@ fn the_mount_command_returns_once_the_daemon_is_ready() {
         return;
     }
     let s = Scratch::new("ready");
-    let copy = s.dir("bin").join("unionfs-copy");
+    let bins = s.dir("bin");
     for i in 0..3 {
+        // A copy per round: the last round's daemon may still be exiting
+        // (running its copy, which cannot be rewritten then: ETXTBSY).
+        let copy = bins.join(format!("unionfs-copy-{i}"));
         fs::copy(bin(), &copy).unwrap();
         let f = fs::File::open(&copy).unwrap();
         f.sync_all().unwrap();
