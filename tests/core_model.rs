@@ -406,6 +406,12 @@ impl<'a> Core<'a> {
 
     /// The directory at `path` ("" is the root), for listing: read permission.
     fn dir(&self, path: &str) -> Result<Attr, Errno> {
+        self.dir_may(path, MAY_READ)
+    }
+
+    /// The directory at `path` ("" is the root; a final symlink followed),
+    /// if the caller has permission `mask` on it.
+    fn dir_may(&self, path: &str, mask: u32) -> Result<Attr, Errno> {
         let a = if path.is_empty() {
             self.fs.getattr(ROOT_INO).map_err(|e| errno(&e))?
         } else {
@@ -414,7 +420,7 @@ impl<'a> Core<'a> {
         if a.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        self.may(&a, MAY_READ)?;
+        self.may(&a, mask)?;
         Ok(a)
     }
 
@@ -627,15 +633,7 @@ impl<'a> Core<'a> {
     /// final symlink, write and search permission on the directory; vfs_link
     /// for the name), then the core.
     fn tmpfile(&self, dir: &str, to: Option<&str>) -> Outcome {
-        let d = if dir.is_empty() {
-            self.fs.getattr(ROOT_INO).map_err(|e| errno(&e))?
-        } else {
-            self.existing(dir, true)?.1
-        };
-        if d.kind != Kind::Dir {
-            return Err(Errno::ENOTDIR);
-        }
-        self.may(&d, MAY_WRITE | MAY_EXEC)?;
+        let d = self.dir_may(dir, MAY_WRITE | MAY_EXEC)?;
         let (e, fh) = self
             .fs
             .create_tmpfile(

@@ -324,6 +324,52 @@ fn a_reopen_through_proc_of_a_pinned_file_keeps_the_old_answer() {
     m.unmount();
 }
 
+/// A retired node no reader pins any more, and a way back to it: hard links
+/// `f` and `g` of a lower file; a reader of `f` pins its node to the lower
+/// file, a writer by `g` (appending "four\n") retires that node, the reader
+/// closes. `held`, an O_PATH fd of `f` taken first, still leads to the
+/// retired node (through `proc()`).
+struct Retired {
+    m: Mount,
+    held: std::os::fd::OwnedFd,
+    _t: Setup,
+}
+
+impl Retired {
+    fn new(tag: &str) -> Retired {
+        let t = Setup::new(tag);
+        file(&t.l1, "f", b"one two three\n", 0o644);
+        hardlink(&t.l1, "f", "g");
+        let m = t.mount(&[]);
+        let held = nix::fcntl::open(
+            &m.mnt.join("f"),
+            nix::fcntl::OFlag::O_PATH,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let mut r = fs::File::open(m.mnt.join("f")).unwrap();
+        assert_eq!(read_all(&mut r), "one two three\n");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.mnt.join("g"))
+            .unwrap()
+            .write_all(b"four\n")
+            .unwrap();
+        drop(r);
+        Retired { m, held, _t: t }
+    }
+
+    /// The /proc path of `held`: it reopens the retired node.
+    fn proc(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.held.as_raw_fd()))
+    }
+
+    fn done(self) {
+        drop(self.held);
+        self.m.unmount();
+    }
+}
 /// A writer that reaches a retired node without a name (a reopen through
 /// /proc of an O_PATH fd taken before the copy-up) is served there once no
 /// reader pins it, and its ftruncate works: the kernel does not retry an
@@ -334,33 +380,15 @@ fn a_writer_that_came_back_to_a_retired_node_can_truncate() {
     if !root() {
         return;
     }
-    use std::os::fd::AsRawFd;
-    let t = Setup::new("pt-retired-writer");
-    file(&t.l1, "f", b"one two three\n", 0o644);
-    hardlink(&t.l1, "f", "g");
-    let m = t.mount(&[]);
-    let (f, g) = (m.mnt.join("f"), m.mnt.join("g"));
-    let held =
-        nix::fcntl::open(&f, nix::fcntl::OFlag::O_PATH, nix::sys::stat::Mode::empty()).unwrap();
-    let mut r = fs::File::open(&f).unwrap();
-    assert_eq!(read_all(&mut r), "one two three\n");
-    // A writer by the other name retires the node the reader pins.
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&g)
-        .unwrap()
-        .write_all(b"four\n")
-        .unwrap();
-    drop(r);
-    let proc = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    let r = Retired::new("pt-retired-writer");
+    let (f, g, proc) = (r.m.mnt.join("f"), r.m.mnt.join("g"), r.proc());
     let w = fs::OpenOptions::new().write(true).open(&proc).unwrap();
     w.set_len(3).unwrap();
     drop(w);
     assert_eq!(fs::read_to_string(&g).unwrap(), "one");
     assert_eq!(fs::read_to_string(&f).unwrap(), "one");
     assert_eq!(fs::symlink_metadata(&g).unwrap().len(), 3);
-    drop(held);
-    m.unmount();
+    r.done();
 }
 
 /// While such a writer is open, the file's other names show each of its
@@ -372,25 +400,9 @@ fn other_names_see_each_write_of_a_writer_on_a_retired_node() {
     if !root() {
         return;
     }
-    use std::os::fd::AsRawFd;
-    let t = Setup::new("pt-retired-writes");
-    file(&t.l1, "f", b"one two three\n", 0o644);
-    hardlink(&t.l1, "f", "g");
-    let m = t.mount(&[]);
-    let (f, g) = (m.mnt.join("f"), m.mnt.join("g"));
-    let held =
-        nix::fcntl::open(&f, nix::fcntl::OFlag::O_PATH, nix::sys::stat::Mode::empty()).unwrap();
-    let mut r = fs::File::open(&f).unwrap();
-    assert_eq!(read_all(&mut r), "one two three\n");
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&g)
-        .unwrap()
-        .write_all(b"four\n")
-        .unwrap();
-    drop(r);
+    let r = Retired::new("pt-retired-writes");
+    let (g, proc) = (r.m.mnt.join("g"), r.proc());
     assert_eq!(fs::symlink_metadata(&g).unwrap().len(), 19);
-    let proc = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
     // A reader of the retired node first: the writer shares whatever
     // backing it was given.
     let mut r2 = fs::File::open(&proc).unwrap();
@@ -411,8 +423,7 @@ fn other_names_see_each_write_of_a_writer_on_a_retired_node() {
         fs::read_to_string(&g).unwrap(),
         "one two three\nfour\nfive\nsix\nseven\n"
     );
-    drop(held);
-    m.unmount();
+    r.done();
 }
 
 /// A running lower binary opened for writing: ETXTBSY from the VFS (the
