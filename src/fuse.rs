@@ -186,8 +186,8 @@ impl FuseAdapter {
         o.keep_cache |= keep_big_cache;
         // A retired node no reader pins to its lower file any more is
         // served through the page cache: its writers' writes come to the
-        // daemon, which tells the object's current node of each one
-        // (`write`); through passthrough they would change the file unseen
+        // daemon, whose core tells the object's current node of each one
+        // (`UnionFs::changed_through`); through passthrough they would change the file unseen
         // while the other names' nodes keep their cached size. (Readers too:
         // a passthrough backing on the upper file would be shared by every
         // later writer of the node.) A node still pinned keeps its lower
@@ -223,8 +223,8 @@ impl FuseAdapter {
     /// walked no name (/proc/PID/fd/N): it is served here as before
     /// (readers from the lower file, a writer ETXTBSY). A retired node no
     /// reader pins any more is served here too (another name of a
-    /// hard-linked file can still lead to it): what a writer changes
-    /// through it is told to the object's current node (`open`, `release`).
+    /// hard-linked file can still lead to it): what changes through it is
+    /// told to the object's current node (`UnionFs::changed_through`).
     fn reroute(&self, i: INodeNo, writing: bool, pid: u32) -> Result<Route, Error> {
         // Taken by every open: only the caller's next one can be the retry.
         let retry = self.io.take_estale(i.0, pid);
@@ -581,10 +581,6 @@ impl Filesystem for FuseAdapter {
             }
             res => res,
         };
-        if writing && res.is_ok() {
-            // (O_TRUNC, or a copy-up of another name's data: see `release`.)
-            self.fs.changed_through(ino(i));
-        }
         match res {
             Ok((o, Grant::Passthrough(b))) => {
                 reply.opened_passthrough(FileHandle(o.fh.0), FopenFlags::empty(), &b)
@@ -638,22 +634,15 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        i: INodeNo,
+        _i: INodeNo,
         h: FileHandle,
-        flags: OpenFlags,
+        _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.io.release(h.0);
         self.fs.release(fh(h));
-        // A writer served on a retired node (`reroute`) changed the object
-        // behind the back of its current node, whose attributes the kernel
-        // caches: told once more at the end (a truncate at open, a write
-        // of a shared mapping flushed at close).
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            self.fs.changed_through(ino(i));
-        }
         reply.ok();
     }
 
@@ -992,12 +981,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         match self.fs.write(fh(h), offset, data) {
-            Ok(n) => {
-                // A retired node's writers write here (`grant`): its
-                // object's current node is told (a no-op for other nodes).
-                self.fs.changed_through(ino(i));
-                reply.written(n)
-            }
+            Ok(n) => reply.written(n),
             Err(e) => reply.error(self.fail("write", i, &e)),
         }
     }
@@ -1037,18 +1021,14 @@ impl Filesystem for FuseAdapter {
     fn fallocate(
         &self,
         _req: &Request,
-        i: INodeNo,
+        _i: INodeNo,
         h: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let res = self.fs.fallocate(fh(h), offset, length, mode);
-        if res.is_ok() {
-            self.fs.changed_through(ino(i));
-        }
-        reply_empty(reply, res);
+        reply_empty(reply, self.fs.fallocate(fh(h), offset, length, mode));
     }
 
     fn copy_file_range(
@@ -1057,7 +1037,7 @@ impl Filesystem for FuseAdapter {
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        ino_out: INodeNo,
+        _ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -1068,10 +1048,7 @@ impl Filesystem for FuseAdapter {
             .fs
             .copy_file_range(fh(fh_in), offset_in, fh(fh_out), offset_out, len)
         {
-            Ok(n) => {
-                self.fs.changed_through(ino(ino_out));
-                reply.written(n)
-            }
+            Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -60,6 +60,16 @@ impl UnionFs {
     /// Opens `ino` with open(2) `flags`; opening for writing (or with
     /// O_TRUNC) copies a lower object up first.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
+        let opened = self.open_handle(ino, flags)?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            // Through a retired node, a truncate or a copy-up of another
+            // name's data changes the object behind its current node.
+            self.changed_through(ino);
+        }
+        Ok(opened)
+    }
+
+    fn open_handle(&self, ino: Ino, flags: i32) -> Result<Opened> {
         // Before the stack is loaded: a branch change waits for this open,
         // or this open sees the changed stack.
         let _gate = self.gate.read();
@@ -262,6 +272,9 @@ impl UnionFs {
             self.complete_partial(f.ino)?;
         }
         let n = sys::fs::pwrite(f.fd.as_fd(), data, offset)?;
+        // (A retired node's writers write here: the adapter gives them no
+        // passthrough.)
+        self.changed_through(f.ino);
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
@@ -301,7 +314,9 @@ impl UnionFs {
         if self.partials.get(f.ino.0).is_some() {
             self.complete_partial(f.ino)?;
         }
-        sys::fs::fallocate(f.fd.as_fd(), mode, offset, len)
+        sys::fs::fallocate(f.fd.as_fd(), mode, offset, len)?;
+        self.changed_through(f.ino);
+        Ok(())
     }
 
     /// copy_file_range(2) between two open files.
@@ -343,6 +358,7 @@ impl UnionFs {
             .unwrap_or(usize::MAX)
             .min(u32::MAX as usize);
         let n = sys::fs::copy_file_range(i.fd.as_fd(), off_in, o.fd.as_fd(), off_out, len)?;
+        self.changed_through(o.ino);
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
