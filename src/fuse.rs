@@ -286,7 +286,13 @@ impl FuseAdapter {
                 FileHandle(h.0),
                 FopenFlags::empty(),
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(err) => {
+                // The reply would have carried the new node's lookup: with
+                // an error the kernel takes none, so the node gives it back
+                // (for an unnamed file, that frees its space).
+                self.fs.forget(e.node, 1);
+                reply.error(errno(&err))
+            }
         }
     }
 
@@ -943,7 +949,10 @@ impl Filesystem for FuseAdapter {
             caller(req),
         ) {
             Ok((e, Some(h))) => self.reply_created(e, h, reply),
-            Ok((_, None)) => reply.error(errno(&Error::Invalid)),
+            Ok((e, None)) => {
+                self.fs.forget(e.node, 1);
+                reply.error(errno(&Error::Invalid))
+            }
             Err(e) => reply.error(self.fail("create", parent, &e)),
         }
     }
