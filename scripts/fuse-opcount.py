@@ -33,6 +33,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-peers"))
+from bench import fuse_daemons_of  # noqa: E402
+
 TRACEFS = "/sys/kernel/tracing"
 EVENT = "events/fuse/fuse_request_send"
 LINE = re.compile(r"opcode \d+ \((\w+)\)")
@@ -166,21 +169,9 @@ def wait_mounted(path, proc=None, timeout=30):
 
 
 def daemon_pid(mnt):
-    """The process serving the FUSE mount at mnt: one holding /dev/fuse open
-    with mnt among its arguments (by what it holds, not by its name)."""
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                if mnt.encode() not in f.read().split(b"\0"):
-                    continue
-            for fd in os.listdir(f"/proc/{p}/fd"):
-                if os.readlink(f"/proc/{p}/fd/{fd}") == "/dev/fuse":
-                    return int(p)
-        except OSError:
-            pass
-    return None
+    """The process serving the FUSE mount at mnt (the peer benchmark's scan:
+    by the /dev/fuse it holds and mnt among its arguments, not by name)."""
+    return min(fuse_daemons_of(mnt), default=None)
 
 
 class Mount:

@@ -257,6 +257,15 @@ pub fn run_mount(cfg: MountConfig) -> Result<()> {
     res
 }
 
+/// The fd table the daemon reserves at start: room for its fd cache and
+/// the files, listings and branches beside it (half the fd limit, see
+/// `run_mount`), up to 16,384 slots (128 KiB of kernel memory). A daemon
+/// that holds more grows its table beyond that, a grace period per
+/// doubling, once.
+fn reserved_fds(cached_fds: usize) -> usize {
+    cached_fds.saturating_mul(2).min(16_384)
+}
+
 /// The fuse module parameter that lets a daemon use io_uring.
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -459,6 +468,9 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
             }
         }
     }
+    // In the serving process, before its threads start: a table grown
+    // later would make requests wait (`sys::process::reserve_fds`).
+    sys::process::reserve_fds(reserved_fds(cached_fds));
     // In the serving process (a lock does not survive the fork): the
     // daemon's code stays in memory, so a request never waits on the disk
     // for it (sys::resident).

@@ -1467,3 +1467,43 @@ fn the_mount_command_returns_once_the_daemon_is_ready() {
         );
     }
 }
+
+/// The daemon grows its fd table before it serves: a table grown while requests are
+/// served makes the request that crossed the size wait for an RCU grace period
+/// (10-13 ms per doubling here), which a first `git status` crossed six times. The
+/// table's size is `FDSize` in /proc/PID/status.
+#[test]
+fn the_daemon_reserves_its_fd_table_before_serving() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let s = Scratch::new("fdtable");
+    let (l, u, mnt) = (s.dir("l"), s.dir("u"), s.dir("m"));
+    let o = run_bin(&[
+        "mount".as_ref(),
+        l.as_os_str(),
+        u.as_os_str(),
+        mnt.as_os_str(),
+    ]);
+    assert!(o.ok(), "mount failed:\n{o}");
+    let pid = *daemon_pids(&mnt).first().expect("a daemon");
+    let field = |file: &str, key: &str| -> Option<u64> {
+        fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    let fd_size = field("status", "FDSize:").unwrap_or(0);
+    // The soft limit the daemon raised to its hard one.
+    let limit = field("limits", "Max open files").unwrap_or(0);
+    let u = run_bin(&["umount".as_ref(), mnt.as_os_str()]);
+    assert!(u.ok(), "umount failed:\n{u}");
+    let want = limit.min(16_384);
+    assert!(
+        want >= 1_024 && fd_size >= want,
+        "the daemon's fd table holds {fd_size} fds after the mount, under its limit {limit}: \
+         want at least {want}"
+    );
+}
