@@ -1448,15 +1448,7 @@ fn the_mount_command_returns_once_the_daemon_is_ready() {
         );
         assert!(o.ok(), "round {i}: mount failed:\n{o}");
         let pid = *daemon_pids(&mnt).first().expect("a daemon");
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kib = |key: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let kib = |key: &str| proc_field(pid, "status", key).unwrap_or(0);
         let (locked, resident) = (kib("VmLck:"), kib("VmRSS:"));
         let u = run_bin(&["umount".as_ref(), mnt.as_os_str()]);
         assert!(u.ok(), "round {i}: umount failed:\n{u}");
@@ -1487,17 +1479,9 @@ fn the_daemon_reserves_its_fd_table_before_serving() {
     ]);
     assert!(o.ok(), "mount failed:\n{o}");
     let pid = *daemon_pids(&mnt).first().expect("a daemon");
-    let field = |file: &str, key: &str| -> Option<u64> {
-        fs::read_to_string(format!("/proc/{pid}/{file}"))
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    };
-    let fd_size = field("status", "FDSize:").unwrap_or(0);
+    let fd_size = proc_field(pid, "status", "FDSize:").unwrap_or(0);
     // The soft limit the daemon raised to its hard one.
-    let limit = field("limits", "Max open files").unwrap_or(0);
+    let limit = proc_field(pid, "limits", "Max open files").unwrap_or(0);
     let u = run_bin(&["umount".as_ref(), mnt.as_os_str()]);
     assert!(u.ok(), "umount failed:\n{u}");
     let want = limit.min(16_384);
@@ -1506,4 +1490,14 @@ fn the_daemon_reserves_its_fd_table_before_serving() {
         "the daemon's fd table holds {fd_size} fds after the mount, under its limit {limit}: \
          want at least {want}"
     );
+}
+
+/// The first number after `key` on its line of /proc/PID/FILE.
+fn proc_field(pid: i32, file: &str, key: &str) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
