@@ -470,7 +470,9 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
     }
     // In the serving process, before its threads start: a table grown
     // later would make requests wait (`sys::process::reserve_fds`).
-    sys::process::reserve_fds(reserved_fds(cached_fds));
+    if !sys::process::reserve_fds(reserved_fds(cached_fds)) {
+        tracing::debug!("the fd table grows as it fills (fd limit below the reservation)");
+    }
     // In the serving process (a lock does not survive the fork): the
     // daemon's code stays in memory, so a request never waits on the disk
     // for it (sys::resident).

@@ -1484,9 +1484,14 @@ fn the_daemon_reserves_its_fd_table_before_serving() {
     let limit = proc_field(pid, "limits", "Max open files").unwrap_or(0);
     let u = run_bin(&["umount".as_ref(), mnt.as_os_str()]);
     assert!(u.ok(), "umount failed:\n{u}");
-    let want = limit.min(16_384);
+    if limit < 128 {
+        skip_or_fail("an fd limit under 128: the daemon reserves nothing");
+        return;
+    }
+    // What the daemon reserves: twice its fd cache (half the limit), at most 16,384.
+    let want = (2 * (limit / 2)).min(16_384);
     assert!(
-        want >= 1_024 && fd_size >= want,
+        fd_size >= want,
         "the daemon's fd table holds {fd_size} fds after the mount, under its limit {limit}: \
          want at least {want}"
     );
