@@ -32,6 +32,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-peers"))
+from bench import read_files  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -151,17 +154,6 @@ def timed(cmd, cwd=None):
     return dt * 1000, p.stdout
 
 
-def readall(top):
-    for dp, _, fs in os.walk(top):
-        for f in fs:
-            try:
-                with open(os.path.join(dp, f), "rb") as fh:
-                    while fh.read(1 << 20):
-                        pass
-            except OSError:
-                pass
-
-
 OPEN_BOTTOM = r"""
 import os, sys, time
 paths = [l for l in open(sys.argv[2]).read().split("\n") if l]
@@ -188,7 +180,7 @@ def run_one(system, out, n, scratch, args, res):
         m.close()
     m = Mount(system, out, n, scratch, args)
     try:
-        readall(top if system != "floor" else os.path.join(args.data, "lower", "repo"))
+        read_files(top if system != "floor" else os.path.join(args.data, "lower", "repo"))
         dt, o = timed(["git", "status", "--porcelain"], cwd=os.path.join(m.mnt, "repo"))
         if o.strip():
             raise RuntimeError(f"git status not clean on {system} {n}: {o[:200]!r}")

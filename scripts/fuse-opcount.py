@@ -34,7 +34,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-peers"))
-from bench import fuse_daemons_of  # noqa: E402
+from bench import fuse_daemons_of, read_files  # noqa: E402
 
 TRACEFS = "/sys/kernel/tracing"
 EVENT = "events/fuse/fuse_request_send"
@@ -227,17 +227,6 @@ def drop_caches():
     subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
 
 
-def readall(top):
-    for dp, _, fs in os.walk(top):
-        for f in fs:
-            try:
-                with open(os.path.join(dp, f), "rb") as fh:
-                    while fh.read(1 << 20):
-                        pass
-            except OSError:
-                pass
-
-
 def w_find(m, data):
     drop_caches()
     return count(m.mnt, ["find", m.mnt], m.pid)
@@ -249,15 +238,13 @@ def w_stat(m, data):
 
 
 def w_git(m, data):
-    readall(os.path.join(data, "lower", "repo"))  # lower page cache warm, the mount fresh
+    read_files(os.path.join(data, "lower", "repo"))  # lower page cache warm, the mount fresh
     return count(m.mnt, ["git", "status", "--porcelain"], m.pid, cwd=os.path.join(m.mnt, "repo"))
 
 
 def w_untar_rm(m, data):
     tarball = os.path.join(data, "root.tar")
-    with open(tarball, "rb") as f:
-        while f.read(1 << 20):
-            pass
+    read_files(tarball)
     target = os.path.join(m.mnt, "untar")
     os.mkdir(target)
     a = count(m.mnt, ["tar", "-C", target, "-xf", tarball], m.pid)

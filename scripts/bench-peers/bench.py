@@ -12,6 +12,7 @@ Everything is standard library only.
 """
 import json
 import os
+import stat
 import random
 import shutil
 import signal
@@ -105,18 +106,7 @@ def op_main(name, args):
                 total += k
         out["bytes"] = total
     elif name == "readall":             # warm the page cache: read every file under DIRs
-        for top in args:
-            if os.path.isfile(top):
-                paths = [top]
-            else:
-                paths = (os.path.join(dp, f) for dp, _, fs in os.walk(top) for f in fs)
-            for p in paths:
-                try:
-                    with open(p, "rb", buffering=0) as f:
-                        while f.read(MiB):
-                            pass
-                except OSError:
-                    pass
+        read_files(*args)
     else:
         raise SystemExit(f"unknown op {name}")
     out["s"] = time.perf_counter() - t0
@@ -213,6 +203,34 @@ def build_dataset(cache, rootfs, mode):
 
 class Fail(Exception):
     pass
+
+
+def read_files(*tops):
+    """Reads every regular file under each of tops (or tops that are files), to warm the
+    page cache. Symlinks are not followed and nothing else is opened: a Debian root's
+    dev/stdout -> /proc/self/fd/1 would read the reader's own output pipe, a FIFO would
+    block."""
+    def paths(top):
+        if not os.path.isdir(top) or os.path.islink(top):
+            yield top
+            return
+        for dp, _, fs in os.walk(top):
+            for f in fs:
+                yield os.path.join(dp, f)
+    for top in tops:
+        for p in paths(top):
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    while os.read(fd, MiB):
+                        pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def fuse_daemons_of(mnt):
