@@ -16,7 +16,7 @@
 //!
 //! Invariant: advisory only. Only branches the union never writes are read
 //! ahead (a listing holds its directory's lock shared, which a thread at
-//! idle priority must not hold where the union's own writes need it). The
+//! low priority must not hold where the union's own writes need it). The
 //! thread keeps nothing: no node, listing or fd cache of the union's
 //! changes, and it reads with `O_NOATIME`, beneath the layer directory,
 //! never across a mount, so what a request answers is the same with it or
@@ -24,8 +24,10 @@
 //! layer directory weakly: the union's fd cache alone decides which fds
 //! stay open (a job whose directory was evicted, or whose branch or union
 //! is gone, is skipped). At most `BOUND` directories wait; the oldest are
-//! dropped. The thread runs at idle priority (`SCHED_IDLE`: only on a CPU
-//! nothing else wants) and ends with the union.
+//! dropped. The thread runs at the lowest normal priority (nice 19; not
+//! `SCHED_IDLE`, whose starved holder of a lookup the union's own lookups
+//! waited for, see `sys::resident::background_thread`) and ends with the
+//! union.
 //! Locks: the queue's mutex, a leaf (no syscall under it).
 
 use std::ffi::OsString;
@@ -130,7 +132,7 @@ impl Prefetcher {
             let spawned = std::thread::Builder::new()
                 .name("unionfs-ahead".into())
                 .spawn(move || {
-                    sys::resident::idle_thread();
+                    sys::resident::background_thread();
                     run(&inner);
                 });
             if let Err(e) = &spawned {

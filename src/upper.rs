@@ -973,7 +973,7 @@ const POOL_LOW: usize = 24;
 /// closed (the end of the mount, a killed daemon; after a power cut, by
 /// the filesystem's orphan processing). The thread is started by the
 /// first take (after the daemon's fork: threads do not survive one) and
-/// runs `SCHED_IDLE`, on CPU time nothing else wants. A
+/// runs at nice 19 (`sys::resident::background_thread`). A
 /// filesystem without `O_TMPFILE`, or a daemon that may not link an fd
 /// (`linkat(AT_EMPTY_PATH)` needs CAP_DAC_READ_SEARCH), turns the pool off.
 ///
@@ -1128,7 +1128,7 @@ impl StagePool {
     }
 
     /// Stops the thread and frees the files left (end of the mount). The
-    /// thread is not waited for: running `SCHED_IDLE` on a busy machine it
+    /// thread is not waited for: running at nice 19 on a busy machine it
     /// may take a while to see the stop, and what it still makes is
     /// unnamed, so it is freed when the thread ends.
     fn shutdown(&self) {
@@ -1166,10 +1166,11 @@ fn no_tmpfile(e: &Error) -> bool {
 /// cannot be made ends the round (no `O_TMPFILE` at all: the pool is
 /// off); copy-ups then make their own files, and fail as they always did.
 fn fill_pool(shared: &PoolShared, work: &OwnedFd) {
-    // Work ahead is worth doing only on a CPU nothing else wants: on a busy
-    // machine the pool's creates would slow the very copy-ups they are
-    // for (which then make their own files, as without the pool).
-    sys::resident::idle_thread();
+    // Work ahead should take little CPU from others: on a busy machine the
+    // pool's creates would slow the very copy-ups they are for (which then
+    // make their own files, as without the pool). Not idle-class: a create
+    // holds a journal handle that a starved holder would keep open.
+    sys::resident::background_thread();
     loop {
         {
             let mut st = shared.state.lock();
@@ -1316,7 +1317,7 @@ mod tests {
         };
         assert_eq!(listed(&work), names.iter().cloned().collect());
         // The pool's thread fills it (on a filesystem with O_TMPFILE), and
-        // what it holds is not in the workdir. (It runs SCHED_IDLE: on a
+        // what it holds is not in the workdir. (It runs at nice 19: on a
         // machine busy with other tests it may take a while.)
         let mut held = 0;
         for _ in 0..1000 {
