@@ -1562,6 +1562,15 @@ fn work_ahead_runs_at_low_priority_not_in_the_idle_class() {
     }
     let u = run_bin(&["umount".as_ref(), mnt.as_os_str()]);
     assert!(u.ok(), "umount failed:\n{u}");
+    // Only they: the threads that serve requests keep the daemon's priority.
+    let serving: Vec<_> = seen
+        .iter()
+        .filter(|(n, _, _)| n.starts_with("fuser"))
+        .collect();
+    assert!(
+        !serving.is_empty() && serving.iter().all(|(_, nice, _)| *nice == 0),
+        "the serving threads: {serving:?}"
+    );
     for want in ["unionfs-ahead", "stage-pool"] {
         let Some((_, nice, policy)) = seen.iter().find(|(n, _, _)| n == want) else {
             panic!("no {want} thread among the daemon's: {seen:?}");
