@@ -1471,14 +1471,7 @@ fn the_daemon_reserves_its_fd_table_before_serving() {
     }
     let s = Scratch::new("fdtable");
     let (l, u, mnt) = (s.dir("l"), s.dir("u"), s.dir("m"));
-    let o = run_bin(&[
-        "mount".as_ref(),
-        l.as_os_str(),
-        u.as_os_str(),
-        mnt.as_os_str(),
-    ]);
-    assert!(o.ok(), "mount failed:\n{o}");
-    let pid = *daemon_pids(&mnt).first().expect("a daemon");
+    let pid = mount_for_pid(&l, &u, &mnt);
     let fd_size = proc_field(pid, "status", "FDSize:").unwrap_or(0);
     // The soft limit the daemon raised to its hard one.
     let limit = proc_field(pid, "limits", "Max open files").unwrap_or(0);
@@ -1521,14 +1514,7 @@ fn work_ahead_runs_at_low_priority_not_in_the_idle_class() {
     let (l, u, mnt) = (s.dir("l"), s.dir("u"), s.dir("m"));
     fs::create_dir_all(l.join("d/e")).unwrap();
     fs::write(l.join("d/f"), "lower").unwrap();
-    let o = run_bin(&[
-        "mount".as_ref(),
-        l.as_os_str(),
-        u.as_os_str(),
-        mnt.as_os_str(),
-    ]);
-    assert!(o.ok(), "mount failed:\n{o}");
-    let pid = *daemon_pids(&mnt).first().expect("a daemon");
+    let pid = mount_for_pid(&l, &u, &mnt);
     // A listing of a directory with subdirectories starts the read-ahead; a first
     // write to a lower file, the stage pool.
     fs::read_dir(&mnt).unwrap().for_each(drop);
@@ -1582,4 +1568,16 @@ fn work_ahead_runs_at_low_priority_not_in_the_idle_class() {
             libc::SCHED_IDLE
         );
     }
+}
+
+/// Mounts lower `l` and upper `u` at `mnt` with the default options; the daemon's pid.
+fn mount_for_pid(l: &Path, u: &Path, mnt: &Path) -> i32 {
+    let o = run_bin(&[
+        "mount".as_ref(),
+        l.as_os_str(),
+        u.as_os_str(),
+        mnt.as_os_str(),
+    ]);
+    assert!(o.ok(), "mount failed:\n{o}");
+    *daemon_pids(mnt).first().expect("a daemon")
 }
