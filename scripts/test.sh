@@ -19,6 +19,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 
+# The vendored fuser's own unit tests (request parsing, TMPFILE among them): its
+# manifest is a workspace of its own, outside the union's (vendor/fuser/PATCHED.md).
+cargo test --manifest-path vendor/fuser/Cargo.toml --target-dir target/vendor-fuser --lib
+
 # The differential test on generated lowers (tests/diff_ops.rs) runs its big budget
 # once: 1024 sequences of 200 operations per whiteout format (UNIONFS_DIFF_OPS_CASES,
 # UNIONFS_DIFF_OPS_LEN), in the first pass; a second pass runs the test's default.
