@@ -7,7 +7,8 @@
 //! cache each of those waits for the disk in turn, between round trips in
 //! which the disk is idle. This thread warms the branch filesystems' own
 //! caches for what the walk reads next: it lists each subdirectory
-//! (`getdents`: its blocks) and, when that read came from the disk, stats
+//! (`getdents`: its blocks) and, when that read came from the disk (the
+//! thread's own block reads grew), stats
 //! the entries the next READDIRPLUS will look up — the subdirectories
 //! always, the other entries only when the listing was made for a
 //! requester that gets them in full (`fuse/rdplus.rs`); a tree already in
@@ -55,9 +56,11 @@ use crate::sys;
 /// Most directories waiting to be read.
 pub const BOUND: usize = 1024;
 
-/// A directory listed faster than this was in memory (a read from the
-/// disk takes longer here, 100 µs and more): its entries are not stat'ed,
-/// and the thread does not go into its subdirectories on its own.
+/// Where the kernel does not count a thread's disk reads
+/// (`sys::resident::blocks_read`): a directory listed faster than this was
+/// in memory (a read from the disk takes longer here, 100 µs and more).
+/// Either way, a listing from memory has its entries not stat'ed, and the
+/// thread does not go into its subdirectories on its own.
 const WARM: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Most directories the thread reads on its own beyond the number of
@@ -90,8 +93,9 @@ struct Inner {
     listed: AtomicU64,
     /// Directories the thread read on its own (its own jobs).
     own: AtomicU64,
-    /// Listings faster than this came from memory (`WARM`; tests lower it).
-    warm: std::time::Duration,
+    /// Tests: every listing counts as read from the disk (`Some(true)`) or
+    /// from memory (`Some(false)`); `None` measures.
+    assume_cold: Option<bool>,
 }
 
 /// A union's read-ahead thread (started at the first job).
@@ -114,10 +118,10 @@ impl std::fmt::Debug for Prefetcher {
 impl Prefetcher {
     /// A prefetcher; `on: false` makes `push` do nothing.
     pub fn new(on: bool) -> Self {
-        Self::with_warm(on, WARM)
+        Self::assuming(on, None)
     }
 
-    fn with_warm(on: bool, warm: std::time::Duration) -> Self {
+    fn assuming(on: bool, assume_cold: Option<bool>) -> Self {
         Prefetcher {
             inner: Arc::new(Inner {
                 queue: Mutex::default(),
@@ -126,7 +130,7 @@ impl Prefetcher {
                 read: AtomicU64::new(0),
                 listed: AtomicU64::new(0),
                 own: AtomicU64::new(0),
-                warm,
+                assume_cold,
             }),
             thread: std::sync::OnceLock::new(),
             on,
@@ -205,6 +209,7 @@ fn run(inner: &Inner) {
         let Some(dir) = job.dir.upgrade() else {
             continue;
         };
+        let before = sys::resident::blocks_read();
         let started = std::time::Instant::now();
         let listed = sys::fs::read_dir_ahead(dir.as_fd(), &job.name);
         drop(dir);
@@ -215,9 +220,16 @@ fn run(inner: &Inner) {
         if job.own {
             inner.own.fetch_add(1, Ordering::Relaxed);
         }
-        if started.elapsed() < inner.warm {
-            // Listed from memory: its inodes (and its subtree, most
-            // likely) are cached too.
+        // Listed from memory: its inodes (and its subtree, most likely)
+        // are cached too. The thread's own disk reads tell; where the
+        // kernel does not count them, the time the listing took (which a
+        // preempted thread at nice 19 overstates).
+        let from_disk = match (inner.assume_cold, before, sys::resident::blocks_read()) {
+            (Some(cold), _, _) => cold,
+            (None, Some(a), Some(b)) => b > a,
+            (None, _, _) => started.elapsed() >= WARM,
+        };
+        if !from_disk {
             continue;
         }
         for e in &entries {
@@ -284,7 +296,7 @@ mod tests {
         std::fs::write(tmp.path().join("a/f"), "f").unwrap();
         let dir = Arc::new(sys::fs::open_path_abs(tmp.path()).unwrap());
         // Every listing counts as warm: only what was pushed is read.
-        let p = Prefetcher::with_warm(true, std::time::Duration::MAX);
+        let p = Prefetcher::assuming(true, Some(false));
         let names = ["a", "missing", "b"].map(OsString::from).to_vec();
         p.push(&dir, names, true);
         assert_eq!(wait_for(&p, 2), 2);
@@ -329,7 +341,7 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("a/b2")).unwrap();
         let dir = Arc::new(sys::fs::open_path_abs(tmp.path()).unwrap());
         // Every listing counts as read from the disk.
-        let p = Prefetcher::with_warm(true, std::time::Duration::ZERO);
+        let p = Prefetcher::assuming(true, Some(true));
         p.push(&dir, vec![OsString::from("a")], false);
         assert_eq!(settle(&p, 5), 5, "a, a/b, a/b/c, a/b/c/d and a/b2");
         assert_eq!(p.inner.own.load(Ordering::Relaxed), 4);
@@ -346,7 +358,7 @@ mod tests {
         }
         std::fs::create_dir(tmp.path().join("b")).unwrap();
         let dir = Arc::new(sys::fs::open_path_abs(tmp.path()).unwrap());
-        let p = Prefetcher::with_warm(true, std::time::Duration::ZERO);
+        let p = Prefetcher::assuming(true, Some(true));
         p.push(&dir, vec![OsString::from("a")], false);
         let n = 1 + 1 + LEAD;
         assert_eq!(settle(&p, n), n, "a, then LEAD + 1 of its {wide}");

@@ -1,5 +1,6 @@
 //! Keeping the daemon's own machine code in memory; and keeping work done
-//! ahead from taking the CPUs its requests need (`background_thread`).
+//! ahead from taking the CPUs its requests need (`background_thread`), or
+//! doing what was not needed (`blocks_read`).
 //!
 //! A filesystem daemon whose code was paged out (memory pressure, a
 //! `drop_caches`) makes the first requests after it wait on the disk for
@@ -85,9 +86,46 @@ pub fn background_thread() -> bool {
     r == 0
 }
 
+/// Blocks the calling thread has read from disks so far (`ru_inblock` of
+/// `getrusage(RUSAGE_THREAD)`: the block layer counts a read against the
+/// thread that submits it, not one that only waits for another's). `None`
+/// where the kernel does not say.
+pub fn blocks_read() -> Option<i64> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD);
+    usage.ok().map(|u| u.block_reads())
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    /// What the read-ahead tells a disk read by (`prefetch.rs`).
+    #[test]
+    fn a_read_from_the_disk_counts_for_the_thread_that_reads() {
+        // (Under target/: a disk file system, where /tmp may be tmpfs.)
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 256 * 1024]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        let drop_pages = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+        nix::fcntl::posix_fadvise(&f, 0, 0, drop_pages).unwrap();
+        let before = blocks_read().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| std::fs::read(&path).unwrap()).join().unwrap();
+        });
+        assert_eq!(blocks_read().unwrap(), before, "another thread's read");
+        nix::fcntl::posix_fadvise(&f, 0, 0, drop_pages).unwrap();
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 256 * 1024);
+        let after = blocks_read().unwrap();
+        assert!(
+            after >= before + 8,
+            "256 KiB read from the disk: {before} -> {after} blocks"
+        );
+    }
 
     #[test]
     fn only_file_backed_read_only_mappings() {
