@@ -7,25 +7,31 @@
 //! cache each of those waits for the disk in turn, between round trips in
 //! which the disk is idle. This thread warms the branch filesystems' own
 //! caches for what the walk reads next: it lists each subdirectory
-//! (`getdents`: its blocks) and, when that read came from the disk (the
-//! thread's own block reads grew), stats
-//! the entries the next READDIRPLUS will look up — the subdirectories
-//! always, the other entries only when the listing was made for a
-//! requester that gets them in full (`fuse/rdplus.rs`); a tree already in
-//! memory costs a `getdents` per directory. The newest listing's subdirectories go first (a
-//! stack): a depth-first walker enters them next.
+//! (`getdents`: its blocks) and, when that listing was cold (the thread
+//! waited: a disk read of its own, another thread's read of the same
+//! block, a network file system; or, for a directory whose entries live
+//! in its inode, the stat of its first entry waited), stats the entries
+//! the next READDIRPLUS will look up — the subdirectories always, the
+//! other entries only when the listing was made for a requester that gets
+//! them in full (`fuse/rdplus.rs`); a tree already in memory costs a
+//! `getdents` and a `stat` per directory. The newest listing's
+//! subdirectories go first (a stack): a depth-first walker enters them
+//! next.
 //!
 //! The walker wants the first of those subdirectories at once, one round
 //! trip after the listing that named it: a thread that only reads what the
 //! union's listings name is never ahead of the walk, it meets the walk in
-//! the same directory, waiting for the same disk read. So a directory the
-//! thread read from the disk has its own subdirectories queued too, by the
-//! thread itself, depth first: it goes down the tree on its own, the way the
-//! walk will, and keeps ahead, since it makes no round trips. How far is
-//! bounded: at most `LEAD` directories of its own beyond the listings the
-//! union made; past that its own jobs wait for the walk to list more (a
-//! `ls` of one directory has at most that many read after it; a walk
-//! keeps earning more as it lists).
+//! the same directory, waiting for the same disk read. So a cold directory
+//! has its own subdirectories queued too, by the thread itself, on top of
+//! the stack (stat'ing what its job stats): it goes down the tree depth
+//! first, the way the walk will, and keeps ahead, since it makes no round
+//! trips. How far is bounded by a budget: `LEAD` own jobs, one more per
+//! listing the union queues work for, never above `LEAD`; spent, the
+//! thread's own jobs wait where they are, and the newest of the union's is
+//! taken from under them. So a listing nobody walks on from has at most
+//! `LEAD` directories read after it, however long the mount was quiet.
+//! The thread's own jobs take free room in the queue only: they never
+//! push out a job the union asked for.
 //!
 //! Invariant: advisory only. Only branches the union never writes are read
 //! ahead (a listing holds its directory's lock shared, which a thread at
@@ -37,11 +43,14 @@
 //! layer directory weakly: the union's fd cache alone decides which fds
 //! stay open (a job whose directory was evicted, or whose branch or union
 //! is gone, is skipped). At most `BOUND` directories wait; the oldest are
-//! dropped. The thread runs at the lowest normal priority (nice 19; not
+//! dropped (the union's jobs only push out older ones; see `Queue`). The
+//! thread runs at the lowest normal priority (nice 19; not
 //! `SCHED_IDLE`, whose starved holder of a lookup the union's own lookups
 //! waited for, see `sys::resident::background_thread`) and ends with the
 //! union.
-//! Locks: the queue's mutex, a leaf (no syscall under it).
+//! Locks: the queue's mutex (the jobs and the budget, `Queue`), a leaf
+//! (no syscall under it); a push changes the budget and queues its jobs
+//! under it before it wakes the thread, so no wake-up is lost.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -56,9 +65,9 @@ use crate::sys;
 /// Most directories waiting to be read.
 pub const BOUND: usize = 1024;
 
-/// Where the kernel does not count a thread's disk reads
-/// (`sys::resident::blocks_read`): a directory listed faster than this was
-/// in memory (a read from the disk takes longer here, 100 µs and more).
+/// Where the kernel does not say what a thread waited for
+/// (`sys::resident::waits`): a directory listed faster than this was in
+/// memory (a read from the disk takes longer here, 100 µs and more).
 /// Either way, a listing from memory has its entries not stat'ed, and the
 /// thread does not go into its subdirectories on its own.
 const WARM: std::time::Duration = std::time::Duration::from_micros(50);
@@ -82,15 +91,62 @@ struct Job {
     own: bool,
 }
 
+/// The jobs waiting (a stack, newest last), and how many directories the
+/// thread may still go into on its own.
+struct Queue {
+    jobs: Vec<Job>,
+    /// The thread's own jobs it may still take: one less per own job taken,
+    /// one more per listing the union queues work for, never above `LEAD`
+    /// (a mount's quiet listings do not save up a walk's worth).
+    budget: u64,
+}
+
+impl Queue {
+    /// Puts jobs for directories `names` beneath `dir` on the stack, the
+    /// first on top. The union's jobs make room by dropping the oldest
+    /// ones; the thread's own (`own`) take only free room, never the place
+    /// of a job the union asked for.
+    fn put(&mut self, dir: &Weak<OwnedFd>, names: Vec<OsString>, files: bool, own: bool) {
+        let fit = if own {
+            BOUND.saturating_sub(self.jobs.len())
+        } else {
+            let waiting = self.jobs.len();
+            let over = (waiting + names.len()).saturating_sub(BOUND);
+            self.jobs.drain(..over.min(waiting));
+            BOUND
+        };
+        for name in names.into_iter().take(fit).rev() {
+            self.jobs.push(Job {
+                dir: Weak::clone(dir),
+                name,
+                files,
+                own,
+            });
+        }
+    }
+
+    /// The newest job the thread may take: its own only while the budget
+    /// lasts (past it they wait where they are, under the union's).
+    fn take(&mut self) -> Option<Job> {
+        let i = match self.budget {
+            0 => self.jobs.iter().rposition(|j| !j.own)?,
+            _ => self.jobs.len().checked_sub(1)?,
+        };
+        let job = self.jobs.remove(i);
+        if job.own {
+            self.budget -= 1;
+        }
+        Some(job)
+    }
+}
+
 struct Inner {
-    queue: Mutex<Vec<Job>>,
+    queue: Mutex<Queue>,
     wake: Condvar,
     /// Set when the union goes: the thread stops, even inside a job.
     stop: AtomicBool,
     /// Directories read so far.
     read: AtomicU64,
-    /// Listings the union queued work for.
-    listed: AtomicU64,
     /// Directories the thread read on its own (its own jobs).
     own: AtomicU64,
     /// Tests: every listing counts as read from the disk (`Some(true)`) or
@@ -124,11 +180,13 @@ impl Prefetcher {
     fn assuming(on: bool, assume_cold: Option<bool>) -> Self {
         Prefetcher {
             inner: Arc::new(Inner {
-                queue: Mutex::default(),
+                queue: Mutex::new(Queue {
+                    jobs: Vec::new(),
+                    budget: LEAD,
+                }),
                 wake: Condvar::new(),
                 stop: AtomicBool::new(false),
                 read: AtomicU64::new(0),
-                listed: AtomicU64::new(0),
                 own: AtomicU64::new(0),
                 assume_cold,
             }),
@@ -154,8 +212,10 @@ impl Prefetcher {
         if !self.on || names.is_empty() || !self.running() {
             return;
         }
-        self.inner.listed.fetch_add(1, Ordering::Relaxed);
-        queue(&self.inner, &Arc::downgrade(dir), names, files, false);
+        let mut q = self.inner.queue.lock();
+        q.budget = (q.budget + 1).min(LEAD);
+        q.put(&Arc::downgrade(dir), names, files, false);
+        drop(q);
         self.inner.wake.notify_one();
     }
 
@@ -180,26 +240,9 @@ impl Prefetcher {
 impl Drop for Prefetcher {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
-        let jobs = std::mem::take(&mut *self.inner.queue.lock());
+        let jobs = std::mem::take(&mut self.inner.queue.lock().jobs);
         self.inner.wake.notify_all();
         drop(jobs);
-    }
-}
-
-/// Puts jobs for directories `names` beneath `dir` on the stack, the
-/// first on top; at most `BOUND` wait, the oldest are dropped.
-fn queue(inner: &Inner, dir: &Weak<OwnedFd>, names: Vec<OsString>, files: bool, own: bool) {
-    let mut q = inner.queue.lock();
-    let waiting = q.len();
-    let over = (waiting + names.len()).saturating_sub(BOUND);
-    q.drain(..over.min(waiting));
-    for name in names.into_iter().take(BOUND).rev() {
-        q.push(Job {
-            dir: Weak::clone(dir),
-            name,
-            files,
-            own,
-        });
     }
 }
 
@@ -209,7 +252,7 @@ fn run(inner: &Inner) {
         let Some(dir) = job.dir.upgrade() else {
             continue;
         };
-        let before = sys::resident::blocks_read();
+        let before = sys::resident::waits();
         let started = std::time::Instant::now();
         let listed = sys::fs::read_dir_ahead(dir.as_fd(), &job.name);
         drop(dir);
@@ -220,54 +263,71 @@ fn run(inner: &Inner) {
         if job.own {
             inner.own.fetch_add(1, Ordering::Relaxed);
         }
+        let wanted = |e: &&sys::fs::RawDirEntry| job.files || e.kind == Some(DIR);
         // Listed from memory: its inodes (and its subtree, most likely)
-        // are cached too. The thread's own disk reads tell; where the
-        // kernel does not count them, the time the listing took (which a
-        // preempted thread at nice 19 overstates).
-        let from_disk = match (inner.assume_cold, before, sys::resident::blocks_read()) {
-            (Some(cold), _, _) => cold,
-            (None, Some(a), Some(b)) => b > a,
-            (None, _, _) => started.elapsed() >= WARM,
+        // are cached too. What the thread waited for tells (where the
+        // kernel does not say, the time the listing took, which a thread
+        // preempted at nice 19 overstates). A directory whose entries live
+        // in its inode (XFS, ext4 `inline_data`) lists without a wait once
+        // its parent's stats read that inode: its first entry's stat tells.
+        let cold = match inner.assume_cold {
+            Some(cold) => cold,
+            None => {
+                let mut cold = waited(before, started);
+                if let (false, Some(first)) = (cold, entries.iter().find(wanted)) {
+                    let (before, started) = (sys::resident::waits(), std::time::Instant::now());
+                    let _ = sys::fs::stat_at(fd.as_fd(), &first.name);
+                    cold = waited(before, started);
+                }
+                cold
+            }
         };
-        if !from_disk {
+        if !cold {
             continue;
         }
         for e in &entries {
             if inner.stop.load(Ordering::Relaxed) {
                 return;
             }
-            if job.files || e.kind == Some(nix::dir::Type::Directory) {
+            if wanted(&e) {
                 let _ = sys::fs::stat_at(fd.as_fd(), &e.name);
             }
         }
+        // (They stat what this job stats: a walk that stats, all files.)
         let below: Vec<OsString> = entries
             .iter()
-            .filter(|e| e.kind == Some(nix::dir::Type::Directory))
+            .filter(|e| e.kind == Some(DIR))
             .map(|e| Path::new(&job.name).join(&e.name).into_os_string())
             .collect();
         if !below.is_empty() {
-            queue(inner, &job.dir, below, job.files, true);
+            inner.queue.lock().put(&job.dir, below, job.files, true);
         }
     }
 }
 
-/// The newest job, waiting for one; `None` once the union is gone. `LEAD`
-/// directories of its own beyond the union's listings, the thread's own
-/// jobs wait (where they are) for the walk to list more.
+const DIR: nix::dir::Type = nix::dir::Type::Directory;
+
+/// Whether the thread waited since `before`: for a disk read of its own,
+/// or gave up the CPU to wait (another thread's read of the same block, a
+/// network file system); where the kernel does not say, whether `WARM`
+/// passed since `started`.
+fn waited(before: Option<sys::resident::Waits>, started: std::time::Instant) -> bool {
+    match (before, sys::resident::waits()) {
+        (Some(a), Some(b)) => b.blocks_read > a.blocks_read || b.blocked > a.blocked,
+        _ => started.elapsed() >= WARM,
+    }
+}
+
+/// The next job (`Queue::take`), waiting for one; `None` once the union is
+/// gone.
 fn next(inner: &Inner) -> Option<Job> {
     let mut q = inner.queue.lock();
     loop {
         if inner.stop.load(Ordering::Relaxed) {
             return None;
         }
-        let ahead =
-            inner.own.load(Ordering::Relaxed) >= inner.listed.load(Ordering::Relaxed) + LEAD;
-        let newest = match ahead {
-            false => q.len().checked_sub(1),
-            true => q.iter().rposition(|j| !j.own),
-        };
-        if let Some(i) = newest {
-            return Some(q.remove(i));
+        if let Some(job) = q.take() {
+            return Some(job);
         }
         inner.wake.wait(&mut q);
     }
@@ -347,28 +407,68 @@ mod tests {
         assert_eq!(p.inner.own.load(Ordering::Relaxed), 4);
     }
 
-    /// On its own the thread reads at most `LEAD` directories beyond the
-    /// listings the union made; the rest wait for the next listing.
+    /// On its own the thread reads at most `LEAD` directories, one more
+    /// per listing the union makes after that, however many listings came
+    /// before; the rest wait for the next listing.
     #[test]
-    fn reads_at_most_lead_directories_beyond_the_unions_listings() {
+    fn reads_at_most_lead_directories_ahead_of_the_unions_listings() {
         let tmp = tempfile::tempdir().unwrap();
         let wide = LEAD + 40;
         for i in 0..wide {
             std::fs::create_dir_all(tmp.path().join(format!("a/d{i}"))).unwrap();
         }
-        std::fs::create_dir(tmp.path().join("b")).unwrap();
+        for d in ["b", "e0", "e1", "e2", "e3", "e4"] {
+            std::fs::create_dir(tmp.path().join(d)).unwrap();
+        }
         let dir = Arc::new(sys::fs::open_path_abs(tmp.path()).unwrap());
         let p = Prefetcher::assuming(true, Some(true));
+        // Five listings of directories with nothing below: no savings.
+        for i in 0..5 {
+            p.push(&dir, vec![OsString::from(format!("e{i}"))], false);
+        }
+        assert_eq!(settle(&p, 5), 5);
         p.push(&dir, vec![OsString::from("a")], false);
-        let n = 1 + 1 + LEAD;
-        assert_eq!(settle(&p, n), n, "a, then LEAD + 1 of its {wide}");
-        assert_eq!(p.inner.own.load(Ordering::Relaxed), 1 + LEAD);
+        let n = 5 + 1 + LEAD;
+        assert_eq!(settle(&p, n), n, "a, then LEAD of its {wide}");
+        assert_eq!(p.inner.own.load(Ordering::Relaxed), LEAD);
         // One more listing: b, and one more of a's.
         p.push(&dir, vec![OsString::from("b")], false);
         assert_eq!(settle(&p, n + 2), n + 2);
-        assert_eq!(p.inner.own.load(Ordering::Relaxed), 2 + LEAD);
-        let waiting = usize::try_from(wide - LEAD - 2).unwrap();
-        assert_eq!(p.inner.queue.lock().len(), waiting);
+        assert_eq!(p.inner.own.load(Ordering::Relaxed), LEAD + 1);
+        let waiting = usize::try_from(wide - LEAD - 1).unwrap();
+        assert_eq!(p.inner.queue.lock().jobs.len(), waiting);
+    }
+
+    /// The thread's own jobs take free room only: what the union asked for
+    /// is never dropped for them (the union's own drop the oldest).
+    #[test]
+    fn own_jobs_never_push_out_the_unions() {
+        let names = |n: usize, tag: &str| {
+            (0..n)
+                .map(|i| OsString::from(format!("{tag}{i}")))
+                .collect()
+        };
+        let mut q = Queue {
+            jobs: Vec::new(),
+            budget: LEAD,
+        };
+        let dir = Weak::new();
+        q.put(&dir, names(BOUND - 10, "u"), false, false);
+        q.put(&dir, names(100, "o"), false, true);
+        assert_eq!(q.jobs.len(), BOUND);
+        assert_eq!(q.jobs.iter().filter(|j| j.own).count(), 10);
+        q.put(&dir, names(20, "v"), false, false);
+        assert_eq!(q.jobs.len(), BOUND);
+        assert_eq!(
+            q.jobs.iter().filter(|j| !j.own).count(),
+            BOUND - 10,
+            "oldest dropped"
+        );
+        assert_eq!(
+            q.take().map(|j| j.name),
+            Some(OsString::from("v0")),
+            "newest first"
+        );
     }
 
     #[test]

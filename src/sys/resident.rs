@@ -1,6 +1,6 @@
 //! Keeping the daemon's own machine code in memory; and keeping work done
 //! ahead from taking the CPUs its requests need (`background_thread`), or
-//! doing what was not needed (`blocks_read`).
+//! doing what was not needed (`waits`).
 //!
 //! A filesystem daemon whose code was paged out (memory pressure, a
 //! `drop_caches`) makes the first requests after it wait on the disk for
@@ -86,13 +86,26 @@ pub fn background_thread() -> bool {
     r == 0
 }
 
-/// Blocks the calling thread has read from disks so far (`ru_inblock` of
-/// `getrusage(RUSAGE_THREAD)`: the block layer counts a read against the
-/// thread that submits it, not one that only waits for another's). `None`
-/// where the kernel does not say.
-pub fn blocks_read() -> Option<i64> {
+/// What the calling thread has waited for so far (`getrusage(RUSAGE_THREAD)`).
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// Blocks it read from disks (`ru_inblock`: the block layer counts a
+    /// read against the thread that submits it; 0 on a kernel without
+    /// per-task I/O accounting).
+    pub blocks_read: i64,
+    /// Times it gave up the CPU to wait (`ru_nvcsw`): for its own reads,
+    /// another thread's read of the same block, a lock, a network file
+    /// system. Being preempted is not counted here.
+    pub blocked: i64,
+}
+
+/// The calling thread's `Waits`; `None` where the kernel does not say.
+pub fn waits() -> Option<Waits> {
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD);
-    usage.ok().map(|u| u.block_reads())
+    usage.ok().map(|u| Waits {
+        blocks_read: u.block_reads(),
+        blocked: u.voluntary_context_switches(),
+    })
 }
 
 #[cfg(test)]
@@ -101,30 +114,48 @@ mod tests {
 
     use super::*;
 
-    /// What the read-ahead tells a disk read by (`prefetch.rs`).
+    /// What the read-ahead tells a cold listing by (`prefetch.rs`): a read
+    /// from the disk counts for the thread that made it, not another.
     #[test]
     fn a_read_from_the_disk_counts_for_the_thread_that_reads() {
         // (Under target/: a disk file system, where /tmp may be tmpfs.)
-        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let under = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+        std::fs::create_dir_all(under).unwrap();
+        let dir = tempfile::tempdir_in(under).unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![7u8; 256 * 1024]).unwrap();
         let f = std::fs::File::open(&path).unwrap();
         f.sync_all().unwrap();
         let drop_pages = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
         nix::fcntl::posix_fadvise(&f, 0, 0, drop_pages).unwrap();
-        let before = blocks_read().unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| std::fs::read(&path).unwrap()).join().unwrap();
+        let before = waits().unwrap();
+        let theirs = std::thread::scope(|s| {
+            s.spawn(|| {
+                let before = waits().unwrap();
+                assert_eq!(std::fs::read(&path).unwrap().len(), 256 * 1024);
+                waits().unwrap().blocks_read - before.blocks_read
+            })
+            .join()
+            .unwrap()
         });
-        assert_eq!(blocks_read().unwrap(), before, "another thread's read");
-        nix::fcntl::posix_fadvise(&f, 0, 0, drop_pages).unwrap();
-        let data = std::fs::read(&path).unwrap();
-        assert_eq!(data.len(), 256 * 1024);
-        let after = blocks_read().unwrap();
         assert!(
-            after >= before + 8,
-            "256 KiB read from the disk: {before} -> {after} blocks"
+            theirs >= 8,
+            "256 KiB read from the disk by the other thread: {theirs} blocks \
+             (is {under} on a disk file system?)"
         );
+        assert_eq!(
+            waits().unwrap().blocks_read,
+            before.blocks_read,
+            "not this thread's"
+        );
+    }
+
+    /// A thread that sleeps gave up the CPU to wait.
+    #[test]
+    fn a_wait_counts_as_blocked() {
+        let before = waits().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(waits().unwrap().blocked > before.blocked);
     }
 
     #[test]
