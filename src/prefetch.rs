@@ -46,7 +46,7 @@
 //! dropped (the union's jobs only push out older ones; see `Queue`). The
 //! thread runs at the lowest normal priority (nice 19; not
 //! `SCHED_IDLE`, whose starved holder of a lookup the union's own lookups
-//! waited for, see `sys::resident::background_thread`) and ends with the
+//! waited for, see `sys::ahead::background_thread`) and ends with the
 //! union.
 //! Locks: the queue's mutex (the jobs and the budget, `Queue`), a leaf
 //! (no syscall under it); a push changes the budget and queues its jobs
@@ -66,7 +66,7 @@ use crate::sys;
 pub const BOUND: usize = 1024;
 
 /// Where the kernel does not say what a thread waited for
-/// (`sys::resident::waits`): a directory listed faster than this was in
+/// (`sys::ahead::waits`): a directory listed faster than this was in
 /// memory (a read from the disk takes longer here, 100 µs and more).
 /// Either way, a listing from memory has its entries not stat'ed, and the
 /// thread does not go into its subdirectories on its own.
@@ -226,7 +226,7 @@ impl Prefetcher {
             let spawned = std::thread::Builder::new()
                 .name("unionfs-ahead".into())
                 .spawn(move || {
-                    sys::resident::background_thread();
+                    sys::ahead::background_thread();
                     run(&inner);
                 });
             if let Err(e) = &spawned {
@@ -252,7 +252,7 @@ fn run(inner: &Inner) {
         let Some(dir) = job.dir.upgrade() else {
             continue;
         };
-        let before = sys::resident::waits();
+        let before = sys::ahead::waits();
         let started = std::time::Instant::now();
         let listed = sys::fs::read_dir_ahead(dir.as_fd(), &job.name);
         drop(dir);
@@ -275,7 +275,7 @@ fn run(inner: &Inner) {
             None => {
                 let mut cold = waited(before, started);
                 if let (false, Some(first)) = (cold, entries.iter().find(wanted)) {
-                    let (before, started) = (sys::resident::waits(), std::time::Instant::now());
+                    let (before, started) = (sys::ahead::waits(), std::time::Instant::now());
                     let _ = sys::fs::stat_at(fd.as_fd(), &first.name);
                     cold = waited(before, started);
                 }
@@ -311,8 +311,8 @@ const DIR: nix::dir::Type = nix::dir::Type::Directory;
 /// or gave up the CPU to wait (another thread's read of the same block, a
 /// network file system); where the kernel does not say, whether `WARM`
 /// passed since `started`.
-fn waited(before: Option<sys::resident::Waits>, started: std::time::Instant) -> bool {
-    match (before, sys::resident::waits()) {
+fn waited(before: Option<sys::ahead::Waits>, started: std::time::Instant) -> bool {
+    match (before, sys::ahead::waits()) {
         (Some(a), Some(b)) => b.blocks_read > a.blocks_read || b.blocked > a.blocked,
         _ => started.elapsed() >= WARM,
     }

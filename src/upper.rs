@@ -973,7 +973,7 @@ const POOL_LOW: usize = 24;
 /// closed (the end of the mount, a killed daemon; after a power cut, by
 /// the filesystem's orphan processing). The thread is started by the
 /// first take (after the daemon's fork: threads do not survive one) and
-/// runs at nice 19 (`sys::resident::background_thread`). A
+/// runs at nice 19 (`sys::ahead::background_thread`). A
 /// filesystem without `O_TMPFILE`, or a daemon that may not link an fd
 /// (`linkat(AT_EMPTY_PATH)` needs CAP_DAC_READ_SEARCH), turns the pool off.
 ///
@@ -1170,7 +1170,7 @@ fn fill_pool(shared: &PoolShared, work: &OwnedFd) {
     // pool's creates would slow the very copy-ups they are for (which then
     // make their own files, as without the pool). Not idle-class: a create
     // holds a journal handle that a starved holder would keep open.
-    sys::resident::background_thread();
+    sys::ahead::background_thread();
     loop {
         {
             let mut st = shared.state.lock();

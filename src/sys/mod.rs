@@ -6,6 +6,7 @@
 //! `RUST_LOG=unionfs::sys=trace` reads like strace of the branches.
 //! Takes no locks.
 
+pub mod ahead;
 pub mod ctl;
 pub mod fdxattr;
 pub mod fs;
