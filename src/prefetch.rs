@@ -263,35 +263,33 @@ fn run(inner: &Inner) {
         if job.own {
             inner.own.fetch_add(1, Ordering::Relaxed);
         }
-        let wanted = |e: &&sys::fs::RawDirEntry| job.files || e.kind == Some(DIR);
+        let mut wanted = entries.iter().filter(|e| job.files || e.kind == Some(DIR));
         // Listed from memory: its inodes (and its subtree, most likely)
         // are cached too. What the thread waited for tells (where the
         // kernel does not say, the time the listing took, which a thread
         // preempted at nice 19 overstates). A directory whose entries live
         // in its inode (XFS, ext4 `inline_data`) lists without a wait once
-        // its parent's stats read that inode: its first entry's stat tells.
+        // its parent's stats read that inode: its first entry's stat tells
+        // (and is not made again below).
         let cold = match inner.assume_cold {
             Some(cold) => cold,
             None => {
-                let mut cold = waited(before, started);
-                if let (false, Some(first)) = (cold, entries.iter().find(wanted)) {
-                    let (before, started) = (sys::ahead::waits(), std::time::Instant::now());
-                    let _ = sys::fs::stat_at(fd.as_fd(), &first.name);
-                    cold = waited(before, started);
-                }
-                cold
+                waited(before, started)
+                    || wanted.next().is_some_and(|first| {
+                        let (before, started) = (sys::ahead::waits(), std::time::Instant::now());
+                        let _ = sys::fs::stat_at(fd.as_fd(), &first.name);
+                        waited(before, started)
+                    })
             }
         };
         if !cold {
             continue;
         }
-        for e in &entries {
+        for e in wanted {
             if inner.stop.load(Ordering::Relaxed) {
                 return;
             }
-            if wanted(&e) {
-                let _ = sys::fs::stat_at(fd.as_fd(), &e.name);
-            }
+            let _ = sys::fs::stat_at(fd.as_fd(), &e.name);
         }
         // (They stat what this job stats: a walk that stats, all files.)
         let below: Vec<OsString> = entries
