@@ -891,7 +891,7 @@ fn main() -> std::process::ExitCode {
     conf.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()));
     conf.clone_fd = true;
     conf.uring_threads_per_queue = Some(2);
-    conf.busy_poll = spin;
+    conf.busy_poll = spin.map(fuser::BusyPoll::Fixed);
     if let Err(e) = fuser::mount(fs, &mnt, &conf) {
         eprintln!("floorfs: cannot serve {}: {e}", mnt.display());
         return std::process::ExitCode::FAILURE;

@@ -20,15 +20,16 @@
 #   TIMEOUT=S      time limit of one workload on one system, one run (default 300; 120 quick)
 #   FIO_RUNTIME=S  seconds per fio run (default 4; 2 quick)
 #   SYSTEMS=a,b    subset of: native,overlay,fuse-overlayfs,unionfs-fuse,unionfs,unionfs-uring,
-#                  unionfs-pt-upper,unionfs-spin,unionfs-uring-spin,floor,floor-best.
+#                  unionfs-pt-upper,unionfs-nospin,unionfs-uring-spin,floor,floor-best.
 #                  unionfs: as mounted on a stock kernel (requests read from
 #                  /dev/fuse; -o uring=off so a parameter left on cannot change it);
 #                  unionfs-uring: -o uring=on, FUSE over io_uring (turns the fuse module
 #                  parameter enable_uring on for the run, then back as it was);
 #                  unionfs-pt-upper: -o passthrough=upper, lower files through the daemon
 #                  (the default is all: lower files in the kernel too);
-#                  unionfs-spin, unionfs-uring-spin: -o spin=200 (busy-polling), over
-#                  /dev/fuse and over io_uring;
+#                  unionfs-nospin: -o spin=0, no busy-polling (the default is
+#                  spin=auto); unionfs-uring-spin: -o uring=on,spin=200, a fixed
+#                  busy-polling window over io_uring;
 #                  floor, floor-best: examples/floorfs.rs, an in-memory FUSE file system
 #                  with unionfs's kernel settings, what the protocol alone costs: as
 #                  unionfs is mounted by default, and with uring=on,spin=200

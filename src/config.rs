@@ -281,6 +281,25 @@ pub enum Uring {
     Off,
 }
 
+/// How an event loop busy-polls for the next request after an answer
+/// (`spin=`; ARCHITECTURE.md, "Transport").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Spin {
+    /// `spin=auto`: for up to `AUTO_SPIN`, while it pays (the window
+    /// shrinks when requests stop coming soon after an answer, and polling
+    /// stops for a while once it had to give the CPU to another task).
+    #[default]
+    Auto,
+    /// `spin=USEC`: always this long; `spin=0`: never.
+    Fixed(Duration),
+}
+
+/// The most an event loop polls under `spin=auto`. Measured on a 2-CPU VM
+/// (docs/BENCHMARKS.md, session 15): 30 µs takes most of what polling
+/// gains on serial work (warm walks, `rm -rf`), 15 µs less, and 200 µs
+/// competes with the caller for the CPU.
+pub const AUTO_SPIN: Duration = Duration::from_micros(30);
+
 /// Options given with `-o`, parsed but not yet checked against the disk.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MountOptions {
@@ -305,9 +324,9 @@ pub struct MountOptions {
     pub ttl: Option<Duration>,
     /// `threads=N` FUSE event loops.
     pub threads: Option<usize>,
-    /// `spin=USEC`: each event loop busy-polls this long for the next
-    /// request before it sleeps. `None` or zero: it sleeps at once.
-    pub spin: Option<Duration>,
+    /// `spin=auto|USEC`: how each event loop busy-polls for the next
+    /// request before it sleeps; `None`: the default (`Spin::Auto`).
+    pub spin: Option<Spin>,
     /// `fsname=` shown in /proc/mounts.
     pub fsname: Option<String>,
     /// `whiteout=aufs|overlay`.
@@ -502,7 +521,12 @@ pub fn parse_options(items: &[String], dialect: Dialect) -> Result<MountOptions,
                 o.ttl = Some(Duration::from_secs_f64(secs));
             }
             "threads" => o.threads = Some(number(1..=64)? as usize),
-            "spin" => o.spin = Some(Duration::from_micros(number(0..=100_000)?)),
+            "spin" => {
+                o.spin = Some(match value {
+                    Some("auto") => Spin::Auto,
+                    _ => Spin::Fixed(Duration::from_micros(number(0..=100_000)?)),
+                })
+            }
             "fsname" => o.fsname = Some(need(value)?),
             "whiteout" => {
                 o.whiteout = Some(choice(
@@ -927,7 +951,7 @@ mod tests {
         assert_eq!(o.default_permissions, Some(false));
         assert_eq!(o.ttl, Some(Duration::from_millis(2500)));
         assert_eq!(o.threads, Some(4));
-        assert_eq!(o.spin, Some(Duration::from_micros(500)));
+        assert_eq!(o.spin, Some(Spin::Fixed(Duration::from_micros(500))));
         assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
         assert_eq!(o.passthrough, Some(Passthrough::All));
         assert_eq!(o.uring, Some(Uring::On));
@@ -940,6 +964,21 @@ mod tests {
         assert_eq!(
             o.ignored,
             v(&["noauto", "_netdev", "x-systemd.requires=/srv"])
+        );
+    }
+
+    #[test]
+    fn spin_is_auto_by_default_or_a_fixed_time() {
+        let parse = |items: &[&str]| {
+            let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+            parse_options(&items, Dialect::Native).map(|o| o.spin)
+        };
+        assert_eq!(parse(&[]), Ok(None));
+        assert_eq!(parse(&["spin=auto"]), Ok(Some(Spin::Auto)));
+        assert_eq!(parse(&["spin=0"]), Ok(Some(Spin::Fixed(Duration::ZERO))));
+        assert_eq!(
+            parse(&["spin=200"]),
+            Ok(Some(Spin::Fixed(Duration::from_micros(200))))
         );
     }
 

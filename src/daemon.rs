@@ -360,7 +360,11 @@ fn mount_and_serve(cfg: &MountConfig, cached_fds: usize) -> Result<()> {
     // Two ring threads per CPU: a request that waits (a writer waiting for
     // a reader's RELEASE, a long copy-up) does not hold up its CPU's queue.
     fconf.uring_threads_per_queue = Some(2);
-    fconf.busy_poll = cfg.options.spin.filter(|d| !d.is_zero());
+    fconf.busy_poll = match cfg.options.spin.unwrap_or_default() {
+        crate::config::Spin::Auto => Some(fuser::BusyPoll::Adaptive(crate::config::AUTO_SPIN)),
+        crate::config::Spin::Fixed(d) if d.is_zero() => None,
+        crate::config::Spin::Fixed(d) => Some(fuser::BusyPoll::Fixed(d)),
+    };
     let mnt = cfg.mountpoint.clone();
     let session = if root {
         let mut data = Vec::new();

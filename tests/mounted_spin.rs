@@ -1,5 +1,6 @@
-//! Busy-polling (`-o spin=USEC`): after answering a request an event loop
-//! keeps looking for the next one for that long instead of sleeping, on
+//! Busy-polling (`-o spin=auto|USEC`): after answering a request an event
+//! loop keeps looking for the next one instead of sleeping — for USEC, or
+//! (the default, `auto`) for up to 30 µs while requests keep coming — on
 //! /dev/fuse and on the io_uring rings alike; answers are the same.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -53,8 +54,9 @@ fn isolated_requests(pid: i32, mnt: &Path, n: usize, ring: bool) -> Duration {
 
 /// With spin=20000 each isolated request is followed by ~20 ms of polling
 /// (CPU time of the threads that answer: the /dev/fuse loops, or the ring
-/// threads once the rings are in use), without it by none; the answers
-/// are right either way.
+/// threads once the rings are in use), without it by none, and under the
+/// default `spin=auto` by little (its window is 30 µs at most, and shrinks
+/// to none between isolated requests); the answers are right either way.
 #[test]
 fn event_loops_poll_for_the_next_request_when_asked() {
     if !can_mount_fuse() {
@@ -87,7 +89,7 @@ fn event_loops_poll_for_the_next_request_when_asked() {
     );
     for (k, transport) in transports.iter().enumerate() {
         let mut cpu = Vec::new();
-        for spin in ["spin=0", "spin=20000"] {
+        for spin in ["spin=0", "spin=20000", "spin=auto"] {
             let u = s.dir(&format!("upper-{k}-{spin}"));
             let m = Mount::unionfs_opts(&l, &u, &mnt, &format!("{transport},{spin}"));
             let pid = m.daemon_pids[0];
@@ -122,6 +124,16 @@ fn event_loops_poll_for_the_next_request_when_asked() {
         assert!(
             cpu[0] < cpu[1] / 4,
             "{transport}: without spin the daemon spent {:?}, with it {:?}",
+            cpu[0],
+            cpu[1]
+        );
+        // The default polls for at most 30 µs, and not at all once requests
+        // stop coming: isolated requests cost it what they cost without.
+        assert!(
+            cpu[2] < cpu[1] / 4,
+            "{transport},spin=auto: the daemon spent {:?} over isolated requests \
+             (spin=0: {:?}, spin=20000: {:?})",
+            cpu[2],
             cpu[0],
             cpu[1]
         );

@@ -756,7 +756,7 @@ How each row is measured (every run mounts fresh over the same lower, with an em
 
 COLORS = {"native": "#9e9e9e", "overlay": "#4c72b0", "fuse-overlayfs": "#dd8452",
           "unionfs-fuse": "#c44e52", "unionfs": "#55a868", "unionfs-uring": "#2e7d32",
-          "unionfs-pt-upper": "#8fd19e", "unionfs-spin": "#b8e186", "unionfs-uring-spin": "#00441b",
+          "unionfs-pt-upper": "#8fd19e", "unionfs-nospin": "#b8e186", "unionfs-uring-spin": "#00441b",
           "floor": "#b2abd2", "floor-best": "#542788"}
 
 
@@ -822,7 +822,7 @@ def every_system():
             Unionfs("unionfs-uring", "unionfs uring=on", "unionfs", ",uring=on"),
             Unionfs("unionfs-pt-upper", "unionfs passthrough=upper", "unionfs",
                     ",passthrough=upper,uring=off"),
-            Unionfs("unionfs-spin", "unionfs spin=200", "unionfs", ",spin=200,uring=off"),
+            Unionfs("unionfs-nospin", "unionfs spin=0", "unionfs", ",spin=0,uring=off"),
             Unionfs("unionfs-uring-spin", "unionfs uring=on,spin=200", "unionfs",
                     ",uring=on,spin=200"),
             FloorFs("floor", "FUSE floor (floorfs)"),

@@ -48,6 +48,7 @@ pub use crate::ll::request::INodeNo;
 pub use crate::ll::request::LockOwner;
 pub use crate::ll::request::Version;
 pub use crate::mnt::mount_options::Config;
+pub use crate::spin::BusyPoll;
 pub use crate::mnt::mount_options::MountOption;
 pub use crate::notify::Notifier;
 pub use crate::notify::PollHandle;
@@ -100,6 +101,7 @@ mod reply;
 mod request;
 mod request_param;
 mod session;
+mod spin;
 mod time;
 #[cfg(target_os = "linux")]
 mod uring;

@@ -38,6 +38,9 @@ use crate::passthrough::BackingId;
 #[derive(Debug, Clone)]
 pub(crate) enum ReplySender {
     Channel(ChannelSender),
+    /// Through /dev/fuse, for a request counted in the session's
+    /// `spin::InFlight` until its reply is sent.
+    Counted(ChannelSender, std::sync::Arc<crate::spin::Answering>),
     /// A reply collected for a FUSE-over-io_uring ring entry.
     #[cfg(target_os = "linux")]
     Ring(crate::uring::RingSender),
@@ -52,6 +55,10 @@ impl ReplySender {
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> std::io::Result<()> {
         match self {
             ReplySender::Channel(sender) => sender.send(data),
+            ReplySender::Counted(sender, answering) => {
+                answering.done();
+                sender.send(data)
+            }
             #[cfg(target_os = "linux")]
             ReplySender::Ring(sender) => sender.send(data),
             #[cfg(test)]
@@ -67,7 +74,9 @@ impl ReplySender {
     /// Open a backing file
     pub(crate) fn open_backing(&self, fd: BorrowedFd<'_>) -> std::io::Result<BackingId> {
         match self {
-            ReplySender::Channel(sender) => sender.open_backing(fd),
+            ReplySender::Channel(sender) | ReplySender::Counted(sender, _) => {
+                sender.open_backing(fd)
+            }
             #[cfg(target_os = "linux")]
             ReplySender::Ring(sender) => sender.channel().open_backing(fd),
             #[cfg(test)]
@@ -80,7 +89,9 @@ impl ReplySender {
     /// Wraps a raw backing file ID
     pub(crate) unsafe fn wrap_backing(&self, id: u32) -> BackingId {
         match self {
-            ReplySender::Channel(sender) => unsafe { sender.wrap_backing(id) },
+            ReplySender::Channel(sender) | ReplySender::Counted(sender, _) => unsafe {
+                sender.wrap_backing(id)
+            },
             #[cfg(target_os = "linux")]
             ReplySender::Ring(sender) => unsafe { sender.channel().wrap_backing(id) },
             #[cfg(test)]

@@ -297,6 +297,7 @@ impl<FS: Filesystem> Session<FS> {
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
+        let in_flight = crate::spin::InFlight::default();
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -307,6 +308,7 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
                 busy_poll: config.busy_poll,
+                in_flight: in_flight.clone(),
             };
             threads.push(
                 thread::Builder::new()
@@ -326,6 +328,7 @@ impl<FS: Filesystem> Session<FS> {
                 payload,
                 threads_per_queue,
                 config.busy_poll,
+                &in_flight,
             ));
         }
         #[cfg(not(target_os = "linux"))]
@@ -548,7 +551,9 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
     /// See `Config::busy_poll`.
-    pub(crate) busy_poll: Option<std::time::Duration>,
+    pub(crate) busy_poll: Option<crate::BusyPoll>,
+    /// The requests the session's loops are answering (`spin::InFlight`).
+    pub(crate) in_flight: crate::spin::InFlight,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -557,14 +562,30 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
+        let mut spinner = crate::spin::Spinner::new(self.busy_poll);
         loop {
-            if let Some(d) = self.busy_poll {
-                self.ch.poll_for(d);
+            let window = spinner.window();
+            if !window.is_zero() {
+                self.ch.poll_for(window);
             }
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(ReplySender::Channel(self.ch.sender()), &buf[..size]) {
+            let asleep = std::time::Instant::now();
+            let received = self.ch.receive_retrying(buf);
+            spinner.slept(asleep.elapsed());
+            // (The opcode follows the header's length.)
+            let opcode = buf.get(4..8).and_then(|b| b.try_into().ok());
+            let sender = match self.in_flight.begin(opcode.map_or(0, u32::from_ne_bytes)) {
+                Some((answering, overlapped)) => {
+                    if overlapped {
+                        spinner.overlapped();
+                    }
+                    ReplySender::Counted(self.ch.sender(), answering)
+                }
+                None => ReplySender::Channel(self.ch.sender()),
+            };
+            match received {
+                Ok(size) => match RequestWithSender::new(sender, &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {

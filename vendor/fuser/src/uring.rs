@@ -122,7 +122,8 @@ pub(crate) fn spawn<FS: Filesystem>(
     session_owner: Uid,
     payload: usize,
     threads_per_queue: usize,
-    busy_poll: Option<std::time::Duration>,
+    busy_poll: Option<crate::BusyPoll>,
+    in_flight: &crate::spin::InFlight,
 ) -> Vec<JoinHandle<io::Result<()>>> {
     let mut threads = Vec::new();
     for qid in 0..possible_cpus() {
@@ -135,6 +136,7 @@ pub(crate) fn spawn<FS: Filesystem>(
                 allowed,
                 session_owner,
                 busy_poll,
+                in_flight: in_flight.clone(),
             };
             match thread::Builder::new().name(name).spawn(move || {
                 // A ring that cannot run leaves its CPU's requests to
@@ -227,6 +229,7 @@ fn ring_loop<FS: Filesystem>(
     let mut request = Vec::with_capacity(IN_HEADER_LEN + OP_IN_LEN + payload);
     let sender = se.ch.sender();
     let (mut registered, mut retries) = (false, 0);
+    let mut spinner = crate::spin::Spinner::new(se.busy_poll);
     loop {
         // SAFETY: the SQE points at `ent.iov` and its buffers, which are
         // leaked: they stay put and alive for as long as the kernel may
@@ -236,10 +239,21 @@ fn ring_loop<FS: Filesystem>(
         // Busy-polling (see `Config::busy_poll`): the commit is submitted
         // alone, then the ring is looked at (running the task work that
         // delivers a new request) until one came or the time is up.
-        let spin_until = se.busy_poll.map(|d| std::time::Instant::now() + d);
+        let window = if registered {
+            spinner.window()
+        } else {
+            std::time::Duration::ZERO
+        };
+        let spin_until = (!window.is_zero()).then(|| std::time::Instant::now() + window);
+        // When the poll ended (or, without one, when the wait began): what
+        // the wait is measured from.
+        let mut asleep: Option<std::time::Instant> = None;
         let mut submitted = false;
         let cqe = loop {
-            let spinning = registered && spin_until.is_some_and(|t| std::time::Instant::now() < t);
+            let spinning = spin_until.is_some_and(|t| std::time::Instant::now() < t);
+            if !spinning && asleep.is_none() {
+                asleep = Some(std::time::Instant::now());
+            }
             let r = if spinning {
                 if !submitted {
                     submitted = true;
@@ -267,6 +281,10 @@ fn ring_loop<FS: Filesystem>(
                 thread::yield_now();
             }
         };
+        if registered {
+            // (No wait when the poll found it.)
+            spinner.slept(asleep.map(|t| t.elapsed()).unwrap_or_default());
+        }
         let res = cqe.result();
         // The kernel answers EAGAIN to a REGISTER that comes before it has
         // taken the INIT reply in; try again for a while.
@@ -315,7 +333,15 @@ fn ring_loop<FS: Filesystem>(
                     ch: sender.clone(),
                 };
                 match RequestWithSender::new(ReplySender::Ring(rs), &request) {
-                    Some(req) => req.dispatch(se),
+                    Some(req) => {
+                        // (A ring's reply is committed after the dispatch.)
+                        let answering = se.in_flight.begin(req.request.header().opcode);
+                        if answering.as_ref().is_some_and(|(_, overlapped)| *overlapped) {
+                            spinner.overlapped();
+                        }
+                        req.dispatch(se);
+                        drop(answering);
+                    }
                     None => error!("{}: unparsable request of {len} bytes", se.thread_name),
                 }
                 let r = slot.lock().take();

@@ -25,11 +25,11 @@ pub struct Config {
     /// what the kernel never sends through the ring (FORGET, INTERRUPT).
     pub uring_threads_per_queue: Option<usize>,
     /// Busy-polling: after answering a request, an event loop looks for
-    /// the next one for this long (yielding the CPU between looks) before
-    /// it sleeps. A request that arrives meanwhile is taken without a
-    /// wake-up, and the CPU does not go idle under a burst of requests.
-    /// `None` (the default): sleep at once.
-    pub busy_poll: Option<std::time::Duration>,
+    /// the next one (yielding the CPU between looks) before it sleeps: for
+    /// a fixed time, or adaptively (`BusyPoll`). A request that arrives
+    /// meanwhile is taken without a wake-up, and the CPU does not go idle
+    /// under a burst of requests. `None` (the default): sleep at once.
+    pub busy_poll: Option<crate::BusyPoll>,
 }
 
 /// Mount options accepted by the FUSE filesystem type
