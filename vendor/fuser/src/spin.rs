@@ -43,9 +43,12 @@ const BUSY: Duration = Duration::from_millis(1);
 /// How an event loop polls for the next request after answering one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusyPoll {
-    /// Always for this long.
+    /// Always for this long, on /dev/fuse and on the io_uring rings. (A
+    /// ring thread stopped while it polls holds up an unmount until it runs
+    /// again: see `uring.rs`.)
     Fixed(Duration),
-    /// For up to this long, while it pays (see the module's doc).
+    /// For up to this long, while it pays (see the module's doc); the
+    /// /dev/fuse loops only, the io_uring rings do not poll.
     Adaptive(Duration),
 }
 

@@ -229,7 +229,17 @@ fn ring_loop<FS: Filesystem>(
     let mut request = Vec::with_capacity(IN_HEADER_LEN + OP_IN_LEN + payload);
     let sender = se.ch.sender();
     let (mut registered, mut retries) = (false, 0);
-    let mut spinner = crate::spin::Spinner::new(se.busy_poll);
+    // A ring thread polls only for a fixed window asked for: a request the
+    // kernel hands to a thread that is between looks waits for the thread's
+    // next look (its task work), and one stopped there (SIGSTOP, a frozen
+    // cgroup) keeps the connection's teardown, so umount(2), waiting until
+    // it runs again; a thread that sleeps in the ring does not. So
+    // `BusyPoll::Adaptive` — the default of a program that does not tune —
+    // leaves the rings alone (they share the caller's CPU anyway).
+    let mut spinner = crate::spin::Spinner::new(match se.busy_poll {
+        Some(crate::BusyPoll::Adaptive(_)) => None,
+        fixed => fixed,
+    });
     loop {
         // SAFETY: the SQE points at `ent.iov` and its buffers, which are
         // leaked: they stay put and alive for as long as the kernel may
