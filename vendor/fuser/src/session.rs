@@ -573,9 +573,14 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             let asleep = std::time::Instant::now();
             let received = self.ch.receive_retrying(buf);
             spinner.slept(asleep.elapsed());
-            // (The opcode follows the header's length.)
-            let opcode = buf.get(4..8).and_then(|b| b.try_into().ok());
-            let sender = match self.in_flight.begin(opcode.map_or(0, u32::from_ne_bytes)) {
+            // (The header's opcode and the caller's thread, at their offsets
+            // in `fuse_in_header`.)
+            let field = |at: usize| {
+                buf.get(at..at + 4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_ne_bytes)
+            };
+            let sender = match self.in_flight.begin(field(4), field(32)) {
                 Some((answering, overlapped)) => {
                     if overlapped {
                         spinner.overlapped();

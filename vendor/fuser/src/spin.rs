@@ -19,17 +19,20 @@
 //! through the other's requests too.
 //!
 //! Polling pays while the requests come one at a time (one caller: the
-//! loops' CPUs are otherwise idle). Requests that overlap come from
-//! callers that run in parallel — several threads, on CPUs they keep busy
-//! between requests — and polling then takes CPU time from them (a first
-//! `git status`, with its parallel `lstat`s, was 14% slower). So an
-//! adaptive loop that gets a request while another request is being
-//! answered (`InFlight`) does not poll for its next `HOLD` requests.
-//! Requests no caller waits for (FORGET, RELEASE, INTERRUPT) do not count,
-//! and a request counts until its reply is sent, not until the loop is
-//! done with it: the caller, woken by the reply, may ask again at once.
+//! loops' CPUs are otherwise idle). Callers that run in parallel — several
+//! threads, on CPUs they keep busy between requests — lose by it: polling
+//! takes CPU time from them, and a polling loop serves their requests one
+//! after the other (a first `git status`, with its parallel `lstat`s, was
+//! 11–14% slower). So an adaptive loop does not poll for its next `HOLD`
+//! requests after one that came while another was being answered, or from
+//! another thread than the request before it (`InFlight`): the first sign
+//! is missed while one polling loop keeps up with both callers, the second
+//! is not. Requests no caller waits for (FORGET, RELEASE, INTERRUPT) do
+//! not count, and a request counts until its reply is sent, not until the
+//! loop is done with it: the caller, woken by the reply, may ask again at
+//! once.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,9 +118,9 @@ impl Spinner {
 }
 
 /// How many requests that a caller waits for the loops of one session are
-/// answering right now.
+/// answering right now, and the thread that sent the last one.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct InFlight(Arc<AtomicUsize>);
+pub(crate) struct InFlight(Arc<AtomicUsize>, Arc<AtomicU32>);
 
 /// One request being answered (`InFlight::begin`): counted until `done`
 /// (its reply is sent) or dropped, whichever comes first.
@@ -143,10 +146,11 @@ impl Drop for Answering {
 }
 
 impl InFlight {
-    /// Counts the request with `opcode` until it is answered, unless no
-    /// caller waits for it (`None`); with whether another was being
-    /// answered.
-    pub(crate) fn begin(&self, opcode: u32) -> Option<(Arc<Answering>, bool)> {
+    /// Counts the request with `opcode` from thread `pid` until it is
+    /// answered, unless no caller waits for it (`None`); with whether it
+    /// overlaps: another was being answered, or the last came from another
+    /// thread.
+    pub(crate) fn begin(&self, opcode: u32, pid: u32) -> Option<(Arc<Answering>, bool)> {
         use crate::ll::fuse_abi::fuse_opcode as op;
         let unwaited = [
             op::FUSE_FORGET as u32,
@@ -159,11 +163,12 @@ impl InFlight {
             return None;
         }
         let others = self.0.fetch_add(1, Ordering::Relaxed);
+        let last = self.1.swap(pid, Ordering::Relaxed);
         let answering = Answering {
             count: Arc::clone(&self.0),
             done: AtomicBool::new(false),
         };
-        Some((Arc::new(answering), others > 0))
+        Some((Arc::new(answering), others > 0 || (last != 0 && last != pid)))
     }
 }
 
@@ -205,22 +210,29 @@ mod tests {
     fn in_flight_tells_overlapping_requests() {
         use crate::ll::fuse_abi::fuse_opcode as op;
         let f = InFlight::default();
-        let (a, overlap) = f.begin(op::FUSE_LOOKUP as u32).unwrap();
+        let (a, overlap) = f.begin(op::FUSE_LOOKUP as u32, 7).unwrap();
         assert!(!overlap);
-        let (b, overlap) = f.begin(op::FUSE_GETATTR as u32).unwrap();
+        let (b, overlap) = f.begin(op::FUSE_GETATTR as u32, 7).unwrap();
         assert!(overlap);
-        assert!(f.begin(op::FUSE_FORGET as u32).is_none());
-        assert!(f.begin(op::FUSE_RELEASE as u32).is_none());
+        assert!(f.begin(op::FUSE_FORGET as u32, 9).is_none());
+        assert!(f.begin(op::FUSE_RELEASE as u32, 9).is_none());
         a.done();
-        let (c, overlap) = f.begin(op::FUSE_UNLINK as u32).unwrap();
+        let (c, overlap) = f.begin(op::FUSE_UNLINK as u32, 7).unwrap();
         assert!(overlap, "the GETATTR is not answered yet");
         b.done();
         b.done();
         drop(b);
         drop(a);
         drop(c);
-        let (_d, overlap) = f.begin(op::FUSE_UNLINK as u32).unwrap();
-        assert!(!overlap, "each counted once, whether done or dropped");
+        let (d, overlap) = f.begin(op::FUSE_UNLINK as u32, 7).unwrap();
+        assert!(
+            !overlap,
+            "each counted once, whether done or dropped; the FORGET's and \
+             RELEASE's threads are not looked at"
+        );
+        drop(d);
+        let (_e, overlap) = f.begin(op::FUSE_LOOKUP as u32, 8).unwrap();
+        assert!(overlap, "one at a time, but from another thread");
     }
 
     #[test]

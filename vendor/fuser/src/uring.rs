@@ -345,7 +345,8 @@ fn ring_loop<FS: Filesystem>(
                 match RequestWithSender::new(ReplySender::Ring(rs), &request) {
                     Some(req) => {
                         // (A ring's reply is committed after the dispatch.)
-                        let answering = se.in_flight.begin(req.request.header().opcode);
+                        let h = req.request.header();
+                        let answering = se.in_flight.begin(h.opcode, h.pid);
                         if answering.as_ref().is_some_and(|(_, overlapped)| *overlapped) {
                             spinner.overlapped();
                         }
