@@ -39,7 +39,8 @@ use std::time::Duration;
 /// Requests after an overlapping one during which an adaptive loop does
 /// not poll: parallel callers usually go on for a while. (With 64, a first
 /// `git status` — parallel `lstat`s — stayed 5–11% slower than without
-/// polling; with 1024 it was even, and serial streams kept their gain.)
+/// polling; with 1024 and the thread check it was even in an A/B, though
+/// not in every peer run, and serial streams kept their gain.)
 const HOLD: u32 = 1024;
 
 /// A sleep longer than this means requests stopped coming for now.
