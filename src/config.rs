@@ -286,8 +286,9 @@ pub enum Uring {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Spin {
     /// `spin=auto`: for up to `AUTO_SPIN`, while it pays (the window
-    /// shrinks when requests stop coming soon after an answer, and polling
-    /// stops for a while once it had to give the CPU to another task).
+    /// shrinks to none when requests stop coming, and there is no polling
+    /// for a while after requests from callers running in parallel), and
+    /// on /dev/fuse only (`vendor/fuser/src/spin.rs`).
     #[default]
     Auto,
     /// `spin=USEC`: always this long; `spin=0`: never.
