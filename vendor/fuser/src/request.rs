@@ -51,6 +51,16 @@ impl<'a> RequestWithSender<'a> {
         Some(Self { ch, request })
     }
 
+    /// The same request, its /dev/fuse reply counted in the session's
+    /// `spin::InFlight` until it is sent (`ReplySender::Counted`).
+    pub(crate) fn counted(mut self, answering: std::sync::Arc<crate::spin::Answering>) -> Self {
+        self.ch = match self.ch {
+            ReplySender::Channel(ch) => ReplySender::Counted(ch, answering),
+            other => other,
+        };
+        self
+    }
+
     /// Dispatch request to the given filesystem.
     /// This calls the appropriate filesystem operation method for the
     /// request and sends back the returned reply to the kernel

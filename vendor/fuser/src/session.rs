@@ -328,7 +328,6 @@ impl<FS: Filesystem> Session<FS> {
                 payload,
                 threads_per_queue,
                 config.busy_poll,
-                &in_flight,
             ));
         }
         #[cfg(not(target_os = "linux"))]
@@ -573,26 +572,24 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             let asleep = std::time::Instant::now();
             let received = self.ch.receive_retrying(buf);
             spinner.slept(asleep.elapsed());
-            // (The header's opcode and the caller's thread, at their offsets
-            // in `fuse_in_header`.)
-            let field = |at: usize| {
-                buf.get(at..at + 4)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u32::from_ne_bytes)
-            };
-            let sender = match self.in_flight.begin(field(4), field(32)) {
-                Some((answering, overlapped)) => {
-                    if overlapped {
-                        spinner.overlapped();
-                    }
-                    ReplySender::Counted(self.ch.sender(), answering)
-                }
-                None => ReplySender::Channel(self.ch.sender()),
-            };
             match received {
-                Ok(size) => match RequestWithSender::new(sender, &buf[..size]) {
+                Ok(size) => match RequestWithSender::new(ReplySender::Channel(self.ch.sender()), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
+                        // Only an adaptive loop looks at overlapping requests.
+                        let counted = spinner.adaptive().then(|| {
+                            let h = req.request.header();
+                            self.in_flight.begin(h.opcode, h.pid)
+                        });
+                        let req = match counted.flatten() {
+                            Some((answering, overlapped)) => {
+                                if overlapped {
+                                    spinner.overlapped();
+                                }
+                                req.counted(answering)
+                            }
+                            None => req,
+                        };
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());

@@ -92,9 +92,14 @@ impl Spinner {
         self.window
     }
 
+    /// Whether the loop adapts its polling (and so wants `overlapped`).
+    pub(crate) fn adaptive(&self) -> bool {
+        matches!(self.mode, Some(BusyPoll::Adaptive(_)))
+    }
+
     /// The request being answered came while another was (`InFlight`).
     pub(crate) fn overlapped(&mut self) {
-        if matches!(self.mode, Some(BusyPoll::Adaptive(_))) {
+        if self.adaptive() {
             self.hold = HOLD;
         }
     }
@@ -118,16 +123,23 @@ impl Spinner {
     }
 }
 
-/// How many requests that a caller waits for the loops of one session are
-/// answering right now, and the thread that sent the last one.
+/// What the loops of one session share to tell overlapping requests.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct InFlight(Arc<AtomicUsize>, Arc<AtomicU32>);
+pub(crate) struct InFlight(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Requests a caller waits for that are being answered right now.
+    answering: AtomicUsize,
+    /// The thread that sent the last of them.
+    last_pid: AtomicU32,
+}
 
 /// One request being answered (`InFlight::begin`): counted until `done`
 /// (its reply is sent) or dropped, whichever comes first.
 #[derive(Debug)]
 pub(crate) struct Answering {
-    count: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     done: AtomicBool,
 }
 
@@ -135,7 +147,7 @@ impl Answering {
     /// The reply is being sent: the request no longer counts.
     pub(crate) fn done(&self) {
         if !self.done.swap(true, Ordering::Relaxed) {
-            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.shared.answering.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -163,10 +175,10 @@ impl InFlight {
         if unwaited.contains(&opcode) {
             return None;
         }
-        let others = self.0.fetch_add(1, Ordering::Relaxed);
-        let last = self.1.swap(pid, Ordering::Relaxed);
+        let others = self.0.answering.fetch_add(1, Ordering::Relaxed);
+        let last = self.0.last_pid.swap(pid, Ordering::Relaxed);
         let answering = Answering {
-            count: Arc::clone(&self.0),
+            shared: Arc::clone(&self.0),
             done: AtomicBool::new(false),
         };
         Some((Arc::new(answering), others > 0 || (last != 0 && last != pid)))

@@ -123,7 +123,6 @@ pub(crate) fn spawn<FS: Filesystem>(
     payload: usize,
     threads_per_queue: usize,
     busy_poll: Option<crate::BusyPoll>,
-    in_flight: &crate::spin::InFlight,
 ) -> Vec<JoinHandle<io::Result<()>>> {
     let mut threads = Vec::new();
     for qid in 0..possible_cpus() {
@@ -136,7 +135,7 @@ pub(crate) fn spawn<FS: Filesystem>(
                 allowed,
                 session_owner,
                 busy_poll,
-                in_flight: in_flight.clone(),
+                in_flight: crate::spin::InFlight::default(),
             };
             match thread::Builder::new().name(name).spawn(move || {
                 // A ring that cannot run leaves its CPU's requests to
@@ -235,11 +234,12 @@ fn ring_loop<FS: Filesystem>(
     // cgroup) keeps the connection's teardown, so umount(2), waiting until
     // it runs again; a thread that sleeps in the ring does not. So
     // `BusyPoll::Adaptive` — the default of a program that does not tune —
-    // leaves the rings alone (they share the caller's CPU anyway).
-    let mut spinner = crate::spin::Spinner::new(match se.busy_poll {
-        Some(crate::BusyPoll::Adaptive(_)) => None,
-        fixed => fixed,
-    });
+    // leaves the rings alone (they share the caller's CPU anyway), and
+    // a ring thread keeps no polling state of its own.
+    let fixed = match se.busy_poll {
+        Some(crate::BusyPoll::Fixed(d)) => d,
+        _ => std::time::Duration::ZERO,
+    };
     loop {
         // SAFETY: the SQE points at `ent.iov` and its buffers, which are
         // leaked: they stay put and alive for as long as the kernel may
@@ -249,21 +249,11 @@ fn ring_loop<FS: Filesystem>(
         // Busy-polling (see `Config::busy_poll`): the commit is submitted
         // alone, then the ring is looked at (running the task work that
         // delivers a new request) until one came or the time is up.
-        let window = if registered {
-            spinner.window()
-        } else {
-            std::time::Duration::ZERO
-        };
-        let spin_until = (!window.is_zero()).then(|| std::time::Instant::now() + window);
-        // When the poll ended (or, without one, when the wait began): what
-        // the wait is measured from.
-        let mut asleep: Option<std::time::Instant> = None;
+        let spin_until =
+            (registered && !fixed.is_zero()).then(|| std::time::Instant::now() + fixed);
         let mut submitted = false;
         let cqe = loop {
             let spinning = spin_until.is_some_and(|t| std::time::Instant::now() < t);
-            if !spinning && asleep.is_none() {
-                asleep = Some(std::time::Instant::now());
-            }
             let r = if spinning {
                 if !submitted {
                     submitted = true;
@@ -291,10 +281,6 @@ fn ring_loop<FS: Filesystem>(
                 thread::yield_now();
             }
         };
-        if registered {
-            // (No wait when the poll found it.)
-            spinner.slept(asleep.map(|t| t.elapsed()).unwrap_or_default());
-        }
         let res = cqe.result();
         // The kernel answers EAGAIN to a REGISTER that comes before it has
         // taken the INIT reply in; try again for a while.
@@ -343,16 +329,7 @@ fn ring_loop<FS: Filesystem>(
                     ch: sender.clone(),
                 };
                 match RequestWithSender::new(ReplySender::Ring(rs), &request) {
-                    Some(req) => {
-                        // (A ring's reply is committed after the dispatch.)
-                        let h = req.request.header();
-                        let answering = se.in_flight.begin(h.opcode, h.pid);
-                        if answering.as_ref().is_some_and(|(_, overlapped)| *overlapped) {
-                            spinner.overlapped();
-                        }
-                        req.dispatch(se);
-                        drop(answering);
-                    }
+                    Some(req) => req.dispatch(se),
                     None => error!("{}: unparsable request of {len} bytes", se.thread_name),
                 }
                 let r = slot.lock().take();
