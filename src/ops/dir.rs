@@ -227,6 +227,8 @@ impl UnionFs {
         let stack = &*snapshot;
         let entries = self.listing(stack, ino, fh, offset, non_dirs)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        // The directory as its lookups see it, taken at the first of them.
+        let mut dir: Option<Result<super::namei::LookupDir>> = None;
         for (i, e) in entries.iter().enumerate().skip(start) {
             // `.` and `..` are never linked by the kernel (it ignores their
             // attributes: `fuse_direntplus_link`), so they go by name too.
@@ -247,7 +249,12 @@ impl UnionFs {
                 }
                 continue;
             }
-            let entry = match self.lookup_node(stack, ino, &e.name) {
+            let dir = dir.get_or_insert_with(|| self.lookup_dir(stack, ino));
+            let looked_up = match dir {
+                Ok(dir) => self.lookup_in(stack, dir, &e.name),
+                Err(err) => Err(err.clone()),
+            };
+            let entry = match looked_up {
                 Ok((entry, _)) => entry,
                 // Removed since the snapshot: skip it.
                 Err(err) if err.is_not_found() => continue,

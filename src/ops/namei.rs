@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::{Entry, UnionFs};
 use crate::error::{Error, Result};
-use crate::inode::{Ino, Kind, Node};
+use crate::inode::{Ino, Kind, Node, NodeState};
 use crate::lookup;
 use crate::stack::BranchStack;
 
@@ -38,14 +38,34 @@ impl UnionFs {
         name: &OsStr,
     ) -> Result<(Entry, Arc<Node>)> {
         check_lookup_len(name)?;
+        let dir = self.lookup_dir(stack, parent)?;
+        self.lookup_in(stack, &dir, name)
+    }
+
+    /// What a lookup needs of its parent directory: taken once for all the
+    /// names a READDIRPLUS looks up in it.
+    pub(super) fn lookup_dir(&self, stack: &BranchStack, parent: Ino) -> Result<LookupDir> {
         let pnode = self.inodes.get(parent)?;
         if pnode.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
-        let pstate = self.fresh_state(stack, &pnode)?;
-        let ppath = self.inodes.path_of(parent)?;
+        Ok(LookupDir {
+            ino: parent,
+            state: self.fresh_state(stack, &pnode)?,
+            path: self.inodes.path_of(parent)?,
+        })
+    }
+
+    /// Looks `name` up in `dir` (taken under the same `stack`).
+    pub(super) fn lookup_in(
+        &self,
+        stack: &BranchStack,
+        dir: &LookupDir,
+        name: &OsStr,
+    ) -> Result<(Entry, Arc<Node>)> {
+        check_lookup_len(name)?;
         let found = self
-            .find_union(stack, parent, &pstate, &ppath, name)
+            .find_union(stack, dir.ino, &dir.state, &dir.path, name)
             .map_err(|e| self.or_too_long(e, name))?;
         let ino = self.ino_of(stack, &found);
         let attr = self.attr_of(stack, ino, &found.stat, &found.state);
@@ -100,6 +120,14 @@ impl UnionFs {
             }
         }
     }
+}
+
+/// A parent directory as a lookup sees it: its number, its layers (fresh
+/// for the stack it was taken under) and its path in the union.
+pub(super) struct LookupDir {
+    ino: Ino,
+    state: NodeState,
+    path: std::path::PathBuf,
 }
 
 /// Refuses, before any branch is asked, a name no branch can hold.
