@@ -56,14 +56,15 @@ impl UnionFs {
         })
     }
 
-    /// Looks `name` up in `dir` (taken under the same `stack`).
+    /// Looks `name` up in `dir` (taken under the same `stack`). The name
+    /// is one a branch can hold: checked by `lookup_node`, or listed by a
+    /// branch (READDIRPLUS).
     pub(super) fn lookup_in(
         &self,
         stack: &BranchStack,
         dir: &LookupDir,
         name: &OsStr,
     ) -> Result<(Entry, Arc<Node>)> {
-        check_lookup_len(name)?;
         let found = self
             .find_union(stack, dir.ino, &dir.state, &dir.path, name)
             .map_err(|e| self.or_too_long(e, name))?;
