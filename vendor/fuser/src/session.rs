@@ -581,6 +581,9 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             let h = req.request.header();
                             self.in_flight.begin(h.opcode, h.pid)
                         });
+                        if let Some(c) = &counted {
+                            spinner.received(c.is_some());
+                        }
                         let req = match counted.flatten() {
                             Some((answering, overlapped)) => {
                                 if overlapped {
