@@ -97,6 +97,13 @@ if [ ! -f "$img.ok" ]; then
   mkfs.ext4 -q -F -L unionfs-bench "$img"
   touch "$img.ok"
 fi
+# The lock keeps two runs apart, not a mount made by hand: ext4 mounted twice through two loop
+# devices is two file systems writing one disk, and the image comes out of it needing e2fsck.
+attached=$(losetup -j "$img" | cut -d: -f1 | tr '\n' ' ')
+if [ -n "$attached" ]; then
+  echo "bench-peers: $img is already attached (${attached% }); unmount it and detach it (losetup -d) first" >&2
+  exit 1
+fi
 RUN_BASE=$(mktemp -d /var/tmp/bench-peers.XXXXXX)
 FS=$RUN_BASE/fs
 mkdir "$FS"
