@@ -287,8 +287,9 @@ pub enum Uring {
 pub enum Spin {
     /// `spin=auto`: for up to `AUTO_SPIN`, while it pays (the window
     /// shrinks to none when requests stop coming, and there is no polling
-    /// for a while after requests from callers running in parallel), and
-    /// on /dev/fuse only (`vendor/fuser/src/spin.rs`).
+    /// for a while after requests from callers running in parallel, nor in
+    /// a loop that gets only requests no caller waits for), and on
+    /// /dev/fuse only (`vendor/fuser/src/spin.rs`).
     #[default]
     Auto,
     /// `spin=USEC`: always this long; `spin=0`: never.

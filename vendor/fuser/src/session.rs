@@ -576,21 +576,9 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                 Ok(size) => match RequestWithSender::new(ReplySender::Channel(self.ch.sender()), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
-                        // Only an adaptive loop looks at overlapping requests.
-                        let counted = spinner.adaptive().then(|| {
-                            let h = req.request.header();
-                            self.in_flight.begin(h.opcode, h.pid)
-                        });
-                        if let Some(c) = &counted {
-                            spinner.received(c.is_some());
-                        }
-                        let req = match counted.flatten() {
-                            Some((answering, overlapped)) => {
-                                if overlapped {
-                                    spinner.overlapped();
-                                }
-                                req.counted(answering)
-                            }
+                        let h = req.request.header();
+                        let req = match spinner.took(&self.in_flight, h.opcode, h.pid) {
+                            Some(answering) => req.counted(answering),
                             None => req,
                         };
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {

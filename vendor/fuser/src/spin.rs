@@ -107,10 +107,34 @@ impl Spinner {
         self.window
     }
 
+    /// The loop took a request with `opcode` from thread `pid`. An
+    /// adaptive loop counts it in the session's `in_flight` until its reply
+    /// is sent (the returned `Answering`: `ReplySender::Counted`), holds its
+    /// polling when it overlapped another (`overlapped`), and notes whether
+    /// a caller waits for it (`received`). `None` for a loop that does not
+    /// adapt, and for a request no caller waits for.
+    pub(crate) fn took(
+        &mut self,
+        in_flight: &InFlight,
+        opcode: u32,
+        pid: u32,
+    ) -> Option<Arc<Answering>> {
+        if !self.adaptive() {
+            return None;
+        }
+        let counted = in_flight.begin(opcode, pid);
+        self.received(counted.is_some());
+        let (answering, overlapped) = counted?;
+        if overlapped {
+            self.overlapped();
+        }
+        Some(answering)
+    }
+
     /// An adaptive loop took a request: one a caller waits for, or not
     /// (`InFlight::begin`). A loop that serves no caller does not poll
     /// (`UNWAITED_RUN`).
-    pub(crate) fn received(&mut self, waited: bool) {
+    fn received(&mut self, waited: bool) {
         self.unwaited = if waited {
             0
         } else {
@@ -118,13 +142,13 @@ impl Spinner {
         };
     }
 
-    /// Whether the loop adapts its polling (and so wants `overlapped`).
-    pub(crate) fn adaptive(&self) -> bool {
+    /// Whether the loop adapts its polling.
+    fn adaptive(&self) -> bool {
         matches!(self.mode, Some(BusyPoll::Adaptive(_)))
     }
 
     /// The request being answered came while another was (`InFlight`).
-    pub(crate) fn overlapped(&mut self) {
+    fn overlapped(&mut self) {
         if self.adaptive() {
             self.hold = HOLD;
         }
@@ -207,7 +231,10 @@ impl InFlight {
             shared: Arc::clone(&self.0),
             done: AtomicBool::new(false),
         };
-        Some((Arc::new(answering), others > 0 || (last != 0 && last != pid)))
+        Some((
+            Arc::new(answering),
+            others > 0 || (last != 0 && last != pid),
+        ))
     }
 }
 
@@ -272,6 +299,27 @@ mod tests {
         drop(d);
         let (_e, overlap) = f.begin(op::FUSE_LOOKUP as u32, 8).unwrap();
         assert!(overlap, "one at a time, but from another thread");
+    }
+
+    /// `took`: an adaptive loop counts what a caller waits for, holds after
+    /// an overlap; a fixed or no window counts nothing.
+    #[test]
+    fn took_counts_only_in_an_adaptive_loop() {
+        use crate::ll::fuse_abi::fuse_opcode as op;
+        let f = InFlight::default();
+        let mut fixed = Spinner::new(Some(BusyPoll::Fixed(MOST)));
+        assert!(fixed.took(&f, op::FUSE_LOOKUP as u32, 7).is_none());
+        let mut s = Spinner::new(Some(BusyPoll::Adaptive(MOST)));
+        assert!(s.took(&f, op::FUSE_FORGET as u32, 7).is_none());
+        let a = s.took(&f, op::FUSE_LOOKUP as u32, 7).expect("counted");
+        assert_eq!(s.window(), MOST, "the first request overlaps nothing");
+        let _b = s.took(&f, op::FUSE_LOOKUP as u32, 7).expect("counted");
+        assert_eq!(
+            s.window(),
+            Duration::ZERO,
+            "held: the LOOKUP before is not answered"
+        );
+        drop(a);
     }
 
     /// A loop that takes only requests no caller waits for (FORGETs, all

@@ -135,6 +135,7 @@ pub(crate) fn spawn<FS: Filesystem>(
                 allowed,
                 session_owner,
                 busy_poll,
+                // (unused: a ring keeps no polling state, see ring_loop)
                 in_flight: crate::spin::InFlight::default(),
             };
             match thread::Builder::new().name(name).spawn(move || {
