@@ -38,18 +38,3 @@ pub mod sys;
 pub mod udba;
 pub mod upper;
 pub mod whiteout;
-
-/// The allocator of every binary linking this crate: mimalloc, version 2,
-/// without transparent huge pages. A lookup makes a dozen small
-/// allocations that live as long as the kernel holds the node, and
-/// glibc's malloc served most of them from its slow path (9% of a
-/// lookup's time). `examples/corewalk.rs` on the bench image, medians of
-/// 12 rounds: lookups 45.0 → 41.0 ms, readdirplus walk 54.5 → 51.1 ms; a
-/// first `git status` cost the daemon 75 instead of 85 ms of CPU
-/// (`scripts/fuse-opcount.py`, 6 runs). Its memory after a stat walk:
-/// 18.2–18.6 MiB resident against glibc's 17.4. mimalloc 3 (the crate's
-/// default) and huge pages held 25–34 MiB before the first request and
-/// 36–59 MiB after the walk: they are off. Memory freed when the kernel
-/// forgets nodes goes back at `sys::process::trim_memory`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -133,17 +133,12 @@ pub fn reserve_fds(n: usize) -> bool {
     }
 }
 
-/// Gives memory the allocators hold but no longer use back to the system
-/// (mimalloc's `mi_collect`, which serves the Rust heap, and glibc's
-/// `malloc_trim` for what C code allocates): after the kernel forgot many
-/// inodes, the nodes' memory is free but stays in the heap otherwise (a
-/// stat walk's daemon, after `drop_caches`: 17.3 MiB resident without,
-/// 12.0 with).
+/// Gives memory the allocator holds but no longer uses back to the system
+/// (glibc `malloc_trim`): after the kernel forgot many inodes, the nodes'
+/// memory is free but stays in the heap otherwise.
 pub fn trim_memory() {
-    // SAFETY: mi_collect and malloc_trim only walk the allocators' own
-    // free lists.
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
-        libmimalloc_sys::mi_collect(true);
         libc::malloc_trim(0);
     }
 }
