@@ -133,12 +133,26 @@ pub fn reserve_fds(n: usize) -> bool {
     }
 }
 
-/// Gives memory the allocator holds but no longer uses back to the system
-/// (glibc `malloc_trim`): after the kernel forgot many inodes, the nodes'
-/// memory is free but stays in the heap otherwise.
+/// Gives memory the allocators hold but no longer use back to the system:
+/// jemalloc's, which serves the Rust heap (`arena.4096.purge`, 4096 being
+/// `MALLCTL_ARENAS_ALL`: every arena's unused pages, whichever threads
+/// freed into them), and glibc's for what C code allocates
+/// (`malloc_trim`). After the kernel forgot many
+/// inodes, the nodes' memory is free but stays in the heap otherwise (a
+/// stat walk's daemon after `drop_caches`: 18.0 MiB resident without the
+/// purge, 11.3 with it).
 pub fn trim_memory() {
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    // SAFETY: mallctl with a name and no buffers (the call neither reads
+    // nor writes a value), and malloc_trim, only walk the allocators' own
+    // structures.
     unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
         libc::malloc_trim(0);
     }
 }
