@@ -8,7 +8,7 @@
 //! the process and the read-only data beside them (its own and its
 //! libraries', a few MiB) are locked
 //! with `mlock`; data, heap and stacks are not (a locked heap could not
-//! be given back by `malloc_trim`). Best effort: where the lock is refused
+//! be given back by `process::trim_memory`). Best effort: where the lock is refused
 //! (an unprivileged daemon's RLIMIT_MEMLOCK), nothing changes. Locks are
 //! not inherited across fork: call it in the process that serves.
 //! Takes no locks.
