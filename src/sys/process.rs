@@ -142,21 +142,22 @@ pub fn reserve_fds(n: usize) -> bool {
 /// `drop_caches`: 18.0 MiB resident without the purge, 11.3 with it).
 /// Best effort: a refusal is only traced.
 pub fn trim_memory() {
-    // SAFETY: mallctl with a NUL-terminated name and no buffers (the call
-    // neither reads nor writes a value), and malloc_trim, only walk the
-    // allocators' own structures.
+    // SAFETY: mallctl with a NUL-terminated name and no buffers: the call
+    // neither reads nor writes a value, it purges the arenas' own pages.
     let r = unsafe {
-        let r = tikv_jemalloc_sys::mallctl(
+        tikv_jemalloc_sys::mallctl(
             c"arena.4096.purge".as_ptr(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             0,
-        );
-        libc::malloc_trim(0);
-        r
+        )
     };
     tracing::trace!("mallctl(arena.4096.purge) = {r}");
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Opens (creating, 0600) the daemon's log file for appending.

@@ -6,11 +6,11 @@
 //! busy disk: most of what a cold first write to a lower file cost (the
 //! kernel's overlayfs has no such wait). So the executable mappings of
 //! the process and the read-only data beside them (its own and its
-//! libraries', a few MiB) are locked
-//! with `mlock`; data, heap and stacks are not (a locked heap could not
-//! be given back by `process::trim_memory`). Best effort: where the lock is refused
-//! (an unprivileged daemon's RLIMIT_MEMLOCK), nothing changes. Locks are
-//! not inherited across fork: call it in the process that serves.
+//! libraries', a few MiB) are locked with `mlock`; data, heap and stacks
+//! are not (a locked heap could not be given back by
+//! `process::trim_memory`). Best effort: where the lock is refused (an
+//! unprivileged daemon's RLIMIT_MEMLOCK), nothing changes. Locks are not
+//! inherited across fork: call it in the process that serves.
 //! Takes no locks.
 
 /// The read-only, file-backed mappings of `/proc/self/maps` (code and
